@@ -1,0 +1,34 @@
+# Two entry points for a newcomer: `make demo` and `make test`.
+# The venv is rebuilt only when pyproject.toml changes (its hash is the stamp's name).
+PYTHON ?= python3
+VENV := .venv
+SPEC_HASH := $(shell cat pyproject.toml | sha256sum | cut -c1-16)
+STAMP := $(VENV)/.installed-$(SPEC_HASH)
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+
+.PHONY: demo test test-slow install bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q -e '.[test]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/uniemo demo $(ARGS)
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q $(ARGS)
+
+test-slow: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -m slow $(ARGS)
+
+bench: $(STAMP)
+	for f in benchmarks/bench_*.py; do $(VENV)/bin/python $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) build *.egg-info

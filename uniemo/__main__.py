@@ -1,0 +1,3 @@
+from uniemo.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,64 @@
+"""The ``uniemo`` command. Each leaf command lives in ``uniemo/commands/<name>.py`` with a
+docstring (its help), ``add_arguments(parser)`` and ``run(args)``; heavy imports happen
+inside ``run`` so ``uniemo --help`` stays fast."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from uniemo import __version__
+from uniemo.errors import UniEmoError
+
+# (command words, module in uniemo.commands)
+COMMANDS: list[tuple[tuple[str, ...], str]] = [
+]
+
+GROUP_HELP = {
+    "data": "inspect datasets",
+    "train": "train a stage of UniEmo",
+    "evaluate": "measure understanding or generation",
+    "inspect": "look inside a run",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="uniemo", description="UniEmo: emotional image understanding and generation, offline.")
+    parser.add_argument("--version", action="version", version=f"uniemo {__version__}")
+    top = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for words, module_name in COMMANDS:
+        module = importlib.import_module(f"uniemo.commands.{module_name}")
+        summary = (module.__doc__ or "").strip().splitlines()[0]
+        where = top
+        if len(words) == 2:
+            if words[0] not in groups:
+                group = top.add_parser(words[0], help=GROUP_HELP[words[0]])
+                groups[words[0]] = group.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
+            where = groups[words[0]]
+        leaf = where.add_parser(words[-1], help=summary, description=(module.__doc__ or "").strip(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(leaf)
+        leaf.set_defaults(handler=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except UniEmoError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,245 @@
+"""Typed configs as data (open_clip style): dataclasses, YAML in and out, and every named
+preset in one table, ``PRESETS``. A run directory stores its ``config.yaml``; every later
+command reads it back with :func:`load_config`."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from uniemo.errors import UniEmoError
+
+
+@dataclass
+class UnderstandingConfig:
+    """The hierarchical chain with expert queries (SPEC §1, paper §III-A)."""
+
+    queries: str = "multi-stage"  # none | single-step | multi-stage (paper Fig. 6)
+    query_len: int = 32  # paper Fig. 7
+    stages: list[int] | None = None  # [L1, L2]; None = [N/3, 2N/3]
+    interactive_layers: int = 2
+    interactive_heads: int | None = None  # None = the backbone's head count
+    beta_init: float = 0.1  # layer-scale style modulation, eq. 3
+    head_hidden: int = 768
+    head_dropout: float = 0.5
+    num_classes: int = 8
+    temperature: float = 0.07  # eq. 4
+    loss_weights: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.5])  # L_S, L_O, L_cls
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with parameter groups (SPEC §1: paper lr 1e-4; official 8e-6 backbone / 5e-4 queries)."""
+
+    lr: float = 1e-4  # queries, interactive blocks, beta, projections, heads, mappers
+    backbone_lr: float = 1e-4  # 0 freezes the CLIP vision tower
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 1e-3
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    max_steps: int | None = None  # stops early when reached
+    batch_size: int = 128
+    grad_accum: int = 1
+    mixed_precision: str = "auto"  # auto | no | fp16 | bf16 (auto: bf16 on GPUs that have it)
+    seed: int = 0
+    checkpoint_every: int = 500  # steps; also at the end of every epoch
+    num_workers: int = 4
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+@dataclass
+class FusionConfig:
+    """Understanding-guided fusion (SPEC §2, paper §III-B) and joint loss weights (eq. 10)."""
+
+    features: list[str] = field(default_factory=lambda: ["cls", "scene", "object"])  # + "patch" (Table V)
+    use_alpha: bool = True
+    alpha_table: str = "classifier"  # classifier | counts
+    cond_loss: str = "cond"  # cond (CE + hard-negative margin) | ce
+    margin: float = 0.5
+    mapper_hidden: int | None = None  # None = the text encoder's width
+    placeholder: str = "<emo>"
+    joint_weights: list[float] = field(default_factory=lambda: [0.3, 0.3, 0.4])  # L_U, L_cond, L_diff
+
+
+@dataclass
+class GenerationConfig:
+    num_inference_steps: int = 50
+    guidance_scale: float = 7.5
+    resolution: int | None = None  # None = the UNet's sample size x the VAE's scale factor
+
+
+@dataclass
+class FeedbackConfig:
+    """Explicit feedback, Algorithm 1 (SPEC §3)."""
+
+    per_emotion: int = 1000
+    eta: float = 20.0
+    delta: float = 80.0
+    proportion: float = 0.2
+    criteria: list[str] = field(default_factory=lambda: ["emo-a", "sem-c"])
+
+
+@dataclass
+class UniEmoConfig:
+    """Everything one run needs; paths are filled in by the commands and saved with the run."""
+
+    preset: str = "vit-b32"
+    clip_path: str | None = None
+    sd_path: str | None = None
+    image_size: int = 224
+    understanding: UnderstandingConfig = field(default_factory=UnderstandingConfig)
+    stage1: TrainConfig = field(default_factory=TrainConfig)
+    stage2: TrainConfig = field(default_factory=lambda: TrainConfig(
+        epochs=5, batch_size=16, optim=OptimConfig(lr=1e-4, backbone_lr=0.0)))
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
+
+
+# Architectures of the paper's backbones, for building them with random weights (tests,
+# benchmarks). Real runs load the user's weights and take the architecture from them.
+CLIP_ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "vit-b32": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                    patch_size=32, image_size=224, projection_dim=512, text_hidden_size=512),
+    "vit-b16": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                    patch_size=16, image_size=224, projection_dim=512, text_hidden_size=512),
+    "vit-l14": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                    patch_size=14, image_size=224, projection_dim=768, text_hidden_size=768),
+}
+SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+                 block_out_channels=[320, 640, 1280, 1280], cross_attention_dim=768, attention_head_dim=8,
+                 down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+                 up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"])
+
+
+def _tiny() -> UniEmoConfig:
+    return UniEmoConfig(
+        preset="tiny",
+        image_size=64,
+        understanding=UnderstandingConfig(query_len=8, head_hidden=128, head_dropout=0.1),
+        stage1=TrainConfig(epochs=6, batch_size=64, num_workers=0, checkpoint_every=200,
+                           optim=OptimConfig(lr=1e-3, backbone_lr=1e-4)),
+        stage2=TrainConfig(epochs=2, batch_size=32, num_workers=0, checkpoint_every=200,
+                           optim=OptimConfig(lr=1e-3, backbone_lr=0.0)),
+        generation=GenerationConfig(num_inference_steps=25, guidance_scale=5.0),
+        feedback=FeedbackConfig(per_emotion=40),
+    )
+
+
+def _official() -> UniEmoConfig:
+    """Loss weights and learning rates of the authors' public code (SPEC §1)."""
+    cfg = UniEmoConfig(preset="official")
+    cfg.understanding.loss_weights = [0.05, 0.05, 0.9]
+    cfg.stage1.optim = OptimConfig(lr=5e-4, backbone_lr=8e-6)
+    return cfg
+
+
+PRESETS: dict[str, typing.Callable[[], UniEmoConfig]] = {
+    "vit-b32": lambda: UniEmoConfig(preset="vit-b32"),
+    "vit-b16": lambda: UniEmoConfig(preset="vit-b16"),
+    "vit-l14": lambda: UniEmoConfig(preset="vit-l14"),
+    "official": _official,
+    "tiny": _tiny,
+}
+
+
+def preset(name: str) -> UniEmoConfig:
+    if name not in PRESETS:
+        raise UniEmoError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
+    """Build a dataclass from a dict, checking keys and (shallowly) types."""
+    if not isinstance(data, dict):
+        raise UniEmoError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise UniEmoError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(names))}")
+    kwargs = {}
+    for key, value in data.items():
+        kwargs[key] = _coerce(hints[key], value, f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, where)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise UniEmoError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(args[0], v, where) for v in value] if args else value
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str, bool) and not (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
+        raise UniEmoError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def save_config(cfg: UniEmoConfig, path: str | Path) -> None:
+    from uniemo.io import write_text
+
+    write_text(path, yaml.safe_dump({"uniemo_version": _version(), **to_dict(cfg)}, sort_keys=False))
+
+
+def load_config(path: str | Path) -> UniEmoConfig:
+    """Read a config YAML (a run's ``config.yaml`` or a user's override file)."""
+    data = read_yaml(path, "config (a run directory made by `uniemo train`, or a YAML file)")
+    data.pop("uniemo_version", None)
+    return from_dict(UniEmoConfig, data, where=str(path))
+
+
+def merge(cfg: UniEmoConfig, overrides: dict[str, Any], where: str = "config") -> UniEmoConfig:
+    """Apply a (possibly partial, nested) mapping of overrides on top of ``cfg``."""
+    merged = _deep_update(to_dict(cfg), overrides)
+    return from_dict(UniEmoConfig, merged, where)
+
+
+def read_yaml(path: str | Path, what: str = "YAML file") -> dict[str, Any]:
+    """A YAML mapping, read with the safe loader; problems are one-line errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise UniEmoError(f"no {what} at {path}: check the path")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise UniEmoError(f"malformed YAML in {path}: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UniEmoError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def _deep_update(base: dict, new: dict) -> dict:
+    out = dict(base)
+    for k, v in new.items():
+        out[k] = _deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _version() -> str:
+    from uniemo import __version__
+
+    return __version__

@@ -1,0 +1,85 @@
+"""Atomic, safe file I/O: every file a command writes appears whole or not at all, and
+nothing is ever unpickled (weights are safetensors, everything else JSON/YAML)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from uniemo.errors import UniEmoError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it over ``path`` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise UniEmoError(f"no {what} at {path}: check the path")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UniEmoError(f"malformed {what} {path}: {e}; fix or regenerate the file") from None
+
+
+def save_tensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> None:
+    """Save a flat dict of tensors as safetensors, atomically."""
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+
+
+def load_tensors(path: str | os.PathLike, what: str = "weights") -> dict:
+    """Load a safetensors file; a missing or corrupt file is a one-line UniEmoError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise UniEmoError(f"no {what} file at {path}: the run directory is incomplete; re-run the step that writes it")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UniEmoError(f"corrupt {what} file {path} ({e}); re-run the step that writes it") from None
+
+
+def load_state_dict_checked(module, state: dict, source: str | os.PathLike) -> None:
+    """``module.load_state_dict(state)`` with shape and key mismatches as one-line errors."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    bad = [k for k in expected.keys() & state.keys() if expected[k].shape != state[k].shape]
+    if missing or unexpected or bad:
+        detail = (
+            f"{len(missing)} missing (e.g. {missing[:1]}), {len(unexpected)} unexpected (e.g. {unexpected[:1]}), "
+            f"{len(bad)} with other shapes (e.g. {bad[:1]})"
+        )
+        raise UniEmoError(f"weights in {source} do not match the model config: {detail}; "
+                          "use the config the weights were saved with")
+    module.load_state_dict(state)

@@ -1,0 +1,81 @@
+"""Load the foundation models a user brings, from local directories in the Hugging Face
+layout, never from the network (``local_files_only=True``): a CLIP model (vision tower,
+text tower, tokenizer, image processor) and a Stable-Diffusion-1.5-layout pipeline."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from uniemo.errors import UniEmoError
+
+
+@dataclass
+class CLIPBundle:
+    model: Any  # transformers.CLIPModel
+    tokenizer: Any  # CLIPTokenizer(Fast)
+    image_processor: Any  # CLIPImageProcessor
+    path: str
+
+
+def _require_dir(path: str | Path, what: str) -> Path:
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise UniEmoError(f"{path} does not exist: expected {what}")
+    if not path.is_dir():
+        raise UniEmoError(f"{path} is not a directory: expected {what}")
+    return path
+
+
+def _read_config(path: Path, name: str, what: str) -> dict:
+    file = path / name
+    if not file.is_file():
+        raise UniEmoError(f"no {name} in {path}: expected {what}")
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UniEmoError(f"malformed {file} ({e}): expected {what}") from None
+
+
+CLIP_WHAT = "a Hugging Face CLIP directory (config.json with model_type 'clip', weights, tokenizer, preprocessor_config.json)"
+SD_WHAT = "a diffusers Stable Diffusion directory (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)"
+
+
+def load_clip(path: str | Path, dtype=None) -> CLIPBundle:
+    """Load ``CLIPModel``, its tokenizer and image processor from a local directory."""
+    from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+    path = _require_dir(path, CLIP_WHAT)
+    config = _read_config(path, "config.json", CLIP_WHAT)
+    if config.get("model_type") != "clip":
+        raise UniEmoError(f"{path}/config.json has model_type {config.get('model_type')!r}: expected {CLIP_WHAT}")
+    if not (path / "preprocessor_config.json").is_file():
+        raise UniEmoError(f"no preprocessor_config.json in {path}: expected {CLIP_WHAT}")
+    try:
+        model = CLIPModel.from_pretrained(path, local_files_only=True, dtype=dtype, attn_implementation="sdpa")
+        tokenizer = CLIPTokenizer.from_pretrained(path, local_files_only=True)
+        processor = CLIPImageProcessor.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise UniEmoError(f"could not load CLIP from {path}: {str(e).splitlines()[0]}") from None
+    return CLIPBundle(model.eval(), tokenizer, processor, str(path))
+
+
+def load_sd(path: str | Path, dtype=None):
+    """Load a ``StableDiffusionPipeline`` (SD 1.5 layout) from a local directory, safety checker off."""
+    from diffusers import StableDiffusionPipeline
+
+    path = _require_dir(path, SD_WHAT)
+    _read_config(path, "model_index.json", SD_WHAT)
+    for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        if not (path / sub).is_dir():
+            raise UniEmoError(f"no {sub}/ in {path}: expected {SD_WHAT}")
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            path, local_files_only=True, torch_dtype=dtype, safety_checker=None,
+            requires_safety_checker=False, feature_extractor=None)
+    except (OSError, ValueError) as e:
+        raise UniEmoError(f"could not load Stable Diffusion from {path}: {str(e).splitlines()[0]}") from None
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
