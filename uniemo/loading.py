@@ -20,6 +20,17 @@ class CLIPBundle:
     path: str
 
 
+def quiet_hf() -> None:
+    """Silence the libraries' per-load progress bars and reports; our commands show their own."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+
+
 def _require_dir(path: str | Path, what: str) -> Path:
     path = Path(path).expanduser()
     if not path.exists():
@@ -47,6 +58,7 @@ def load_clip(path: str | Path, dtype=None) -> CLIPBundle:
     """Load ``CLIPModel``, its tokenizer and image processor from a local directory."""
     from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
+    quiet_hf()
     path = _require_dir(path, CLIP_WHAT)
     config = _read_config(path, "config.json", CLIP_WHAT)
     if config.get("model_type") != "clip":
@@ -66,6 +78,7 @@ def load_sd(path: str | Path, dtype=None):
     """Load a ``StableDiffusionPipeline`` (SD 1.5 layout) from a local directory, safety checker off."""
     from diffusers import StableDiffusionPipeline
 
+    quiet_hf()
     path = _require_dir(path, SD_WHAT)
     _read_config(path, "model_index.json", SD_WHAT)
     for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):

@@ -1,0 +1,139 @@
+"""Build foundation models in the Hugging Face layouts a real user downloads: a CLIP
+directory (``CLIPModel`` + tokenizer + image processor) and a Stable-Diffusion-1.5-layout
+directory. Used with random weights by the tests and benchmarks (any size, up to the paper's),
+and as the starting point that ``uniemo pretrain-base`` trains for the embedded default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from uniemo.config import CLIP_ARCHITECTURES, SD15_UNET
+
+SPECIALS = ["<|startoftext|>", "<|endoftext|>"]
+ALPHABET = list("abcdefghijklmnopqrstuvwxyz0123456789")
+
+
+def train_clip_tokenizer(texts: Iterable[str], vocab_size: int = 1000, max_length: int = 32):
+    """A byte-pair tokenizer trained with ``tokenizers`` and wrapped as a ``CLIPTokenizer``
+    (end-of-word suffix ``</w>``, CLIP's special tokens), so it saves in CLIP's format."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import CLIPTokenizer
+
+    bpe = Tokenizer(models.BPE(unk_token=SPECIALS[1], end_of_word_suffix="</w>"))
+    bpe.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
+    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, end_of_word_suffix="</w>",
+                                  initial_alphabet=ALPHABET, show_progress=False)
+    bpe.train_from_iterator(list(texts), trainer)
+    model = bpe.model
+    vocab = bpe.get_vocab()
+    # Every character also as a word end, so any lowercase word can be encoded.
+    for ch in ALPHABET:
+        vocab.setdefault(ch + "</w>", len(vocab))
+    merges = _merges(model)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
+
+
+def _merges(model) -> list[tuple[str, str]]:
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save(tmp)
+        lines = Path(tmp, "merges.txt").read_text(encoding="utf-8").splitlines()
+    return [tuple(line.split()) for line in lines if line and not line.startswith("#version")]
+
+
+def clip_config(preset: str | None = None, vocab_size: int = 49408, image_size: int = 64, **tiny):
+    """``CLIPConfig`` of a paper backbone (``preset`` in CLIP_ARCHITECTURES) or a tiny one."""
+    from transformers import CLIPConfig
+
+    if preset is not None:
+        a = CLIP_ARCHITECTURES[preset]
+        vision = dict(hidden_size=a["hidden_size"], intermediate_size=a["intermediate_size"],
+                      num_hidden_layers=a["num_hidden_layers"], num_attention_heads=a["num_attention_heads"],
+                      patch_size=a["patch_size"], image_size=a["image_size"])
+        width = a["text_hidden_size"]
+        text = dict(hidden_size=width, intermediate_size=4 * width, num_hidden_layers=12,
+                    num_attention_heads=width // 64, vocab_size=vocab_size, max_position_embeddings=77)
+        projection = a["projection_dim"]
+    else:
+        width = tiny.get("width", 64)
+        vision = dict(hidden_size=width, intermediate_size=4 * width, num_hidden_layers=tiny.get("layers", 6),
+                      num_attention_heads=tiny.get("heads", 4), patch_size=tiny.get("patch_size", 8),
+                      image_size=image_size)
+        text = dict(hidden_size=width, intermediate_size=4 * width, num_hidden_layers=tiny.get("text_layers", 3),
+                    num_attention_heads=tiny.get("heads", 4), vocab_size=vocab_size,
+                    max_position_embeddings=tiny.get("max_length", 32))
+        projection = tiny.get("projection_dim", width)
+    text.update(bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection)
+
+
+def save_clip(out: str | Path, model, tokenizer, image_size: int) -> Path:
+    """Write a CLIP directory: model weights (safetensors), tokenizer, image processor."""
+    from transformers import CLIPImageProcessor
+
+    out = Path(out)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+                       ).save_pretrained(out)
+    return out
+
+
+def unet_config(cross_attention_dim: int, preset: str | None = None, sample_size: int = 16) -> dict:
+    """The SD 1.5 UNet config (``preset='sd15'``) or a tiny one with the same block types."""
+    if preset == "sd15":
+        return dict(SD15_UNET, cross_attention_dim=cross_attention_dim)
+    return dict(sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=1,
+                block_out_channels=[32, 64], cross_attention_dim=cross_attention_dim, attention_head_dim=4,
+                norm_num_groups=8, down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
+                up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"])
+
+
+def vae_config(preset: str | None = None) -> dict:
+    """SD's VAE config (8x down-sampling) or a tiny one (4x)."""
+    if preset == "sd15":
+        return dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
+                    block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,
+                    up_block_types=["UpDecoderBlock2D"] * 4)
+    return dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, sample_size=64,
+                block_out_channels=[32, 64, 64], norm_num_groups=8,
+                down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3)
+
+
+def save_sd(out: str | Path, text_encoder, tokenizer, unet, vae, scheduler=None) -> Path:
+    """Write a Stable-Diffusion-1.5-layout directory (no safety checker, no feature extractor)."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    scheduler = scheduler or DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                           clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(out, safe_serialization=True)
+    return Path(out)
+
+
+def build_random(out: str | Path, texts: Iterable[str], clip_preset: str | None = None,
+                 sd_preset: str | None = None, image_size: int = 64, seed: int = 0) -> tuple[Path, Path]:
+    """Random-weight CLIP and SD directories (``out/clip``, ``out/sd``) sharing one text tower."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPModel, CLIPTextModel
+
+    torch.manual_seed(seed)
+    tokenizer = train_clip_tokenizer(texts, vocab_size=400)
+    if clip_preset is not None:
+        tokenizer.model_max_length = 77
+        image_size = CLIP_ARCHITECTURES[clip_preset]["image_size"]
+    clip = CLIPModel(clip_config(clip_preset, vocab_size=len(tokenizer), image_size=image_size))
+    clip_dir = save_clip(Path(out) / "clip", clip, tokenizer, image_size)
+    text_encoder = CLIPTextModel(clip.config.text_config)
+    text_encoder.load_state_dict(clip.text_model.state_dict())
+    unet = UNet2DConditionModel(**unet_config(clip.config.text_config.hidden_size, sd_preset))
+    vae = AutoencoderKL(**vae_config(sd_preset))
+    sd_dir = save_sd(Path(out) / "sd", text_encoder, tokenizer, unet, vae)
+    return clip_dir, sd_dir
