@@ -56,6 +56,7 @@ SD_WHAT = "a diffusers Stable Diffusion directory (model_index.json, unet/, vae/
 
 def load_clip(path: str | Path, dtype=None) -> CLIPBundle:
     """Load ``CLIPModel``, its tokenizer and image processor from a local directory."""
+    from safetensors import SafetensorError
     from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
     quiet_hf()
@@ -69,7 +70,7 @@ def load_clip(path: str | Path, dtype=None) -> CLIPBundle:
         model = CLIPModel.from_pretrained(path, local_files_only=True, dtype=dtype, attn_implementation="sdpa")
         tokenizer = CLIPTokenizer.from_pretrained(path, local_files_only=True)
         processor = CLIPImageProcessor.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, SafetensorError) as e:
         raise UniEmoError(f"could not load CLIP from {path}: {str(e).splitlines()[0]}") from None
     return CLIPBundle(model.eval(), tokenizer, processor, str(path))
 
@@ -77,6 +78,7 @@ def load_clip(path: str | Path, dtype=None) -> CLIPBundle:
 def load_sd(path: str | Path, dtype=None):
     """Load a ``StableDiffusionPipeline`` (SD 1.5 layout) from a local directory, safety checker off."""
     from diffusers import StableDiffusionPipeline
+    from safetensors import SafetensorError
 
     quiet_hf()
     path = _require_dir(path, SD_WHAT)
@@ -88,7 +90,7 @@ def load_sd(path: str | Path, dtype=None):
         pipe = StableDiffusionPipeline.from_pretrained(
             path, local_files_only=True, torch_dtype=dtype, safety_checker=None,
             requires_safety_checker=False, feature_extractor=None)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, SafetensorError) as e:
         raise UniEmoError(f"could not load Stable Diffusion from {path}: {str(e).splitlines()[0]}") from None
     pipe.set_progress_bar_config(disable=True)
     return pipe
