@@ -1,0 +1,237 @@
+"""Understanding-guided fusion and alignment (paper §III-B, SPEC §2).
+
+The understanding branch gives, per image, a CLS feature and pooled scene / object expert
+queries. Here they become one condition vector ``e`` in the text encoder's token-embedding
+space, which replaces a placeholder token (``<emo>``) in the prompt:
+
+    e = M_cls(cls) + α_S · M_scene(q_S) + α_O · M_object(q_O)        (SPEC §2, fused condition)
+
+α is the emotional correlation coefficient of the attribute the query matches best:
+a* = argmax_a cos(proj(q), T(a)) in the contrastive text space (eq. 4), α = P[a*][y].
+The paper's equations for α and L_cond are missing from its copy; SPEC §2 defines them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from uniemo.config import FusionConfig
+from uniemo.errors import UniEmoError
+
+FEATURES = ("cls", "scene", "object", "patch")
+ALPHA_FEATURES = ("scene", "object")  # the expert queries; cls and patch always enter with weight 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The emotional correlation coefficient table P (SPEC §2)
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class CorrelationTable:
+    """P[attribute] ∈ Δ^C for every scene and object name: rows are distributions over emotions."""
+
+    emotions: tuple[str, ...]
+    scene_names: list[str]
+    scene: torch.Tensor  # (V_S, C)
+    object_names: list[str]
+    object: torch.Tensor  # (V_O, C)
+    method: str
+
+    def rows(self, kind: str) -> tuple[list[str], torch.Tensor]:
+        return (self.scene_names, self.scene) if kind == "scene" else (self.object_names, self.object)
+
+    def to_json(self) -> dict:
+        def rows(names, table):
+            return {name: [round(float(v), 6) for v in row] for name, row in zip(names, table)}
+
+        return {"method": self.method, "emotions": list(self.emotions),
+                "scene": rows(self.scene_names, self.scene), "object": rows(self.object_names, self.object)}
+
+    @classmethod
+    def from_json(cls, data: dict, source: str | Path) -> "CorrelationTable":
+        try:
+            emotions = tuple(data["emotions"])
+            tables = {kind: (list(data[kind]), torch.tensor([data[kind][n] for n in data[kind]], dtype=torch.float32)
+                             .reshape(-1, len(emotions))) for kind in ALPHA_FEATURES}
+            return cls(emotions, *tables["scene"], *tables["object"], method=str(data["method"]))
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise UniEmoError(f"malformed alpha table {source} ({e}); re-run `uniemo train joint`") from None
+
+    def top(self, kind: str, emotion: int, k: int) -> list[tuple[str, float]]:
+        """The k attributes of ``kind`` most associated with ``emotion``."""
+        names, table = self.rows(kind)
+        if not names:
+            return []
+        values, idx = table[:, emotion].topk(min(k, len(names)))
+        return [(names[i], float(v)) for i, v in zip(idx.tolist(), values)]
+
+
+def table_from_counts(labels: torch.Tensor, attribute_idx: torch.Tensor, vocab_size: int, num_classes: int,
+                      smoothing: float = 1.0) -> torch.Tensor:
+    """P by counting: the Laplace-smoothed emotion distribution of the training images that carry
+    each attribute (``attribute_idx`` = -1 where an image has none). An unseen attribute gets the
+    uniform distribution."""
+    keep = attribute_idx >= 0
+    counts = torch.zeros(vocab_size, num_classes)
+    counts.index_put_((attribute_idx[keep], labels[keep]), torch.ones(int(keep.sum())), accumulate=True)
+    counts += smoothing
+    return counts / counts.sum(dim=1, keepdim=True)
+
+
+def table_from_classifier(image_features: torch.Tensor, labels: torch.Tensor, text_embeds: dict[str, torch.Tensor],
+                          num_classes: int, hidden: int = 512, steps: int = 300, lr: float = 1e-3,
+                          seed: int = 0) -> dict[str, torch.Tensor]:
+    """P the paper's way: a 2-layer emotion classifier trained on frozen CLIP image features,
+    applied to the CLIP text embedding of each attribute name, then softmax. Both inputs are
+    L2-normalised vectors of CLIP's shared projection space, so the classifier reads either."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        classifier = nn.Sequential(nn.Linear(image_features.shape[1], hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+    features = F.normalize(image_features.float(), dim=-1)
+    optimizer = torch.optim.AdamW(classifier.parameters(), lr=lr, weight_decay=1e-3)
+    batch = min(256, len(features))
+    for _ in range(steps):
+        idx = torch.randint(len(features), (batch,), generator=generator)
+        loss = F.cross_entropy(classifier(features[idx]), labels[idx])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        return {kind: classifier(F.normalize(embeds.float(), dim=-1)).softmax(-1) if len(embeds) else
+                torch.zeros(0, num_classes) for kind, embeds in text_embeds.items()}
+
+
+def match_alpha(embed: torch.Tensor, bank_embeds: torch.Tensor, table: torch.Tensor,
+                emotion: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """α for each sample: a* = argmax_a cos(embed, T(a)), α = P[a*][y] (SPEC §2). ``embed`` is the
+    projected query (B,P), ``bank_embeds`` the attribute text embeddings (V,P). Returns (α (B,),
+    a* (B,)); no gradient flows through α."""
+    with torch.no_grad():
+        sims = F.normalize(embed.float(), dim=-1) @ F.normalize(bank_embeds.float(), dim=-1).T
+        best = sims.argmax(dim=-1)
+        return table.to(embed.device)[best, emotion.to(embed.device)], best
+
+
+# ---------------------------------------------------------------------------------------------
+# Mappers and the fused condition
+# ---------------------------------------------------------------------------------------------
+
+class Mapper(nn.Sequential):
+    """A 2-layer MLP with ReLU from the vision width to the text encoder's token-embedding width."""
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int):
+        super().__init__(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
+
+
+class UniEmoFusion(nn.Module):
+    """The mappers M_cls, M_scene, M_object (+ M_patch for the Table V ablation) and the
+    back-projection that lets L_cond read ``e`` with the emotion head's classifier."""
+
+    def __init__(self, cfg: FusionConfig, vision_dim: int, text_dim: int, head_hidden: int):
+        super().__init__()
+        unknown = sorted(set(cfg.features) - set(FEATURES))
+        if unknown or "cls" not in cfg.features:
+            raise UniEmoError(f"fusion.features {cfg.features} is invalid: use 'cls' plus any of scene, object, patch")
+        if cfg.cond_loss not in ("cond", "ce"):
+            raise UniEmoError(f"fusion.cond_loss {cfg.cond_loss!r} is invalid: choose cond or ce")
+        self.cfg = cfg
+        hidden = cfg.mapper_hidden or text_dim
+        self.mappers = nn.ModuleDict({name: Mapper(vision_dim, hidden, text_dim) for name in cfg.features})
+        self.cond_proj = nn.Linear(text_dim, head_hidden)
+
+    def forward(self, features: dict[str, torch.Tensor], alphas: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """e = Σ_f α_f · M_f(feature_f) over the configured features; α = 1 for cls and patch, and
+        for every feature when ``use_alpha`` is off."""
+        e = 0
+        for name, mapper in self.mappers.items():
+            mapped = mapper(features[name])
+            if self.cfg.use_alpha and name in ALPHA_FEATURES and alphas is not None:
+                mapped = alphas[name].to(mapped.dtype).unsqueeze(-1) * mapped
+            e = e + mapped
+        return e
+
+    def condition_loss(self, e: torch.Tensor, labels: torch.Tensor, classifier: nn.Linear,
+                       understanding_logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """L_cond (SPEC §2): CE of the emotion head's classifier on e, plus (``cond_loss: cond``) a
+        cosine-triplet margin term.
+
+        How e meets the head: e lives in the text encoder's token-embedding width, the classifier
+        (``emotion_head[-1]``) reads the head's hidden layer (post-ReLU). A learned linear
+        back-projection followed by the same ReLU, e' = ReLU(R e), puts e where the classifier's
+        inputs live, so the *shared* classifier judges e exactly as it judges images.
+
+        Emotion anchors: the classifier's weight rows w_k — the directions it scores emotion k by,
+        in the same space as e'. Hardest wrong emotion n = argmax_{k≠y} of the understanding
+        branch's logits for the image. The margin term is
+        max(0, m − cos(e', w_y) + cos(e', w_n)), m = 0.5, with the anchors detached so it moves e,
+        not the classifier."""
+        e_head = F.relu(self.cond_proj(e))
+        ce = F.cross_entropy(classifier(e_head), labels)
+        if self.cfg.cond_loss == "ce":
+            return {"cond": ce, "cond_ce": ce.detach()}
+        anchors = F.normalize(classifier.weight.detach(), dim=-1)
+        wrong = understanding_logits.detach().scatter(1, labels[:, None], float("-inf")).argmax(dim=-1)
+        cos = F.normalize(e_head, dim=-1) @ anchors.T
+        margin = F.relu(self.cfg.margin - cos.gather(1, labels[:, None]) + cos.gather(1, wrong[:, None])).mean()
+        return {"cond": ce + margin, "cond_ce": ce.detach(), "cond_margin": margin.detach()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Injection through the text encoder's inputs_embeds
+# ---------------------------------------------------------------------------------------------
+
+def add_placeholder(tokenizer, placeholder: str) -> int:
+    """Register ``placeholder`` as one token; its id is never looked up in the embedding table."""
+    tokenizer.add_tokens([placeholder], special_tokens=True)
+    return tokenizer.convert_tokens_to_ids(placeholder)
+
+
+def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
+    """Token ids padded to the tokenizer's max length, as Stable Diffusion encodes its prompts."""
+    return tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
+
+
+def check_word(tokenizer, word: str, placeholder_id: int) -> None:
+    """A prompt word must encode to real vocabulary tokens (no unknown token, not the placeholder)."""
+    ids = tokenizer(word, add_special_tokens=False).input_ids
+    if not ids or placeholder_id in ids or tokenizer.unk_token_id in ids:
+        raise UniEmoError(f"object {word!r} cannot be encoded by the tokenizer: use plain words, e.g. bench, cup, room")
+
+
+def inject(token_embedding: nn.Embedding, input_ids: torch.Tensor, placeholder_id: int,
+           e: torch.Tensor) -> torch.Tensor:
+    """Token embeddings of ``input_ids`` (B,L) with the placeholder row replaced by e (B,W) per
+    sample: (B,L,W), differentiable to e; every other position is the table's own row."""
+    is_placeholder = input_ids == placeholder_id
+    if not bool(is_placeholder.any(dim=1).all()):
+        raise UniEmoError("every prompt must contain the placeholder token once; check fusion.placeholder")
+    rows = token_embedding(input_ids.masked_fill(is_placeholder, 0))
+    return torch.where(is_placeholder.unsqueeze(-1), e.to(rows.dtype).unsqueeze(1), rows)
+
+
+def encode_embeds(text_encoder, inputs_embeds: torch.Tensor) -> torch.Tensor:
+    """The CLIP text encoder run from token embeddings (positions added, causal mask, final
+    LayerNorm): the ``last_hidden_state`` Stable Diffusion conditions on, as ``text_encoder(ids)``
+    would give for the same rows. transformers' ``CLIPTextModel.forward`` takes only ids."""
+    from transformers.masking_utils import create_causal_mask
+
+    hidden = text_encoder.embeddings(inputs_embeds=inputs_embeds)
+    mask = create_causal_mask(config=text_encoder.config, inputs_embeds=hidden, attention_mask=None,
+                              past_key_values=None)
+    hidden = text_encoder.encoder(inputs_embeds=hidden, attention_mask=mask, is_causal=True).last_hidden_state
+    return text_encoder.final_layer_norm(hidden)
+
+
+def condition_prompt(text_encoder, input_ids: torch.Tensor, placeholder_id: int, e: torch.Tensor) -> torch.Tensor:
+    """prompt_embeds (B,L,W) for Stable Diffusion with e injected at the placeholder."""
+    if input_ids.shape[0] == 1 and e.shape[0] > 1:
+        input_ids = input_ids.expand(e.shape[0], -1)
+    embeds = inject(text_encoder.embeddings.token_embedding, input_ids.to(e.device), placeholder_id, e)
+    return encode_embeds(text_encoder, embeds)
