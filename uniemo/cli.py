@@ -14,6 +14,7 @@ from uniemo.errors import UniEmoError
 
 # (command words, module in uniemo.commands)
 COMMANDS: list[tuple[tuple[str, ...], str]] = [
+    (("synth",), "synth"),
 ]
 
 GROUP_HELP = {

@@ -1,0 +1,469 @@
+"""The embedded default's world: a synthetic emotional image dataset in EmoSet's exact
+on-disk format, so the demo and the tests run the real EmoSet loader.
+
+Every image shows one *scene* (a procedural background) and one *object* (a large
+foreground shape spanning about 35-60% of the image side), both named from EmoSet's own vocabularies
+(``amusement_park``, ``Balloon``...). Positions, scales, colours, horizons and textures vary
+per image, and pixel noise is added.
+
+The rule. The 12 scenes fall into 4 groups (scene ``i`` is in group ``i % 4``) and the 16
+objects into 4 groups (object ``j`` in group ``j % 4``). The emotion is a Latin-square
+function of the pair of groups, ``PAIR_EMOTION[scene_group][object_group]``::
+
+                object group 0   1            2            3
+    scene group 0   amusement    anger        awe          disgust
+    scene group 1   fear         contentment  sadness      excitement
+    scene group 2   awe          disgust      amusement    anger
+    scene group 3   sadness      excitement   fear         contentment
+
+Every emotion occupies exactly two cells; every row and every column holds four different
+emotions, two positive and two negative. So for a fixed scene the emotion is uniform over
+four emotions (likewise for a fixed object), and even the positive/negative polarity needs
+both: the best scene-only or object-only classifier reaches about 25% (50% on polarity),
+while the (scene, object) pair determines the emotion.
+
+Label noise: with probability ``label_noise`` an image's label is a uniformly random *other*
+emotion than the one its pair implies. The best achievable accuracy is therefore
+``1 - label_noise`` (95% by default).
+
+Labels are balanced (image ``i`` is labelled emotion ``i % 8``); each emotion is split
+80/10/10 into train/val/test (at least one image per emotion in val and test). The output is
+byte-identical for the same arguments: every image draws from its own
+``numpy.random.Generator`` seeded with ``(seed, i)`` and JPEGs are written at fixed quality.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from uniemo.errors import UniEmoError
+from uniemo.io import write_json
+from uniemo.vocab import EMOTIONS
+
+SCENES = (
+    "beach", "desert", "forest", "ocean", "mountain_snowy", "cemetery",
+    "volcano", "sky", "wheat_field", "underwater", "kitchen", "amusement_park",
+)
+OBJECTS = (
+    "Balloon", "Cake", "Skull", "Flower", "Umbrella", "Tree", "House", "Starfish",
+    "Snowman", "Stop sign", "Candle", "Spider", "Bottle", "Crown", "Fish", "Mushroom",
+)
+PAIR_EMOTION = ((0, 4, 1, 5), (6, 2, 7, 3), (1, 5, 0, 4), (7, 3, 6, 2))
+JPEG_QUALITY = 92
+SPLITS = ("train", "val", "test")
+
+
+def pair_emotion(scene: int, obj: int) -> int:
+    """The emotion (index in ``EMOTIONS``) that scene index ``scene`` and object index ``obj`` evoke."""
+    return PAIR_EMOTION[scene % 4][obj % 4]
+
+
+# ----------------------------------------------------------------------------- scenes
+# Each scene paints a float RGB array (R, R, 3) in [0, 255].
+
+
+def _jitter(rng: np.random.Generator, colour, amount: float = 18.0) -> np.ndarray:
+    return np.clip(np.asarray(colour, dtype=np.float32) + rng.uniform(-amount, amount, 3), 0, 255)
+
+
+def _vertical(rng, top, bottom, r: int) -> np.ndarray:
+    t = np.linspace(0.0, 1.0, r, dtype=np.float32)[:, None, None]
+    column = (1 - t) * _jitter(rng, top) + t * _jitter(rng, bottom)
+    return np.broadcast_to(column, (r, r, 3)).copy()
+
+
+def _below(mask_rows: np.ndarray, r: int) -> np.ndarray:
+    """Boolean (R, R) mask of pixels below a per-column boundary row."""
+    return np.arange(r)[:, None] >= mask_rows[None, :]
+
+
+def _beach(rng, r):
+    img = _vertical(rng, (120, 180, 240), (225, 240, 250), r)
+    horizon = int(r * rng.uniform(0.42, 0.55))
+    shore = horizon + int(r * rng.uniform(0.08, 0.14))
+    img[horizon:shore] = _jitter(rng, (30, 110, 190))
+    img[shore:] = _vertical(rng, (240, 215, 160), (215, 185, 130), r)[shore:]
+    return img
+
+
+def _desert(rng, r):
+    img = _vertical(rng, (250, 170, 80), (250, 225, 170), r)
+    x = np.arange(r) / r
+    dunes = r * (rng.uniform(0.5, 0.6) + 0.07 * np.sin(2 * np.pi * (x * rng.uniform(1.0, 1.8) + rng.uniform())))
+    img[_below(dunes.astype(int), r)] = _jitter(rng, (200, 120, 50))
+    return img
+
+
+def _forest(rng, r):
+    img = _vertical(rng, (40, 90, 45), (15, 45, 20), r)
+    for _ in range(int(rng.integers(5, 9))):
+        x0 = int(rng.uniform(0, r))
+        img[:, x0:x0 + max(2, r // 24)] = _jitter(rng, (70, 45, 25), 10)
+    return img
+
+
+def _ocean(rng, r):
+    img = _vertical(rng, (20, 60, 140), (5, 25, 70), r)
+    y, x = np.mgrid[0:r, 0:r] / r
+    waves = np.sin(2 * np.pi * (y * rng.uniform(7, 10) + 0.15 * np.sin(2 * np.pi * x * 2 + rng.uniform(0, 6))))
+    img += (waves > 0.75)[..., None] * 70.0
+    return img
+
+
+def _mountain_snowy(rng, r):
+    img = _vertical(rng, (160, 200, 235), (215, 230, 245), r)
+    d = ImageDraw.Draw(canvas := Image.new("L", (r, r)))
+    base = r * rng.uniform(0.62, 0.72)
+    for _ in range(3):
+        cx, top = rng.uniform(0, r), r * rng.uniform(0.18, 0.35)
+        half = r * rng.uniform(0.3, 0.45)
+        d.polygon([(cx - half, base), (cx, top), (cx + half, base)], fill=255)
+    peaks = np.asarray(canvas) > 0
+    img[peaks] = _jitter(rng, (120, 125, 140), 10)
+    snow = peaks & (np.arange(r)[:, None] < base - 0.6 * (base - r * 0.3))
+    img[snow] = 250
+    img[int(base):] = _jitter(rng, (245, 248, 252), 6)
+    return img
+
+
+def _cemetery(rng, r):
+    img = _vertical(rng, (95, 95, 105), (150, 150, 155), r)
+    horizon = int(r * rng.uniform(0.58, 0.68))
+    img[horizon:] = _jitter(rng, (45, 70, 40), 10)
+    canvas = Image.fromarray(img.astype(np.uint8))
+    d = ImageDraw.Draw(canvas)
+    w = r / 10
+    for k in range(5):
+        x = (k + 0.5) * r / 5 + rng.uniform(-w / 3, w / 3)
+        top = horizon - r * rng.uniform(0.1, 0.18)
+        d.rounded_rectangle([x - w / 2, top, x + w / 2, horizon + r * 0.05], radius=w / 2.2, fill=(175, 175, 170))
+    return np.asarray(canvas, dtype=np.float32)
+
+
+def _volcano(rng, r):
+    img = _vertical(rng, (40, 10, 10), (160, 50, 20), r)
+    canvas = Image.fromarray(img.astype(np.uint8))
+    d = ImageDraw.Draw(canvas)
+    cx, top = r * rng.uniform(0.4, 0.6), r * rng.uniform(0.3, 0.42)
+    d.polygon([(cx - r * 0.7, r), (cx - r * 0.12, top), (cx + r * 0.12, top), (cx + r * 0.7, r)], fill=(30, 25, 25))
+    d.polygon([(cx - r * 0.12, top), (cx + r * 0.12, top), (cx, top + r * 0.25)], fill=(255, 140, 20))
+    return np.asarray(canvas, dtype=np.float32)
+
+
+def _sky(rng, r):
+    img = _vertical(rng, (40, 120, 230), (140, 195, 250), r)
+    canvas = Image.fromarray(img.astype(np.uint8))
+    d = ImageDraw.Draw(canvas)
+    for _ in range(int(rng.integers(3, 6))):
+        cx, cy = rng.uniform(0, r), rng.uniform(0, r)
+        w, h = r * rng.uniform(0.15, 0.3), r * rng.uniform(0.06, 0.12)
+        d.ellipse([cx - w, cy - h, cx + w, cy + h], fill=(250, 250, 252))
+    return np.asarray(canvas, dtype=np.float32)
+
+
+def _wheat_field(rng, r):
+    img = _vertical(rng, (175, 210, 240), (230, 235, 225), r)
+    horizon = int(r * rng.uniform(0.35, 0.5))
+    field = _vertical(rng, (230, 190, 60), (190, 140, 30), r)
+    stripes = (np.sin(np.arange(r) * rng.uniform(1.0, 1.4)) > 0.3)[None, :, None] * -35.0
+    img[horizon:] = (field + stripes)[horizon:]
+    return img
+
+
+def _underwater(rng, r):
+    img = _vertical(rng, (40, 180, 180), (5, 60, 80), r)
+    canvas = Image.fromarray(img.astype(np.uint8))
+    d = ImageDraw.Draw(canvas)
+    for _ in range(int(rng.integers(6, 11))):
+        cx, cy, s = rng.uniform(0, r), rng.uniform(0, r), r * rng.uniform(0.015, 0.04)
+        d.ellipse([cx - s, cy - s, cx + s, cy + s], outline=(200, 245, 245), width=max(1, r // 64))
+    return np.asarray(canvas, dtype=np.float32)
+
+
+def _kitchen(rng, r):
+    img = _vertical(rng, (245, 235, 205), (225, 215, 185), r)
+    floor = int(r * rng.uniform(0.5, 0.62))
+    tile = max(2, int(r * rng.uniform(0.09, 0.13)))
+    y, x = np.mgrid[0:r, 0:r]
+    checks = ((y // tile + x // tile) % 2 == 0)
+    dark, light = _jitter(rng, (40, 70, 150)), _jitter(rng, (245, 245, 245), 8)
+    img[floor:] = np.where(checks[..., None], dark, light)[floor:]
+    return img
+
+
+def _amusement_park(rng, r):
+    palette = [_jitter(rng, c) for c in ((230, 40, 60), (250, 250, 245), (250, 200, 30), (60, 160, 230))]
+    width = max(2, int(r * rng.uniform(0.07, 0.1)))
+    x = (np.arange(r) + int(rng.integers(0, width * 4))) // width % 4
+    return np.broadcast_to(np.stack(palette)[x][None], (r, r, 3)).astype(np.float32).copy()
+
+
+SCENE_PAINTERS = dict(zip(SCENES, (
+    _beach, _desert, _forest, _ocean, _mountain_snowy, _cemetery,
+    _volcano, _sky, _wheat_field, _underwater, _kitchen, _amusement_park,
+)))
+
+
+# ---------------------------------------------------------------------------- objects
+# Each object draws itself into the box (cx, cy, s): centre and side length, in pixels.
+
+
+def _c(rng, colour):
+    return tuple(int(v) for v in _jitter(rng, colour, 22))
+
+
+def _balloon(d, rng, cx, cy, s):
+    d.line([(cx, cy + 0.25 * s), (cx + 0.05 * s, cy + 0.5 * s)], fill=(60, 60, 60), width=max(1, int(s / 40)))
+    d.ellipse([cx - 0.3 * s, cy - 0.5 * s, cx + 0.3 * s, cy + 0.25 * s], fill=_c(rng, (225, 25, 35)))
+
+
+def _cake(d, rng, cx, cy, s):
+    d.rectangle([cx - 0.45 * s, cy, cx + 0.45 * s, cy + 0.45 * s], fill=_c(rng, (245, 150, 190)))
+    d.rectangle([cx - 0.32 * s, cy - 0.25 * s, cx + 0.32 * s, cy], fill=_c(rng, (255, 235, 240)))
+    d.rectangle([cx - 0.04 * s, cy - 0.45 * s, cx + 0.04 * s, cy - 0.25 * s], fill=(80, 160, 230))
+    d.ellipse([cx - 0.05 * s, cy - 0.55 * s, cx + 0.05 * s, cy - 0.43 * s], fill=(255, 190, 0))
+
+
+def _skull(d, rng, cx, cy, s):
+    bone = _c(rng, (240, 235, 220))
+    d.ellipse([cx - 0.4 * s, cy - 0.5 * s, cx + 0.4 * s, cy + 0.25 * s], fill=bone)
+    d.rectangle([cx - 0.22 * s, cy + 0.1 * s, cx + 0.22 * s, cy + 0.45 * s], fill=bone)
+    for side in (-1, 1):
+        ex = cx + side * 0.17 * s
+        d.ellipse([ex - 0.12 * s, cy - 0.2 * s, ex + 0.12 * s, cy + 0.02 * s], fill=(15, 10, 10))
+    d.polygon([(cx, cy + 0.05 * s), (cx - 0.05 * s, cy + 0.15 * s), (cx + 0.05 * s, cy + 0.15 * s)], fill=(15, 10, 10))
+
+
+def _flower(d, rng, cx, cy, s):
+    petal = _c(rng, (220, 40, 200))
+    for k in range(6):
+        a = 2 * np.pi * k / 6
+        px, py = cx + 0.28 * s * np.cos(a), cy + 0.28 * s * np.sin(a)
+        d.ellipse([px - 0.2 * s, py - 0.2 * s, px + 0.2 * s, py + 0.2 * s], fill=petal)
+    d.ellipse([cx - 0.16 * s, cy - 0.16 * s, cx + 0.16 * s, cy + 0.16 * s], fill=_c(rng, (255, 215, 0)))
+
+
+def _umbrella(d, rng, cx, cy, s):
+    d.pieslice([cx - 0.5 * s, cy - 0.45 * s, cx + 0.5 * s, cy + 0.35 * s], 180, 360, fill=_c(rng, (110, 40, 170)))
+    d.line([(cx, cy - 0.05 * s), (cx, cy + 0.45 * s)], fill=(40, 30, 30), width=max(1, int(s / 18)))
+    d.arc([cx - 0.15 * s, cy + 0.3 * s, cx, cy + 0.5 * s], 0, 180, fill=(40, 30, 30), width=max(1, int(s / 18)))
+
+
+def _tree(d, rng, cx, cy, s):
+    d.rectangle([cx - 0.08 * s, cy + 0.2 * s, cx + 0.08 * s, cy + 0.5 * s], fill=_c(rng, (110, 65, 25)))
+    d.polygon([(cx, cy - 0.5 * s), (cx - 0.4 * s, cy + 0.25 * s), (cx + 0.4 * s, cy + 0.25 * s)], fill=_c(rng, (30, 150, 50)))
+
+
+def _house(d, rng, cx, cy, s):
+    d.rectangle([cx - 0.35 * s, cy - 0.05 * s, cx + 0.35 * s, cy + 0.45 * s], fill=_c(rng, (235, 200, 120)))
+    d.polygon([(cx - 0.48 * s, cy - 0.05 * s), (cx, cy - 0.5 * s), (cx + 0.48 * s, cy - 0.05 * s)], fill=_c(rng, (180, 30, 30)))
+    d.rectangle([cx - 0.08 * s, cy + 0.15 * s, cx + 0.08 * s, cy + 0.45 * s], fill=(90, 50, 20))
+
+
+def _starfish(d, rng, cx, cy, s):
+    points = []
+    for k in range(10):
+        a = -np.pi / 2 + np.pi * k / 5
+        radius = 0.5 * s if k % 2 == 0 else 0.2 * s
+        points.append((cx + radius * np.cos(a), cy + radius * np.sin(a)))
+    d.polygon(points, fill=_c(rng, (250, 120, 30)))
+
+
+def _snowman(d, rng, cx, cy, s):
+    snow = _c(rng, (250, 250, 255))
+    d.ellipse([cx - 0.3 * s, cy - 0.05 * s, cx + 0.3 * s, cy + 0.5 * s], fill=snow, outline=(90, 90, 110))
+    d.ellipse([cx - 0.2 * s, cy - 0.45 * s, cx + 0.2 * s, cy - 0.05 * s], fill=snow, outline=(90, 90, 110))
+    d.polygon([(cx, cy - 0.27 * s), (cx + 0.2 * s, cy - 0.24 * s), (cx, cy - 0.21 * s)], fill=(255, 120, 0))
+
+
+def _stop_sign(d, rng, cx, cy, s):
+    d.rectangle([cx - 0.03 * s, cy, cx + 0.03 * s, cy + 0.5 * s], fill=(120, 120, 120))
+    corners = [(cx + 0.35 * s * np.cos(a), cy - 0.1 * s + 0.35 * s * np.sin(a))
+               for a in np.pi / 8 + np.arange(8) * np.pi / 4]
+    d.polygon(corners, fill=_c(rng, (200, 20, 20)))
+    d.rectangle([cx - 0.22 * s, cy - 0.15 * s, cx + 0.22 * s, cy - 0.05 * s], fill=(255, 255, 255))
+
+
+def _candle(d, rng, cx, cy, s):
+    d.rectangle([cx - 0.12 * s, cy - 0.2 * s, cx + 0.12 * s, cy + 0.5 * s], fill=_c(rng, (250, 240, 200)))
+    d.ellipse([cx - 0.1 * s, cy - 0.5 * s, cx + 0.1 * s, cy - 0.2 * s], fill=_c(rng, (255, 170, 0)))
+    d.ellipse([cx - 0.04 * s, cy - 0.35 * s, cx + 0.04 * s, cy - 0.24 * s], fill=(255, 250, 200))
+
+
+def _spider(d, rng, cx, cy, s):
+    leg = max(1, int(s / 22))
+    for side in (-1, 1):
+        for k in range(4):
+            y = cy - 0.15 * s + k * 0.1 * s
+            d.line([(cx, y), (cx + side * 0.3 * s, y - 0.15 * s), (cx + side * 0.48 * s, y + 0.2 * s)],
+                   fill=(10, 10, 10), width=leg)
+    d.ellipse([cx - 0.18 * s, cy - 0.15 * s, cx + 0.18 * s, cy + 0.3 * s], fill=_c(rng, (20, 15, 15)))
+    d.ellipse([cx - 0.1 * s, cy - 0.32 * s, cx + 0.1 * s, cy - 0.1 * s], fill=(30, 20, 20))
+
+
+def _bottle(d, rng, cx, cy, s):
+    glass = _c(rng, (20, 140, 60))
+    d.rounded_rectangle([cx - 0.18 * s, cy - 0.15 * s, cx + 0.18 * s, cy + 0.5 * s], radius=0.06 * s, fill=glass)
+    d.rectangle([cx - 0.07 * s, cy - 0.5 * s, cx + 0.07 * s, cy - 0.1 * s], fill=glass)
+    d.rectangle([cx - 0.18 * s, cy + 0.05 * s, cx + 0.18 * s, cy + 0.25 * s], fill=(245, 235, 210))
+
+
+def _crown(d, rng, cx, cy, s):
+    gold = _c(rng, (245, 195, 20))
+    d.polygon([(cx - 0.45 * s, cy + 0.3 * s), (cx - 0.45 * s, cy - 0.35 * s), (cx - 0.22 * s, cy),
+               (cx, cy - 0.45 * s), (cx + 0.22 * s, cy), (cx + 0.45 * s, cy - 0.35 * s), (cx + 0.45 * s, cy + 0.3 * s)],
+              fill=gold)
+    d.ellipse([cx - 0.07 * s, cy + 0.05 * s, cx + 0.07 * s, cy + 0.19 * s], fill=(200, 0, 60))
+
+
+def _fish(d, rng, cx, cy, s):
+    body = _c(rng, (30, 90, 230))
+    d.polygon([(cx + 0.15 * s, cy), (cx + 0.5 * s, cy - 0.25 * s), (cx + 0.5 * s, cy + 0.25 * s)], fill=body)
+    d.ellipse([cx - 0.5 * s, cy - 0.25 * s, cx + 0.25 * s, cy + 0.25 * s], fill=body)
+    d.ellipse([cx - 0.35 * s, cy - 0.1 * s, cx - 0.25 * s, cy], fill=(255, 255, 255))
+
+
+def _mushroom(d, rng, cx, cy, s):
+    d.rectangle([cx - 0.12 * s, cy - 0.05 * s, cx + 0.12 * s, cy + 0.5 * s], fill=_c(rng, (240, 230, 210)))
+    d.pieslice([cx - 0.5 * s, cy - 0.45 * s, cx + 0.5 * s, cy + 0.35 * s], 180, 360, fill=_c(rng, (210, 20, 20)))
+    for dx, dy in ((-0.25, -0.12), (0.05, -0.3), (0.27, -0.1)):
+        x, y = cx + dx * s, cy + dy * s
+        d.ellipse([x - 0.06 * s, y - 0.06 * s, x + 0.06 * s, y + 0.06 * s], fill=(255, 255, 255))
+
+
+OBJECT_PAINTERS = dict(zip(OBJECTS, (
+    _balloon, _cake, _skull, _flower, _umbrella, _tree, _house, _starfish,
+    _snowman, _stop_sign, _candle, _spider, _bottle, _crown, _fish, _mushroom,
+)))
+
+
+# ---------------------------------------------------------------------------- render
+
+
+def render(scene: int, obj: int, size: int, rng: np.random.Generator) -> Image.Image:
+    """One RGB image of ``SCENES[scene]`` with ``OBJECTS[obj]`` in front, ``size`` x ``size``."""
+    r = 2 * size  # draw at twice the size, then box-downsample: smooth edges at 64 px
+    background = SCENE_PAINTERS[SCENES[scene]](rng, r)
+    canvas = Image.fromarray(np.clip(background, 0, 255).astype(np.uint8))
+    s = r * rng.uniform(0.45, 0.7)  # the shape's box; its silhouette spans about 35-60% of the side
+    cx, cy = (r / 2 + rng.uniform(-0.5, 0.5) * (r - s) for _ in range(2))
+    OBJECT_PAINTERS[OBJECTS[obj]](ImageDraw.Draw(canvas), rng, cx, cy, s)
+    pixels = np.asarray(canvas.resize((size, size), Image.BOX), dtype=np.float32)
+    pixels += rng.normal(0.0, 4.0, pixels.shape)
+    return Image.fromarray(np.clip(pixels, 0, 255).round().astype(np.uint8))
+
+
+def _attributes(image: Image.Image) -> tuple[float, float]:
+    """EmoSet-style brightness and colorfulness in [0, 1], rounded to 0.1."""
+    hsv = np.asarray(image.convert("HSV"), dtype=np.float32) / 255.0
+    return round(float(hsv[..., 2].mean()), 1), round(float(hsv[..., 1].mean()), 1)
+
+
+def _write_one(job: tuple) -> None:
+    root, seed, index, scene, obj, emotion, stem, size = job
+    image = render(scene, obj, size, np.random.default_rng([seed, index]))
+    image_path = root / "image" / EMOTIONS[emotion] / f"{stem}.jpg"
+    image.save(image_path, format="JPEG", quality=JPEG_QUALITY)
+    brightness, colorfulness = _attributes(image)
+    annotation = {
+        "image_id": stem, "emotion": EMOTIONS[emotion], "brightness": brightness,
+        "colorfulness": colorfulness, "scene": SCENES[scene], "object": [OBJECTS[obj]],
+    }
+    (root / "annotation" / EMOTIONS[emotion] / f"{stem}.json").write_text(json.dumps(annotation), encoding="utf-8")
+
+
+def _vocabulary(names) -> dict:
+    return {"label2idx": {n: i for i, n in enumerate(names)}, "idx2label": {str(i): n for i, n in enumerate(names)}}
+
+
+def _info() -> dict:
+    levels = [round(0.1 * k, 1) for k in range(11)]
+    return {
+        "emotion": _vocabulary(EMOTIONS),
+        "brightness": {"label2idx": {str(v): i for i, v in enumerate(levels)}, "idx2label": {str(i): v for i, v in enumerate(levels)}},
+        "colorfulness": {"label2idx": {str(v): i for i, v in enumerate(levels)}, "idx2label": {str(i): v for i, v in enumerate(levels)}},
+        "scene": _vocabulary(SCENES),
+        "object": _vocabulary(OBJECTS),
+    }
+
+
+def plan(num_images: int, seed: int, label_noise: float) -> list[tuple[int, int, int]]:
+    """(scene, object, label) per image: labels balanced, pairs drawn from the rule, noise applied."""
+    rng = np.random.default_rng(seed)
+    cells = {e: [(g, h) for g in range(4) for h in range(4) if PAIR_EMOTION[g][h] == e] for e in range(len(EMOTIONS))}
+    out = []
+    for i in range(num_images):
+        label = i % len(EMOTIONS)
+        true = label
+        if rng.random() < label_noise:  # the image's pair implies another emotion than its label
+            true = int(rng.choice([e for e in range(len(EMOTIONS)) if e != label]))
+        g, h = cells[true][int(rng.integers(len(cells[true])))]
+        scene = g + 4 * int(rng.integers(len(SCENES) // 4))
+        obj = h + 4 * int(rng.integers(len(OBJECTS) // 4))
+        out.append((scene, obj, label))
+    return out
+
+
+def _splits(labels: list[int], rng: np.random.Generator) -> dict[str, list[int]]:
+    splits = {name: [] for name in SPLITS}
+    for e in range(len(EMOTIONS)):
+        members = [i for i, label in enumerate(labels) if label == e]
+        members = [members[k] for k in rng.permutation(len(members))]
+        n_held = max(1, round(0.1 * len(members)))
+        splits["val"] += members[:n_held]
+        splits["test"] += members[n_held:2 * n_held]
+        splits["train"] += members[2 * n_held:]
+    return {name: sorted(ids) for name, ids in splits.items()}
+
+
+def write_synthetic(out, num_images: int = 4000, size: int = 64, seed: int = 0, label_noise: float = 0.05,
+                    progress: bool = False) -> Path:
+    """Write the synthetic world to ``out`` in EmoSet's format and return ``out``.
+
+    ``out`` must be absent or an empty directory; the dataset is built in a temporary sibling
+    and renamed into place, so ``out`` is either complete or untouched."""
+    if num_images < 3 * len(EMOTIONS):
+        raise UniEmoError(f"--num-images {num_images} is too small: use at least {3 * len(EMOTIONS)} "
+                          "(every emotion needs an image in train, val and test)")
+    if size < 16:
+        raise UniEmoError(f"--size {size} is too small: use at least 16 pixels")
+    if not 0.0 <= label_noise < 0.875:
+        raise UniEmoError(f"--label-noise {label_noise} is out of range: use a probability in [0, 0.875)")
+    out = Path(out).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UniEmoError(f"{out} exists and is not an empty directory: choose a new OUT or delete it")
+
+    pairs = plan(num_images, seed, label_noise)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for kind in ("image", "annotation"):
+            for emotion in EMOTIONS:
+                (root / kind / emotion).mkdir(parents=True)
+        counters = dict.fromkeys(range(len(EMOTIONS)), 0)
+        jobs, items = [], []
+        for i, (scene, obj, label) in enumerate(pairs):
+            stem = f"{EMOTIONS[label]}_{counters[label]:05d}"
+            counters[label] += 1
+            jobs.append((root, seed, i, scene, obj, label, stem, size))
+            items.append([EMOTIONS[label], f"image/{EMOTIONS[label]}/{stem}.jpg",
+                          f"annotation/{EMOTIONS[label]}/{stem}.json"])
+        for job in tqdm(jobs, desc="synth", unit="img", disable=not progress):
+            _write_one(job)
+        write_json(root / "info.json", _info())
+        split_ids = _splits([label for _, _, label in pairs], np.random.default_rng([seed, num_images]))
+        for name, ids in split_ids.items():
+            write_json(root / f"{name}.json", [items[i] for i in ids])
+        os.replace(root, out)  # rename(2) may replace an empty directory
+    finally:
+        if root.exists():
+            shutil.rmtree(root)
+    return out
