@@ -26,3 +26,122 @@ def test_accuracy_takes_logits():
     assert metrics.top1_accuracy(logits, [1, 0, 0]) == pytest.approx(2 / 3)
     report = metrics.accuracy_report(logits, [1, 0, 0], ("a", "b"))
     assert report["per_class"] == {"a": 0.5, "b": 1.0} and "binary" not in report
+
+
+def _images(n, seed, size=32):
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(seed)
+    return [Image.fromarray((torch.rand(size, size, 3, generator=g) * 255).byte().numpy()) for _ in range(n)]
+
+
+def test_frechet_distance_is_zero_for_identical_sets_and_grows_with_a_shift():
+    feats = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))
+    assert metrics.frechet_distance(feats, feats.clone()) == pytest.approx(0.0, abs=1e-6)
+    # A pure mean shift of 3 in every one of 8 dimensions adds |mu1 - mu2|^2 = 72.
+    assert metrics.frechet_distance(feats, feats + 3.0) == pytest.approx(72.0, rel=1e-4)
+    assert torch.isnan(torch.tensor(metrics.frechet_distance(feats[:1], feats)))
+
+
+def test_fid_by_emotion_compares_only_the_same_emotion():
+    real = torch.randn(40, 4, generator=torch.Generator().manual_seed(1))
+    labels = [0] * 20 + [1] * 20
+    fake = real.clone()
+    fake[20:] += 2.0  # emotion 1 generated off by 2 in each of 4 dims -> 16
+    pooled, per = metrics.fid_by_emotion(real, labels, fake, labels, [0, 1])
+    assert per[0] == pytest.approx(0.0, abs=1e-6) and per[1] == pytest.approx(16.0, rel=1e-4)
+    assert pooled > 0
+
+
+def test_sample_pairs_stay_within_one_emotion_and_the_pool_resets():
+    labels = [0] * 6 + [1] * 6 + [2] * 2
+    pairs = metrics.sample_pairs(labels, num_pairs=10, seed=3)
+    assert set(pairs) == {0, 1, 2}
+    for emotion, chosen in pairs.items():
+        assert all(labels[i] == emotion and labels[j] == emotion and i != j for i, j in chosen)
+        assert len(set(chosen)) == len(chosen)
+    assert len(pairs[0]) == len(pairs[1]) == 10 and pairs[2] == [(12, 13)]  # 2 images: the only pair
+    # Each emotion's draw is independent of the others (no shared, never-reset pool).
+    alone = metrics.sample_pairs([1] * 6, num_pairs=10, seed=3)[1]
+    assert [(i + 6, j + 6) for i, j in alone] == pairs[1]
+    assert metrics.sample_pairs(labels, 10, seed=3) == pairs and metrics.sample_pairs(labels, 10, seed=4) != pairs
+
+
+def test_semantic_diversity_and_clarity_on_known_values():
+    feats = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    assert metrics.semantic_diversity(feats, [(0, 1)]) == 0.0
+    assert metrics.semantic_diversity(feats, [(0, 1), (0, 2)]) == pytest.approx((0.0 + 1.0) / 2)
+    scenes = torch.tensor([[0.7, 0.3], [0.5, 0.5]])
+    objects = torch.tensor([[0.2, 0.2, 0.6], [0.9, 0.05, 0.05]])
+    assert metrics.semantic_clarity([scenes, objects]).tolist() == pytest.approx([0.7, 0.9])
+    probs = torch.tensor([[0.1, 0.9], [0.8, 0.2]])
+    assert metrics.target_probability(probs, [1, 1]).tolist() == pytest.approx([0.9, 0.2])
+
+
+@pytest.fixture(scope="module")
+def alexnet_file(tmp_path_factory):
+    import torchvision
+    from safetensors.torch import save_file
+
+    path = tmp_path_factory.mktemp("alexnet") / "alexnet.safetensors"
+    torch.manual_seed(0)
+    save_file(torchvision.models.alexnet(weights=None).state_dict(), str(path))
+    return path
+
+
+def test_lpips_is_zero_on_identical_pairs_and_positive_on_different_images(alexnet_file):
+    lp = metrics.LpipsDistance(alexnet_file)
+    a, b = _images(2, seed=0), _images(2, seed=1)
+    assert lp(a, a).tolist() == pytest.approx([0.0, 0.0], abs=1e-6)
+    assert (lp(a, b) > 0).all()
+    assert "alexnet" in lp.name and str(alexnet_file) in lp.name
+
+
+def test_lpips_rejects_a_file_that_is_not_alexnet(tmp_path):
+    from safetensors.torch import save_file
+
+    from uniemo.errors import UniEmoError
+
+    save_file({"features.0.weight": torch.zeros(2, 2)}, str(tmp_path / "x.safetensors"))
+    with pytest.raises(UniEmoError, match="not a torchvision AlexNet"):
+        metrics.LpipsDistance(tmp_path / "x.safetensors")
+
+
+def test_inception_path_gives_zero_fid_on_identical_sets(tmp_path):
+    from unittest import mock
+
+    from torch_fidelity import feature_extractor_inceptionv3 as fe
+
+    # A randomly initialised network of the real architecture, saved like the released .pth.
+    with mock.patch.object(fe, "load_state_dict_from_url", return_value=None), \
+            mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict"):
+        torch.manual_seed(0)
+        random_net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    torch.save(random_net.state_dict(), tmp_path / "inception.pth")
+    encoder = metrics.InceptionEncoder(tmp_path / "inception.pth", device=torch.device("cpu"))
+    images = _images(3, seed=2)
+    feats = encoder(images)
+    assert feats.shape == (3, 2048) and torch.isfinite(feats).all()
+    assert metrics.frechet_distance(feats, encoder(images)) == pytest.approx(0.0, abs=1e-3)
+
+
+def test_read_state_dict_unwraps_places365_checkpoints_and_rejects_pickled_code(tmp_path):
+    from uniemo.errors import UniEmoError
+
+    torch.save({"epoch": 1, "state_dict": {"module.fc.weight": torch.ones(2, 2)}}, tmp_path / "places.pth.tar")
+    assert list(metrics.read_state_dict(tmp_path / "places.pth.tar", "Places365")) == ["fc.weight"]
+    torch.save({"fc.weight": torch.ones(1), "hook": print}, tmp_path / "evil.pth")  # would run code on load
+    with pytest.raises(UniEmoError, match="cannot read"):
+        metrics.read_state_dict(tmp_path / "evil.pth", "ImageNet")
+    with pytest.raises(UniEmoError, match="no ImageNet weight file"):
+        metrics.read_state_dict(tmp_path / "missing.pth", "ImageNet")
+
+
+def test_resnet_classifier_returns_probabilities(tmp_path):
+    import torchvision
+
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet50(weights=None, num_classes=365).state_dict(), tmp_path / "places.pth")
+    clf = metrics.ResNetClassifier(tmp_path / "places.pth", "places365", device=torch.device("cpu"))
+    probs = clf(_images(2, seed=0, size=64))
+    assert probs.shape == (2, 365) and probs.sum(-1).tolist() == pytest.approx([1.0, 1.0], abs=1e-5)

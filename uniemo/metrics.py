@@ -8,10 +8,20 @@ Every pretrained network comes from a local file; each reported number names its
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchvision.transforms.functional import pil_to_tensor
+from tqdm.auto import tqdm
 
+from uniemo.errors import UniEmoError
+from uniemo.io import load_state_dict_checked
 from uniemo.vocab import to_binary
 
 
@@ -65,3 +75,253 @@ def accuracy_report(preds, labels, class_names: Sequence[str]) -> dict:
     if n == 8:
         report["binary"] = binary_accuracy(preds, labels)
     return report
+
+
+# ----------------------------------------------------------------------------- weights and batching
+
+
+def read_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
+    """Tensors of a local weight file: safetensors, or a legacy ``.pth`` read with
+    ``weights_only=True`` (never unpickling code). A ``{"state_dict": ...}`` wrapper and the
+    ``module.`` prefix of DataParallel checkpoints (the Places365 release) are unwrapped."""
+    from uniemo.io import load_tensors
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UniEmoError(f"no {what} weight file at {path}: check the path")
+    if path.suffix == ".safetensors":
+        state = load_tensors(path, what)
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises many types for a bad or unsafe file
+            raise UniEmoError(f"cannot read {what} weights {path} ({type(e).__name__}): "
+                              "give a PyTorch state dict (.pth) or a .safetensors file") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UniEmoError(f"{path} is not a {what} state dict: expected a mapping of names to tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def batched(embed: Callable[[list[Image.Image]], torch.Tensor], fetch: Callable[[int], Image.Image], n: int,
+            batch_size: int = 32, desc: str | None = None) -> torch.Tensor:
+    """``embed`` over images ``fetch(0..n-1)`` in batches, with a progress bar; float32 on CPU."""
+    out = []
+    for start in tqdm(range(0, n, batch_size), desc=desc, disable=desc is None, leave=False):
+        out.append(embed([fetch(i) for i in range(start, min(n, start + batch_size))]).float().cpu())
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# ----------------------------------------------------------------------------- networks
+
+
+class ClipImageEncoder:
+    """CLIP image embeddings (``get_image_features``, L2-normalised): the space of FID's
+    fallback, Sem-D, the zero-shot Sem-C and the Emo-A evaluator."""
+
+    def __init__(self, clip, device: torch.device | None = None):
+        self.device = device or default_device()
+        self.clip = clip
+        self.model = clip.model.to(self.device).eval()
+        self.name = f"clip image features ({clip.path})"
+
+    @torch.no_grad()
+    def __call__(self, images: list[Image.Image]) -> torch.Tensor:
+        pixels = self.clip.image_processor(images=images, return_tensors="pt")["pixel_values"].to(self.device)
+        features = self.model.get_image_features(pixel_values=pixels.to(self.model.dtype)).pooler_output
+        return F.normalize(features.float(), dim=-1)
+
+
+class InceptionEncoder:
+    """FID's Inception-v3 2048-d pool features (torch-fidelity's TF-ported network), weights
+    from the user's local file (torch-fidelity's ``weights-inception-2015-12-05-6726825d.pth``)."""
+
+    SIZE = 299
+
+    def __init__(self, path: str | Path, device: torch.device | None = None):
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+        path = Path(path).expanduser()
+        read_state_dict(path, "Inception-v3")  # validates the file with a one-line error
+        # torch-fidelity reads the file itself with weights_only=False; force the safe loader.
+        previous = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+        os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+        try:
+            net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path))
+        except RuntimeError as e:
+            raise UniEmoError(f"{path} does not hold torch-fidelity Inception-v3 weights "
+                              f"({str(e).splitlines()[0][:120]}); give the FID Inception .pth file") from None
+        finally:
+            if previous is None:
+                del os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"]
+            else:
+                os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = previous
+        self.device = device or default_device()
+        self.net = net.to(self.device)
+        self.name = f"inception-v3 2048-d pool, torch-fidelity ({path})"
+
+    @torch.no_grad()
+    def __call__(self, images: list[Image.Image]) -> torch.Tensor:
+        size = (self.SIZE, self.SIZE)
+        batch = torch.stack([pil_to_tensor(im.convert("RGB").resize(size, Image.BILINEAR)) for im in images])
+        return self.net(batch.to(self.device))[0]
+
+
+class LpipsDistance:
+    """AlexNet LPIPS (the ``lpips`` package, v0.1): AlexNet trunk weights from a torchvision
+    ``alexnet`` state dict, linear-layer weights from the LPIPS release file (the copy shipped
+    inside the ``lpips`` package by default). Inputs are scaled to [-1, 1] (EmoGen left them in [0, 1])."""
+
+    def __init__(self, alexnet: str | Path, linear: str | Path | None = None, device: torch.device | None = None):
+        import lpips
+
+        linear = Path(linear or Path(lpips.__file__).parent / "weights" / "v0.1" / "alex.pth").expanduser()
+        with warnings.catch_warnings():  # lpips builds the trunk with torchvision's deprecated flag
+            warnings.simplefilter("ignore")
+            model = lpips.LPIPS(net="alex", pretrained=False, pnet_rand=True, verbose=False)
+        trunk = read_state_dict(alexnet, "AlexNet")
+        state = dict(model.state_dict())
+        for key in [k for k in state if k.startswith("net.slice")]:
+            index_and_param = key.split(".", 2)[2]  # net.slice2.3.weight -> 3.weight
+            source = f"features.{index_and_param}"
+            if source not in trunk or trunk[source].shape != state[key].shape:
+                raise UniEmoError(f"{alexnet} is not a torchvision AlexNet state dict (no {source} of shape "
+                                  f"{tuple(state[key].shape)}); give torchvision's alexnet weights")
+            state[key] = trunk[source]
+        lin = read_state_dict(linear, "LPIPS linear-layer")
+        for key in [k for k in state if k.startswith("lin") and not k.startswith("lins.")]:  # lins.* alias lin*
+            if key not in lin or lin[key].shape != state[key].shape:
+                raise UniEmoError(f"{linear} is not an LPIPS AlexNet linear-layer file (no {key}); "
+                                  "give lpips' weights/v0.1/alex.pth")
+            state[key] = state[key.replace("lin", "lins.", 1)] = lin[key]
+        model.load_state_dict(state)
+        self.device = device or default_device()
+        self.model = model.to(self.device).eval()
+        self.name = f"lpips v0.1 alexnet ({alexnet}; linear layers {linear})"
+
+    @torch.no_grad()
+    def __call__(self, a: list[Image.Image], b: list[Image.Image]) -> torch.Tensor:
+        size = a[0].size
+        x, y = (_signed_unit(ims, size).to(self.device) for ims in (a, b))
+        return self.model(x, y).flatten().float().cpu()
+
+
+def _signed_unit(images: list[Image.Image], size: tuple[int, int]) -> torch.Tensor:
+    """Images as a (B, 3, H, W) batch in [-1, 1], LPIPS' input range."""
+    return torch.stack([pil_to_tensor(im.convert("RGB").resize(size)) for im in images]).float() / 127.5 - 1
+
+
+class ResNetClassifier:
+    """A torchvision ResNet-50 classifier from a local state dict (Places365 scenes or ImageNet
+    objects, paper Sem-C); the class count is read from the weights."""
+
+    def __init__(self, path: str | Path, label: str, device: torch.device | None = None):
+        from torchvision import models, transforms
+
+        state = read_state_dict(path, f"ResNet-50 {label}")
+        if "fc.weight" not in state:
+            raise UniEmoError(f"{path} is not a torchvision ResNet-50 state dict (no fc.weight); give the {label} weights")
+        net = models.resnet50(weights=None, num_classes=state["fc.weight"].shape[0])
+        load_state_dict_checked(net, state, path)
+        self.device = device or default_device()
+        self.net = net.to(self.device).eval()
+        self.name = f"resnet-50 {label} ({path})"
+        self.transform = transforms.Compose([
+            transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
+            transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+
+    @torch.no_grad()
+    def __call__(self, images: list[Image.Image]) -> torch.Tensor:
+        batch = torch.stack([self.transform(im.convert("RGB")) for im in images]).to(self.device)
+        return self.net(batch).float().softmax(dim=-1)
+
+
+class ClipZeroShot:
+    """CLIP zero-shot classification over a vocabulary ("a photo of {name}"): SPEC §5's
+    Sem-C classifier when no ResNet weights are given (one per vocabulary: scenes, objects)."""
+
+    def __init__(self, encoder: ClipImageEncoder, names: Sequence[str], label: str):
+        if not names:
+            raise UniEmoError(f"the dataset has no {label} vocabulary for zero-shot Sem-C: use an EmoSet-format "
+                              "dataset with info.json, or pass --places365/--imagenet-resnet50")
+        self.encoder = encoder
+        model, tokenizer = encoder.model, encoder.clip.tokenizer
+        text = tokenizer([f"a photo of {n}" for n in names], padding=True, truncation=True, return_tensors="pt")
+        with torch.no_grad():
+            embeds = model.get_text_features(**text.to(encoder.device)).pooler_output
+            self.text = F.normalize(embeds.float(), dim=-1)
+            self.scale = model.logit_scale.exp().float()
+        self.name = f"clip zero-shot over {len(names)} {label} names ({encoder.clip.path})"
+
+    def probs_from_features(self, image_features: torch.Tensor) -> torch.Tensor:
+        return (self.scale.cpu() * image_features @ self.text.cpu().T).softmax(dim=-1)
+
+    def __call__(self, images: list[Image.Image]) -> torch.Tensor:
+        return self.probs_from_features(self.encoder(images).cpu())
+
+
+# ----------------------------------------------------------------------------- metric functions
+
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """FID between two feature sets (N, D) via torch-fidelity's statistics, in float64."""
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
+
+    if len(a) < 2 or len(b) < 2:
+        return float("nan")
+    stats = [fid_features_to_statistics(x.double().cpu()) for x in (a, b)]
+    return fid_statistics_to_metric(*stats, verbose=False)[KEY_METRIC_FID]
+
+
+def fid_by_emotion(real: torch.Tensor, real_labels, fake: torch.Tensor, fake_labels,
+                   emotions: Sequence[int]) -> tuple[float, dict[int, float]]:
+    """(pooled all-vs-all FID, {emotion: FID of that emotion's real vs generated images})."""
+    real_labels, fake_labels = torch.as_tensor(real_labels), torch.as_tensor(fake_labels)
+    per = {e: frechet_distance(real[real_labels == e], fake[fake_labels == e]) for e in emotions}
+    return frechet_distance(real, fake), per
+
+
+def sample_pairs(labels: Sequence[int], num_pairs: int, seed: int) -> dict[int, list[tuple[int, int]]]:
+    """``num_pairs`` distinct random pairs of different images per emotion (indices into
+    ``labels``), drawn only within that emotion; each emotion's pool starts afresh and has its
+    own seeded stream, so one emotion's pairs do not depend on the others. Fewer images than
+    needed -> every pair of that emotion."""
+    labels = [int(x) for x in labels]
+    pairs: dict[int, list[tuple[int, int]]] = {}
+    for emotion in sorted(set(labels)):
+        pool = [i for i, y in enumerate(labels) if y == emotion]
+        total = len(pool) * (len(pool) - 1) // 2
+        rng = np.random.default_rng([seed, emotion])
+        if total <= num_pairs:
+            chosen = {(pool[i], pool[j]) for i in range(len(pool)) for j in range(i + 1, len(pool))}
+        else:
+            chosen = set()
+            while len(chosen) < num_pairs:
+                i, j = sorted(rng.choice(len(pool), size=2, replace=False).tolist())
+                chosen.add((pool[i], pool[j]))
+        pairs[emotion] = sorted(chosen)
+    return pairs
+
+
+def semantic_diversity(features: torch.Tensor, pairs: list[tuple[int, int]]) -> float:
+    """Sem-D of one emotion: mean squared difference of CLIP image features over the pairs
+    (mean over feature dimensions, then over pairs)."""
+    if not pairs:
+        return float("nan")
+    i, j = torch.tensor(pairs).T
+    return (features[i] - features[j]).pow(2).mean(dim=-1).mean().item()
+
+
+def semantic_clarity(probabilities: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Sem-C per image: the max over semantic classifiers of each one's top-1 probability."""
+    return torch.stack([p.max(dim=-1).values for p in probabilities]).max(dim=0).values
+
+
+def target_probability(probs: torch.Tensor, targets) -> torch.Tensor:
+    """Emo-A score of each image: the evaluator's probability of the intended emotion (Alg. 1)."""
+    return probs.gather(1, torch.as_tensor(targets).long().view(-1, 1)).squeeze(1)
