@@ -15,6 +15,7 @@ from uniemo.errors import UniEmoError
 # (command words, module in uniemo.commands)
 COMMANDS: list[tuple[tuple[str, ...], str]] = [
     (("synth",), "synth"),
+    (("data", "check"), "data_check"),
 ]
 
 GROUP_HELP = {
