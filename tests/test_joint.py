@@ -1,0 +1,152 @@
+"""Stage 2 (SPEC §3): L_joint, gradient paths through the frozen diffusion model, emotion space."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from uniemo import joint
+from uniemo.config import FusionConfig, UnderstandingConfig
+from uniemo.errors import UniEmoError
+from uniemo.fusion import CorrelationTable, UniEmoFusion, table_from_counts
+
+SCENES = ["beach", "forest", "cemetery"]
+OBJECTS = ["dog", "cake", "skull", "balloon"]
+
+
+def build_joint(tiny_models, fusion_cfg: FusionConfig | None = None, seed: int = 0) -> joint.JointModel:
+    """A tiny stage-2 model: understanding on the fixture's CLIP vision tower + the fixture's SD."""
+    from transformers import CLIPVisionModel
+
+    from uniemo.loading import load_clip, load_sd
+    from uniemo.understanding import AttributeBank, UniEmoUnderstanding
+
+    torch.manual_seed(seed)
+    clip, sd = load_clip(tiny_models[0]), load_sd(tiny_models[1])
+    vision = CLIPVisionModel(clip.model.config.vision_config)
+    vision.load_state_dict(clip.model.vision_model.state_dict())
+    understanding = UniEmoUnderstanding(vision, UnderstandingConfig(query_len=4, head_hidden=32, head_dropout=0.0),
+                                        text_dim=clip.model.config.projection_dim)
+    scene_bank, object_bank = AttributeBank.encode(clip, SCENES), AttributeBank.encode(clip, OBJECTS)
+    labels = torch.arange(8).repeat(3)
+    table = CorrelationTable(
+        understanding.class_names,
+        scene_bank.names, table_from_counts(labels, labels % 3, 3, 8),
+        object_bank.names, table_from_counts(labels, labels % 4, 4, 8), method="counts")
+    fusion = UniEmoFusion(fusion_cfg or FusionConfig(), vision_dim=vision.config.hidden_size,
+                          text_dim=sd.text_encoder.config.hidden_size, head_hidden=32)
+    diffusion = joint.FrozenDiffusion(sd, "<emo>")
+    return joint.JointModel(understanding, fusion, diffusion, scene_bank, object_bank, table)
+
+
+def make_batch(size: int = 4, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {"pixel_values": torch.randn(size, 3, 64, 64, generator=g),
+            "vae_pixels": torch.rand(size, 3, 64, 64, generator=g) * 2 - 1,
+            "labels": torch.randint(0, 8, (size,), generator=g),
+            "scene": [SCENES[i % 3] for i in range(size - 1)] + [None],
+            "object": [OBJECTS[i % 4] for i in range(size)]}
+
+
+@pytest.fixture(scope="module")
+def model(tiny_models):
+    return build_joint(tiny_models)
+
+
+def test_gradients_reach_mappers_and_queries_but_not_frozen_diffusion(model):
+    model.train()
+    model.zero_grad()
+    loss, logs = model(make_batch(3))
+    assert set(logs) >= {"loss_u", "loss_cond", "loss_diff", "alpha_scene", "alpha_object"}
+    loss.backward()
+    for name in ("cls", "scene", "object"):
+        assert model.fusion.mappers[name][0].weight.grad.abs().sum() > 0, name
+    assert model.understanding.scene_queries.grad.abs().sum() > 0
+    assert model.understanding.object_queries.grad.abs().sum() > 0
+    assert model.understanding.emotion_head[-1].weight.grad.abs().sum() > 0
+    d = model.diffusion
+    for part in (d.unet, d.vae, d.text_encoder):
+        assert all(p.grad is None and not p.requires_grad for p in part.parameters())
+    assert not d.unet.training and not d.text_encoder.training  # frozen parts stay in eval mode
+
+
+def test_diffusion_loss_alone_sends_gradient_to_e(model):
+    e = torch.randn(2, model.diffusion.text_encoder.config.hidden_size, requires_grad=True)
+    torch.manual_seed(0)
+    model.diffusion.loss(e, make_batch(2)["vae_pixels"]).backward()
+    assert e.grad.abs().sum() > 0
+
+
+def test_frozen_diffusion_is_outside_the_state_dict_but_moves_with_the_model(tiny_models):
+    m = build_joint(tiny_models)
+    assert not any(k.startswith("diffusion") for k in m.state_dict())
+    assert all(not n.startswith("diffusion") for n, _ in m.named_parameters())
+    m.to(torch.float64)
+    assert next(m.diffusion.unet.parameters()).dtype == torch.float64
+
+
+def test_alpha_switch_and_ce_ablation_run(tiny_models):
+    m = build_joint(tiny_models, FusionConfig(features=["cls", "scene"], use_alpha=False, cond_loss="ce"))
+    loss, logs = m(make_batch(2))
+    assert torch.isfinite(loss) and "alpha_object" not in logs
+    assert set(m.fusion.mappers) == {"cls", "scene"}
+
+
+def test_a_few_joint_steps_reduce_the_joint_loss_on_a_fixed_batch(tiny_models):
+    m = build_joint(tiny_models)
+    batch = make_batch(4, seed=1)
+    params = [p for p in m.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+
+    def evaluate():
+        torch.manual_seed(123)  # the same noise and timesteps each time
+        with torch.no_grad():
+            return m(batch)
+
+    before, before_logs = evaluate()
+    m.train()
+    for step in range(12):
+        torch.manual_seed(step)
+        loss, _ = m(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after, after_logs = evaluate()
+    assert after < 0.9 * before
+    assert after_logs["loss_cond"] < before_logs["loss_cond"]
+
+
+def test_emotion_space_matches_direct_statistics_and_round_trips(model, tmp_path):
+    batches = [make_batch(4, seed=s) for s in range(3)]
+    space = joint.compute_emotion_space(model.understanding, batches, ["cls", "scene"], num_classes=8)
+    with torch.no_grad():
+        outs = [model.understanding(b["pixel_values"]) for b in batches]
+    labels = torch.cat([b["labels"] for b in batches])
+    cls = torch.cat([o.cls for o in outs])
+    for k in labels.unique().tolist():
+        rows = cls[labels == k]
+        assert torch.allclose(space.mean["cls"][k], rows.mean(0), atol=1e-5)
+        assert torch.allclose(space.std["cls"][k], rows.std(0, unbiased=False), atol=1e-4)
+    assert int(space.count.sum()) == 12
+    space.save(tmp_path / "space.safetensors")
+    back = joint.EmotionSpace.load(tmp_path / "space.safetensors")
+    assert set(back.mean) == {"cls", "scene"} and torch.equal(back.count, space.count)
+    k = int(labels[0])
+    a = back.sample(k, torch.Generator().manual_seed(5))
+    b = back.sample(k, torch.Generator().manual_seed(5))
+    assert torch.equal(a["cls"], b["cls"])
+    empty = joint.EmotionSpace({"cls": torch.zeros(2, 3)}, {"cls": torch.ones(2, 3)}, torch.tensor([4, 0]))
+    with pytest.raises(UniEmoError, match="no training images"):
+        empty.sample(1, torch.Generator())
+
+
+def test_collate_gives_clip_and_vae_views():
+    from PIL import Image
+    from torchvision import transforms
+
+    collate = joint.JointCollate(transforms.Compose([transforms.Resize(32), transforms.ToTensor()]), vae_size=16)
+    samples = [{"pixel_values": Image.new("RGB", (40, 40), (255, 0, 0)), "label": 3, "scene": "beach", "object": None}]
+    batch = collate(samples)
+    assert batch["pixel_values"].shape == (1, 3, 32, 32) and batch["vae_pixels"].shape == (1, 3, 16, 16)
+    assert batch["vae_pixels"][0, 0].min() == 1.0 and batch["vae_pixels"][0, 1].max() == -1.0
+    assert batch["labels"].tolist() == [3] and batch["object"] == [None]

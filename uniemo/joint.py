@@ -1,0 +1,213 @@
+"""Stage 2: joint training of understanding and generation, the emotion space, and the implicit
+feedback figure (paper §III-C, SPEC §3).
+
+    L_joint = γ1·L_U + γ2·L_cond + γ3·L_diff,   (γ1, γ2, γ3) = (0.3, 0.3, 0.4)       eq. 10
+
+L_diff is Stable Diffusion's ε-prediction MSE with the fused condition e injected at the
+placeholder token. VAE, text encoder and UNet are frozen and in eval mode; gradients pass
+*through* them to e, and from e into the mappers and the understanding branch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from uniemo.errors import UniEmoError
+from uniemo.fusion import UniEmoFusion, CorrelationTable, condition_prompt, match_alpha, tokenize, add_placeholder
+from uniemo.io import load_tensors, save_tensors
+
+SPACE_FEATURES = ("cls", "scene", "object", "patch")
+
+
+class FrozenDiffusion(nn.Module):
+    """The frozen parts of Stable Diffusion and L_diff. Always in eval mode, no parameter trains."""
+
+    def __init__(self, sd_pipe, placeholder: str):
+        from diffusers import DDPMScheduler
+
+        super().__init__()
+        self.vae, self.text_encoder, self.unet = sd_pipe.vae, sd_pipe.text_encoder, sd_pipe.unet
+        self.requires_grad_(False)
+        self.noise_scheduler = DDPMScheduler.from_config(sd_pipe.scheduler.config)
+        self.placeholder_id = add_placeholder(sd_pipe.tokenizer, placeholder)
+        self.register_buffer("prompt_ids", tokenize(sd_pipe.tokenizer, [placeholder]), persistent=False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> "FrozenDiffusion":
+        return super().train(False)
+
+    def prompt_embeds(self, e: torch.Tensor) -> torch.Tensor:
+        return condition_prompt(self.text_encoder, self.prompt_ids, self.placeholder_id, e)
+
+    @torch.no_grad()
+    def encode_latents(self, vae_pixels: torch.Tensor) -> torch.Tensor:
+        vae_pixels = vae_pixels.to(self.vae.dtype)
+        return self.vae.encode(vae_pixels).latent_dist.sample() * self.vae.config.scaling_factor
+
+    def loss(self, e: torch.Tensor, vae_pixels: torch.Tensor) -> torch.Tensor:
+        """L_diff = E‖ε − ε_θ(z_t, t, c(e))‖² (or the v-target for v-prediction schedulers)."""
+        latents = self.encode_latents(vae_pixels)
+        noise = torch.randn_like(latents)
+        steps = self.noise_scheduler.config.num_train_timesteps
+        t = torch.randint(0, steps, (latents.shape[0],), device=latents.device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, t)
+        cond = self.prompt_embeds(e.to(self.text_encoder.dtype))
+        pred = self.unet(noisy, t, encoder_hidden_states=cond).sample
+        if self.noise_scheduler.config.prediction_type == "v_prediction":
+            target = self.noise_scheduler.get_velocity(latents, noise, t)
+        else:
+            target = noise
+        return F.mse_loss(pred.float(), target.float())
+
+
+class JointModel(nn.Module):
+    """Understanding + fusion, trained against the frozen diffusion model (stage 2).
+
+    The frozen diffusion model is held outside the module tree so that checkpoints, optimizers
+    and DDP see only the trainable branch; ``_apply`` still moves it along with ``.to()``."""
+
+    def __init__(self, understanding, fusion: UniEmoFusion, diffusion: FrozenDiffusion, scene_bank, object_bank,
+                 table: CorrelationTable):
+        super().__init__()
+        self.understanding, self.fusion = understanding, fusion
+        object.__setattr__(self, "diffusion", diffusion)
+        self.scene_bank, self.object_bank, self.table = scene_bank, object_bank, table
+
+    def _apply(self, fn, recurse: bool = True):
+        self.diffusion._apply(fn, recurse)
+        return super()._apply(fn, recurse)
+
+    def condition(self, out, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Fused condition e for understanding outputs ``out`` and target emotions ``labels``."""
+        alphas = {}
+        for kind, bank, embed in (("scene", self.scene_bank, out.scene_embed),
+                                  ("object", self.object_bank, out.object_embed)):
+            if kind in self.fusion.mappers and len(bank.names):
+                alphas[kind], _ = match_alpha(embed, bank.embeds, self.table.rows(kind)[1], labels)
+            elif kind in self.fusion.mappers:
+                alphas[kind] = torch.ones_like(labels, dtype=embed.dtype)
+        return self.fusion(features_of(out, self.fusion.cfg.features), alphas), alphas
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        labels = batch["labels"]
+        out = self.understanding(batch["pixel_values"])
+        device = labels.device
+        l_u = self.understanding.loss(out, labels, self.scene_bank.index(batch["scene"]).to(device),
+                                      self.object_bank.index(batch["object"]).to(device),
+                                      self.scene_bank, self.object_bank)
+        e, alphas = self.condition(out, labels)
+        l_cond = self.fusion.condition_loss(e, labels, self.understanding.emotion_head[-1], out.logits)
+        l_diff = self.diffusion.loss(e, batch["vae_pixels"])
+        w_u, w_cond, w_diff = self.fusion.cfg.joint_weights
+        loss = w_u * l_u["total"] + w_cond * l_cond["cond"] + w_diff * l_diff
+        logs = {"loss_u": l_u["total"], "loss_cond": l_cond["cond"], "loss_diff": l_diff,
+                **{f"alpha_{k}": a.mean() for k, a in alphas.items()}}
+        return loss, {k: float(v.detach()) for k, v in logs.items()}
+
+
+def features_of(out, names) -> dict[str, torch.Tensor]:
+    """The understanding features the fusion reads (cls, scene, object, patch)."""
+    missing = [n for n in names if getattr(out, n, None) is None]
+    if missing:
+        raise UniEmoError(f"the understanding model gives no {', '.join(missing)} feature: "
+                          "remove it from fusion.features")
+    return {n: getattr(out, n) for n in names}
+
+
+def joint_step(model: JointModel, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    """The ``step_fn`` of the shared training loop."""
+    return model(batch)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches: one image, two views (CLIP for understanding, VAE for L_diff)
+# ---------------------------------------------------------------------------------------------
+
+class JointCollate:
+    """Collate PIL samples into a CLIP view (``pixel_values``) and, when ``vae_size`` is set, a
+    VAE view in [-1, 1] at the diffusion resolution (``vae_pixels``)."""
+
+    def __init__(self, clip_transform, vae_size: int | None = None):
+        from torchvision import transforms
+
+        self.clip_transform = clip_transform
+        self.vae_transform = None if vae_size is None else transforms.Compose([
+            transforms.Resize(vae_size), transforms.CenterCrop(vae_size), transforms.ToTensor(),
+            transforms.Normalize([0.5], [0.5])])
+
+    def __call__(self, samples: list[dict]) -> dict:
+        images = [s["pixel_values"] for s in samples]
+        batch = {"pixel_values": torch.stack([self.clip_transform(im) for im in images]),
+                 "labels": torch.tensor([s["label"] for s in samples], dtype=torch.long),
+                 "scene": [s["scene"] for s in samples], "object": [s["object"] for s in samples]}
+        if self.vae_transform is not None:
+            batch["vae_pixels"] = torch.stack([self.vae_transform(im) for im in images])
+        return batch
+
+
+# ---------------------------------------------------------------------------------------------
+# The emotion space (SPEC §3)
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class EmotionSpace:
+    """Per-emotion mean and std of each fused feature over the training set; generation samples
+    N(mean, std) per emotion."""
+
+    mean: dict[str, torch.Tensor]  # feature -> (C, D)
+    std: dict[str, torch.Tensor]
+    count: torch.Tensor  # (C,)
+
+    @classmethod
+    def from_sums(cls, sums: dict, squares: dict, count: torch.Tensor) -> "EmotionSpace":
+        n = count.clamp(min=1).double().unsqueeze(1)
+        mean = {k: (s / n) for k, s in sums.items()}
+        std = {k: (squares[k] / n - mean[k] ** 2).clamp(min=0).sqrt() for k in sums}
+        return cls({k: v.float() for k, v in mean.items()}, {k: v.float() for k, v in std.items()}, count)
+
+    def sample(self, emotion: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        if self.count[emotion] == 0:
+            raise UniEmoError(f"emotion {emotion} had no training images, so it has no emotion space; "
+                              "train on data that covers it")
+        return {k: self.mean[k][emotion] + self.std[k][emotion] * torch.randn(self.mean[k].shape[1],
+                                                                              generator=generator)
+                for k in self.mean}
+
+    def save(self, path: str | Path) -> None:
+        tensors = {"count": self.count}
+        for k in self.mean:
+            tensors[f"{k}.mean"], tensors[f"{k}.std"] = self.mean[k], self.std[k]
+        save_tensors(path, tensors)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "EmotionSpace":
+        tensors = load_tensors(path, "emotion space")
+        names = sorted({k.split(".")[0] for k in tensors if k != "count"})
+        if "count" not in tensors or any(f"{k}.std" not in tensors or f"{k}.mean" not in tensors for k in names):
+            raise UniEmoError(f"{path} is not an emotion space file; re-run `uniemo train joint`")
+        return cls({k: tensors[f"{k}.mean"] for k in names}, {k: tensors[f"{k}.std"] for k in names},
+                   tensors["count"])
+
+
+@torch.no_grad()
+def compute_emotion_space(understanding, loader, features, num_classes: int, device="cpu") -> EmotionSpace:
+    """Accumulate per-emotion sums over the training set (eval mode, float64 sums)."""
+    from tqdm.auto import tqdm
+
+    understanding.eval()
+    sums, squares, count = {}, {}, torch.zeros(num_classes, dtype=torch.long)
+    for batch in tqdm(loader, desc="emotion space", leave=False):
+        out = understanding(batch["pixel_values"].to(device))
+        labels = batch["labels"]
+        one_hot = F.one_hot(labels, num_classes).double()
+        count += one_hot.sum(0).long()
+        for name, value in features_of(out, features).items():
+            value = value.double().cpu()
+            sums[name] = sums.get(name, 0) + one_hot.T @ value
+            squares[name] = squares.get(name, 0) + one_hot.T @ value ** 2
+    return EmotionSpace.from_sums(sums, squares, count)
