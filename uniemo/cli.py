@@ -16,6 +16,8 @@ from uniemo.errors import UniEmoError
 COMMANDS: list[tuple[tuple[str, ...], str]] = [
     (("synth",), "synth"),
     (("data", "check"), "data_check"),
+    (("train", "evaluator"), "train_evaluator"),
+    (("evaluate", "generation"), "evaluate_generation"),
 ]
 
 GROUP_HELP = {

@@ -247,8 +247,8 @@ class ClipZeroShot:
 
     def __init__(self, encoder: ClipImageEncoder, names: Sequence[str], label: str):
         if not names:
-            raise UniEmoError(f"the dataset has no {label} vocabulary for zero-shot Sem-C: use an EmoSet-format "
-                              "dataset with info.json, or pass --places365/--imagenet-resnet50")
+            raise UniEmoError(f"no {label} names for zero-shot Sem-C: use an EmoSet-format dataset with "
+                              "info.json, or pass --places365/--imagenet-resnet50")
         self.encoder = encoder
         model, tokenizer = encoder.model, encoder.clip.tokenizer
         text = tokenizer([f"a photo of {n}" for n in names], padding=True, truncation=True, return_tensors="pt")
@@ -325,3 +325,174 @@ def semantic_clarity(probabilities: Sequence[torch.Tensor]) -> torch.Tensor:
 def target_probability(probs: torch.Tensor, targets) -> torch.Tensor:
     """Emo-A score of each image: the evaluator's probability of the intended emotion (Alg. 1)."""
     return probs.gather(1, torch.as_tensor(targets).long().view(-1, 1)).squeeze(1)
+
+
+# ----------------------------------------------------------------------------- the generation suite
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+NOT_GIVEN = {
+    "fid": "not computed: pass --inception FILE (torch-fidelity Inception-v3 weights) or --clip DIR",
+    "lpips": "not computed: pass --lpips-alex FILE (torchvision AlexNet weights)",
+    "emo_a": "not computed: pass --evaluator EVAL (made by `uniemo train evaluator`)",
+    "sem_c": "not computed: pass --places365/--imagenet-resnet50 FILE or --clip DIR",
+    "sem_d": "not computed: pass --clip DIR",
+}
+
+
+def read_generated(images_dir: str | Path, class_names: Sequence[str]) -> list[tuple[Path, int]]:
+    """(path, emotion index) of every image in ``DIR/<emotion>/``, what ``uniemo generate`` writes."""
+    root = Path(images_dir).expanduser()
+    if not root.is_dir():
+        raise UniEmoError(f"{root} is not a directory: expected generated images in <dir>/<emotion>/*.png")
+    found = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        if folder.name not in class_names:
+            raise UniEmoError(f"{folder} is not an emotion of the real dataset ({', '.join(class_names)}): "
+                              "rename or remove it")
+        label = list(class_names).index(folder.name)
+        found += [(p, label) for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    if not found:
+        raise UniEmoError(f"no images in {root}/<emotion>/: run `uniemo generate` first or check the path")
+    return found
+
+
+def sample_per_class(items: Sequence, limit: int, seed: int) -> list:
+    """At most ``limit`` items of every label (``item.label``), a seeded sample in the original order."""
+    rng = np.random.default_rng(seed)
+    keep = []
+    for label in sorted({item.label for item in items}):
+        indices = [i for i, item in enumerate(items) if item.label == label]
+        keep += indices if len(indices) <= limit else rng.choice(indices, size=limit, replace=False).tolist()
+    return [items[i] for i in sorted(keep)]
+
+
+def open_image(path: Path) -> Image.Image:
+    """A generated image as RGB; an unreadable one is a one-line error naming it."""
+    from uniemo.data import UNREADABLE, load_rgb
+
+    try:
+        return load_rgb(path)
+    except UNREADABLE as e:
+        raise UniEmoError(f"cannot read image {path} ({e}); delete it and generate it again") from None
+
+
+def emotion_scores(evaluator, fetch: Callable[[int], Image.Image], targets: Sequence[str],
+                   batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probabilities (N, C), Emo-A score = probability of each image's target emotion name)."""
+    names = list(evaluator.class_names)
+    missing = sorted(set(targets) - set(names))
+    if missing:
+        raise UniEmoError(f"the evaluator has no class {missing[0]!r} (its classes: {', '.join(names)}): "
+                          "train it on a dataset with these emotions")
+    probs = batched(evaluator.predict_proba, fetch, len(targets), batch_size, desc="emo-a")
+    return probs, target_probability(probs, [names.index(t) for t in targets])
+
+
+def semantic_scores(classifiers: Sequence, fetch: Callable[[int], Image.Image], n: int,
+                    clip_features: torch.Tensor | None = None, batch_size: int = 32) -> torch.Tensor:
+    """Sem-C of every image; zero-shot CLIP classifiers reuse ``clip_features`` when given."""
+    probabilities = []
+    for clf in classifiers:
+        if isinstance(clf, ClipZeroShot) and clip_features is not None:
+            probabilities.append(clf.probs_from_features(clip_features))
+        else:
+            probabilities.append(batched(clf, fetch, n, batch_size, desc="sem-c"))
+    return semantic_clarity(probabilities)
+
+
+def evaluate_generation(generated: list[tuple[Path, int]], real, class_names: Sequence[str], *,
+                        clip: ClipImageEncoder | None = None, inception: InceptionEncoder | None = None,
+                        lpips: LpipsDistance | None = None, evaluator=None, semantic: Sequence = (),
+                        pairs: int = 10, seed: int = 0, batch_size: int = 32) -> dict:
+    """FID, LPIPS, Emo-A, Sem-C and Sem-D per emotion and overall (SPEC §5). ``real`` is an
+    ``EmotionDataset``; every metric without its network is reported as not computed."""
+    labels = [label for _, label in generated]
+    emotions = sorted(set(labels))
+    names = [class_names[e] for e in emotions]
+
+    def fetch(i: int) -> Image.Image:
+        return open_image(generated[i][0])
+
+    def by_emotion(values: torch.Tensor) -> dict[str, float]:
+        return {class_names[e]: _mean(values[torch.tensor(labels) == e]) for e in emotions}
+
+    clip_features = batched(clip, fetch, len(generated), batch_size, "clip features") if clip else None
+    chosen = sample_pairs(labels, pairs, seed)
+    results: dict[str, dict] = {}
+
+    fid_net = inception or clip
+    if fid_net is not None:
+        real_labels = [item.label for item in real.items]
+        real_features = batched(fid_net, real_image(real), len(real), batch_size, "fid real")
+        fake_features = clip_features if fid_net is clip else batched(fid_net, fetch, len(generated), batch_size, "fid")
+        pooled, per = fid_by_emotion(real_features, real_labels, fake_features, labels, emotions)
+        results["fid"] = _entry(fid_net.name, pooled, {class_names[e]: v for e, v in per.items()})
+    if lpips is not None:
+        per = {class_names[e]: _mean(torch.cat([lpips([fetch(i) for i, _ in p], [fetch(j) for _, j in p])
+                                                for p in _chunks(chosen[e], batch_size)]))
+               for e in emotions}
+        results["lpips"] = _entry(lpips.name, _mean(torch.tensor(list(per.values()))), per, pairs_per_emotion=pairs)
+    if evaluator is not None:
+        probs, _ = emotion_scores(evaluator, fetch, [class_names[y] for y in labels], batch_size)
+        hits = (probs.argmax(-1) == torch.tensor([list(evaluator.class_names).index(class_names[y])
+                                                   for y in labels])).float()
+        results["emo_a"] = _entry(evaluator.name, _mean(hits), by_emotion(hits))
+    if semantic:
+        clarity = semantic_scores(semantic, fetch, len(generated), clip_features, batch_size)
+        results["sem_c"] = _entry(" + ".join(c.name for c in semantic), _mean(clarity), by_emotion(clarity))
+    if clip_features is not None:
+        per = {class_names[e]: semantic_diversity(clip_features, chosen[e]) for e in emotions}
+        results["sem_d"] = _entry(clip.name, _mean(torch.tensor(list(per.values()))), per, pairs_per_emotion=pairs)
+    for key, note in NOT_GIVEN.items():
+        results.setdefault(key, {"network": None, "all": None, "per_emotion": {}, "note": note})
+    counts = {"generated": {n: labels.count(e) for n, e in zip(names, emotions)},
+              "real": {n: sum(item.label == e for item in real.items) for n, e in zip(names, emotions)}}
+    return {"emotions": names, "counts": counts, "seed": seed, "metrics": {k: results[k] for k in NOT_GIVEN}}
+
+
+def real_image(dataset) -> Callable[[int], Image.Image]:
+    """``fetch(i)`` -> the i-th image of an ``EmotionDataset`` opened without a transform (PIL)."""
+    def fetch(i: int) -> Image.Image:
+        return dataset[i]["pixel_values"]
+    return fetch
+
+
+def _entry(network: str, overall: float, per_emotion: dict[str, float], **extra) -> dict:
+    return {"network": network, "all": _finite(overall),
+            "per_emotion": {k: _finite(v) for k, v in per_emotion.items()}, **extra}
+
+
+def _finite(value: float | None) -> float | None:
+    """NaN (too few images for the metric) becomes None: JSON has no NaN."""
+    return None if value is None or np.isnan(value) else float(value)
+
+
+def _mean(values: torch.Tensor) -> float:
+    return values.float().mean().item() if values.numel() else float("nan")
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)] or [[]]
+
+
+COLUMNS = (("fid", "FID ↓", "{:.2f}"), ("lpips", "LPIPS ↑", "{:.3f}"), ("emo_a", "Emo-A ↑", "{:.2%}"),
+           ("sem_c", "Sem-C ↑", "{:.3f}"), ("sem_d", "Sem-D ↑", "{:.4f}"))
+
+
+def generation_table(report: dict) -> str:
+    """The report as a Markdown table (rows: emotions, then all) and the network behind each column."""
+    m = report["metrics"]
+    lines = ["| emotion | n | " + " | ".join(title for _, title, _ in COLUMNS) + " |",
+             "|---|---:|" + "---:|" * len(COLUMNS)]
+    for name in report["emotions"]:
+        values = [_cell(fmt, m[k]["per_emotion"].get(name)) for k, _, fmt in COLUMNS]
+        lines.append(f"| {name} | {report['counts']['generated'][name]} | " + " | ".join(values) + " |")
+    total = sum(report["counts"]["generated"].values())
+    lines.append(f"| **all** | {total} | " + " | ".join(_cell(fmt, m[k]["all"]) for k, _, fmt in COLUMNS) + " |")
+    lines += ["", "FID \"all\" is the pooled all-vs-all figure; LPIPS and Sem-D are averaged over emotions.", ""]
+    lines += [f"- {title.split()[0]}: {m[k]['network'] or m[k]['note']}" for k, title, _ in COLUMNS]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(fmt: str, value: float | None) -> str:
+    return "—" if value is None else fmt.format(value)

@@ -1,0 +1,93 @@
+"""The Emo-A evaluator: a probe on frozen CLIP features, trained, saved, reloaded, and Emo-A
+on crafted generated sets whose answer is known."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from uniemo import metrics
+from uniemo.evaluator import Evaluator, fit_probe, train_evaluator
+
+COLOURS = {"amusement": (230, 40, 40), "anger": (40, 40, 230)}
+
+
+def _write_colour_images(root, per_class, seed):
+    g = torch.Generator().manual_seed(seed)
+    for name, rgb in COLOURS.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            noise = torch.randint(-25, 26, (64, 64, 3), generator=g)
+            pixels = (torch.tensor(rgb) + noise).clamp(0, 255).byte().numpy()
+            Image.fromarray(pixels).save(root / name / f"{i:03d}.png")
+    return root
+
+
+def test_fit_probe_learns_a_separable_toy_set():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(4, 16, generator=g) * 3
+    labels = torch.arange(4).repeat_interleave(30)
+    features = centres[labels] + 0.3 * torch.randn(120, 16, generator=g)
+    for hidden in (0, 32):
+        probe, history = fit_probe(features, labels, 4, hidden=hidden, epochs=30, lr=1e-2, seed=0)
+        assert history[-1] == 1.0
+        assert metrics.top1_accuracy(probe(features), labels) == 1.0
+    first, second = (fit_probe(features, labels, 4, epochs=3, lr=1e-2, seed=0)[0] for _ in range(2))
+    assert torch.equal(first.classifier.weight, second.classifier.weight)  # seeded: repeatable
+
+
+def test_fit_probe_accuracy_rises_from_chance():
+    g = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, 2, (200,), generator=g)
+    features = torch.randn(200, 8, generator=g) + labels[:, None] * 1.5
+    _, history = fit_probe(features, labels, 2, epochs=40, lr=1e-2, seed=0)
+    assert history[-1] > history[0] and history[-1] > 0.8
+
+
+@pytest.fixture(scope="module")
+def colour_world(tmp_path_factory, tiny_models):
+    """A folder dataset of red (amusement) and blue (anger) images, an evaluator trained on it,
+    and 'generated' images of the same two colours."""
+    clip_dir, _ = tiny_models
+    root = tmp_path_factory.mktemp("colours")
+    data = _write_colour_images(root / "data", per_class=20, seed=0)
+    generated = _write_colour_images(root / "generated", per_class=6, seed=1)
+    evaluator = train_evaluator(clip_dir, data, root / "eval", kind="folder", epochs=40, lr=1e-2, seed=0,
+                                device=torch.device("cpu"))
+    return data, generated, root / "eval", evaluator
+
+
+def test_evaluator_trains_saves_and_reloads(colour_world):
+    _, generated, eval_dir, evaluator = colour_world
+    assert (eval_dir / "config.json").is_file() and (eval_dir / "evaluator.safetensors").is_file()
+    assert evaluator.config.accuracy["train"] == 1.0 and evaluator.config.accuracy["val"] == 1.0
+    assert evaluator.class_names == ("amusement", "anger")
+    images = [metrics.open_image(p) for p in sorted((generated / "anger").iterdir())[:3]]
+    reloaded = Evaluator.from_pretrained(eval_dir, device=torch.device("cpu"))
+    assert torch.allclose(reloaded.predict_proba(images), evaluator.predict_proba(images), atol=1e-6)
+
+
+def test_emo_a_is_one_for_a_separating_evaluator_and_zero_for_an_always_wrong_one(colour_world, tiny_models):
+    from uniemo.data import open_dataset
+
+    data, generated, eval_dir, _ = colour_world
+    real = open_dataset(data, kind="folder", split="train")
+    items = metrics.read_generated(generated, real.class_names)
+    evaluator = Evaluator.from_pretrained(eval_dir, device=torch.device("cpu"))
+    report = metrics.evaluate_generation(items, real, real.class_names, evaluator=evaluator)
+    assert report["metrics"]["emo_a"]["all"] == 1.0
+    assert report["metrics"]["emo_a"]["per_emotion"] == {"amusement": 1.0, "anger": 1.0}
+    with torch.no_grad():  # swap the two output rows: every prediction becomes the other emotion
+        evaluator.probe.classifier.weight.copy_(evaluator.probe.classifier.weight.flip(0))
+        evaluator.probe.classifier.bias.copy_(evaluator.probe.classifier.bias.flip(0))
+    report = metrics.evaluate_generation(items, real, real.class_names, evaluator=evaluator)
+    assert report["metrics"]["emo_a"]["all"] == 0.0
+    assert report["metrics"]["fid"]["note"].startswith("not computed")
+
+
+def test_evaluator_from_a_missing_directory_is_a_one_line_error(tmp_path):
+    from uniemo.errors import UniEmoError
+
+    with pytest.raises(UniEmoError, match="uniemo train evaluator"):
+        Evaluator.from_pretrained(tmp_path / "nothing")

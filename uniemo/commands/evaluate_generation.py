@@ -1,0 +1,78 @@
+"""Measure generated images: FID, LPIPS, Emo-A, Sem-C and Sem-D per emotion and overall.
+
+--images is what `uniemo generate` writes (DIR/<emotion>/*.png); --real is the dataset whose
+images of each emotion are FID's reference. Every network comes from a local file: FID uses
+Inception-v3 (--inception, torch-fidelity's weights) or else CLIP image features (--clip);
+LPIPS needs torchvision AlexNet weights (--lpips-alex); Emo-A needs an evaluator from
+`uniemo train evaluator`; Sem-C uses ResNet-50 Places365/ImageNet weights or else CLIP
+zero-shot over the dataset's scene and object names; Sem-D uses CLIP. A metric whose network
+is missing is reported as not computed. Writes OUT (JSON) and OUT with .md (Markdown table)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--images", required=True, metavar="DIR", help="generated images, DIR/<emotion>/*.png")
+    parser.add_argument("--real", required=True, metavar="DATA", help="real dataset root (FID reference)")
+    parser.add_argument("--dataset", default="emoset", help="real dataset kind (default emoset)")
+    parser.add_argument("--split", default="train", help="real split used as FID reference (default train)")
+    parser.add_argument("--max-real", type=int, default=None, metavar="N",
+                        help="at most N real images per emotion, a seeded sample (default all)")
+    parser.add_argument("--clip", metavar="DIR", help="local CLIP directory (default: the evaluator's CLIP)")
+    parser.add_argument("--evaluator", metavar="EVAL", help="Emo-A evaluator made by `uniemo train evaluator`")
+    parser.add_argument("--inception", metavar="FILE", help="torch-fidelity Inception-v3 weights (.pth)")
+    parser.add_argument("--lpips-alex", metavar="FILE", help="torchvision AlexNet weights (.pth or .safetensors)")
+    parser.add_argument("--lpips-linear", metavar="FILE", help="LPIPS v0.1 AlexNet linear layers (default: lpips' copy)")
+    parser.add_argument("--places365", metavar="FILE", help="ResNet-50 Places365 weights for Sem-C")
+    parser.add_argument("--imagenet-resnet50", metavar="FILE", help="ResNet-50 ImageNet weights for Sem-C")
+    parser.add_argument("--pairs", type=int, default=10, help="random pairs per emotion for LPIPS/Sem-D (default 10)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the pairs and the real sample (default 0)")
+    parser.add_argument("--out", default=None, metavar="FILE",
+                        help="JSON report (default DIR/generation_metrics.json; the table goes beside it as .md)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from uniemo import metrics
+    from uniemo.data import open_dataset
+    from uniemo.errors import UniEmoError
+    from uniemo.io import write_json, write_text
+
+    if args.pairs < 1 or args.batch_size < 1 or (args.max_real is not None and args.max_real < 2):
+        raise UniEmoError("--pairs and --batch-size must be >= 1 and --max-real >= 2")
+    real = open_dataset(args.real, kind=args.dataset, split=args.split)
+    if args.max_real is not None:
+        real.items = metrics.sample_per_class(real.items, args.max_real, args.seed)
+    generated = metrics.read_generated(args.images, real.class_names)
+    networks = load_networks(args, real)
+    report = metrics.evaluate_generation(generated, real, real.class_names, pairs=args.pairs, seed=args.seed,
+                                         batch_size=args.batch_size, **networks)
+    report.update(images=str(args.images), real={"path": str(args.real), "kind": args.dataset, "split": args.split})
+    out = Path(args.out) if args.out else Path(args.images) / "generation_metrics.json"
+    table = metrics.generation_table(report)
+    write_json(out, report)
+    write_text(out.with_suffix(".md"), f"# Generation metrics: {args.images}\n\n{table}")
+    print(table + f"\nwrote {out} and {out.with_suffix('.md')}")
+    return 0
+
+
+def load_networks(args, real) -> dict:
+    """The networks the user gave (and CLIP's fallbacks), keyed as ``evaluate_generation`` takes them."""
+    from uniemo import metrics
+    from uniemo.evaluator import Evaluator
+    from uniemo.loading import load_clip
+
+    evaluator = Evaluator.from_pretrained(args.evaluator) if args.evaluator else None
+    clip = metrics.ClipImageEncoder(load_clip(args.clip)) if args.clip else evaluator.encoder if evaluator else None
+    semantic = [metrics.ResNetClassifier(path, label) for path, label in
+                ((args.places365, "places365"), (args.imagenet_resnet50, "imagenet")) if path]
+    if not semantic and clip is not None:
+        semantic = [metrics.ClipZeroShot(clip, names, label)
+                    for names, label in ((real.scene_vocab, "scene"), (real.object_vocab, "object")) if names]
+    return dict(clip=clip, evaluator=evaluator, semantic=semantic,
+                inception=metrics.InceptionEncoder(args.inception) if args.inception else None,
+                lpips=metrics.LpipsDistance(args.lpips_alex, args.lpips_linear) if args.lpips_alex else None)
