@@ -145,3 +145,47 @@ def test_resnet_classifier_returns_probabilities(tmp_path):
     clf = metrics.ResNetClassifier(tmp_path / "places.pth", "places365", device=torch.device("cpu"))
     probs = clf(_images(2, seed=0, size=64))
     assert probs.shape == (2, 365) and probs.sum(-1).tolist() == pytest.approx([1.0, 1.0], abs=1e-5)
+
+
+def test_evaluate_generation_cli_end_to_end(tmp_path, tiny_models, tiny_emoset, alexnet_file):
+    """Generated images that ARE the real training images of two emotions: CLIP-feature FID of
+    each emotion is 0; LPIPS runs on random AlexNet; the report names every network."""
+    import json
+
+    from uniemo.cli import main
+    from uniemo.data import load_rgb, open_dataset
+
+    clip_dir, _ = tiny_models
+    real = open_dataset(tiny_emoset, split="train")
+    fake = tmp_path / "generated"
+    for item in real.items:
+        emotion = real.class_names[item.label]
+        if emotion in ("awe", "fear"):
+            (fake / emotion).mkdir(parents=True, exist_ok=True)
+            load_rgb(item.path).save(fake / emotion / f"{item.path.stem}.png")
+    out = tmp_path / "report.json"
+    code = main(["evaluate", "generation", "--images", str(fake), "--real", str(tiny_emoset), "--clip", str(clip_dir),
+                 "--lpips-alex", str(alexnet_file), "--pairs", "3", "--out", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    m = report["metrics"]
+    assert report["emotions"] == ["awe", "fear"]
+    assert report["counts"]["generated"] == report["counts"]["real"]
+    assert m["fid"]["per_emotion"]["awe"] == pytest.approx(0.0, abs=1e-3)
+    assert m["fid"]["per_emotion"]["fear"] == pytest.approx(0.0, abs=1e-3)
+    assert m["fid"]["network"].startswith("clip image features") and str(clip_dir) in m["fid"]["network"]
+    assert m["lpips"]["all"] > 0 and "alexnet" in m["lpips"]["network"] and m["lpips"]["pairs_per_emotion"] == 3
+    assert "clip zero-shot" in m["sem_c"]["network"] and 0 < m["sem_c"]["all"] <= 1
+    assert m["sem_d"]["all"] > 0
+    assert m["emo_a"]["all"] is None and "--evaluator" in m["emo_a"]["note"]
+    table = out.with_suffix(".md").read_text()
+    assert "| awe |" in table and "| **all** |" in table and "clip zero-shot" in table
+
+
+def test_evaluate_generation_rejects_a_folder_that_is_no_emotion(tmp_path, tiny_emoset, capsys):
+    from uniemo.cli import main
+
+    (tmp_path / "gen" / "happiness").mkdir(parents=True)
+    assert main(["evaluate", "generation", "--images", str(tmp_path / "gen"), "--real", str(tiny_emoset)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "happiness" in err and err.count("\n") == 1
