@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -327,7 +328,7 @@ def test_the_real_emoset_info_json_gives_the_full_vocabularies(tmp_path):
     _save(tmp_path / "image/awe/awe_00000.jpg")
     _emoset(tmp_path, [["awe", "awe_00000", "image/awe/awe_00000.jpg", "annotation/awe/awe_00000.json"]],
             {"annotation/awe/awe_00000.json": {"scene": "bakery/shop", "object": ["Person", "Alarm clock"]}})
-    (tmp_path / "info.json").write_text(open("/work/shared/data/emoset_info.json").read())
+    (tmp_path / "info.json").write_text((Path(__file__).parent / "data" / "emoset_info.json").read_text())
     ds = open_dataset(tmp_path, "emoset", "train")
     assert ds.class_names == EMOTIONS and len(ds.scene_vocab) == 254 and len(ds.object_vocab) == 409
     assert ds.scene_vocab[17] == "bakery shop" and ds.object_vocab[2] == "alarm clock"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -13,7 +14,7 @@ from uniemo.errors import UniEmoError
 from uniemo.synth import OBJECTS, SCENES, pair_emotion, write_synthetic
 from uniemo.vocab import EMOTIONS
 
-EMOSET_INFO = "/work/shared/data/emoset_info.json"
+EMOSET_INFO = Path(__file__).parent / "data" / "emoset_info.json"  # EmoSet's real info.json
 
 
 def _annotations(root):
@@ -33,7 +34,7 @@ def test_format_matches_emoset(tiny_emoset):
     assert info["emotion"]["idx2label"] == {str(i): e for i, e in enumerate(EMOTIONS)}
     assert list(info["scene"]["label2idx"]) == list(SCENES)
     assert list(info["object"]["idx2label"].values()) == list(OBJECTS)
-    real = json.load(open(EMOSET_INFO))
+    real = json.loads(EMOSET_INFO.read_text())
     assert set(SCENES) <= set(real["scene"]["label2idx"])
     assert set(OBJECTS) <= set(real["object"]["label2idx"])
 
