@@ -89,8 +89,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     """RGB, 8 bits per channel: transparency over white, high bit depths scaled down."""
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         values = np.asarray(image, dtype=np.float64)
-        top = 1.0 if image.mode == "F" and values.max(initial=0) <= 1.0 else 255.0 if values.max(initial=0) <= 255 else 65535.0
-        image = Image.fromarray(np.clip(values / top * 255.0, 0, 255).round().astype(np.uint8))
+        image = Image.fromarray(np.clip(values / _full_scale(image.mode, values) * 255.0, 0, 255).round().astype(np.uint8))
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -98,6 +97,14 @@ def to_rgb(image: Image.Image) -> Image.Image:
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def _full_scale(mode: str, values: np.ndarray) -> float:
+    """The value that means white: 1 for float images in [0, 1], else 255 or 65535 by range."""
+    peak = values.max(initial=0)
+    if mode == "F" and peak <= 1.0:
+        return 1.0
+    return 255.0 if peak <= 255 else 65535.0
 
 
 def check_image(path: Path) -> str | None:
