@@ -43,7 +43,7 @@ def make_batch(size: int = 4, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
     return {"pixel_values": torch.randn(size, 3, 64, 64, generator=g),
             "vae_pixels": torch.rand(size, 3, 64, 64, generator=g) * 2 - 1,
-            "labels": torch.randint(0, 8, (size,), generator=g),
+            "label": torch.randint(0, 8, (size,), generator=g),
             "scene": [SCENES[i % 3] for i in range(size - 1)] + [None],
             "object": [OBJECTS[i % 4] for i in range(size)]}
 
@@ -121,7 +121,7 @@ def test_emotion_space_matches_direct_statistics_and_round_trips(model, tmp_path
     space = joint.compute_emotion_space(model.understanding, batches, ["cls", "scene"], num_classes=8)
     with torch.no_grad():
         outs = [model.understanding(b["pixel_values"]) for b in batches]
-    labels = torch.cat([b["labels"] for b in batches])
+    labels = torch.cat([b["label"] for b in batches])
     cls = torch.cat([o.cls for o in outs])
     for k in labels.unique().tolist():
         rows = cls[labels == k]
@@ -132,12 +132,12 @@ def test_emotion_space_matches_direct_statistics_and_round_trips(model, tmp_path
     back = joint.EmotionSpace.load(tmp_path / "space.safetensors")
     assert set(back.mean) == {"cls", "scene"} and torch.equal(back.count, space.count)
     k = int(labels[0])
-    a = back.sample(k, torch.Generator().manual_seed(5))
-    b = back.sample(k, torch.Generator().manual_seed(5))
-    assert torch.equal(a["cls"], b["cls"])
+    z = back.draw(torch.Generator().manual_seed(5))
+    assert torch.equal(z["cls"], back.draw(torch.Generator().manual_seed(5))["cls"])
+    assert torch.allclose(back.at(k, z)["cls"], space.mean["cls"][k] + space.std["cls"][k] * z["cls"])
     empty = joint.EmotionSpace({"cls": torch.zeros(2, 3)}, {"cls": torch.ones(2, 3)}, torch.tensor([4, 0]))
     with pytest.raises(UniEmoError, match="no training images"):
-        empty.sample(1, torch.Generator())
+        empty.at(1, {"cls": torch.zeros(3)})
 
 
 def test_collate_gives_clip_and_vae_views():
@@ -149,4 +149,4 @@ def test_collate_gives_clip_and_vae_views():
     batch = collate(samples)
     assert batch["pixel_values"].shape == (1, 3, 32, 32) and batch["vae_pixels"].shape == (1, 3, 16, 16)
     assert batch["vae_pixels"][0, 0].min() == 1.0 and batch["vae_pixels"][0, 1].max() == -1.0
-    assert batch["labels"].tolist() == [3] and batch["object"] == [None]
+    assert batch["label"].tolist() == [3] and batch["object"] == [None]

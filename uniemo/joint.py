@@ -94,7 +94,7 @@ class JointModel(nn.Module):
         return self.fusion(features_of(out, self.fusion.cfg.features), alphas), alphas
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        labels = batch["labels"]
+        labels = batch["label"]
         out = self.understanding(batch["pixel_values"])
         device = labels.device
         l_u = self.understanding.loss(out, labels, self.scene_bank.index(batch["scene"]).to(device),
@@ -143,7 +143,7 @@ class JointCollate:
     def __call__(self, samples: list[dict]) -> dict:
         images = [s["pixel_values"] for s in samples]
         batch = {"pixel_values": torch.stack([self.clip_transform(im) for im in images]),
-                 "labels": torch.tensor([s["label"] for s in samples], dtype=torch.long),
+                 "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),
                  "scene": [s["scene"] for s in samples], "object": [s["object"] for s in samples]}
         if self.vae_transform is not None:
             batch["vae_pixels"] = torch.stack([self.vae_transform(im) for im in images])
@@ -170,13 +170,17 @@ class EmotionSpace:
         std = {k: (squares[k] / n - mean[k] ** 2).clamp(min=0).sqrt() for k in sums}
         return cls({k: v.float() for k, v in mean.items()}, {k: v.float() for k, v in std.items()}, count)
 
-    def sample(self, emotion: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def draw(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Standard-normal noise z for one sample, one vector per feature."""
+        return {k: torch.randn(m.shape[1], generator=generator) for k, m in self.mean.items()}
+
+    def at(self, emotion: int, z: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The point mean + std·z of ``emotion``'s space: the same z gives corresponding points in
+        every emotion's space, so a mix of emotions blends like with like."""
         if self.count[emotion] == 0:
             raise UniEmoError(f"emotion {emotion} had no training images, so it has no emotion space; "
                               "train on data that covers it")
-        return {k: self.mean[k][emotion] + self.std[k][emotion] * torch.randn(self.mean[k].shape[1],
-                                                                              generator=generator)
-                for k in self.mean}
+        return {k: self.mean[k][emotion] + self.std[k][emotion] * z[k] for k in self.mean}
 
     def save(self, path: str | Path) -> None:
         tensors = {"count": self.count}
@@ -203,7 +207,7 @@ def compute_emotion_space(understanding, loader, features, num_classes: int, dev
     sums, squares, count = {}, {}, torch.zeros(num_classes, dtype=torch.long)
     for batch in tqdm(loader, desc="emotion space", leave=False):
         out = understanding(batch["pixel_values"].to(device))
-        labels = batch["labels"]
+        labels = batch["label"]
         one_hot = F.one_hot(labels, num_classes).double()
         count += one_hot.sum(0).long()
         for name, value in features_of(out, features).items():
@@ -211,3 +215,92 @@ def compute_emotion_space(understanding, loader, features, num_classes: int, dev
             sums[name] = sums.get(name, 0) + one_hot.T @ value
             squares[name] = squares.get(name, 0) + one_hot.T @ value ** 2
     return EmotionSpace.from_sums(sums, squares, count)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 2 as a run: RUN1 + SD + data -> RUN2
+# ---------------------------------------------------------------------------------------------
+
+def build_joint_model(run1: str | Path, sd_pipe, cfg, table: CorrelationTable) -> JointModel:
+    """The stage-2 model from a stage-1 run directory and a loaded Stable Diffusion pipeline."""
+    from uniemo.understanding import UniEmoUnderstanding, load_attributes
+
+    understanding = UniEmoUnderstanding.from_pretrained(run1)
+    scene_bank, object_bank = load_attributes(run1)
+    fusion = UniEmoFusion(cfg.fusion, understanding.vision.config.hidden_size,
+                          sd_pipe.text_encoder.config.hidden_size, understanding.cfg.head_hidden)
+    return JointModel(understanding, fusion, FrozenDiffusion(sd_pipe, cfg.fusion.placeholder),
+                      scene_bank, object_bank, table)
+
+
+def param_groups(model: JointModel, optim) -> list[dict]:
+    """The CLIP backbone at ``backbone_lr`` (0 freezes it), everything else trainable at ``lr``."""
+    backbone = model.understanding.backbone
+    backbone.requires_grad_(optim.backbone_lr > 0)
+    backbone_ids = {id(p) for p in backbone.parameters()}
+    rest = [p for p in model.parameters() if id(p) not in backbone_ids and p.requires_grad]
+    groups = [{"params": rest, "lr": optim.lr}]
+    if optim.backbone_lr > 0:
+        groups.append({"params": list(backbone.parameters()), "lr": optim.backbone_lr})
+    return groups
+
+
+@torch.no_grad()
+def image_features(clip_model, loader, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Frozen CLIP image features (projection space) and labels of every image in ``loader``."""
+    from tqdm.auto import tqdm
+
+    feats, labels = [], []
+    for batch in tqdm(loader, desc="CLIP image features", leave=False):
+        out = clip_model.get_image_features(pixel_values=batch["pixel_values"].to(device))
+        feats.append(getattr(out, "pooler_output", out).float().cpu())
+        labels.append(batch["label"])
+    return torch.cat(feats), torch.cat(labels)
+
+
+def build_table(method: str, train_set, scene_bank, object_bank, clip_bundle, loader, seed: int) -> CorrelationTable:
+    """The correlation table P by ``classifier`` (paper) or ``counts`` (SPEC §2)."""
+    from uniemo.fusion import table_from_classifier, table_from_counts
+
+    labels = torch.tensor(train_set.labels, dtype=torch.long)
+    c = len(train_set.class_names)
+    if method == "counts":
+        scene = table_from_counts(labels, scene_bank.index([it.scene for it in train_set.items]), len(scene_bank.names), c)
+        obj = table_from_counts(labels, object_bank.index([it.object for it in train_set.items]),
+                                len(object_bank.names), c)
+    elif method == "classifier":
+        features, labels = image_features(clip_bundle.model, loader, next(clip_bundle.model.parameters()).device)
+        tables = table_from_classifier(features, labels, {"scene": scene_bank.embeds, "object": object_bank.embeds},
+                                       num_classes=c, seed=seed)
+        scene, obj = tables["scene"], tables["object"]
+    else:
+        raise UniEmoError(f"unknown alpha table method {method!r}: choose classifier or counts")
+    return CorrelationTable(train_set.class_names, scene_bank.names, scene, object_bank.names, obj, method)
+
+
+def save_stage2(run_dir: str | Path, model: JointModel, space: EmotionSpace, cfg) -> None:
+    """RUN2: the understanding run files plus fusion.safetensors, alpha_table.json,
+    emotion_space.safetensors and config.yaml."""
+    from uniemo.config import save_config
+    from uniemo.io import write_json
+    from uniemo.understanding import save_attributes
+
+    run_dir = Path(run_dir)
+    model.understanding.save_pretrained(run_dir)
+    save_attributes(run_dir, model.scene_bank, model.object_bank)
+    save_tensors(run_dir / "fusion.safetensors", model.fusion.state_dict())
+    write_json(run_dir / "alpha_table.json", model.table.to_json())
+    space.save(run_dir / "emotion_space.safetensors")
+    save_config(cfg, run_dir / "config.yaml")
+
+
+@torch.no_grad()
+def accuracy(understanding, loader, device="cpu") -> float:
+    from uniemo.metrics import top1_accuracy
+
+    understanding.eval().to(device)
+    preds, labels = [], []
+    for batch in loader:
+        preds.append(understanding(batch["pixel_values"].to(device)).logits.argmax(-1).cpu())
+        labels.append(batch["label"])
+    return top1_accuracy(torch.cat(preds), torch.cat(labels))

@@ -1,0 +1,118 @@
+"""UniEmoPipeline (SPEC §4): loads a stage-2 run, reproducible by seed, batchable, metadata, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from uniemo import joint
+from uniemo.config import preset, save_config
+from uniemo.errors import UniEmoError
+from uniemo.pipeline import UniEmoPipeline, normalise_weights, parse_mix
+
+EMOTIONS = ("amusement", "awe", "contentment", "excitement", "anger", "disgust", "fear", "sadness")
+
+
+def write_run2(tiny_models, out, features=("cls", "scene", "object")):
+    """A stage-2 run directory written by the real code path (random, untrained weights)."""
+    from test_joint import build_joint, make_batch
+
+    from uniemo.config import FusionConfig
+
+    model = build_joint(tiny_models, FusionConfig(features=list(features)))
+    batches = [make_batch(8, seed=s) for s in range(2)]
+    for b in batches:
+        b["label"] = torch.arange(8)  # every emotion has a space
+    space = joint.compute_emotion_space(model.understanding, batches, model.fusion.cfg.features, num_classes=8)
+    cfg = preset("tiny")
+    cfg.fusion = model.fusion.cfg
+    cfg.clip_path, cfg.sd_path = str(tiny_models[0]), str(tiny_models[1])
+    joint.save_stage2(out, model, space, cfg)
+    return out
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_models, tmp_path_factory):
+    return UniEmoPipeline.from_pretrained(write_run2(tiny_models, tmp_path_factory.mktemp("run2")))
+
+
+def pixels(images):
+    return np.stack([np.asarray(im) for im in images])
+
+
+def test_same_seed_same_pixels_different_seed_different(pipe):
+    a = pipe(emotion="awe", num_images=2, num_inference_steps=2, generator=7)
+    b = pipe(emotion="awe", num_images=2, num_inference_steps=2, generator=7)
+    c = pipe(emotion="awe", num_images=2, num_inference_steps=2, generator=8)
+    assert np.array_equal(pixels(a.images), pixels(b.images))
+    assert not np.array_equal(pixels(a.images[:1]), pixels(c.images[:1]))
+    assert [m["seed"] for m in a.metadata] == [7, 8]
+    # image i uses seed s + i: image 1 of seed 7 is image 0 of seed 8, whatever the batch size
+    assert np.array_equal(pixels(a.images[1:]), pixels(c.images[:1]))
+
+
+def test_batch_size_does_not_change_images(pipe):
+    whole = pipe(emotion="fear", num_images=3, num_inference_steps=2, generator=1)
+    split = pipe(emotion="fear", num_images=3, num_inference_steps=2, generator=1, batch_size=2)
+    assert len(split.images) == 3
+    assert np.allclose(pixels(whole.images).astype(int), pixels(split.images).astype(int), atol=2)
+
+
+def test_metadata_describes_each_image(pipe):
+    out = pipe(emotion="sadness", object="bench", num_images=2, num_inference_steps=2, guidance_scale=3.0,
+               generator=0)
+    size = pipe.sd.unet.config.sample_size * pipe.sd.vae_scale_factor
+    assert all(im.size == (size, size) for im in out.images)
+    for m in out.metadata:
+        assert m["emotion"] == "sadness" and m["mix"] is None and m["object"] == "bench"
+        assert m["prompt"] == "<emo> bench" and m["steps"] == 2 and m["guidance"] == 3.0
+        assert 0.0 <= m["alpha_scene"] <= 1.0 and 0.0 <= m["alpha_object"] <= 1.0
+        assert m["matched_scene"] in pipe.scene_bank.names and m["matched_object"] in pipe.object_bank.names
+        # α is the table entry of the matched attribute for the requested emotion
+        row = pipe.table.scene_names.index(m["matched_scene"])
+        assert m["alpha_scene"] == pytest.approx(float(pipe.table.scene[row, EMOTIONS.index("sadness")]), abs=1e-5)
+
+
+def test_mix_fuses_weighted_conditions(pipe):
+    e_awe, _, _ = pipe.conditions({"awe": 1.0}, [3])
+    e_fear, _, _ = pipe.conditions({"fear": 1.0}, [3])
+    e_mix, _, infos = pipe.conditions({"awe": 0.25, "fear": 0.75}, [3])
+    assert torch.allclose(e_mix, 0.25 * e_awe + 0.75 * e_fear, atol=1e-5)
+    assert not torch.allclose(e_awe, e_fear)
+    out = pipe(mix={"awe": 1, "fear": 3}, num_images=1, num_inference_steps=2, generator=3)
+    m = out.metadata[0]
+    assert m["emotion"] is None and m["mix"] == {"awe": 0.25, "fear": 0.75}
+    assert set(m["alpha_scene"]) == {"awe", "fear"}
+
+
+def test_bad_requests_are_one_line_errors(pipe):
+    with pytest.raises(UniEmoError, match="unknown emotion 'joy'.*amusement"):
+        pipe(emotion="joy", num_images=1)
+    with pytest.raises(UniEmoError, match="exactly one"):
+        pipe(emotion="awe", mix={"fear": 1.0})
+    with pytest.raises(UniEmoError, match="cannot be encoded"):
+        pipe(emotion="awe", object="bench!?", num_images=1)
+    with pytest.raises(UniEmoError, match="num_images"):
+        pipe(emotion="awe", num_images=0)
+    with pytest.raises(UniEmoError, match=">= 0"):
+        normalise_weights({"awe": -1.0, "fear": 2.0}, EMOTIONS)
+    with pytest.raises(UniEmoError, match="all mix weights are zero"):
+        normalise_weights({"awe": 0.0}, EMOTIONS)
+    with pytest.raises(UniEmoError, match=">= 0"):
+        normalise_weights({"awe": float("nan")}, EMOTIONS)
+
+
+@pytest.mark.parametrize("text", ["awe", "awe=", "=1", "awe=x", "awe=1,,fear=1", "awe=1,awe=2"])
+def test_parse_mix_rejects_malformed_text(text):
+    with pytest.raises(UniEmoError):
+        parse_mix(text, EMOTIONS)
+
+
+def test_parse_mix_reads_pairs():
+    assert parse_mix("Awe=0.7, fear=0.3", EMOTIONS) == {"awe": 0.7, "fear": 0.3}
+
+
+def test_a_stage1_run_is_refused(tmp_path):
+    with pytest.raises(UniEmoError, match="not a stage-2 run.*uniemo train joint"):
+        UniEmoPipeline.from_pretrained(tmp_path)

@@ -1,0 +1,239 @@
+"""``UniEmoPipeline``: emotional image generation from a stage-2 run, diffusers style (paper
+§III-B, SPEC §4).
+
+For every image: sample CLS / scene / object features from the emotion space N(mean, std) of
+the requested emotion, pick α from the nearest scene / object attribute, fuse them into e,
+inject e at the placeholder token, and let Stable Diffusion's own denoising loop run on
+``prompt_embeds`` with classifier-free guidance against the empty prompt. A mix of emotions
+(paper Fig. 10b) fuses e = Σ_k w_k e_k with normalised non-negative weights.
+
+Seeds: image i of a call with seed s uses seed s + i for both its feature sample and its
+initial latents, so any image is reproduced alone from the seed in its metadata.
+
+    pipe = UniEmoPipeline.from_pretrained("runs/stage2")
+    out = pipe(emotion="awe", object="bench", num_images=4, generator=0)
+    out.images[0].save("awe.png"); out.metadata[0]["alpha_scene"]
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from uniemo.config import UniEmoConfig, load_config
+from uniemo.errors import UniEmoError
+from uniemo.fusion import (CorrelationTable, UniEmoFusion, add_placeholder, check_word, condition_prompt,
+                           match_alpha, tokenize)
+from uniemo.io import load_state_dict_checked, load_tensors, read_json
+from uniemo.joint import EmotionSpace
+
+STAGE2_FILES = ("config.yaml", "fusion.safetensors", "alpha_table.json", "emotion_space.safetensors")
+
+
+@dataclass
+class UniEmoPipelineOutput:
+    images: list  # PIL images
+    metadata: list[dict[str, Any]]  # one per image: seed, emotion / mix, object, α, matched attributes, ...
+
+
+def parse_mix(text: str, class_names: tuple[str, ...]) -> dict[str, float]:
+    """``"awe=0.7,fear=0.3"`` -> {"awe": 0.7, "fear": 0.3}; malformed text is a one-line error."""
+    weights: dict[str, float] = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        name = name.strip().lower()
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = None
+        if not sep or not name or weight is None:
+            raise UniEmoError(f"malformed --mix {text!r}: write NAME=WEIGHT pairs separated by commas, "
+                              f"e.g. awe=0.7,fear=0.3 (emotions: {', '.join(class_names)})")
+        if name in weights:
+            raise UniEmoError(f"--mix names {name!r} twice: give each emotion once")
+        weights[name] = weight
+    return weights
+
+
+def normalise_weights(mix: dict[str, float], class_names: tuple[str, ...]) -> dict[str, float]:
+    """Check names and weights (finite, ≥ 0, not all zero); return weights summing to 1."""
+    if not isinstance(mix, dict) or not mix:
+        raise UniEmoError(f"mix must be a non-empty mapping emotion -> weight, e.g. {{'awe': 0.7, 'fear': 0.3}}")
+    clean = {}
+    for name, weight in mix.items():
+        key = emotion_key(name, class_names)
+        if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not math.isfinite(weight) or weight < 0:
+            raise UniEmoError(f"weight {weight!r} for {key!r} is invalid: weights must be finite and >= 0")
+        clean[key] = float(weight)
+    total = sum(clean.values())
+    if total <= 0:
+        raise UniEmoError("all mix weights are zero: give at least one emotion a positive weight")
+    return {k: w / total for k, w in clean.items() if w > 0}
+
+
+def emotion_key(name: Any, class_names: tuple[str, ...]) -> str:
+    key = str(name).strip().lower()
+    if key not in class_names:
+        raise UniEmoError(f"unknown emotion {name!r}: choose one of {', '.join(class_names)}")
+    return key
+
+
+class UniEmoPipeline:
+    """Understanding-guided emotional generation with a frozen Stable Diffusion pipeline."""
+
+    def __init__(self, understanding, fusion: UniEmoFusion, table: CorrelationTable, space: EmotionSpace,
+                 scene_bank, object_bank, sd_pipe, cfg: UniEmoConfig):
+        self.understanding, self.fusion = understanding.eval(), fusion.eval()
+        self.table, self.space, self.cfg = table, space, cfg
+        self.scene_bank, self.object_bank = scene_bank, object_bank
+        self.sd = sd_pipe
+        self.placeholder_id = add_placeholder(sd_pipe.tokenizer, cfg.fusion.placeholder)
+        self.class_names = tuple(understanding.class_names)
+
+    @classmethod
+    def from_pretrained(cls, run_dir: str | Path, sd_path: str | Path | None = None, dtype=None) -> "UniEmoPipeline":
+        """Load a stage-2 run (``uniemo train joint``) and the Stable Diffusion it was trained with."""
+        from uniemo.loading import load_sd
+        from uniemo.understanding import UniEmoUnderstanding, load_attributes
+
+        run_dir = Path(run_dir)
+        missing = [f for f in STAGE2_FILES if not (run_dir / f).is_file()]
+        if not run_dir.is_dir() or missing:
+            raise UniEmoError(f"{run_dir} is not a stage-2 run (missing {', '.join(missing) or 'directory'}): "
+                              "make one with `uniemo train joint`")
+        cfg = load_config(run_dir / "config.yaml")
+        sd_path = sd_path or cfg.sd_path
+        if sd_path is None:
+            raise UniEmoError(f"{run_dir}/config.yaml records no sd_path: pass the Stable Diffusion directory")
+        understanding = UniEmoUnderstanding.from_pretrained(run_dir)
+        scene_bank, object_bank = load_attributes(run_dir)
+        table = CorrelationTable.from_json(read_json(run_dir / "alpha_table.json", "alpha table"),
+                                           run_dir / "alpha_table.json")
+        space = EmotionSpace.load(run_dir / "emotion_space.safetensors")
+        sd = load_sd(sd_path, dtype=dtype)
+        fusion = UniEmoFusion(cfg.fusion, understanding.vision.config.hidden_size,
+                              sd.text_encoder.config.hidden_size, understanding.cfg.head_hidden)
+        load_state_dict_checked(fusion, load_tensors(run_dir / "fusion.safetensors", "fusion weights"),
+                                run_dir / "fusion.safetensors")
+        if dtype is not None:
+            fusion.to(dtype)
+        return cls(understanding, fusion, table, space, scene_bank, object_bank, sd, cfg)
+
+    def to(self, device) -> "UniEmoPipeline":
+        self.understanding.to(device)
+        self.fusion.to(device)
+        self.sd.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.sd.unet.device
+
+    def prompt(self, object: str | None = None) -> str:
+        """"<emo>" or, for emotion transfer, "<emo> <object>"."""
+        if object is None:
+            return self.cfg.fusion.placeholder
+        check_word(self.sd.tokenizer, object, self.placeholder_id)
+        return f"{self.cfg.fusion.placeholder} {object.strip()}"
+
+    @torch.no_grad()
+    def conditions(self, weights: dict[str, float], seeds: list[int]):
+        """Fused conditions e (B,W) for one seed each, the generators (positioned after the feature
+        draws, ready for the latents) and each image's α / matched attributes per emotion."""
+        generators = [torch.Generator().manual_seed(s) for s in seeds]
+        noise = [self.space.draw(g) for g in generators]
+        e = 0
+        infos = [{"alpha": {}, "matched": {}} for _ in seeds]
+        for name, weight in weights.items():
+            k = self.class_names.index(name)
+            samples = [self.space.at(k, z) for z in noise]
+            feats = {f: torch.stack([s[f] for s in samples]).to(self.device, self.fusion.cond_proj.weight.dtype)
+                     for f in self.fusion.cfg.features}
+            alphas = self._alphas(feats, k, infos, name)
+            e = e + weight * self.fusion(feats, alphas)
+        return e, generators, infos
+
+    def _alphas(self, feats, emotion: int, infos, name: str) -> dict[str, torch.Tensor]:
+        alphas = {}
+        for kind, bank in (("scene", self.scene_bank), ("object", self.object_bank)):
+            if kind not in feats or not len(bank.names):
+                continue
+            proj = getattr(self.understanding, f"{kind}_proj")
+            embed = proj(feats[kind].to(proj.weight.dtype))
+            target = torch.full((len(infos),), emotion, dtype=torch.long)
+            alphas[kind], best = match_alpha(embed, bank.embeds, self.table.rows(kind)[1], target)
+            for info, a, b in zip(infos, alphas[kind].tolist(), best.tolist()):
+                info["alpha"].setdefault(kind, {})[name] = round(a, 6) if self.fusion.cfg.use_alpha else None
+                info["matched"].setdefault(kind, {})[name] = bank.names[b]
+        return alphas
+
+    def __call__(self, emotion: str | None = None, object: str | None = None, mix: dict[str, float] | None = None,
+                 num_images: int = 4, num_inference_steps: int | None = None, guidance_scale: float | None = None,
+                 generator: int | torch.Generator | None = None, batch_size: int | None = None,
+                 height: int | None = None, width: int | None = None) -> UniEmoPipelineOutput:
+        """Generate ``num_images`` images for ``emotion`` (a name) or ``mix`` ({name: weight}).
+        ``generator``: an int seed, a ``torch.Generator`` (a base seed is drawn from it) or None
+        (a random base seed, recorded in the metadata)."""
+        if (emotion is None) == (mix is None):
+            raise UniEmoError("give exactly one of emotion (a name) or mix (a mapping name -> weight)")
+        weights = {emotion_key(emotion, self.class_names): 1.0} if emotion is not None else \
+            normalise_weights(mix, self.class_names)
+        steps = num_inference_steps or self.cfg.generation.num_inference_steps
+        guidance = self.cfg.generation.guidance_scale if guidance_scale is None else guidance_scale
+        check_positive(num_images=num_images, num_inference_steps=steps, batch_size=batch_size or num_images)
+        size = self.cfg.generation.resolution
+        height, width = height or size, width or size
+        base = base_seed(generator)
+        prompt = self.prompt(object)
+        ids = tokenize(self.sd.tokenizer, [prompt]).to(self.device)
+        negative = self.sd.text_encoder(tokenize(self.sd.tokenizer, [""]).to(self.device))[0]
+        images, metadata = [], []
+        batch = batch_size or num_images
+        for start in range(0, num_images, batch):
+            seeds = [base + i for i in range(start, min(start + batch, num_images))]
+            e, generators, infos = self.conditions(weights, seeds)
+            with torch.no_grad():
+                prompt_embeds = condition_prompt(self.sd.text_encoder, ids, self.placeholder_id,
+                                                 e.to(self.sd.text_encoder.dtype))
+            out = self.sd(prompt_embeds=prompt_embeds, negative_prompt_embeds=negative.expand(len(seeds), -1, -1),
+                          num_inference_steps=steps, guidance_scale=guidance, generator=generators,
+                          height=height, width=width, output_type="pil")
+            images += out.images
+            metadata += [self._metadata(seed, weights, emotion, object, prompt, steps, guidance, info)
+                         for seed, info in zip(seeds, infos)]
+        return UniEmoPipelineOutput(images, metadata)
+
+    def _metadata(self, seed, weights, emotion, object, prompt, steps, guidance, info) -> dict[str, Any]:
+        def per_emotion(values: dict | None):
+            if values is None:
+                return None
+            return values[next(iter(weights))] if emotion is not None else values
+
+        return {"seed": seed, "emotion": None if emotion is None else next(iter(weights)),
+                "mix": None if emotion is not None else {k: round(w, 6) for k, w in weights.items()},
+                "object": object, "alpha_scene": per_emotion(info["alpha"].get("scene")),
+                "alpha_object": per_emotion(info["alpha"].get("object")),
+                "matched_scene": per_emotion(info["matched"].get("scene")),
+                "matched_object": per_emotion(info["matched"].get("object")),
+                "prompt": prompt, "steps": steps, "guidance": guidance}
+
+
+def base_seed(generator: int | torch.Generator | None) -> int:
+    if isinstance(generator, torch.Generator):
+        return int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+    if generator is None:
+        return random.SystemRandom().randrange(2**31 - 1)
+    if isinstance(generator, bool) or not isinstance(generator, int) or generator < 0:
+        raise UniEmoError(f"seed {generator!r} is invalid: use a non-negative integer")
+    return generator
+
+
+def check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise UniEmoError(f"{name}={value!r} is invalid: use a positive integer")
