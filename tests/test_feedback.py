@@ -74,3 +74,65 @@ def test_rank_window_properties(scores, eta, width):
         above, below = t[ranks < (n * eta) // 100], t[ranks >= (n * delta) // 100]
         assert above.numel() == 0 or t[mask].max() <= above.min()
         assert below.numel() == 0 or t[mask].min() >= below.max()
+
+
+class RecordingPipe:
+    """A test double with UniEmoPipeline's calling contract: image j of a call is a solid colour
+    derived from seed base + j, so a regenerated image must equal the original."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, emotion, num_images, generator, batch_size, num_inference_steps=None):
+        from types import SimpleNamespace
+
+        from PIL import Image
+
+        self.calls.append((emotion, num_images, generator))
+        seeds = [generator + j for j in range(num_images)]
+        images = [Image.new("RGB", (16, 16), (s % 256, (s // 256) % 256, 7)) for s in seeds]
+        meta = [{"seed": s, "emotion": emotion, "matched_scene": "forest path", "matched_object": "bench"}
+                for s in seeds]
+        return SimpleNamespace(images=images, metadata=meta)
+
+
+def test_generation_skips_images_already_written(tmp_path):
+    from uniemo.feedback import generate_images, image_seed, list_generated
+
+    names = ("amusement", "fear")
+    pipe = RecordingPipe()
+    generate_images(pipe, tmp_path, names, per_emotion=5, seed=3, batch_size=2)
+    assert [c[1] for c in pipe.calls] == [2, 2, 1, 2, 2, 1]
+    first = (tmp_path / "image/fear/fear_00003.png").read_bytes()
+    (tmp_path / "annotation/fear/fear_00003.json").unlink()  # as if killed before it finished
+    (tmp_path / "image/amusement/amusement_00000.png").unlink()
+    (tmp_path / "annotation/amusement/amusement_00000.json").unlink()
+    pipe.calls.clear()
+    generate_images(pipe, tmp_path, names, per_emotion=5, seed=3, batch_size=2)
+    assert pipe.calls == [("amusement", 1, image_seed(3, 0, 0)), ("fear", 1, image_seed(3, 1, 3))]
+    assert (tmp_path / "image/fear/fear_00003.png").read_bytes() == first  # same seed, same image
+    images = list_generated(tmp_path, names, 5)
+    assert [im.seed for im in images[5:]] == [image_seed(3, 1, k) for k in range(5)]
+
+
+def test_selection_writes_scores_and_an_emoset_dataset_of_the_kept_images(tmp_path):
+    import csv
+
+    from uniemo.data import open_dataset
+    from uniemo.feedback import generate_images, list_generated, write_selection
+
+    names = ("amusement", "fear")
+    generate_images(RecordingPipe(), tmp_path, names, per_emotion=10, seed=0, batch_size=10)
+    images = list_generated(tmp_path, names, 10)
+    emo_a = torch.tensor([0.9, 0.1, 0.5, 0.7, 0.3, 0.8, 0.2, 0.6, 0.4, 0.05] * 2)
+    sem_c = torch.linspace(0.1, 1.0, 10).repeat(2)
+    info = {"emotion": {"label2idx": {"amusement": 0, "fear": 1}},
+            "scene": {"label2idx": {"forest_path": 0}}, "object": {"label2idx": {"Bench": 0}}}
+    kept = write_selection(tmp_path, images, {"emo-a": emo_a, "sem-c": sem_c}, ["emo-a", "sem-c"], 20, 80, info)
+    assert [im.name for im in kept] == [f"{e}_{k:05d}" for e in names for k in (2, 3, 4, 6, 7)]
+    rows = list(csv.DictReader((tmp_path / "scores.csv").open()))
+    assert len(rows) == 20 and sum(int(r["kept"]) for r in rows) == 10
+    assert rows[0]["rank_emo-a"] == "0" and rows[0]["rank_sem-c"] == "9" and rows[0]["kept"] == "0"
+    ds = open_dataset(tmp_path, kind="emoset", split="train")
+    assert len(ds) == 10 and ds.class_names == names
+    assert ds.items[0].scene == "forest path" and ds.items[0].object == "bench"

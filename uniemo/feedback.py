@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from uniemo.errors import UniEmoError
+from uniemo.io import atomic_path, read_json, write_json, write_text
 
 CRITERIA = ("emo-a", "sem-c")
 
@@ -81,3 +85,133 @@ def mix_plan(n_real: int, n_kept: int, proportion: float) -> tuple[int, float]:
     were kept than the proportion asks for."""
     n_gen = min(mix_count(n_real, proportion), n_kept)
     return n_gen, n_gen / (n_real + n_gen) if n_real + n_gen else 0.0
+
+
+# ----------------------------------------------------------------------------- step 1: generate
+
+SEED_STRIDE = 1_000_000  # image k of emotion i has seed (seed + i * SEED_STRIDE + k), whatever M is
+
+
+def image_name(emotion: str, k: int) -> str:
+    return f"{emotion}_{k:05d}"
+
+
+def image_seed(seed: int, emotion_index: int, k: int) -> int:
+    return seed + emotion_index * SEED_STRIDE + k
+
+
+def generate_images(pipe, out: Path, class_names: Sequence[str], per_emotion: int, seed: int = 0,
+                    batch_size: int = 8, num_inference_steps: int | None = None) -> None:
+    """Generate ``per_emotion`` images of every emotion into the EmoSet layout under ``out``
+    (``image/<emotion>/<name>.png`` and ``annotation/<emotion>/<name>.json`` carrying the scene and
+    object the pipeline matched, plus its metadata). Images whose annotation already exists are
+    skipped, so a killed run continues where it stopped; under ``accelerate launch`` each process
+    takes its share of the missing images."""
+    from accelerate import PartialState
+
+    todo = [(i, k) for i, emotion in enumerate(class_names) for k in range(per_emotion)
+            if not (out / "annotation" / emotion / f"{image_name(emotion, k)}.json").is_file()]
+    state = PartialState()
+    with state.split_between_processes(todo) as mine:
+        for i, ks in tqdm(_consecutive_batches(mine, batch_size), desc="generate", disable=not state.is_main_process):
+            emotion = class_names[i]
+            result = pipe(emotion=emotion, num_images=len(ks), generator=image_seed(seed, i, ks[0]),
+                          batch_size=len(ks), num_inference_steps=num_inference_steps)
+            for k, image, meta in zip(ks, result.images, result.metadata):
+                _save_generated(out, emotion, image_name(emotion, k), image, meta)
+    state.wait_for_everyone()
+
+
+def _consecutive_batches(work: Sequence[tuple[int, int]], batch_size: int) -> list[tuple[int, list[int]]]:
+    """(emotion, [k, k+1, ...]) runs of at most ``batch_size`` consecutive images: the pipeline
+    seeds image j of a call with base + j, so a run reproduces exactly the per-image seeds."""
+    batches: list[tuple[int, list[int]]] = []
+    for i, k in work:
+        if batches and batches[-1][0] == i and batches[-1][1][-1] == k - 1 and len(batches[-1][1]) < batch_size:
+            batches[-1][1].append(k)
+        else:
+            batches.append((i, [k]))
+    return batches
+
+
+def _save_generated(out: Path, emotion: str, name: str, image, meta: dict) -> None:
+    """The PNG first, then its annotation: the annotation marks the image as done."""
+    with atomic_path(out / "image" / emotion / f"{name}.png") as tmp:
+        image.save(tmp, format="PNG")
+    annotation = {"emotion": emotion, "scene": meta.get("matched_scene"),
+                  "object": [meta["matched_object"]] if meta.get("matched_object") else [], "generation": meta}
+    write_json(out / "annotation" / emotion / f"{name}.json", annotation)
+
+
+# ----------------------------------------------------------------------------- steps 2-3: score and filter
+
+
+@dataclass
+class GeneratedImage:
+    emotion: str
+    name: str
+    seed: int | None
+
+    def image_path(self) -> str:
+        return f"image/{self.emotion}/{self.name}.png"
+
+    def annotation_path(self) -> str:
+        return f"annotation/{self.emotion}/{self.name}.json"
+
+
+def list_generated(out: Path, class_names: Sequence[str], per_emotion: int) -> list[GeneratedImage]:
+    """The generated images of this feedback run, in emotion then index order."""
+    found = []
+    for emotion in class_names:
+        for k in range(per_emotion):
+            name = image_name(emotion, k)
+            annotation = read_json(out / "annotation" / emotion / f"{name}.json", "generated-image annotation")
+            found.append(GeneratedImage(emotion, name, annotation.get("generation", {}).get("seed")))
+    return found
+
+
+def score_generated(root: Path, images: Sequence[GeneratedImage], evaluator, semantic: Sequence,
+                    batch_size: int = 32) -> dict[str, torch.Tensor]:
+    """Algorithm 1 lines 1-5: CLIP features F, Emo-A = P_emo[target] and Sem-C for every image."""
+    from uniemo.metrics import batched, emotion_scores, open_image, semantic_scores
+
+    def fetch(i: int):
+        return open_image(root / images[i].image_path())
+
+    features = batched(evaluator.encoder, fetch, len(images), batch_size, desc="score")
+    _, emo_a = emotion_scores(evaluator, features, [im.emotion for im in images])
+    sem_c = semantic_scores(semantic, fetch, len(images), features, batch_size)
+    return {"emo-a": emo_a, "sem-c": sem_c}
+
+
+def write_selection(out: Path, images: Sequence[GeneratedImage], scores: Mapping[str, torch.Tensor],
+                    criteria: Sequence[str], eta: float, delta: float, info: dict) -> list[GeneratedImage]:
+    """Algorithm 1 lines 6-11 and their record: ``scores.csv`` (every generated image, both scores,
+    both within-emotion ranks, kept or not) and the kept images as an EmoSet-format dataset
+    (``info.json`` = the real dataset's vocabularies, ``train.json`` of 3-field items)."""
+    import csv
+    import io
+
+    groups = [im.emotion for im in images]
+    group_ids = torch.tensor([sorted(set(groups)).index(g) for g in groups])
+    kept = filter_images(scores, criteria, eta, delta, groups=group_ids)
+    ranks = {c: _ranks_within(scores[c], group_ids) for c in scores}
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(["image", "emotion", "seed", *scores, *(f"rank_{c}" for c in scores), "kept"])
+    for n, im in enumerate(images):
+        writer.writerow([im.image_path(), im.emotion, im.seed, *(f"{scores[c][n].item():.6f}" for c in scores),
+                         *(int(ranks[c][n]) for c in scores), int(kept[n])])
+    write_text(out / "scores.csv", table.getvalue())
+    selected = [im for im, k in zip(images, kept.tolist()) if k]
+    write_json(out / "info.json", info)
+    write_json(out / "train.json", [[im.emotion, im.image_path(), im.annotation_path()] for im in selected])
+    return selected
+
+
+def _ranks_within(scores: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    ranks = torch.empty(len(scores), dtype=torch.long)
+    for g in groups.unique():
+        members = (groups == g).nonzero().flatten()
+        ranks[members] = descending_ranks(scores[members])
+    return ranks

@@ -376,15 +376,15 @@ def open_image(path: Path) -> Image.Image:
         raise UniEmoError(f"cannot read image {path} ({e}); delete it and generate it again") from None
 
 
-def emotion_scores(evaluator, fetch: Callable[[int], Image.Image], targets: Sequence[str],
-                   batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """(probabilities (N, C), Emo-A score = probability of each image's target emotion name)."""
+def emotion_scores(evaluator, features: torch.Tensor, targets: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probabilities (N, C), Emo-A score = probability of each image's target emotion name)
+    from the evaluator's CLIP features of the images."""
     names = list(evaluator.class_names)
     missing = sorted(set(targets) - set(names))
     if missing:
         raise UniEmoError(f"the evaluator has no class {missing[0]!r} (its classes: {', '.join(names)}): "
                           "train it on a dataset with these emotions")
-    probs = batched(evaluator.predict_proba, fetch, len(targets), batch_size, desc="emo-a")
+    probs = evaluator.proba_from_features(features)
     return probs, target_probability(probs, [names.index(t) for t in targets])
 
 
@@ -433,7 +433,9 @@ def evaluate_generation(generated: list[tuple[Path, int]], real, class_names: Se
                for e in emotions}
         results["lpips"] = _entry(lpips.name, _mean(torch.tensor(list(per.values()))), per, pairs_per_emotion=pairs)
     if evaluator is not None:
-        probs, _ = emotion_scores(evaluator, fetch, [class_names[y] for y in labels], batch_size)
+        features = clip_features if clip is evaluator.encoder else \
+            batched(evaluator.encoder, fetch, len(generated), batch_size, "evaluator features")
+        probs, _ = emotion_scores(evaluator, features, [class_names[y] for y in labels])
         hits = (probs.argmax(-1) == torch.tensor([list(evaluator.class_names).index(class_names[y])
                                                    for y in labels])).float()
         results["emo_a"] = _entry(evaluator.name, _mean(hits), by_emotion(hits))
