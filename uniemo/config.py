@@ -41,6 +41,7 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 1e-3
     warmup_steps: int = 0
+    schedule: str = "constant"  # constant | cosine (after the warmup)
     grad_clip: float = 1.0
 
 
