@@ -116,3 +116,80 @@ def test_parse_mix_reads_pairs():
 def test_a_stage1_run_is_refused(tmp_path):
     with pytest.raises(UniEmoError, match="not a stage-2 run.*uniemo train joint"):
         UniEmoPipeline.from_pretrained(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def run2_dir(tiny_models, tmp_path_factory):
+    return write_run2(tiny_models, tmp_path_factory.mktemp("cli_run2"))
+
+
+def generate(run2_dir, out, *extra):
+    from uniemo.cli import main
+
+    return main(["generate", "--run", str(run2_dir), "--steps", "2", "--out", str(out), *extra])
+
+
+def test_generate_writes_images_metadata_and_grid_and_resumes(run2_dir, tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    out = tmp_path / "gen"
+    assert generate(run2_dir, out, "--emotion", "awe", "-n", "3", "--batch-size", "2", "--seed", "5") == 0
+    lines = [json.loads(l) for l in (out / "metadata.jsonl").read_text().splitlines()]
+    assert sorted(m["file"] for m in lines) == ["awe/0000.png", "awe/0001.png", "awe/0002.png"]
+    assert all((out / m["file"]).is_file() and m["emotion"] == "awe" for m in lines)
+    assert {m["file"]: m["seed"] for m in lines} == {"awe/0000.png": 5, "awe/0001.png": 6, "awe/0002.png": 7}
+    assert (out / "awe" / "grid.png").is_file()
+    first = np.asarray(Image.open(out / "awe" / "0001.png"))
+    # a killed run: one image and its metadata line lost; the re-run regenerates only that one
+    (out / "awe" / "0001.png").unlink()
+    capsys.readouterr()
+    assert generate(run2_dir, out, "--emotion", "awe", "-n", "4", "--seed", "5") == 0
+    assert "skipping 2 image(s)" in capsys.readouterr().out
+    lines = [json.loads(l) for l in (out / "metadata.jsonl").read_text().splitlines()]
+    assert len(lines) == 4 and len({m["file"] for m in lines}) == 4
+    # same seed, same image (up to float rounding: it was denoised in a batch of 2, now alone)
+    assert np.abs(np.asarray(Image.open(out / "awe" / "0001.png")).astype(int) - first).max() <= 2
+
+
+def test_generate_mix_and_all(run2_dir, tmp_path):
+    import json
+
+    out = tmp_path / "mix"
+    assert generate(run2_dir, out, "--mix", "awe=3,fear=1", "-n", "1") == 0
+    meta = json.loads((out / "metadata.jsonl").read_text())
+    assert meta["file"] == "mix_awe-0.75_fear-0.25/0000.png" and meta["mix"] == {"awe": 0.75, "fear": 0.25}
+    out = tmp_path / "all"
+    assert generate(run2_dir, out, "--emotion", "all", "-n", "1", "--object", "bench") == 0
+    metas = [json.loads(l) for l in (out / "metadata.jsonl").read_text().splitlines()]
+    assert sorted(m["emotion"] for m in metas) == sorted(EMOTIONS)
+    assert all(m["prompt"] == "<emo> bench" for m in metas)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--emotion", "joy"], "unknown emotion 'joy'"),
+    (["--mix", "awe:1"], "malformed --mix"),
+    (["--mix", "awe=-1,fear=2"], ">= 0"),
+    (["--mix", "awe=0,fear=0"], "all mix weights are zero"),
+    (["--emotion", "awe", "--object", "b@nch"], "cannot be encoded"),
+    (["--emotion", "awe", "-n", "0"], "--num-images 0"),
+    (["--emotion", "awe", "--guidance", "nan"], "--guidance"),
+])
+def test_generate_bad_input_exits_2_with_one_line(run2_dir, tmp_path, capsys, args, message):
+    assert generate(run2_dir, tmp_path / "bad", *args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+    assert not (tmp_path / "bad" / "metadata.jsonl").exists()
+
+
+def test_inspect_alpha_prints_top_attributes(run2_dir, capsys):
+    from uniemo.cli import main
+
+    assert main(["inspect", "alpha", "--run", str(run2_dir), "--top", "2"]) == 0
+    out = capsys.readouterr().out
+    for emotion in EMOTIONS:
+        assert f"\n{emotion}\n" in out
+    # the fixture's counts table: emotion k co-occurs only with scene k % 3 of (beach, cemetery, forest)
+    scene_rows = {e: out.split(f"\n{e}\n")[1].splitlines()[0].split() for e in ("amusement", "awe", "contentment")}
+    assert [scene_rows[e][:2] for e in scene_rows] == [["scene", "beach"], ["scene", "cemetery"], ["scene", "forest"]]

@@ -18,6 +18,12 @@ COMMANDS: list[tuple[tuple[str, ...], str]] = [
     (("data", "check"), "data_check"),
     (("train", "evaluator"), "train_evaluator"),
     (("evaluate", "generation"), "evaluate_generation"),
+    (("train", "joint"), "train_joint"),
+    (("generate",), "generate"),
+    (("inspect", "alpha"), "inspect_alpha"),
+    (("train", "understand"), "train_understand"),
+    (("evaluate", "understanding"), "evaluate_understanding"),
+    (("classify",), "classify"),
 ]
 
 GROUP_HELP = {

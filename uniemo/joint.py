@@ -304,3 +304,63 @@ def accuracy(understanding, loader, device="cpu") -> float:
         preds.append(understanding(batch["pixel_values"].to(device)).logits.argmax(-1).cpu())
         labels.append(batch["label"])
     return top1_accuracy(torch.cat(preds), torch.cat(labels))
+
+
+def implicit_feedback(run1: str | Path, understanding, data_root, collate, batch_size: int, device) -> dict:
+    """Understanding accuracy after stage 2 vs after stage 1 on val / test (paper Fig. 8)."""
+    from torch.utils.data import DataLoader
+
+    from uniemo.data import open_dataset, split_exists
+    from uniemo.understanding import UniEmoUnderstanding
+
+    stage1 = UniEmoUnderstanding.from_pretrained(run1)
+    result = {}
+    for split in ("val", "test"):
+        if split_exists(data_root, "emoset", split):
+            loader = DataLoader(open_dataset(data_root, "emoset", split), batch_size=batch_size, collate_fn=collate)
+            result[split] = {"run1": accuracy(stage1, loader, device), "run2": accuracy(understanding, loader, device)}
+    return result
+
+
+def train_joint(run1: str | Path, data_root: str | Path, out: str | Path, cfg, resume: bool = False) -> dict:
+    """Stage 2 end to end: P, L_joint training with the shared loop, emotion space, feedback figure.
+    Returns the implicit-feedback figures (also written to OUT/implicit_feedback.json)."""
+    from torch.utils.data import DataLoader
+
+    from uniemo.config import save_config
+    from uniemo.data import clip_transforms, open_dataset
+    from uniemo.io import read_json, write_json
+    from uniemo.loading import load_clip, load_sd
+    from uniemo.training import fit
+
+    out = Path(out)
+    if out.is_dir() and any(out.iterdir()) and not resume:
+        raise UniEmoError(f"{out} is not empty: pass --resume to continue it, or choose a new --out")
+    if cfg.clip_path is None:
+        raise UniEmoError(f"{run1}/config.yaml records no clip_path: stage 2 needs the CLIP directory of stage 1")
+    clip, sd = load_clip(cfg.clip_path), load_sd(cfg.sd_path)
+    train_set = open_dataset(data_root, "emoset", "train")
+    eval_collate = JointCollate(clip_transforms(clip.image_processor, train=False))
+    batch = cfg.stage2.batch_size
+    table_path = out / "alpha_table.json"
+    if resume and table_path.is_file():
+        table = CorrelationTable.from_json(read_json(table_path, "alpha table"), table_path)
+    else:
+        from uniemo.understanding import load_attributes
+
+        loader = DataLoader(train_set, batch_size=batch, collate_fn=eval_collate)
+        table = build_table(cfg.fusion.alpha_table, train_set, *load_attributes(run1), clip, loader, cfg.stage2.seed)
+        write_json(table_path, table.to_json())
+    save_config(cfg, out / "config.yaml")
+    model = build_joint_model(run1, sd, cfg, table)
+    vae_size = cfg.generation.resolution or sd.unet.config.sample_size * sd.vae_scale_factor
+    collate = JointCollate(clip_transforms(clip.image_processor, train=True), vae_size)
+    fit(out, model, train_set, collate, joint_step, cfg.stage2, param_groups=param_groups(model, cfg.stage2.optim),
+        resume=resume)
+    device = next(model.parameters()).device
+    loader = DataLoader(train_set, batch_size=batch, collate_fn=eval_collate)
+    space = compute_emotion_space(model.understanding, loader, cfg.fusion.features, len(train_set.class_names), device)
+    save_stage2(out, model, space, cfg)
+    feedback = implicit_feedback(run1, model.understanding, data_root, eval_collate, batch, device)
+    write_json(out / "implicit_feedback.json", feedback)
+    return feedback

@@ -1,0 +1,164 @@
+"""Generate emotional images from a stage-2 run (emotion, emotion transfer, weighted mix).
+
+Writes OUT/<emotion or mix>/NNNN.png, one OUT/metadata.jsonl line per image (file, seed,
+emotion or mix weights, object, alpha_scene, alpha_object, matched attributes, prompt, steps,
+guidance) and OUT/<folder>/grid.png. Image NNNN uses seed SEED + NNNN. Re-running on the same
+OUT skips images already written, so a killed run continues where it stopped.
+
+  uniemo generate --run runs/stage2 --emotion awe -n 8 --out gen/
+  uniemo generate --run runs/stage2 --emotion all --object bench -n 4 --out transfer/
+  uniemo generate --run runs/stage2 --mix awe=0.7,fear=0.3 -n 4 --out mix/"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, help="stage-2 run directory (from `uniemo train joint`)")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--emotion", help="an emotion name, or 'all' for one folder per emotion")
+    what.add_argument("--mix", help="weighted emotions, e.g. awe=0.7,fear=0.3 (weights >= 0, normalised)")
+    parser.add_argument("--object", help="a neutral object word for emotion transfer, e.g. bench")
+    parser.add_argument("-n", "--num-images", type=int, default=4, help="images per emotion or mix (default 4)")
+    parser.add_argument("--steps", type=int, help="denoising steps (default: the run's generation config)")
+    parser.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the run's)")
+    parser.add_argument("--seed", type=int, default=0, help="base seed; image NNNN uses SEED + NNNN (default 0)")
+    parser.add_argument("--batch-size", type=int, default=4, help="images per denoising batch (default 4)")
+    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--out", required=True, help="output directory")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm.auto import tqdm
+
+    from uniemo.pipeline import UniEmoPipeline
+
+    check_options(args)
+    requests = plan(args, class_names(args.run))  # bad names and weights fail before any loading
+    pipe = UniEmoPipeline.from_pretrained(args.run)
+    pipe.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.object is not None:
+        pipe.prompt(args.object)
+    out = Path(args.out)
+    records = read_metadata(out / "metadata.jsonl")
+    todo = [(folder, request, i) for folder, request in requests for i in range(args.num_images)
+            if not done(out, records, f"{folder}/{i:04d}.png")]
+    skipped = len(requests) * args.num_images - len(todo)
+    if skipped:
+        print(f"skipping {skipped} image(s) already in {out}")
+    with tqdm(total=len(todo), desc="generating", unit="img") as bar:
+        for folder, request, indices in batches(todo, args.batch_size):
+            result = pipe(**request, object=args.object, num_images=len(indices), num_inference_steps=args.steps,
+                          guidance_scale=args.guidance, generator=args.seed + indices[0])
+            for i, image, meta in zip(indices, result.images, result.metadata):
+                file = f"{folder}/{i:04d}.png"
+                save_png(image, out / file)
+                records[file] = {"file": file, **meta}
+            write_metadata(out / "metadata.jsonl", records)
+            bar.update(len(indices))
+    for folder, _ in requests:
+        write_grid(out / folder, args.num_images)
+    print(f"wrote {len(todo)} image(s) to {out} ({len(records)} listed in {out / 'metadata.jsonl'})")
+    return 0
+
+
+def check_options(args: argparse.Namespace) -> None:
+    from uniemo.errors import UniEmoError
+
+    for name in ("num_images", "batch_size", "steps"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UniEmoError(f"--{name.replace('_', '-')} {value} is invalid: use a positive integer")
+    if args.seed < 0:
+        raise UniEmoError(f"--seed {args.seed} is invalid: use a non-negative integer")
+    if args.guidance is not None and (not math.isfinite(args.guidance) or args.guidance < 0):
+        raise UniEmoError(f"--guidance {args.guidance} is invalid: use a finite number >= 0 (e.g. 7.5)")
+
+
+def class_names(run: str) -> tuple[str, ...]:
+    from uniemo.io import read_json
+
+    meta = read_json(Path(run) / "understanding.json", "run config (a run made by `uniemo train joint`)")
+    return tuple(meta.get("class_names", ()))
+
+
+def plan(args: argparse.Namespace, names: tuple[str, ...]) -> list[tuple[str, dict]]:
+    """(output folder, pipeline request) for each emotion or mix asked for."""
+    from uniemo.pipeline import emotion_key, normalise_weights, parse_mix
+
+    if args.mix is not None:
+        weights = normalise_weights(parse_mix(args.mix, names), names)
+        return [(mix_folder(weights), {"mix": weights})]
+    if args.emotion.strip().lower() == "all":
+        return [(name, {"emotion": name}) for name in names]
+    name = emotion_key(args.emotion, names)
+    return [(name, {"emotion": name})]
+
+
+def mix_folder(weights: dict[str, float]) -> str:
+    """{"awe": 0.7, "fear": 0.3} -> "mix_awe-0.7_fear-0.3"."""
+    return "mix_" + "_".join(f"{name}-{weight:.3g}" for name, weight in weights.items())
+
+
+def read_metadata(path: Path) -> dict[str, dict]:
+    """Records by file; a line cut short by a kill is ignored (its image is regenerated)."""
+    records = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+                records[record["file"]] = record
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    return records
+
+
+def done(out: Path, records: dict, file: str) -> bool:
+    return file in records and (out / file).is_file()
+
+
+def batches(todo: list, size: int):
+    """Consecutive indices of one folder, at most ``size`` at a time (seeds stay SEED + index)."""
+    group = None
+    for folder, request, i in todo:
+        if group is None or len(group[2]) == size or group[0] != folder or group[2][-1] != i - 1:
+            if group is not None:
+                yield group
+            group = (folder, request, [])
+        group[2].append(i)
+    if group is not None:
+        yield group
+
+
+def save_png(image, path: Path) -> None:
+    from uniemo.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+
+
+def write_metadata(path: Path, records: dict[str, dict]) -> None:
+    from uniemo.io import write_text
+
+    write_text(path, "".join(json.dumps(r) + "\n" for _, r in sorted(records.items())))
+
+
+def write_grid(folder: Path, count: int, max_images: int = 64) -> None:
+    from PIL import Image
+
+    files = [folder / f"{i:04d}.png" for i in range(min(count, max_images))]
+    images = [Image.open(f).convert("RGB") for f in files if f.is_file()]
+    if not images:
+        return
+    cols = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
+    w, h = images[0].size
+    grid = Image.new("RGB", (cols * w, rows * h), "white")
+    for k, image in enumerate(images):
+        grid.paste(image, ((k % cols) * w, (k // cols) * h))
+    save_png(grid, folder / "grid.png")
