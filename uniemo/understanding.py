@@ -331,3 +331,131 @@ def load_attributes(run_dir: str | Path) -> tuple[AttributeBank, AttributeBank]:
                               "re-run `uniemo train understand`")
         banks.append(AttributeBank(list(names[kind]), embeds[kind]))
     return banks[0], banks[1]
+
+
+# ----------------------------------------------------------------------------- use of a trained branch
+
+
+def stage1_step(scene_bank: AttributeBank, object_bank: AttributeBank):
+    """The ``step_fn`` of stage 1 for :func:`uniemo.training.fit`: L_U and batch accuracy."""
+    from uniemo.training import unwrap
+
+    def step(model, batch):
+        out = model(batch["pixel_values"])
+        labels, device = batch["label"], out.logits.device
+        terms = unwrap(model).loss(out, labels, scene_bank.index(batch["scene"]).to(device),
+                                   object_bank.index(batch["object"]).to(device), scene_bank, object_bank)
+        acc = (out.logits.argmax(-1) == labels).float().mean()
+        return terms["total"], {"acc": acc, "l_scene": terms["scene"], "l_object": terms["object"],
+                                "l_cls": terms["cls"]}
+
+    return step
+
+
+@torch.no_grad()
+def predict(model: UniEmoUnderstanding, dataset, batch_size: int = 64, num_workers: int = 0,
+            desc: str = "predict") -> tuple[torch.Tensor, torch.Tensor]:
+    """(probabilities (N, C), labels (N,)) of ``model`` over ``dataset`` in eval mode."""
+    from tqdm.auto import tqdm
+
+    from uniemo.data import collate
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
+    probs, labels = [], []
+    for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+        probs.append(model(batch["pixel_values"].to(device)).logits.float().softmax(-1).cpu())
+        labels.append(batch["label"])
+    model.train(was_training)
+    return torch.cat(probs), torch.cat(labels)
+
+
+def accuracy_on(model: UniEmoUnderstanding, dataset, batch_size: int = 64, num_workers: int = 0) -> dict:
+    """Top-1, per-class, 2-class accuracy and confusion matrix of ``model`` on ``dataset``.
+
+    The model's classes and the dataset's must agree by name (an EmoSet run on FI is the
+    zero-shot protocol of paper Table III), or the dataset must be positive/negative, which an
+    8-emotion model reaches through the 8 -> 2 map of SPEC §0."""
+    from uniemo.metrics import accuracy_report
+    from uniemo.vocab import BINARY, to_binary
+
+    model_names, data_names = tuple(model.class_names), tuple(dataset.class_names)
+    binary_via_map = data_names == BINARY and model_names == EMOTIONS
+    if model_names != data_names and not binary_via_map:
+        raise UniEmoError(
+            f"the run predicts {', '.join(model_names)} but the dataset has {', '.join(data_names)}, and there is no "
+            "map between them (only the 8 EmoSet emotions -> positive/negative exists); "
+            "train a run on this dataset (`uniemo train understand --dataset ...`) to evaluate on it")
+    probs, labels = predict(model, dataset, batch_size, num_workers, desc="evaluate")
+    preds = probs.argmax(-1)
+    if binary_via_map:
+        preds = torch.tensor([to_binary(p) for p in preds.tolist()], dtype=torch.long)
+    report = accuracy_report(preds, labels, data_names)
+    report["protocol"] = "8->2 map" if binary_via_map else "same classes"
+    return report
+
+
+def load_image_processor(run_dir: str | Path):
+    """The CLIP image processor saved with a run, else the one of the CLIP directory it records."""
+    from transformers import CLIPImageProcessor
+
+    from uniemo.config import load_config
+
+    run_dir = Path(run_dir)
+    source = run_dir
+    if not (run_dir / "preprocessor_config.json").is_file():
+        clip_path = load_config(run_dir / "config.yaml").clip_path
+        if clip_path is None or not (Path(clip_path) / "preprocessor_config.json").is_file():
+            raise UniEmoError(f"no preprocessor_config.json in {run_dir} or in the CLIP directory it records: "
+                              "expected a run made by `uniemo train understand`")
+        source = Path(clip_path)
+    return CLIPImageProcessor.from_pretrained(str(source), local_files_only=True)
+
+
+def train_understanding(data_root: str | Path, out: str | Path, cfg, kind: str = "emoset",
+                        resume: bool = False, train_set=None) -> dict:
+    """Stage 1: train the understanding branch on ``data_root`` (or on ``train_set``, e.g. the
+    feedback mix of stage 3) and write the run directory. The weights kept are those with the
+    best validation accuracy; val and test are evaluated at the end (test is never used to
+    choose). Returns {"val": report, "test": report} for the splits that exist."""
+    from uniemo.config import save_config
+    from uniemo.data import clip_transforms, collate, open_dataset, split_exists
+    from uniemo.io import write_json
+    from uniemo.loading import load_clip
+    from uniemo.training import fit, param_groups
+
+    out = Path(out)
+    if (out / "config.yaml").is_file() and not resume:
+        raise UniEmoError(f"{out} already holds a run: pass --resume to continue it, or choose a new --out")
+    if cfg.clip_path is None:
+        raise UniEmoError("no CLIP directory given: pass --clip DIR")
+    clip = load_clip(cfg.clip_path)
+    eval_tf = clip_transforms(clip.image_processor, train=False)
+    if train_set is None:
+        train_set = open_dataset(data_root, kind, "train", clip_transforms(clip.image_processor, train=True))
+    splits = {s: open_dataset(data_root, kind, s, eval_tf) for s in ("val", "test") if split_exists(data_root, kind, s)}
+    cfg.understanding.num_classes = len(train_set.class_names)
+    scene_bank = AttributeBank.encode(clip, [*train_set.scene_vocab, *(i.scene for i in train_set.items if i.scene)])
+    object_bank = AttributeBank.encode(clip, [*train_set.object_vocab, *(i.object for i in train_set.items if i.object)])
+
+    torch.manual_seed(cfg.stage1.seed)
+    model = UniEmoUnderstanding(clip.model.vision_model, cfg.understanding, clip.model.config.projection_dim,
+                                train_set.class_names)
+    del clip.model.text_model  # the text tower's job ends with the attribute banks
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    clip.image_processor.save_pretrained(str(out))
+    save_attributes(out, scene_bank, object_bank)
+
+    def evaluate(m):
+        return {"val_top1": accuracy_on(m, splits["val"], cfg.stage1.batch_size)["top1"]} if "val" in splits else {}
+
+    fit(out, model, train_set, collate, stage1_step(scene_bank, object_bank), cfg.stage1,
+        param_groups(model, cfg.stage1.optim, model.backbone), evaluate=evaluate if "val" in splits else None,
+        on_best=lambda m, line: m.save_pretrained(out), resume=resume, desc="stage 1")
+    best = UniEmoUnderstanding.from_pretrained(out)
+    reports = {split: accuracy_on(best, ds, cfg.stage1.batch_size) for split, ds in splits.items()}
+    write_json(out / "eval.json", reports)
+    return reports

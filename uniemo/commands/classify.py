@@ -1,0 +1,62 @@
+"""Predict the emotion an image evokes, with the 8 (or the run's) class probabilities.
+
+--explain OUTDIR writes, per image, a PNG with the image and the attention of the scene and
+object expert queries over it (paper Fig. 9).
+
+  uniemo classify --run runs/stage1 photo.jpg other.png --json"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, help="run directory (from `uniemo train understand`)")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per image")
+    parser.add_argument("--explain", metavar="OUTDIR", help="write the expert-query attention maps as PNG")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from uniemo.data import UNREADABLE, clip_transforms, load_rgb
+    from uniemo.errors import UniEmoError
+    from uniemo.plots import attention_png
+    from uniemo.understanding import UniEmoUnderstanding, load_image_processor
+
+    model = UniEmoUnderstanding.from_pretrained(args.run)
+    explain = args.explain is not None
+    if explain and model.cfg.queries == "none":
+        raise UniEmoError(f"{args.run} was trained with queries: none, so it has no expert-query attention; "
+                          "drop --explain")
+    processor = load_image_processor(args.run)
+    transform = clip_transforms(processor, train=False)
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in (processor.image_mean, processor.image_std))
+    for path in args.images:
+        try:
+            image = load_rgb(path)
+        except UNREADABLE as e:
+            raise UniEmoError(f"cannot read image {path} ({e}): pass a readable image file") from None
+        pixels = transform(image).unsqueeze(0)
+        with torch.no_grad():
+            out = model(pixels, output_attentions=explain)
+        probs = out.logits.float().softmax(-1)[0]
+        top = int(probs.argmax())
+        result = {"image": str(path), "emotion": model.class_names[top],
+                  "probabilities": {name: round(float(p), 6) for name, p in zip(model.class_names, probs)}}
+        if explain:
+            png = Path(args.explain) / f"{Path(path).stem}_attention.png"
+            crop = (pixels[0] * std + mean).clamp(0, 1)  # the view the model saw
+            attention_png(crop.permute(1, 2, 0).numpy(), {k: v[0].numpy() for k, v in out.attentions.items()}, png,
+                          title=f"{result['emotion']} ({float(probs[top]):.2f})")
+            result["explain"] = str(png)
+        if args.json:
+            print(json.dumps(result))
+        else:
+            ranked = sorted(result["probabilities"].items(), key=lambda kv: -kv[1])
+            print(f"{path}: {result['emotion']}  " + "  ".join(f"{k} {v:.3f}" for k, v in ranked))
+    return 0

@@ -1,0 +1,57 @@
+"""Measure a stage-1 (or stage-2) run's emotion accuracy on a dataset split.
+
+Prints and writes JSON: top-1, per-class accuracy, 2-class accuracy (positive/negative map of
+SPEC §0) and the confusion matrix, also as PNG beside the JSON. An EmoSet-trained run on FI
+(same 8 emotions) is the zero-shot protocol of paper Table III; on Twitter I/II the 8 predicted
+emotions are mapped to positive/negative. EmotionROI's 6 classes have no map from the 8
+emotions: evaluate on it a run trained on it.
+
+  uniemo evaluate understanding --run runs/stage1 --data data/FI --dataset fi --split test"""
+
+from __future__ import annotations
+
+import argparse
+
+from uniemo.commands.train_understand import DATASETS
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, help="run directory (from `uniemo train understand`)")
+    parser.add_argument("--data", required=True, metavar="DIR", help="dataset root")
+    parser.add_argument("--dataset", choices=DATASETS, default="emoset", help="dataset kind (default emoset)")
+    parser.add_argument("--split", choices=("train", "val", "test"), default="test", help="split (default test)")
+    parser.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
+    parser.add_argument("--out", metavar="FILE", help="JSON to write (default RUN/eval_<dataset>_<split>.json)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from uniemo.data import clip_transforms, open_dataset
+    from uniemo.errors import UniEmoError
+    from uniemo.io import write_json
+    from uniemo.plots import confusion_matrix_png
+    from uniemo.understanding import UniEmoUnderstanding, accuracy_on, load_image_processor
+
+    if args.batch_size < 1:
+        raise UniEmoError(f"--batch-size {args.batch_size} is invalid: use a positive integer")
+    model = UniEmoUnderstanding.from_pretrained(args.run)
+    if torch.cuda.is_available():
+        model = model.cuda()
+    dataset = open_dataset(args.data, args.dataset, args.split, clip_transforms(load_image_processor(args.run), False))
+    if len(dataset) == 0:
+        raise UniEmoError(f"the {args.split} split of {args.data} has no images: check --data, --dataset and --split")
+    report = {"run": str(args.run), "data": str(args.data), "dataset": args.dataset, "split": args.split,
+              **accuracy_on(model, dataset, args.batch_size)}
+    out = Path(args.out) if args.out else Path(args.run) / f"eval_{args.dataset}_{args.split}.json"
+    write_json(out, report)
+    png = out.with_suffix(".png")
+    confusion_matrix_png(report["confusion"], list(report["per_class"]), png,
+                         title=f"{args.dataset} {args.split}: top-1 {report['top1']:.3f}")
+    print(json.dumps({k: report[k] for k in ("top1", "binary", "per_class", "num_samples", "protocol") if k in report},
+                     indent=2))
+    print(f"wrote {out} and {png}")
+    return 0
