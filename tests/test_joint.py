@@ -150,3 +150,74 @@ def test_collate_gives_clip_and_vae_views():
     assert batch["pixel_values"].shape == (1, 3, 32, 32) and batch["vae_pixels"].shape == (1, 3, 16, 16)
     assert batch["vae_pixels"][0, 0].min() == 1.0 and batch["vae_pixels"][0, 1].max() == -1.0
     assert batch["label"].tolist() == [3] and batch["object"] == [None]
+
+
+def write_run1(tiny_models, data_root, out):
+    """A stage-1 run directory in the real layout (untrained understanding on the tiny CLIP)."""
+    from transformers import CLIPVisionModel
+
+    from uniemo.config import preset, save_config
+    from uniemo.data import open_dataset
+    from uniemo.loading import load_clip
+    from uniemo.understanding import AttributeBank, UniEmoUnderstanding, save_attributes
+
+    torch.manual_seed(0)
+    clip = load_clip(tiny_models[0])
+    cfg = preset("tiny")
+    cfg.clip_path = str(tiny_models[0])
+    cfg.understanding.query_len = 4
+    cfg.stage2.num_workers = 0
+    vision = CLIPVisionModel(clip.model.config.vision_config)
+    vision.load_state_dict(clip.model.vision_model.state_dict())
+    UniEmoUnderstanding(vision, cfg.understanding, clip.model.config.projection_dim).save_pretrained(out)
+    ds = open_dataset(data_root, "emoset", "train")
+    save_attributes(out, AttributeBank.encode(clip, ds.scene_vocab), AttributeBank.encode(clip, ds.object_vocab))
+    save_config(cfg, out / "config.yaml")
+    return out
+
+
+def test_train_joint_command_writes_a_usable_stage2_run(tiny_models, tiny_emoset, tmp_path, capsys):
+    import json
+
+    from uniemo.cli import main
+    from uniemo.pipeline import UniEmoPipeline
+
+    run1 = write_run1(tiny_models, tiny_emoset, tmp_path / "run1")
+    run2 = tmp_path / "run2"
+    args = ["train", "joint", "--run", str(run1), "--sd", str(tiny_models[1]), "--data", str(tiny_emoset),
+            "--out", str(run2), "--max-steps", "2", "--batch-size", "8", "--alpha-table", "counts"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "val accuracy: stage 1" in printed
+    for name in ("fusion.safetensors", "alpha_table.json", "emotion_space.safetensors", "model.safetensors",
+                 "attributes.json", "config.yaml", "metrics.jsonl", "implicit_feedback.json"):
+        assert (run2 / name).is_file(), name
+    feedback = json.loads((run2 / "implicit_feedback.json").read_text())
+    assert set(feedback) == {"val", "test"} and 0 <= feedback["val"]["run2"] <= 1
+    table = json.loads((run2 / "alpha_table.json").read_text())
+    assert table["method"] == "counts"
+    rows = list(table["scene"].values()) + list(table["object"].values())
+    assert rows and all(abs(sum(r) - 1) < 1e-4 and len(r) == 8 for r in rows)
+    assert json.loads((run2 / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 2
+    out = UniEmoPipeline.from_pretrained(run2)(emotion="anger", num_images=1, num_inference_steps=2, generator=0)
+    assert out.metadata[0]["matched_scene"] in table["scene"]
+    # a second run into the same directory must be asked for explicitly
+    assert main(args) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_classifier_table_from_clip_features(tiny_models, tiny_emoset):
+    from torch.utils.data import DataLoader
+
+    from uniemo.data import clip_transforms, open_dataset
+    from uniemo.loading import load_clip
+    from uniemo.understanding import AttributeBank
+
+    clip = load_clip(tiny_models[0])
+    ds = open_dataset(tiny_emoset, "emoset", "train")
+    banks = AttributeBank.encode(clip, ds.scene_vocab), AttributeBank.encode(clip, ds.object_vocab)
+    loader = DataLoader(ds, batch_size=64, collate_fn=joint.JointCollate(clip_transforms(clip.image_processor, False)))
+    table = joint.build_table("classifier", ds, *banks, clip, loader, seed=0)
+    assert table.scene.shape == (len(banks[0].names), 8) and table.object.shape == (len(banks[1].names), 8)
+    assert torch.allclose(table.scene.sum(1), torch.ones(len(banks[0].names)), atol=1e-5)
+    assert torch.allclose(table.object.sum(1), torch.ones(len(banks[1].names)), atol=1e-5)

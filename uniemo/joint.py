@@ -233,18 +233,6 @@ def build_joint_model(run1: str | Path, sd_pipe, cfg, table: CorrelationTable) -
                       scene_bank, object_bank, table)
 
 
-def param_groups(model: JointModel, optim) -> list[dict]:
-    """The CLIP backbone at ``backbone_lr`` (0 freezes it), everything else trainable at ``lr``."""
-    backbone = model.understanding.backbone
-    backbone.requires_grad_(optim.backbone_lr > 0)
-    backbone_ids = {id(p) for p in backbone.parameters()}
-    rest = [p for p in model.parameters() if id(p) not in backbone_ids and p.requires_grad]
-    groups = [{"params": rest, "lr": optim.lr}]
-    if optim.backbone_lr > 0:
-        groups.append({"params": list(backbone.parameters()), "lr": optim.backbone_lr})
-    return groups
-
-
 @torch.no_grad()
 def image_features(clip_model, loader, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """Frozen CLIP image features (projection space) and labels of every image in ``loader``."""
@@ -331,7 +319,7 @@ def train_joint(run1: str | Path, data_root: str | Path, out: str | Path, cfg, r
     from uniemo.data import clip_transforms, open_dataset
     from uniemo.io import read_json, write_json
     from uniemo.loading import load_clip, load_sd
-    from uniemo.training import fit
+    from uniemo.training import fit, param_groups
 
     out = Path(out)
     if out.is_dir() and any(out.iterdir()) and not resume:
@@ -355,8 +343,8 @@ def train_joint(run1: str | Path, data_root: str | Path, out: str | Path, cfg, r
     model = build_joint_model(run1, sd, cfg, table)
     vae_size = cfg.generation.resolution or sd.unet.config.sample_size * sd.vae_scale_factor
     collate = JointCollate(clip_transforms(clip.image_processor, train=True), vae_size)
-    fit(out, model, train_set, collate, joint_step, cfg.stage2, param_groups=param_groups(model, cfg.stage2.optim),
-        resume=resume)
+    groups = param_groups(model, cfg.stage2.optim, backbone=model.understanding.backbone)
+    fit(out, model, train_set, collate, joint_step, cfg.stage2, groups, resume=resume, desc="joint")
     device = next(model.parameters()).device
     loader = DataLoader(train_set, batch_size=batch, collate_fn=eval_collate)
     space = compute_emotion_space(model.understanding, loader, cfg.fusion.features, len(train_set.class_names), device)
