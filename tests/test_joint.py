@@ -221,3 +221,10 @@ def test_classifier_table_from_clip_features(tiny_models, tiny_emoset):
     assert table.scene.shape == (len(banks[0].names), 8) and table.object.shape == (len(banks[1].names), 8)
     assert torch.allclose(table.scene.sum(1), torch.ones(len(banks[0].names)), atol=1e-5)
     assert torch.allclose(table.object.sum(1), torch.ones(len(banks[1].names)), atol=1e-5)
+
+
+def test_patch_feature_ablation_trains_m_patch(tiny_models):
+    m = build_joint(tiny_models, FusionConfig(features=["cls", "patch", "scene", "object"]))
+    loss, _ = m(make_batch(2))
+    loss.backward()
+    assert m.fusion.mappers["patch"][0].weight.grad.abs().sum() > 0

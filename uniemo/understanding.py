@@ -120,6 +120,7 @@ class UnderstandingOutput:
     scene_embed: torch.Tensor  # (B, P) projected into the CLIP text space, L2-normalised
     object_embed: torch.Tensor  # (B, P)
     attentions: dict[str, torch.Tensor] | None = None  # "scene" / "object": (B, grid, grid)
+    patch: torch.Tensor | None = None  # (B, D) mean of the patch tokens after layer N (fusion's "+patch", Table V)
 
 
 def default_stages(num_layers: int, stages: list[int] | None) -> tuple[int, int]:
@@ -203,7 +204,7 @@ class UniEmoUnderstanding(nn.Module):
         return UnderstandingOutput(
             logits=self.emotion_head(cls), cls=cls, scene=scene, object=obj,
             scene_embed=self._project("scene", scene), object_embed=self._project("object", obj),
-            attentions=attentions)
+            attentions=attentions, patch=h[:, 1:p].mean(dim=1))
 
     def _project(self, kind: str, pooled: torch.Tensor) -> torch.Tensor:
         if self.cfg.queries == "none":
