@@ -15,6 +15,7 @@ from uniemo.errors import UniEmoError
 # (command words, module in uniemo.commands)
 COMMANDS: list[tuple[tuple[str, ...], str]] = [
     (("synth",), "synth"),
+    (("pretrain-base",), "pretrain_base"),
     (("data", "check"), "data_check"),
     (("train", "evaluator"), "train_evaluator"),
     (("evaluate", "generation"), "evaluate_generation"),

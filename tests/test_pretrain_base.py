@@ -1,0 +1,176 @@
+"""uniemo pretrain-base: the tiny CLIP and SD it trains load like real weights, the report
+holds the zero-shot figures, results are cached by config and data, and CLIP training learns."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import pytest
+import torch
+
+from uniemo import pretrain_base as pb
+from uniemo.cli import main
+
+# Small enough for a test on two shared cores, large enough to exercise every step.
+TINY = pb.PretrainConfig(
+    clip_width=32, clip_layers=3, clip_text_layers=2, clip_heads=2, clip_steps=3, clip_batch=16,
+    vae_channels=[8, 16, 16], vae_steps=2, vae_batch=4, unet_channels=[16, 32], unet_steps=2, unet_batch=4,
+    eval_images=2, eval_steps=2)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_emoset, tmp_path_factory):
+    """(out, report, log lines) of one tiny pretrain-base run."""
+    out = tmp_path_factory.mktemp("pretrain") / "base"
+    lines: list[str] = []
+    report = pb.pretrain_base(out, tiny_emoset, TINY, log=lines.append)
+    return out, report, lines
+
+
+@pytest.fixture(scope="module")
+def world(tiny_emoset):
+    return pb.load_world(tiny_emoset, "train", 64)
+
+
+def test_outputs_load_with_transformers_and_diffusers(trained):
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+    out, report, _ = trained
+    clip = CLIPModel.from_pretrained(out / "clip", local_files_only=True)
+    tokenizer = CLIPTokenizer.from_pretrained(out / "clip", local_files_only=True)
+    processor = CLIPImageProcessor.from_pretrained(out / "clip", local_files_only=True)
+    pipe = StableDiffusionPipeline.from_pretrained(out / "sd", local_files_only=True, safety_checker=None,
+                                                   requires_safety_checker=False, feature_extractor=None)
+    assert clip.config.vision_config.image_size == 64 and processor.crop_size == {"height": 64, "width": 64}
+    assert len(tokenizer) == clip.config.text_config.vocab_size
+    assert isinstance(pipe.scheduler, DDIMScheduler)
+    assert pipe.unet.config.cross_attention_dim == clip.config.text_config.hidden_size
+    assert pipe.vae.config.scaling_factor == pytest.approx(report["vae_scaling_factor"])
+    # The SD text encoder is the CLIP text tower, weight for weight.
+    for name, value in pipe.text_encoder.state_dict().items():
+        torch.testing.assert_close(value, clip.text_model.state_dict()[name])
+    image = pipe("a photo of a cake", num_inference_steps=2, output_type="pt").images
+    assert image.shape == (1, 3, 64, 64)
+    assert not list(out.parent.glob(".base*")), "no temporary directory is left beside OUT"
+
+
+def test_outputs_load_through_uniemo_loading(trained):
+    from uniemo.loading import load_clip, load_sd
+
+    out, _, _ = trained
+    bundle = load_clip(out / "clip")
+    pipe = load_sd(out / "sd")
+    assert bundle.tokenizer.model_max_length == pipe.tokenizer.model_max_length
+
+
+def test_report_holds_accuracies_times_and_hash(trained, tiny_emoset):
+    out, report, lines = trained
+    saved = json.loads((out / pb.REPORT).read_text())
+    assert saved == json.loads(json.dumps(report))
+    for kind in ("real", "generated"):
+        for attribute in ("scene", "object"):
+            assert 0.0 <= saved["zero_shot"][kind][attribute] <= 1.0
+    assert saved["zero_shot"]["generated"]["images"] == TINY.eval_images
+    assert saved["data_hash"] == pb.data_hash(tiny_emoset)
+    assert saved["config"]["clip_steps"] == TINY.clip_steps
+    assert saved["times_s"]["training"] > 0
+    assert any(line.startswith("zero-shot on") for line in lines)
+
+
+def test_rerun_is_cached_and_changed_config_retrains(trained, tiny_emoset, monkeypatch):
+    out, report, _ = trained
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("a cached run must not train")
+
+    monkeypatch.setattr(pb, "train_clip", must_not_train)
+    lines: list[str] = []
+    assert pb.pretrain_base(out, tiny_emoset, TINY, log=lines.append) == report
+    assert lines and lines[0].startswith("cached")
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+    class Retrained(Exception):
+        pass
+
+    def fails(*args, **kwargs):
+        raise Retrained
+
+    monkeypatch.setattr(pb, "train_clip", fails)
+    with pytest.raises(Retrained):
+        pb.pretrain_base(out, tiny_emoset, dataclasses.replace(TINY, clip_steps=4), log=lines.append)
+    # A run that fails leaves the previous output whole.
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+
+def test_data_hash_follows_annotations_and_images(tiny_emoset, tmp_path):
+    copy = shutil.copytree(tiny_emoset, tmp_path / "copy")
+    assert pb.data_hash(copy) == pb.data_hash(tiny_emoset)
+    entry = json.loads((copy / "train.json").read_text())[0]
+    annotation = copy / entry[-1]
+    data = json.loads(annotation.read_text())
+    annotation.write_text(json.dumps(dict(data, scene="desert" if data["scene"] != "desert" else "beach")))
+    changed = pb.data_hash(copy)
+    assert changed != pb.data_hash(tiny_emoset)
+    (copy / entry[-2]).write_bytes((copy / entry[-2]).read_bytes() + b"\0")
+    assert pb.data_hash(copy) != changed
+
+
+def test_clip_contrastive_loss_falls(world):
+    captions = pb.Captions.build(world.scene_names, world.object_names)
+    cfg = dataclasses.replace(TINY, clip_steps=40, clip_batch=32, clip_lr=2e-3)
+    tokenizer = pb.train_tokenizer(captions, cfg)
+    torch.manual_seed(0)
+    _, losses = pb.train_clip(world, captions, tokenizer, cfg, torch.Generator().manual_seed(0))
+    first, last = sum(losses[:8]) / 8, sum(losses[-8:]) / 8
+    assert last < first - 0.3, (first, last)
+
+
+def test_tokenizer_encodes_every_caption_word(world):
+    captions = pb.Captions.build(world.scene_names, world.object_names)
+    tokenizer = pb.train_tokenizer(captions, TINY)
+    words = {w for text in captions.texts for w in text.split()}
+    for word in words:
+        ids = tokenizer(word).input_ids[1:-1]  # without start and end of text
+        assert tokenizer.unk_token_id not in ids, word
+        assert tokenizer.decode(ids).strip() == word
+    longest = max(len(tokenizer(t).input_ids) for t in captions.texts)
+    assert tokenizer.model_max_length >= longest
+
+
+def test_captions_name_only_scene_and_object():
+    captions = pb.Captions.build(["amusement park", "beach"], ["balloon", "cake"])
+    assert captions.texts[int(captions.pairs[0, 0, 0])] == "a photo of a balloon in an amusement park"
+    assert "an amusement park" in captions.texts and "a cake" in captions.texts
+    g = torch.Generator().manual_seed(0)
+    scene, obj = torch.tensor([0, 1, -1, 0]), torch.tensor([1, 0, 1, -1])
+    rows = captions.sample(scene.repeat(50), obj.repeat(50), g)
+    named_scene, named_object = captions.scene[rows], captions.object[rows]
+    assert ((named_scene == scene.repeat(50)) | (named_scene < 0)).all()
+    assert ((named_object == obj.repeat(50)) | (named_object < 0)).all()
+    assert (named_scene[2::4] < 0).all() and (named_object[3::4] < 0).all()  # missing attributes never named
+
+
+def test_contrastive_targets_count_partial_captions_as_matches():
+    captions = pb.Captions.build(["beach", "desert"], ["balloon", "cake"])
+    rows = torch.tensor([int(captions.pairs[0, 0, 0]), int(captions.scenes[0, 0]), int(captions.objects[1, 0])])
+    scene, obj = torch.tensor([0, 0, 1]), torch.tensor([0, 1, 1])  # beach+balloon, beach+cake, desert+cake
+    expected = torch.tensor([[True, True, False], [False, True, True], [False, False, True]])
+    assert torch.equal(captions.positives(rows, scene, obj), expected)
+    perfect = torch.where(expected, 10.0, -10.0)
+    assert pb.contrastive_loss(perfect, expected) < pb.contrastive_loss(-perfect, expected)
+
+
+def test_cli_errors_are_one_line(tmp_path, tiny_emoset, capsys):
+    assert main(["pretrain-base", str(tmp_path / "out"), "--data", str(tmp_path / "missing")]) == 2
+    assert "--data must be an EmoSet-format dataset" in capsys.readouterr().err
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("mine")
+    assert main(["pretrain-base", str(taken), "--data", str(tiny_emoset)]) == 2
+    err = capsys.readouterr().err
+    assert "is not a pretrain-base output" in err and len(err.strip().splitlines()) == 1
+    assert main(["pretrain-base", str(tmp_path / "o"), "--data", str(tiny_emoset), "--steps-scale", "0"]) == 2

@@ -1,0 +1,561 @@
+"""The embedded default's foundation models: a tiny CLIP and a tiny Stable-Diffusion-layout
+pipeline trained from scratch on the synthetic world (``uniemo synth``), saved in the same
+Hugging Face layouts as the real pretrained models, so every later step loads them through
+:func:`uniemo.loading.load_clip` / :func:`uniemo.loading.load_sd` like real weights.
+
+Recipe (one function per step):
+
+1. Captions from scene and object only ("a photo of a balloon in an amusement park",
+   "a balloon", "an amusement park"; never an emotion word) and a CLIP-format BPE tokenizer
+   trained on them.
+2. CLIP: symmetric InfoNCE with a learnable logit scale. Captions that mention only a part of
+   an image (its object, its scene) or repeat another image's caption are true matches, so
+   the targets are multi-positive: caption ``j`` is a positive of image ``i`` when every
+   attribute it names is the image's. With a dozen scenes in a batch of 128 the plain
+   one-hot targets would push apart images and captions that match.
+3. VAE (``AutoencoderKL``, 4x down-sampling): L1 reconstruction + a small KL term; then every
+   training image is encoded once and ``scaling_factor`` set so latents have unit variance.
+4. UNet: epsilon prediction on the DDPM schedule of SD 1.5, conditioned on the frozen CLIP
+   text tower's hidden states (encoded once per distinct caption), with the caption dropped
+   to "" 10% of the time so classifier-free guidance works. A DDIM scheduler with the same
+   betas is saved for inference.
+5. Zero-shot check: scene and object accuracy of the CLIP on held-out images (argmax cosine
+   over "a photo of a <name>" for every name of the dataset's vocabulary) and on images the
+   SD generates from held-out captions.
+
+Results are cached: ``OUT/pretrain_report.json`` stores a hash of the config and the data,
+and a rerun with the same hash does nothing."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from uniemo.errors import UniEmoError
+from uniemo.io import write_json
+from uniemo.vocab import normalise_attribute
+
+REPORT = "pretrain_report.json"
+PAIR_TEMPLATES = ("a photo of {o} in {s}", "{o} in {s}")
+SINGLE_TEMPLATES = ("a photo of {x}", "{x}")
+ZERO_SHOT_TEMPLATE = "a photo of {x}"
+SD_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+
+
+@dataclass
+class PretrainConfig:
+    """Sizes, step counts and learning rates of the tiny foundation models."""
+
+    seed: int = 0
+    image_size: int = 64
+    vocab_size: int = 400
+    max_length: int = 16  # tokens per caption, the tokenizer's model_max_length
+    # CLIP
+    clip_width: int = 64
+    clip_layers: int = 6
+    clip_text_layers: int = 3
+    clip_heads: int = 4
+    patch_size: int = 8
+    clip_steps: int = 400
+    clip_batch: int = 128
+    clip_lr: float = 2e-3
+    # VAE
+    vae_channels: list[int] = field(default_factory=lambda: [16, 32, 32])
+    vae_steps: int = 150
+    vae_batch: int = 32
+    vae_lr: float = 2e-3
+    kl_weight: float = 1e-6
+    # UNet
+    unet_channels: list[int] = field(default_factory=lambda: [32, 64])
+    unet_steps: int = 400
+    unet_batch: int = 64
+    unet_lr: float = 1e-3
+    uncond_prob: float = 0.1
+    # zero-shot check on generated images
+    eval_images: int = 96
+    eval_steps: int = 25
+    guidance_scale: float = 5.0
+
+    def scaled(self, factor: float) -> "PretrainConfig":
+        """The same config with every step count multiplied by ``factor`` (at least 1 step)."""
+        steps = {k: max(1, round(getattr(self, k) * factor)) for k in ("clip_steps", "vae_steps", "unet_steps")}
+        return dataclasses.replace(self, **steps)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class World:
+    """One split of the dataset, decoded once: uint8 images and attribute indices (-1 = missing)."""
+
+    images: torch.Tensor  # (N, 3, H, W) uint8
+    scene: torch.Tensor  # (N,) long
+    object: torch.Tensor  # (N,) long
+    scene_names: list[str]
+    object_names: list[str]
+
+
+def load_world(root: str | Path, split: str, image_size: int, scene_names=None, object_names=None) -> World:
+    """Decode every image of ``split`` once into one uint8 tensor, with scene/object indices
+    into the dataset's vocabularies (or the given names)."""
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    from uniemo.data import open_dataset
+
+    ds = open_dataset(root, "emoset", split)
+    scene_names = list(scene_names or _names(ds.scene_vocab, (it.scene for it in ds.items)))
+    object_names = list(object_names or _names(ds.object_vocab, (it.object for it in ds.items)))
+    images = torch.empty(len(ds), 3, image_size, image_size, dtype=torch.uint8)
+    scene, obj = [], []
+    for i in tqdm(range(len(ds)), desc=f"decode {split}", unit="img", leave=False):
+        sample = ds[i]  # a PIL RGB image; an undecodable file is replaced by the next one
+        image = sample["pixel_values"]
+        if image.size != (image_size, image_size):
+            image = ImageOps.fit(image, (image_size, image_size), Image.BICUBIC)  # centre crop + resize
+        images[i] = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+        scene.append(_index(scene_names, sample["scene"]))
+        obj.append(_index(object_names, sample["object"]))
+    return World(images, torch.tensor(scene), torch.tensor(obj), scene_names, object_names)
+
+
+def _names(vocab, seen) -> list[str]:
+    names = list(vocab)
+    names += sorted({n for n in seen if n is not None} - set(names))
+    return names
+
+
+def _index(names: list[str], name: str | None) -> int:
+    return names.index(name) if name in names else -1
+
+
+def data_hash(root: str | Path) -> str:
+    """SHA-256 of info.json, the split files, and every annotation and image they list."""
+    root = Path(root)
+    h = hashlib.sha256()
+    for name in ("info.json", "train.json", "val.json", "test.json"):
+        file = root / name
+        if not file.is_file():
+            continue
+        data = file.read_bytes()
+        h.update(name.encode() + b"\0" + data)
+        if name == "info.json":
+            continue
+        for entry in json.loads(data):
+            for rel in entry[-2:]:  # image and annotation paths, in 3- and 4-field items
+                path = root / rel
+                h.update(rel.encode() + b"\0" + (path.read_bytes() if path.is_file() else b"<missing>"))
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- captions
+
+
+def article(name: str) -> str:
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
+@dataclass
+class Captions:
+    """Every caption of the world, the scene / object index each names (-1 = not named), and
+    lookup tables of caption rows: ``pairs[s, o, t]``, ``scenes[s, t]``, ``objects[o, t]``."""
+
+    texts: list[str]
+    scene: torch.Tensor
+    object: torch.Tensor
+    pairs: torch.Tensor
+    scenes: torch.Tensor
+    objects: torch.Tensor
+
+    @classmethod
+    def build(cls, scene_names: list[str], object_names: list[str]) -> "Captions":
+        texts, scene, obj = [], [], []
+
+        def add(text: str, s: int, o: int) -> int:
+            texts.append(text), scene.append(s), obj.append(o)
+            return len(texts) - 1
+
+        pairs = [[[add(t.format(o=article(on), s=article(sn)), s, o) for t in PAIR_TEMPLATES]
+                  for o, on in enumerate(object_names)] for s, sn in enumerate(scene_names)]
+        scenes = [[add(t.format(x=article(n)), s, -1) for t in SINGLE_TEMPLATES] for s, n in enumerate(scene_names)]
+        objects = [[add(t.format(x=article(n)), -1, o) for t in SINGLE_TEMPLATES] for o, n in enumerate(object_names)]
+        return cls(texts, torch.tensor(scene), torch.tensor(obj), torch.tensor(pairs).view(
+            len(scene_names), len(object_names), -1), torch.tensor(scenes), torch.tensor(objects))
+
+    def sample(self, scene: torch.Tensor, obj: torch.Tensor, g: torch.Generator, pairs_only: bool = False):
+        """A random caption row per image: a pair caption or, unless ``pairs_only``, one that
+        names only the scene or only the object (the only choice when the other is missing)."""
+        n = len(scene)
+        s, o = scene.clamp(min=0), obj.clamp(min=0)
+        pair = self.pairs[s, o, torch.randint(len(PAIR_TEMPLATES), (n,), generator=g)]
+        t = torch.randint(len(SINGLE_TEMPLATES), (n,), generator=g)
+        scene_only, object_only = self.scenes[s, t], self.objects[o, t]
+        kind = torch.zeros(n, dtype=torch.long) if pairs_only else torch.randint(3, (n,), generator=g)
+        kind = torch.where(scene < 0, 2, torch.where(obj < 0, 1, kind))  # 0 pair, 1 scene, 2 object
+        return torch.where(kind == 0, pair, torch.where(kind == 1, scene_only, object_only))
+
+    def positives(self, rows: torch.Tensor, scene: torch.Tensor, obj: torch.Tensor) -> torch.Tensor:
+        """(B, B) bool: caption ``rows[j]`` is true of image ``i`` (every attribute it names matches)."""
+        cs, co = self.scene[rows], self.object[rows]
+        return (((cs[None] < 0) | (cs[None] == scene[:, None])) & ((co[None] < 0) | (co[None] == obj[:, None])))
+
+
+def train_tokenizer(captions: Captions, cfg: PretrainConfig):
+    """The CLIP-format BPE tokenizer of the captions; long enough for the longest one."""
+    from uniemo.foundation import train_clip_tokenizer
+
+    tokenizer = train_clip_tokenizer(captions.texts, vocab_size=cfg.vocab_size, max_length=cfg.max_length)
+    longest = max(len(ids) for ids in tokenizer(captions.texts).input_ids)
+    tokenizer.model_max_length = max(cfg.max_length, longest)
+    return tokenizer
+
+
+def tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
+    """Token ids padded to the tokenizer's length, as the SD pipeline pads its prompts."""
+    return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def optimise(params: list, steps: int, lr: float, loss_fn: Callable[[int], torch.Tensor], desc: str) -> list[float]:
+    """AdamW with linear warm-up and cosine decay; ``loss_fn(step)`` builds one batch's loss."""
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    warmup = max(1, steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: min(1.0, (i + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * i / steps)))
+    losses = []
+    bar = tqdm(range(steps), desc=desc, unit="step")
+    for step in bar:
+        loss = loss_fn(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        schedule.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    return losses
+
+
+def augment(images: torch.Tensor, g: torch.Generator, shift: int = 4) -> torch.Tensor:
+    """Float [0, 1] images, randomly flipped and shifted by up to ``shift`` pixels (reflect pad)."""
+    x = images.float() / 255.0
+    flip = torch.rand(len(x), generator=g) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    size = x.shape[-1]
+    padded = F.pad(x, (shift,) * 4, mode="reflect")
+    dx, dy = torch.randint(2 * shift + 1, (2, len(x)), generator=g).tolist()
+    return torch.stack([p[:, y:y + size, x0:x0 + size] for p, x0, y in zip(padded, dx, dy)])
+
+
+def clip_normalise(x: torch.Tensor) -> torch.Tensor:
+    """[0, 1] images to CLIP's input (the mean and std the saved image processor uses)."""
+    from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+    return (x - torch.tensor(OPENAI_CLIP_MEAN)[:, None, None]) / torch.tensor(OPENAI_CLIP_STD)[:, None, None]
+
+
+def contrastive_loss(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE (image->text and text->image) with targets uniform over each row's positives."""
+    pos = positives.float()
+    image_to_text = -(F.log_softmax(logits, dim=1) * pos).sum(1) / pos.sum(1)
+    text_to_image = -(F.log_softmax(logits.T, dim=1) * pos.T).sum(1) / pos.T.sum(1)
+    return (image_to_text.mean() + text_to_image.mean()) / 2
+
+
+def build_clip(cfg: PretrainConfig, vocab_size: int, max_length: int):
+    from transformers import CLIPModel
+
+    from uniemo.foundation import clip_config
+
+    return CLIPModel(clip_config(vocab_size=vocab_size, image_size=cfg.image_size, width=cfg.clip_width,
+                                 layers=cfg.clip_layers, text_layers=cfg.clip_text_layers, heads=cfg.clip_heads,
+                                 patch_size=cfg.patch_size, max_length=max_length))
+
+
+def train_clip(world: World, captions: Captions, tokenizer, cfg: PretrainConfig, g: torch.Generator):
+    """A CLIP trained contrastively on the world's images and captions; returns (model, losses)."""
+    model = build_clip(cfg, len(tokenizer), tokenizer.model_max_length).train()
+    ids = tokenize(tokenizer, captions.texts)
+
+    def loss_fn(step: int) -> torch.Tensor:
+        idx = torch.randint(len(world.images), (cfg.clip_batch,), generator=g)
+        scene, obj = world.scene[idx], world.object[idx]
+        rows = captions.sample(scene, obj, g)
+        image = model.get_image_features(pixel_values=clip_normalise(augment(world.images[idx], g))).pooler_output
+        text = model.get_text_features(input_ids=ids[rows]).pooler_output
+        logits = model.logit_scale.exp().clamp(max=100) * F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).T
+        return contrastive_loss(logits, captions.positives(rows, scene, obj))
+
+    losses = optimise(list(model.parameters()), cfg.clip_steps, cfg.clip_lr, loss_fn, "clip")
+    return model.eval(), losses
+
+
+def to_unit_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images to floats in [-1, 1], the VAE's input range."""
+    return images.float() / 127.5 - 1.0
+
+
+def train_vae(world: World, cfg: PretrainConfig, g: torch.Generator):
+    """An ``AutoencoderKL`` trained for L1 reconstruction with a small KL weight; returns (vae, losses)."""
+    from diffusers import AutoencoderKL
+
+    from uniemo.foundation import vae_config
+
+    vae = AutoencoderKL(**vae_config(channels=cfg.vae_channels, sample_size=cfg.image_size)).train()
+
+    def loss_fn(step: int) -> torch.Tensor:
+        idx = torch.randint(len(world.images), (cfg.vae_batch,), generator=g)
+        x = to_unit_range(world.images[idx])
+        x = torch.where((torch.rand(len(x), generator=g) < 0.5)[:, None, None, None], x.flip(-1), x)
+        posterior = vae.encode(x).latent_dist
+        reconstruction = vae.decode(posterior.sample(generator=g)).sample
+        return F.l1_loss(reconstruction, x) + cfg.kl_weight * posterior.kl().mean()
+
+    losses = optimise(list(vae.parameters()), cfg.vae_steps, cfg.vae_lr, loss_fn, "vae")
+    return vae.eval(), losses
+
+
+@torch.no_grad()
+def encode_latents(vae, images: torch.Tensor, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std of every image, computed once; sets ``vae.config.scaling_factor``
+    so that scaled latents have unit variance (total variance = var(mean) + E[std^2])."""
+    means, stds = [], []
+    for start in range(0, len(images), batch):
+        posterior = vae.encode(to_unit_range(images[start:start + batch])).latent_dist
+        means.append(posterior.mean)
+        stds.append(posterior.std)
+    mean, std = torch.cat(means), torch.cat(stds)
+    variance = mean.var() + std.pow(2).mean()
+    vae.register_to_config(scaling_factor=float(variance.rsqrt()))
+    return mean, std
+
+
+@torch.no_grad()
+def encode_captions(text_encoder, tokenizer, texts: list[str]) -> torch.Tensor:
+    """The frozen text tower's last hidden states (what the SD pipeline conditions on)."""
+    return text_encoder(tokenize(tokenizer, texts)).last_hidden_state
+
+
+def train_unet(world: World, latents: tuple[torch.Tensor, torch.Tensor], scaling_factor: float,
+               captions: Captions, states: torch.Tensor, cfg: PretrainConfig, g: torch.Generator):
+    """A ``UNet2DConditionModel`` trained for epsilon prediction; ``states`` holds the text
+    states of every caption row and, in its last row, of the empty prompt. Returns (unet, losses)."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    from uniemo.foundation import unet_config
+
+    mean, std = latents
+    unet = UNet2DConditionModel(**unet_config(states.shape[-1], sample_size=mean.shape[-1],
+                                              channels=cfg.unet_channels)).train()
+    noise_schedule = DDPMScheduler(**SD_SCHEDULE)
+    empty = len(states) - 1
+
+    def loss_fn(step: int) -> torch.Tensor:
+        idx = torch.randint(len(mean), (cfg.unet_batch,), generator=g)
+        z = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g)) * scaling_factor
+        rows = captions.sample(world.scene[idx], world.object[idx], g, pairs_only=True)
+        rows = torch.where(torch.rand(len(idx), generator=g) < cfg.uncond_prob, empty, rows)
+        noise = torch.randn(z.shape, generator=g)
+        t = torch.randint(noise_schedule.config.num_train_timesteps, (len(idx),), generator=g)
+        prediction = unet(noise_schedule.add_noise(z, noise, t), t, encoder_hidden_states=states[rows]).sample
+        return F.mse_loss(prediction, noise)
+
+    losses = optimise(list(unet.parameters()), cfg.unet_steps, cfg.unet_lr, loss_fn, "unet")
+    return unet.eval(), losses
+
+
+# ----------------------------------------------------------------------------- zero-shot check
+
+
+@torch.no_grad()
+def zero_shot(clip, tokenizer, images: torch.Tensor, names: list[str], batch: int = 256) -> torch.Tensor:
+    """Index of the name whose prompt "a photo of a <name>" is nearest (cosine) to each uint8 image."""
+    prompts = tokenize(tokenizer, [ZERO_SHOT_TEMPLATE.format(x=article(n)) for n in names])
+    text = F.normalize(clip.get_text_features(input_ids=prompts).pooler_output, dim=-1)
+    predictions = []
+    for start in range(0, len(images), batch):
+        pixels = clip_normalise(images[start:start + batch].float() / 255.0)
+        predictions.append((F.normalize(clip.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
+                            @ text.T).argmax(1))
+    return torch.cat(predictions)
+
+
+def accuracy(predictions: torch.Tensor, targets: torch.Tensor) -> float:
+    """Share of correct predictions among the targets that exist (>= 0)."""
+    known = targets >= 0
+    return float((predictions[known] == targets[known]).float().mean()) if known.any() else float("nan")
+
+
+def zero_shot_accuracy(clip, tokenizer, world: World) -> dict:
+    return {"scene": accuracy(zero_shot(clip, tokenizer, world.images, world.scene_names), world.scene),
+            "object": accuracy(zero_shot(clip, tokenizer, world.images, world.object_names), world.object),
+            "images": len(world.images)}
+
+
+@torch.no_grad()
+def generate(pipe, world: World, captions: Captions, cfg: PretrainConfig, batch: int = 16) -> World:
+    """Images the SD pipeline generates from the pair captions of ``cfg.eval_images`` held-out
+    images (``pipe`` guided as in inference), labelled with the scene and object they name."""
+    has_both = ((world.scene >= 0) & (world.object >= 0)).nonzero().flatten()
+    g = torch.Generator().manual_seed(cfg.seed)
+    picked = has_both[torch.randperm(len(has_both), generator=g)[:cfg.eval_images]]
+    scene, obj = world.scene[picked], world.object[picked]
+    prompts = [captions.texts[r] for r in captions.pairs[scene, obj, 0].tolist()]
+    images = []
+    for start in tqdm(range(0, len(prompts), batch), desc="generate", unit="batch"):
+        out = pipe(prompts[start:start + batch], num_inference_steps=cfg.eval_steps,
+                   guidance_scale=cfg.guidance_scale, generator=torch.Generator().manual_seed(cfg.seed + start),
+                   output_type="pt")
+        images.append((out.images.clamp(0, 1) * 255).round().to(torch.uint8))
+    return World(torch.cat(images), scene, obj, world.scene_names, world.object_names)
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def cache_key(cfg: PretrainConfig, data_digest: str) -> str:
+    payload = json.dumps({"config": dataclasses.asdict(cfg), "data": data_digest}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def cached_report(out: Path, key: str) -> dict | None:
+    """The report of a finished run in ``out`` with this cache key, else None."""
+    file = out / REPORT
+    if not (file.is_file() and (out / "clip").is_dir() and (out / "sd").is_dir()):
+        return None
+    try:
+        report = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return report if report.get("cache_key") == key else None
+
+
+def pretrain_base(out: str | Path, data: str | Path, cfg: PretrainConfig | None = None, force: bool = False,
+                  log: Callable[[str], None] = print) -> dict:
+    """Train the tiny CLIP and SD on the dataset at ``data`` and write ``out/clip``, ``out/sd``
+    and ``out/pretrain_report.json`` (all at once: built beside ``out`` and renamed). Returns the
+    report; a finished run with the same config and data is reused unless ``force``."""
+    cfg = cfg or PretrainConfig()
+    out, data = Path(out).expanduser(), Path(data).expanduser()
+    if not (data / "train.json").is_file():
+        raise UniEmoError(f"no train.json in {data}: --data must be an EmoSet-format dataset (make one with `uniemo synth`)")
+    digest = data_hash(data)
+    key = cache_key(cfg, digest)
+    report = cached_report(out, key)
+    if report is not None and not force:
+        log(f"cached: {out} was trained on the same data with the same config; nothing to do")
+        return report
+    if out.exists() and not (out / REPORT).is_file() and (not out.is_dir() or any(out.iterdir())):
+        raise UniEmoError(f"{out} exists and is not a pretrain-base output: choose a new OUT or delete it")
+
+    start = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(cfg.seed)
+    train = load_world(data, "train", cfg.image_size)
+    test = load_world(data, "test", cfg.image_size, train.scene_names, train.object_names)
+    keep = (train.scene >= 0) | (train.object >= 0)
+    if not keep.any():
+        raise UniEmoError(f"no training image in {data} has a scene or object annotation: captions need them")
+    train = World(train.images[keep], train.scene[keep], train.object[keep], train.scene_names, train.object_names)
+    captions = Captions.build(train.scene_names, train.object_names)
+    tokenizer = train_tokenizer(captions, cfg)
+    times = {"data": time.perf_counter() - start}
+
+    times["clip"], (clip, clip_losses) = _timed(lambda: train_clip(train, captions, tokenizer, cfg, g))
+    times["vae"], (vae, vae_losses) = _timed(lambda: train_vae(train, cfg, g))
+    latents = encode_latents(vae, train.images)
+    states = encode_captions(clip.text_model, tokenizer, captions.texts + [""])
+    times["unet"], (unet, unet_losses) = _timed(lambda: train_unet(
+        train, latents, vae.config.scaling_factor, captions, states, cfg, g))
+    times["training"] = time.perf_counter() - start
+
+    report = {
+        "cache_key": key, "data": str(data), "data_hash": digest, "config": dataclasses.asdict(cfg),
+        "loss": {"clip": _ends(clip_losses), "vae": _ends(vae_losses), "unet": _ends(unet_losses)},
+        "vae_scaling_factor": vae.config.scaling_factor, "threads": torch.get_num_threads(),
+    }
+
+    def finish(tmp: Path) -> None:
+        _evaluate(tmp, test, captions, cfg, report)
+        report["times_s"] = {k: round(v, 1) for k, v in dict(times, total=time.perf_counter() - start).items()}
+        write_json(tmp / REPORT, report)
+
+    _write_output(out, clip, tokenizer, vae, unet, cfg, finish)
+    _log_report(report, out, log)
+    return report
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def _ends(losses: list[float], window: int = 10) -> dict:
+    """Mean loss over the first and the last ``window`` steps."""
+    head, tail = losses[:window], losses[-window:]
+    return {"first": sum(head) / len(head), "last": sum(tail) / len(tail), "steps": len(losses)}
+
+
+def _evaluate(tmp: Path, test: World, captions: Captions, cfg: PretrainConfig, report: dict) -> None:
+    """Zero-shot accuracies of the saved models, loaded back the way every later step loads them."""
+    from uniemo.loading import load_clip, load_sd
+
+    clip = load_clip(tmp / "clip")
+    pipe = load_sd(tmp / "sd")
+    start = time.perf_counter()
+    report["zero_shot"] = {"real": zero_shot_accuracy(clip.model, clip.tokenizer, test)}
+    report["zero_shot"]["generated"] = zero_shot_accuracy(clip.model, clip.tokenizer,
+                                                          generate(pipe, test, captions, cfg))
+    report["evaluation_s"] = round(time.perf_counter() - start, 1)
+
+
+def _write_output(out: Path, clip, tokenizer, vae, unet, cfg: PretrainConfig, finish: Callable[[Path], None]) -> None:
+    """Save clip/ and sd/ into a temporary sibling of ``out``, let ``finish`` evaluate them and
+    write the report there, then swap the whole directory in."""
+    from diffusers import DDIMScheduler
+
+    from uniemo.foundation import save_clip, save_sd
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    old = out.parent / f".{out.name}.old"
+    try:
+        save_clip(tmp / "clip", clip, tokenizer, cfg.image_size)
+        scheduler = DDIMScheduler(**SD_SCHEDULE, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+        save_sd(tmp / "sd", clip.text_model, tokenizer, unet, vae, scheduler)
+        finish(tmp)
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+    finally:
+        for leftover in (tmp, old):
+            if leftover.exists():
+                shutil.rmtree(leftover)
+
+
+def _log_report(report: dict, out: Path, log: Callable[[str], None]) -> None:
+    zs, t = report["zero_shot"], report["times_s"]
+    for kind, target in (("real", 0.8), ("generated", 0.5)):
+        r = zs[kind]
+        log(f"zero-shot on {r['images']} {kind} test images: scene {r['scene']:.3f}, object {r['object']:.3f} "
+            f"(target >= {target})")
+    log(f"training {t['training']:.0f}s (clip {t['clip']:.0f}s, vae {t['vae']:.0f}s, unet {t['unet']:.0f}s) "
+        f"on {report['threads']} threads; wrote {out}/clip, {out}/sd, {out}/{REPORT}")
