@@ -93,7 +93,7 @@ def parameter_counts(preset: str) -> tuple[int, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="+", default=["vit-b32", "vit-l14"])
+    parser.add_argument("--presets", nargs="*", default=["vit-b32", "vit-l14"])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
