@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 from uniemo.errors import UniEmoError
 from uniemo.feedback import descending_ranks, filter_images, mix_count, mix_plan, rank_window
@@ -136,3 +138,139 @@ def test_selection_writes_scores_and_an_emoset_dataset_of_the_kept_images(tmp_pa
     ds = open_dataset(tmp_path, kind="emoset", split="train")
     assert len(ds) == 10 and ds.class_names == names
     assert ds.items[0].scene == "forest path" and ds.items[0].object == "bench"
+
+
+# ----------------------------------------------------------------------------- stage 3, end to end
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_models, tiny_emoset, tmp_path_factory):
+    """A tiny RUN2 (`uniemo train joint`, 2 steps, on an untrained RUN1) and a tiny evaluator."""
+    from test_joint import write_run1
+
+    from uniemo.cli import main
+
+    root = tmp_path_factory.mktemp("feedback")
+    run1, run2, evaluator = write_run1(tiny_models, tiny_emoset, root / "run1"), root / "run2", root / "evaluator"
+    assert main(["train", "joint", "--run", str(run1), "--sd", str(tiny_models[1]), "--data", str(tiny_emoset),
+                 "--out", str(run2), "--max-steps", "2", "--batch-size", "8", "--alpha-table", "counts"]) == 0
+    assert main(["train", "evaluator", "--clip", str(tiny_models[0]), "--data", str(tiny_emoset),
+                 "--out", str(evaluator), "--epochs", "5"]) == 0
+    return {"data": tiny_emoset, "run2": run2, "evaluator": evaluator, "root": root}
+
+
+def feedback_argv(setup, out, *extra):
+    return ["feedback", "--run", str(setup["run2"]), "--data", str(setup["data"]), "--evaluator",
+            str(setup["evaluator"]), "--out", str(out), "--per-emotion", "5", "--steps", "2", "--max-steps", "2",
+            "--batch-size", "8", "--generate-batch-size", "5", *extra]
+
+
+@pytest.fixture(scope="module")
+def run3(setup):
+    """`uniemo feedback` with Emo-A only: 3 of 5 images kept per emotion, enough for p = 0.1."""
+    from uniemo.cli import main
+
+    out = setup["root"] / "run3"
+    assert main(feedback_argv(setup, out, "--criteria", "emo-a", "--proportion", "0.1")) == 0
+    return out
+
+
+def test_feedback_writes_a_run3_that_loads_and_classifies(run3, setup, capsys):
+    import json
+
+    from uniemo.data import open_dataset
+    from uniemo.io import load_tensors
+    from uniemo.understanding import UniEmoUnderstanding, predict
+
+    summary = json.loads((run3 / "feedback.json").read_text())
+    assert summary["generated"] == 40 and summary["kept"] == 24  # ranks 1..3 of 5 in every emotion
+    assert summary["criteria"] == ["emo-a"] and (summary["eta"], summary["delta"]) == (20, 80)
+    assert set(summary["accuracy"]) == {"val", "test"}
+    assert all(0 <= v <= 1 for acc in summary["accuracy"].values() for v in acc.values())
+    model = UniEmoUnderstanding.from_pretrained(run3)
+    test = open_dataset(setup["data"], "emoset", "test")
+    from uniemo.data import clip_transforms
+    from uniemo.understanding import load_image_processor
+
+    test.transform = clip_transforms(load_image_processor(run3), train=False)
+    probs, _ = predict(model, test, batch_size=16)
+    assert probs.shape == (len(test), 8) and torch.allclose(probs.sum(-1), torch.ones(len(test)), atol=1e-5)
+    # Stage 3 fine-tunes RUN2 (2 steps of lr <= 1e-3): every weight stays close to RUN2's.
+    before, after = load_tensors(setup["run2"] / "model.safetensors"), load_tensors(run3 / "model.safetensors")
+    assert max((after[k] - before[k]).abs().max().item() for k in after) < 0.02
+
+
+def test_the_mix_holds_the_proportion(run3, setup):
+    import json
+
+    from uniemo.data import open_dataset
+    from uniemo.feedback import build_mix, mix_count
+
+    summary = json.loads((run3 / "feedback.json").read_text())
+    real = open_dataset(setup["data"], "emoset", "train")
+    assert summary["real"] == len(real) and summary["mixed_in"] == mix_count(len(real), 0.1)
+    assert summary["proportion"] == pytest.approx(0.1, abs=1 / (summary["real"] + summary["mixed_in"]))
+    mix = build_mix(real, run3 / "generated", 0.1, seed=0, transform=None)
+    assert len(mix) == len(real) + summary["mixed_in"] and mix.num_generated == summary["mixed_in"]
+    generated = [item for item in mix.items if str(run3) in str(item.path)]
+    assert len(generated) == mix.num_generated and len(mix.items) == len(mix)
+    assert mix[len(real)]["label"] == generated[0].label  # generated images follow the real ones
+    assert mix.class_names == real.class_names and mix.scene_vocab == real.scene_vocab
+    again = build_mix(real, run3 / "generated", 0.1, seed=0, transform=None)
+    other = build_mix(real, run3 / "generated", 0.1, seed=1, transform=None)
+    assert again.items == mix.items and other.items != mix.items  # the subset is seeded
+
+
+def test_too_few_kept_uses_all_and_reports_the_actual_share(setup, tiny_emoset, capsys):
+    from uniemo.data import open_dataset
+    from uniemo.feedback import build_mix
+
+    root = setup["root"] / "few"
+    from uniemo.feedback import generate_images, list_generated, vocabulary_info, write_selection
+
+    real = open_dataset(tiny_emoset, "emoset", "train")
+    generate_images(RecordingPipe(), root, real.class_names, per_emotion=5, seed=0, batch_size=5)
+    images = list_generated(root, real.class_names, 5)
+    scores = {"emo-a": torch.linspace(0, 1, 40), "sem-c": torch.linspace(1, 0, 40)}
+    kept = write_selection(root, images, scores, ["emo-a", "sem-c"], 20, 80, vocabulary_info(real))
+    mix = build_mix(real, root, 0.5, seed=0, transform=None)
+    assert mix.num_generated == len(kept) == 24 < len(real)  # p = 0.5 would need as many as the real ones
+    assert mix.proportion == pytest.approx(24 / (len(real) + 24))
+
+
+def test_rerun_skips_generated_images_and_resume_is_required(run3, setup, capsys):
+    from uniemo.cli import main
+
+    images = sorted((run3 / "generated" / "image").rglob("*.png"))
+    stamps = {p: p.stat().st_mtime_ns for p in images}
+    removed = run3 / "generated" / "image" / "fear" / "fear_00002.png"
+    original = np.asarray(Image.open(removed), dtype=int)
+    removed.unlink()
+    (run3 / "generated" / "annotation" / "fear" / "fear_00002.json").unlink()
+    argv = feedback_argv(setup, run3, "--criteria", "emo-a", "--proportion", "0.1")
+    assert main(argv) == 2  # the training is there: continuing it must be asked for
+    err = capsys.readouterr().err.strip()
+    assert "--resume" in err and len(err.splitlines()) == 1
+    assert main([*argv, "--resume"]) == 0
+    # regenerated from its own seed (alone, not in a batch of 5: equal up to batched-kernel rounding)
+    assert np.abs(np.asarray(Image.open(removed), dtype=int) - original).max() <= 2
+    assert all(p.stat().st_mtime_ns == stamps[p] for p in images if p != removed)  # the rest skipped
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--eta", "80", "--delta", "20"], "eta < delta"),
+    (["--delta", "120"], "eta < delta"),
+    (["--proportion", "1"], "--proportion"),
+    (["--proportion", "0"], "--proportion"),
+    (["--criteria", "emo-a,sem-d"], "--criteria"),
+    (["--criteria", ","], "--criteria"),
+    (["--per-emotion", "0"], "--per-emotion"),
+    (["--max-steps", "-1"], "--max-steps"),
+])
+def test_bad_options_are_one_line_errors(setup, tmp_path, capsys, extra, needle):
+    from uniemo.cli import main
+
+    assert main([*feedback_argv(setup, tmp_path / "run3"), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run3").exists()  # refused before anything was written

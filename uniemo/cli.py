@@ -25,6 +25,7 @@ COMMANDS: list[tuple[tuple[str, ...], str]] = [
     (("train", "understand"), "train_understand"),
     (("evaluate", "understanding"), "evaluate_understanding"),
     (("classify",), "classify"),
+    (("feedback",), "feedback"),
 ]
 
 GROUP_HELP = {

@@ -215,3 +215,148 @@ def _ranks_within(scores: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
         members = (groups == g).nonzero().flatten()
         ranks[members] = descending_ranks(scores[members])
     return ranks
+
+
+# ----------------------------------------------------------------------------- step 4: mix and train again
+
+
+def check_settings(settings) -> None:
+    """One-line errors for a :class:`~uniemo.config.FeedbackConfig` no run could use."""
+    if settings.per_emotion < 1:
+        raise UniEmoError(f"--per-emotion {settings.per_emotion} is invalid: generate at least 1 image per emotion")
+    check_window(settings.eta, settings.delta)
+    if not 0 < settings.proportion < 1:
+        raise UniEmoError(f"--proportion {settings.proportion:g} is invalid: use 0 < p < 1 (the paper uses 0.2)")
+    unknown = [c for c in settings.criteria if c not in CRITERIA]
+    if unknown or not settings.criteria:
+        raise UniEmoError(f"--criteria {','.join(settings.criteria) or '(empty)'} is invalid: "
+                          f"use one or more of {','.join(CRITERIA)} separated by commas")
+
+
+def vocabulary_info(dataset) -> dict:
+    """An EmoSet ``info.json`` carrying ``dataset``'s emotion, scene and object vocabularies."""
+    def table(names):
+        return {"label2idx": {name: i for i, name in enumerate(names)}}
+
+    return {"emotion": table(dataset.class_names), "scene": table(dataset.scene_vocab),
+            "object": table(dataset.object_vocab)}
+
+
+class FeedbackMix(torch.utils.data.ConcatDataset):
+    """The real training set followed by the kept generated images, exposing what
+    :func:`uniemo.understanding.train_understanding` reads: ``class_names``, the real
+    vocabularies, and the ``items`` of both (their scenes and objects enter the attribute banks)."""
+
+    def __init__(self, real, generated):
+        if tuple(generated.class_names) != tuple(real.class_names):
+            raise UniEmoError(f"the generated images' emotions ({', '.join(generated.class_names)}) differ from the "
+                              f"dataset's ({', '.join(real.class_names)}): use the dataset RUN2 was trained on")
+        super().__init__([real, generated])
+        self.class_names = tuple(real.class_names)
+        self.scene_vocab, self.object_vocab = real.scene_vocab, real.object_vocab
+        self.items = [*real.items, *generated.items]
+        self.num_real, self.num_generated = len(real), len(generated)
+
+    @property
+    def proportion(self) -> float:
+        """The share of generated images in the mix (p of Algorithm 1)."""
+        return self.num_generated / len(self)
+
+
+def build_mix(real, selection_root: Path, proportion: float, seed: int, transform) -> FeedbackMix:
+    """Algorithm 1 line 12: the real set plus a seeded subset of the kept images, sized by
+    :func:`mix_plan` so that they form ``proportion`` of the mix (all of them, and a smaller
+    share, when fewer were kept)."""
+    from uniemo.data import EmotionDataset, open_dataset
+
+    kept = open_dataset(selection_root, "emoset", "train", transform)
+    n_gen, _ = mix_plan(len(real), len(kept), proportion)
+    if n_gen == 0:
+        raise UniEmoError(f"proportion {proportion:g} of {len(real):,} real images asks for no generated image: "
+                          "raise --proportion")
+    order = torch.randperm(len(kept), generator=torch.Generator().manual_seed(seed))
+    chosen = [kept.items[i] for i in sorted(order[:n_gen].tolist())]
+    subset = EmotionDataset(chosen, kept.class_names, transform, kept.scene_vocab, kept.object_vocab,
+                            source=kept.source, validate=False)
+    return FeedbackMix(real, subset)
+
+
+def understanding_accuracy(run: Path, data_root: Path, kind: str, batch_size: int) -> dict:
+    """Accuracy reports of ``run`` on the val and test splits that exist: the figures of
+    ``uniemo evaluate understanding`` (:func:`uniemo.understanding.accuracy_on`)."""
+    from uniemo.data import clip_transforms, open_dataset, split_exists
+    from uniemo.metrics import default_device
+    from uniemo.understanding import UniEmoUnderstanding, accuracy_on, load_image_processor
+
+    model = UniEmoUnderstanding.from_pretrained(run).to(default_device())
+    transform = clip_transforms(load_image_processor(run), train=False)
+    return {split: accuracy_on(model, open_dataset(data_root, kind, split, transform), batch_size)
+            for split in ("val", "test") if split_exists(data_root, kind, split)}
+
+
+def explicit_feedback(run2: Path, data_root: Path, out: Path, cfg, evaluator, semantic: Sequence,
+                      kind: str = "emoset", seed: int = 0, num_inference_steps: int | None = None,
+                      generate_batch_size: int = 8, resume: bool = False) -> dict:
+    """Algorithm 1 end to end, then stage 3 (paper §III-C):
+
+    1. ``cfg.feedback.per_emotion`` images per emotion from RUN2 into ``OUT/generated`` (skipping
+       the images a killed run already wrote);
+    2. Emo-A with ``evaluator`` and Sem-C with the ``semantic`` classifiers;
+    3. the rank window of every chosen criterion: ``OUT/generated`` becomes an EmoSet dataset whose
+       train split is the kept images, with ``scores.csv`` beside it;
+    4. the understanding model trained again, starting from RUN2's weights, on the real training
+       set mixed with the kept images at ``cfg.feedback.proportion`` (stage-1 settings, ``cfg.stage1``);
+    5. ``OUT/feedback.json``: accuracy before (RUN2) and after (RUN3), kept count, actual proportion.
+
+    Returns the contents of ``feedback.json``."""
+    from uniemo.data import clip_transforms, open_dataset
+    from uniemo.io import write_json
+    from uniemo.metrics import default_device
+    from uniemo.pipeline import UniEmoPipeline
+    from uniemo.understanding import load_image_processor, train_understanding
+
+    settings = cfg.feedback
+    check_settings(settings)
+    out, generated = Path(out), Path(out) / "generated"
+    if (out / "config.yaml").is_file() and not resume:
+        raise UniEmoError(f"{out} already holds a stage-3 run: pass --resume to continue it, or choose a new --out")
+    pipe = UniEmoPipeline.from_pretrained(run2).to(default_device())
+    class_names = pipe.class_names
+    generate_images(pipe, generated, class_names, settings.per_emotion, seed, generate_batch_size, num_inference_steps)
+    del pipe
+
+    transform = clip_transforms(load_image_processor(run2), train=True)
+    real = open_dataset(data_root, kind, "train", transform)
+    images = list_generated(generated, class_names, settings.per_emotion)
+    scores = score_generated(generated, images, evaluator, semantic)
+    kept = write_selection(generated, images, scores, settings.criteria, settings.eta, settings.delta,
+                           vocabulary_info(real))
+    if not kept:
+        raise UniEmoError(f"none of the {len(images)} generated images lies in the [{settings.eta:g}%, "
+                          f"{settings.delta:g}%) window of every criterion: raise --per-emotion or widen the window")
+    mix = build_mix(real, generated, settings.proportion, seed, transform)
+    before = understanding_accuracy(run2, data_root, kind, cfg.stage1.batch_size)
+    after = train_understanding(data_root, out, cfg, kind, resume=resume, train_set=mix, init_from=run2)
+    summary = {
+        "run2": str(run2), "run3": str(out), "data": str(data_root), "dataset": kind,
+        "criteria": list(settings.criteria), "eta": settings.eta, "delta": settings.delta,
+        "per_emotion": settings.per_emotion, "generated": len(images), "kept": len(kept),
+        "mixed_in": mix.num_generated, "real": mix.num_real, "proportion_asked": settings.proportion,
+        "proportion": mix.proportion, "seed": seed, "initial_weights": f"{run2} (stage 2)",
+        "accuracy": {split: {"before": before[split]["top1"], "after": after[split]["top1"]} for split in after},
+    }
+    write_json(out / "feedback.json", summary)
+    return summary
+
+
+def feedback_table(summary: dict) -> str:
+    """The before/after table of a feedback run (Markdown)."""
+    lines = ["| split | RUN2 (before) | RUN3 (after) | change |", "|---|---:|---:|---:|"]
+    for split, acc in summary["accuracy"].items():
+        lines.append(f"| {split} top-1 | {acc['before']:.2%} | {acc['after']:.2%} | "
+                     f"{(acc['after'] - acc['before']) * 100:+.2f} pt |")
+    lines += ["", f"kept {summary['kept']} of {summary['generated']} generated images "
+              f"({', '.join(summary['criteria'])} within [{summary['eta']:g}%, {summary['delta']:g}%)); "
+              f"mixed in {summary['mixed_in']} with {summary['real']} real images: "
+              f"proportion {summary['proportion']:.1%} (asked {summary['proportion_asked']:.0%})"]
+    return "\n".join(lines) + "\n"

@@ -416,11 +416,13 @@ def load_image_processor(run_dir: str | Path):
 
 
 def train_understanding(data_root: str | Path, out: str | Path, cfg, kind: str = "emoset",
-                        resume: bool = False, train_set=None) -> dict:
+                        resume: bool = False, train_set=None, init_from: str | Path | None = None) -> dict:
     """Stage 1: train the understanding branch on ``data_root`` (or on ``train_set``, e.g. the
     feedback mix of stage 3) and write the run directory. The weights kept are those with the
     best validation accuracy; val and test are evaluated at the end (test is never used to
-    choose). Returns {"val": report, "test": report} for the splits that exist."""
+    choose). ``init_from`` (a run directory) starts from that run's understanding weights
+    instead of CLIP's: stage 3 "trains again" the stage-2 model. Returns {"val": report,
+    "test": report} for the splits that exist."""
     from uniemo.config import save_config
     from uniemo.data import clip_transforms, collate, open_dataset, split_exists
     from uniemo.io import write_json
@@ -444,6 +446,9 @@ def train_understanding(data_root: str | Path, out: str | Path, cfg, kind: str =
     torch.manual_seed(cfg.stage1.seed)
     model = UniEmoUnderstanding(clip.model.vision_model, cfg.understanding, clip.model.config.projection_dim,
                                 train_set.class_names)
+    if init_from is not None:
+        weights = Path(init_from) / "model.safetensors"
+        load_state_dict_checked(model, load_tensors(weights, "initial understanding weights"), weights)
     del clip.model.text_model  # the text tower's job ends with the attribute banks
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")

@@ -1,0 +1,120 @@
+"""Explicit feedback (Algorithm 1) and stage 3: filter generated images, train understanding again.
+
+Generates --per-emotion images of every emotion with a stage-2 run (RUN2), scores each by Emo-A
+(the evaluator's probability of the target emotion) and Sem-C (semantic clarity), keeps those
+ranked within [--eta%, --delta%) for every --criteria, and trains the understanding model again,
+starting from RUN2's weights, on the real training set mixed with the kept images so that they
+form --proportion of it. Writes into OUT:
+
+  generated/       every generated image (EmoSet layout); its train.json lists the kept ones,
+                   scores.csv has both scores and ranks of every image
+  model.safetensors, config.yaml, ...   RUN3, a stage-1-format run (`uniemo classify --run OUT`)
+  feedback.json    accuracy of RUN2 (before) and RUN3 (after), kept count, actual proportion
+  generation_metrics.json|.md   with --metrics: all generated vs kept images
+
+Re-running on the same OUT skips the images already generated; --resume continues the training.
+Sem-C uses --places365 / --imagenet-resnet50 weights when given, else CLIP zero-shot (as in
+`uniemo evaluate generation`). Ablations of paper Tables VI-VIII: --criteria, --eta/--delta,
+--proportion.
+
+  uniemo feedback --run runs/stage2 --data data/EmoSet --evaluator runs/evaluator --out runs/stage3"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from uniemo.commands.train_understand import DATASETS
+
+    parser.add_argument("--run", required=True, metavar="RUN2", help="stage-2 run (from `uniemo train joint`)")
+    parser.add_argument("--data", required=True, metavar="DIR", help="the real dataset root RUN2 was trained on")
+    parser.add_argument("--evaluator", required=True, metavar="EVAL", help="Emo-A evaluator (`uniemo train evaluator`)")
+    parser.add_argument("--out", required=True, metavar="RUN3", help="stage-3 run directory to write")
+    parser.add_argument("--dataset", choices=DATASETS, default="emoset", help="dataset kind (default emoset)")
+    parser.add_argument("--per-emotion", type=int, metavar="M", help="images generated per emotion "
+                        "(default: feedback.per_emotion of RUN2's config)")
+    parser.add_argument("--eta", type=float, help="start of the kept rank window in %% (default 20)")
+    parser.add_argument("--delta", type=float, help="end of the kept rank window in %% (default 80)")
+    parser.add_argument("--proportion", type=float, help="share of kept images in the training mix (default 0.2)")
+    parser.add_argument("--criteria", help="comma-separated filters, from emo-a,sem-c (default both)")
+    parser.add_argument("--epochs", type=int, help="stage-3 epochs (default: stage1.epochs)")
+    parser.add_argument("--max-steps", type=int, help="stop stage 3 after this many optimizer steps")
+    parser.add_argument("--batch-size", type=int, help="stage-3 batch size (default: stage1.batch_size)")
+    parser.add_argument("--steps", type=int, metavar="DENOISING_STEPS", help="denoising steps per image "
+                        "(default: generation.num_inference_steps)")
+    parser.add_argument("--generate-batch-size", type=int, default=8, help="images per pipeline call (default 8)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of generation, the mix and training (default 0)")
+    parser.add_argument("--resume", action="store_true", help="continue the stage-3 training in RUN3")
+    parser.add_argument("--metrics", action="store_true", help="also measure the generated and the kept images")
+    parser.add_argument("--clip", metavar="DIR", help="CLIP for Sem-C zero-shot / Sem-D (default: the evaluator's)")
+    parser.add_argument("--places365", metavar="FILE", help="ResNet-50 Places365 weights for Sem-C")
+    parser.add_argument("--imagenet-resnet50", metavar="FILE", help="ResNet-50 ImageNet weights for Sem-C")
+    parser.add_argument("--inception", metavar="FILE", help="with --metrics: torch-fidelity Inception-v3 weights")
+    parser.add_argument("--lpips-alex", metavar="FILE", help="with --metrics: torchvision AlexNet weights")
+    parser.add_argument("--lpips-linear", metavar="FILE", help="with --metrics: LPIPS linear layers")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from uniemo.commands.evaluate_generation import load_networks
+    from uniemo.data import open_dataset
+    from uniemo.feedback import explicit_feedback, feedback_table
+
+    cfg = feedback_config(args)
+    real = open_dataset(args.data, args.dataset, "train")
+    networks = load_networks(args, real)
+    summary = explicit_feedback(Path(args.run), Path(args.data), Path(args.out), cfg, networks["evaluator"],
+                                networks["semantic"], kind=args.dataset, seed=args.seed, num_inference_steps=args.steps,
+                                generate_batch_size=args.generate_batch_size, resume=args.resume)
+    print(feedback_table(summary) + f"wrote stage-3 run {args.out} and {Path(args.out) / 'feedback.json'}")
+    if args.metrics:
+        write_metrics(Path(args.out), real, networks, args.seed)
+    return 0
+
+
+def feedback_config(args: argparse.Namespace):
+    """RUN2's config (RUN3's own when resuming) with the command line's feedback and stage-3
+    settings; invalid values are one-line errors."""
+    from pathlib import Path
+
+    from uniemo.config import load_config
+    from uniemo.errors import UniEmoError
+    from uniemo.feedback import check_settings
+
+    own = Path(args.out) / "config.yaml"
+    cfg = load_config(own if args.resume and own.is_file() else Path(args.run) / "config.yaml")
+    for flag, value in (("--epochs", args.epochs), ("--max-steps", args.max_steps), ("--batch-size", args.batch_size),
+                        ("--steps", args.steps), ("--generate-batch-size", args.generate_batch_size)):
+        if value is not None and value < 1:
+            raise UniEmoError(f"{flag} {value} is invalid: use a positive integer")
+    for field, value in (("per_emotion", args.per_emotion), ("eta", args.eta), ("delta", args.delta),
+                         ("proportion", args.proportion)):
+        if value is not None:
+            setattr(cfg.feedback, field, value)
+    if args.criteria is not None:
+        cfg.feedback.criteria = [c.strip().lower() for c in args.criteria.split(",") if c.strip()]
+    check_settings(cfg.feedback)
+    for field, value in (("epochs", args.epochs), ("max_steps", args.max_steps), ("batch_size", args.batch_size)):
+        if value is not None:
+            setattr(cfg.stage1, field, value)
+    cfg.stage1.seed = args.seed
+    return cfg
+
+
+def write_metrics(out, real, networks, seed: int) -> None:
+    """Generation metrics of every generated image and of the kept ones (``uniemo evaluate generation``)."""
+    from uniemo import metrics
+    from uniemo.data import open_dataset
+    from uniemo.io import write_json, write_text
+
+    generated = out / "generated"
+    sets = {"generated": metrics.read_generated(generated / "image", real.class_names),
+            "kept": [(item.path, item.label) for item in open_dataset(generated, "emoset", "train").items]}
+    reports = {name: metrics.evaluate_generation(images, real, real.class_names, seed=seed, **networks)
+               for name, images in sets.items()}
+    text = "".join(f"## {name} images\n\n{metrics.generation_table(r)}\n" for name, r in reports.items())
+    write_json(out / "generation_metrics.json", reports)
+    write_text(out / "generation_metrics.md", text)
+    print(text + f"wrote {out / 'generation_metrics.json'}")
