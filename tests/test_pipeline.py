@@ -95,6 +95,10 @@ def test_bad_requests_are_one_line_errors(pipe):
         pipe(emotion="awe", object="bench!?", num_images=1)
     with pytest.raises(UniEmoError, match="num_images"):
         pipe(emotion="awe", num_images=0)
+    with pytest.raises(UniEmoError, match="batch_size"):
+        pipe(emotion="awe", num_images=2, batch_size=0)
+    with pytest.raises(UniEmoError, match="guidance_scale"):
+        pipe(emotion="awe", guidance_scale=float("inf"))
     with pytest.raises(UniEmoError, match=">= 0"):
         normalise_weights({"awe": -1.0, "fear": 2.0}, EMOTIONS)
     with pytest.raises(UniEmoError, match="all mix weights are zero"):

@@ -172,6 +172,7 @@ class UniEmoPipeline:
                 info["matched"].setdefault(kind, {})[name] = bank.names[b]
         return alphas
 
+    @torch.no_grad()
     def __call__(self, emotion: str | None = None, object: str | None = None, mix: dict[str, float] | None = None,
                  num_images: int = 4, num_inference_steps: int | None = None, guidance_scale: float | None = None,
                  generator: int | torch.Generator | None = None, batch_size: int | None = None,
@@ -185,7 +186,10 @@ class UniEmoPipeline:
             normalise_weights(mix, self.class_names)
         steps = num_inference_steps or self.cfg.generation.num_inference_steps
         guidance = self.cfg.generation.guidance_scale if guidance_scale is None else guidance_scale
-        check_positive(num_images=num_images, num_inference_steps=steps, batch_size=batch_size or num_images)
+        batch = num_images if batch_size is None else batch_size
+        check_positive(num_images=num_images, num_inference_steps=steps, batch_size=batch)
+        if not math.isfinite(guidance) or guidance < 0:
+            raise UniEmoError(f"guidance_scale={guidance!r} is invalid: use a finite number >= 0 (e.g. 7.5)")
         size = self.cfg.generation.resolution
         height, width = height or size, width or size
         base = base_seed(generator)
@@ -193,13 +197,11 @@ class UniEmoPipeline:
         ids = tokenize(self.sd.tokenizer, [prompt]).to(self.device)
         negative = self.sd.text_encoder(tokenize(self.sd.tokenizer, [""]).to(self.device))[0]
         images, metadata = [], []
-        batch = batch_size or num_images
         for start in range(0, num_images, batch):
             seeds = [base + i for i in range(start, min(start + batch, num_images))]
             e, generators, infos = self.conditions(weights, seeds)
-            with torch.no_grad():
-                prompt_embeds = condition_prompt(self.sd.text_encoder, ids, self.placeholder_id,
-                                                 e.to(self.sd.text_encoder.dtype))
+            prompt_embeds = condition_prompt(self.sd.text_encoder, ids, self.placeholder_id,
+                                             e.to(self.sd.text_encoder.dtype))
             out = self.sd(prompt_embeds=prompt_embeds, negative_prompt_embeds=negative.expand(len(seeds), -1, -1),
                           num_inference_steps=steps, guidance_scale=guidance, generator=generators,
                           height=height, width=width, output_type="pil")
