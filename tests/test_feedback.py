@@ -144,19 +144,22 @@ def test_selection_writes_scores_and_an_emoset_dataset_of_the_kept_images(tmp_pa
 
 
 @pytest.fixture(scope="module")
-def setup(tiny_models, tiny_emoset, tmp_path_factory):
-    """A tiny RUN2 (`uniemo train joint`, 2 steps, on an untrained RUN1) and a tiny evaluator."""
+def setup(tiny_models, tmp_path_factory):
+    """A small synthetic EmoSet (96 images: every pass over it is short), a tiny RUN2 (`uniemo
+    train joint`, 1 step, on an untrained RUN1) and a tiny evaluator."""
     from test_joint import write_run1
 
     from uniemo.cli import main
+    from uniemo.synth import write_synthetic
 
     root = tmp_path_factory.mktemp("feedback")
-    run1, run2, evaluator = write_run1(tiny_models, tiny_emoset, root / "run1"), root / "run2", root / "evaluator"
-    assert main(["train", "joint", "--run", str(run1), "--sd", str(tiny_models[1]), "--data", str(tiny_emoset),
-                 "--out", str(run2), "--max-steps", "2", "--batch-size", "8", "--alpha-table", "counts"]) == 0
-    assert main(["train", "evaluator", "--clip", str(tiny_models[0]), "--data", str(tiny_emoset),
+    data = write_synthetic(root / "data", num_images=96, size=64, seed=0)
+    run1, run2, evaluator = write_run1(tiny_models, data, root / "run1"), root / "run2", root / "evaluator"
+    assert main(["train", "joint", "--run", str(run1), "--sd", str(tiny_models[1]), "--data", str(data),
+                 "--out", str(run2), "--max-steps", "1", "--batch-size", "8", "--alpha-table", "counts"]) == 0
+    assert main(["train", "evaluator", "--clip", str(tiny_models[0]), "--data", str(data),
                  "--out", str(evaluator), "--epochs", "5"]) == 0
-    return {"data": tiny_emoset, "run2": run2, "evaluator": evaluator, "root": root}
+    return {"data": data, "run2": run2, "evaluator": evaluator, "root": root}
 
 
 def feedback_argv(setup, out, *extra):
@@ -221,14 +224,12 @@ def test_the_mix_holds_the_proportion(run3, setup):
     assert again.items == mix.items and other.items != mix.items  # the subset is seeded
 
 
-def test_too_few_kept_uses_all_and_reports_the_actual_share(setup, tiny_emoset, capsys):
+def test_too_few_kept_uses_all_and_reports_the_actual_share(setup):
     from uniemo.data import open_dataset
-    from uniemo.feedback import build_mix
+    from uniemo.feedback import build_mix, generate_images, list_generated, vocabulary_info, write_selection
 
     root = setup["root"] / "few"
-    from uniemo.feedback import generate_images, list_generated, vocabulary_info, write_selection
-
-    real = open_dataset(tiny_emoset, "emoset", "train")
+    real = open_dataset(setup["data"], "emoset", "train")
     generate_images(RecordingPipe(), root, real.class_names, per_emotion=5, seed=0, batch_size=5)
     images = list_generated(root, real.class_names, 5)
     scores = {"emo-a": torch.linspace(0, 1, 40), "sem-c": torch.linspace(1, 0, 40)}
