@@ -145,7 +145,8 @@ def test_condition_is_differentiable_through_the_frozen_text_encoder(sd):
     e = torch.randn(3, te.config.hidden_size, requires_grad=True)
     out = fusion.condition_prompt(te, fusion.tokenize(pipe.tokenizer, ["<emo>"]), pid, e)
     assert out.shape[0] == 3
-    out[1].sum().backward()
+    # a random readout: sum(LayerNorm(x)) alone is constant in x when the norm's weights are uniform
+    (out[1] * torch.randn_like(out[1])).sum().backward()
     assert e.grad[1].abs().sum() > 0 and e.grad[0].abs().sum() == 0  # samples stay independent
     assert all(p.grad is None for p in te.parameters())
 
