@@ -174,3 +174,11 @@ def test_cli_errors_are_one_line(tmp_path, tiny_emoset, capsys):
     err = capsys.readouterr().err
     assert "is not a pretrain-base output" in err and len(err.strip().splitlines()) == 1
     assert main(["pretrain-base", str(tmp_path / "o"), "--data", str(tiny_emoset), "--steps-scale", "0"]) == 2
+
+
+def test_steps_scale_scales_every_step_count():
+    half = pb.PretrainConfig().scaled(0.5)
+    full = pb.PretrainConfig()
+    for name in ("clip_steps", "vae_steps", "unet_steps"):
+        assert getattr(half, name) == round(getattr(full, name) / 2)
+    assert pb.PretrainConfig().scaled(1e-6).clip_steps == 1
