@@ -189,3 +189,16 @@ def test_evaluate_generation_rejects_a_folder_that_is_no_emotion(tmp_path, tiny_
     assert main(["evaluate", "generation", "--images", str(tmp_path / "gen"), "--real", str(tiny_emoset)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "happiness" in err and err.count("\n") == 1
+
+
+def test_generated_images_are_read_per_emotion_without_the_contact_sheet(tmp_path):
+    from PIL import Image
+
+    for emotion, count in (("awe", 2), ("fear", 3)):
+        (tmp_path / emotion).mkdir()
+        for i in range(count):
+            Image.new("RGB", (8, 8)).save(tmp_path / emotion / f"{i:04d}.png")
+        Image.new("RGB", (16, 16)).save(tmp_path / emotion / metrics.GRID_FILE)
+    found = metrics.read_generated(tmp_path, ("amusement", "awe", "fear"))
+    assert [(p.name, label) for p, label in found] == [
+        ("0000.png", 1), ("0001.png", 1), ("0000.png", 2), ("0001.png", 2), ("0002.png", 2)]

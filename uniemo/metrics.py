@@ -339,6 +339,9 @@ NOT_GIVEN = {
 }
 
 
+GRID_FILE = "grid.png"  # the contact sheet `uniemo generate` writes beside the images: not a sample
+
+
 def read_generated(images_dir: str | Path, class_names: Sequence[str]) -> list[tuple[Path, int]]:
     """(path, emotion index) of every image in ``DIR/<emotion>/``, what ``uniemo generate`` writes."""
     root = Path(images_dir).expanduser()
@@ -350,7 +353,8 @@ def read_generated(images_dir: str | Path, class_names: Sequence[str]) -> list[t
             raise UniEmoError(f"{folder} is not an emotion of the real dataset ({', '.join(class_names)}): "
                               "rename or remove it")
         label = list(class_names).index(folder.name)
-        found += [(p, label) for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+        found += [(p, label) for p in sorted(folder.iterdir())
+                  if p.suffix.lower() in IMAGE_SUFFIXES and p.name != GRID_FILE]
     if not found:
         raise UniEmoError(f"no images in {root}/<emotion>/: run `uniemo generate` first or check the path")
     return found

@@ -151,6 +151,8 @@ def write_metadata(path: Path, records: dict[str, dict]) -> None:
 def write_grid(folder: Path, count: int, max_images: int = 64) -> None:
     from PIL import Image
 
+    from uniemo.metrics import GRID_FILE
+
     files = [folder / f"{i:04d}.png" for i in range(min(count, max_images))]
     images = [Image.open(f).convert("RGB") for f in files if f.is_file()]
     if not images:
@@ -161,4 +163,4 @@ def write_grid(folder: Path, count: int, max_images: int = 64) -> None:
     grid = Image.new("RGB", (cols * w, rows * h), "white")
     for k, image in enumerate(images):
         grid.paste(image, ((k % cols) * w, (k // cols) * h))
-    save_png(grid, folder / "grid.png")
+    save_png(grid, folder / GRID_FILE)
