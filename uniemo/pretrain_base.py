@@ -166,6 +166,7 @@ def data_hash(root: str | Path) -> str:
 
 
 def article(name: str) -> str:
+    """'amusement park' -> 'an amusement park'."""
     return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
@@ -186,7 +187,9 @@ class Captions:
         texts, scene, obj = [], [], []
 
         def add(text: str, s: int, o: int) -> int:
-            texts.append(text), scene.append(s), obj.append(o)
+            texts.append(text)
+            scene.append(s)
+            obj.append(o)
             return len(texts) - 1
 
         pairs = [[[add(t.format(o=article(on), s=article(sn)), s, o) for t in PAIR_TEMPLATES]
