@@ -130,7 +130,8 @@ def main() -> None:
         rows["no feedback (real only)"]["accuracy"].append(no_feedback_run(args, seed, work / f"seed{seed}" / "none"))
     result = {"demo": str(args.demo), "seeds": args.seeds, "eta": args.eta, "delta": args.delta,
               "proportion": args.proportion, "epochs": args.epochs, "max_steps": args.max_steps,
-              "rows": [{"condition": name, **row, "accuracy": summarise(row["accuracy"])} for name, row in rows.items()]}
+              "rows": [{"condition": name, **row, "accuracy": summarise(row["accuracy"])}
+                       for name, row in rows.items()]}
     table = markdown(result)
     write_json(out, result)
     write_text(out.with_suffix(".md"), f"# Explicit feedback ablation\n\n{table}")

@@ -1,4 +1,5 @@
-"""Explicit feedback (Algorithm 1): the rank window, the two-criterion filter, the mix."""
+"""Explicit feedback (Algorithm 1): the rank window, the two-criterion filter, the mix, and
+stage 3 end to end through `uniemo feedback` (RUN3 loads and classifies, re-runs skip images)."""
 
 from __future__ import annotations
 
@@ -174,12 +175,14 @@ def run3(setup):
     from uniemo.cli import main
 
     out = setup["root"] / "run3"
-    assert main(feedback_argv(setup, out, "--criteria", "emo-a", "--proportion", "0.1")) == 0
+    assert main(feedback_argv(setup, out, "--criteria", "emo-a", "--proportion", "0.1", "--metrics")) == 0
     return out
 
 
-def test_feedback_writes_a_run3_that_loads_and_classifies(run3, setup, capsys):
+def test_feedback_writes_a_run3_that_loads_and_classifies(run3, setup):
     import json
+
+    from uniemo.feedback import feedback_table
 
     from uniemo.data import open_dataset
     from uniemo.io import load_tensors
@@ -190,6 +193,13 @@ def test_feedback_writes_a_run3_that_loads_and_classifies(run3, setup, capsys):
     assert summary["criteria"] == ["emo-a"] and (summary["eta"], summary["delta"]) == (20, 80)
     assert set(summary["accuracy"]) == {"val", "test"}
     assert all(0 <= v <= 1 for acc in summary["accuracy"].values() for v in acc.values())
+    assert summary["initial_weights"].startswith(str(setup["run2"]))
+    table = feedback_table(summary)  # what the command prints
+    assert "| test top-1 |" in table and "kept 24 of 40" in table and "proportion 10." in table
+    metrics = json.loads((run3 / "generation_metrics.json").read_text())  # --metrics
+    assert sum(metrics["generated"]["counts"]["generated"].values()) == 40
+    assert sum(metrics["kept"]["counts"]["generated"].values()) == 24
+    assert metrics["kept"]["metrics"]["emo_a"]["network"].startswith("evaluator")
     model = UniEmoUnderstanding.from_pretrained(run3)
     test = open_dataset(setup["data"], "emoset", "test")
     from uniemo.data import clip_transforms

@@ -2,7 +2,9 @@
 a stage-2 run, score each by Emo-A (the evaluator's probability of the target emotion) and Sem-C
 (semantic clarity), keep the images whose rank lies in [η%, δ%) for every chosen criterion, mix
 them into the real training set so they form a proportion p of it, and train the understanding
-model again (stage 3).
+model again (stage 3). "Again" is read as fine-tuning: stage 3 starts from RUN2's understanding
+weights (``train_understanding(init_from=RUN2)``) with the stage-1 training settings, and is
+stage 1's trainer given the mixed set (:class:`FeedbackMix`).
 
 Ranks are taken within each emotion (every emotion keeps the same share of its images, so the
 mixed set stays balanced); rank 0 is the highest score and ties keep generation order.
