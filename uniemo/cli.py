@@ -14,6 +14,7 @@ from uniemo.errors import UniEmoError
 
 # (command words, module in uniemo.commands)
 COMMANDS: list[tuple[tuple[str, ...], str]] = [
+    (("demo",), "demo"),
     (("synth",), "synth"),
     (("pretrain-base",), "pretrain_base"),
     (("data", "check"), "data_check"),
@@ -36,8 +37,15 @@ GROUP_HELP = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with its usage errors as the one line every other error is."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="uniemo", description="UniEmo: emotional image understanding and generation, offline.")
     parser.add_argument("--version", action="version", version=f"uniemo {__version__}")
     top = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -63,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     args = build_parser().parse_args(argv)
     try:
+        check_seed(getattr(args, "seed", None))
         return int(args.handler(args) or 0)
     except UniEmoError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -70,6 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def check_seed(seed: int | None) -> None:
+    """Every command's --seed reaches numpy, which takes 0 .. 2**32 - 1."""
+    if seed is not None and not 0 <= seed < 2**32:
+        raise UniEmoError(f"--seed {seed} is invalid: use an integer from 0 to {2**32 - 1}")
 
 
 if __name__ == "__main__":

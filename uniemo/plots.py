@@ -63,3 +63,42 @@ def attention_png(image, maps: dict, path: str | Path, title: str = "") -> None:
     for ax in axes:
         ax.axis("off")
     _save(fig, path)
+
+
+def image_table_png(cells: list[list], row_labels: list[str], path: str | Path, col_labels: list[str] | None = None,
+                    captions: list[list[str]] | None = None, title: str = "") -> None:
+    """A labelled grid of images: ``cells[r][c]`` is a PIL image or None (left blank)."""
+    plt = _pyplot()
+    rows, cols = len(cells), max(len(r) for r in cells)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols + 1.2, 1.35 * rows + 0.4), squeeze=False)
+    for r in range(rows):
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            image = cells[r][c] if c < len(cells[r]) else None
+            if image is not None:
+                ax.imshow(image)
+            if captions and c < len(captions[r]):
+                ax.set_xlabel(captions[r][c], fontsize=6)
+            if c == 0:
+                ax.set_ylabel(row_labels[r], fontsize=8)
+            if col_labels and r == 0:
+                ax.set_title(col_labels[c], fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    _save(fig, path)
+
+
+def curves_png(series: dict[str, tuple[list[float], list[float]]], path: str | Path, xlabel: str, title: str = "") -> None:
+    """Line plots, one panel per named series of (x, y)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(series), figsize=(3.4 * len(series), 2.8), squeeze=False)
+    for ax, (name, (x, y)) in zip(axes[0], series.items()):
+        ax.plot(x, y, marker="o", markersize=3)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    _save(fig, path)

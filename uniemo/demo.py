@@ -1,0 +1,206 @@
+"""``uniemo demo``: the whole UniEmo method on this machine, offline, in one command.
+
+synth -> pretrain-base -> stage 1 (understanding) -> evaluator -> stage 2 (joint) ->
+generation (8 emotions, transfer, fusion) + the plain-prompt baseline -> generation metrics ->
+explicit feedback + stage 3 -> understanding evaluation of every stage -> report.
+
+Every step is a ``uniemo`` command run in-process, so the demo exercises exactly what a user
+runs. A step that finished leaves a marker in ``OUT/.steps/``; re-running the demo reuses it.
+A step without a marker (never run, or killed) has its outputs removed and runs again.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from uniemo.errors import UniEmoError
+from uniemo.io import read_json, write_json
+from uniemo.vocab import EMOTIONS
+
+TRANSFER_OBJECTS = ("house", "tree", "bottle")
+FUSION_PAIRS = (("amusement", "fear"), ("awe", "sadness"), ("contentment", "anger"))
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """How much work each step does; ``quick`` exists for the end-to-end test and a first look."""
+
+    num_images: int
+    pretrain_args: tuple[str, ...]
+    stage1_epochs: int
+    stage2_steps: int
+    images_per_emotion: int
+    denoising_steps: int
+    feedback_per_emotion: int
+    stage3_epochs: int
+
+
+PLANS = {
+    "full": DemoPlan(num_images=4000, pretrain_args=(), stage1_epochs=6, stage2_steps=300,
+                     images_per_emotion=16, denoising_steps=25, feedback_per_emotion=40, stage3_epochs=3),
+    "quick": DemoPlan(num_images=320, pretrain_args=("--steps-scale", "0.05"), stage1_epochs=1,
+                      stage2_steps=4, images_per_emotion=2, denoising_steps=4, feedback_per_emotion=4,
+                      stage3_epochs=1),
+}
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    title: str
+    outputs: tuple[str, ...]  # paths under OUT that this step writes (removed before a re-run)
+    run: Callable[["Layout"], None]
+
+
+def commands(*lines: Callable[["Layout"], list[list[str]] | list[str]]) -> Callable[["Layout"], None]:
+    """A step made of ``uniemo`` command lines, run in-process; a failing one stops the demo."""
+
+    def run(layout: Layout) -> None:
+        from uniemo.cli import main
+
+        for line in lines:
+            produced = line(layout)
+            for argv in produced if produced and isinstance(produced[0], list) else [produced]:
+                status = main([str(a) for a in argv])
+                if status:
+                    raise UniEmoError(f"demo step `uniemo {' '.join(argv[:2])}` failed (exit {status}); "
+                                      "fix what it printed above and re-run `uniemo demo` to continue from there")
+    return run
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where every step reads and writes, under the demo's output directory."""
+
+    out: Path
+    plan: DemoPlan
+    seed: int
+
+    def __getattr__(self, name: str) -> str:
+        paths = {"data": "data", "foundation": "foundation", "clip": "foundation/clip", "sd": "foundation/sd",
+                 "run1": "run1-understanding", "run2": "run2-joint", "run3": "run3-feedback",
+                 "evaluator": "evaluator", "generated": "generated", "baseline": "baseline",
+                 "transfer": "transfer", "fusion": "fusion", "metrics": "metrics", "explain": "explain"}
+        if name not in paths:
+            raise AttributeError(name)
+        return str(self.out / paths[name])
+
+
+def _generate(L: Layout, out: str, *selector: str, n: int | None = None) -> list:
+    return ["generate", "--run", L.run2, *selector, "-n", n or L.plan.images_per_emotion,
+            "--steps", L.plan.denoising_steps, "--seed", L.seed, "--out", out]
+
+
+def _evaluate_understanding(L: Layout, run: str, name: str) -> list:
+    return ["evaluate", "understanding", "--run", run, "--data", L.data, "--split", "test",
+            "--out", f"{L.metrics}/understanding-{name}.json"]
+
+
+def _evaluate_generation(L: Layout, images: str, name: str) -> list:
+    return ["evaluate", "generation", "--images", images, "--real", L.data, "--clip", L.clip,
+            "--evaluator", L.evaluator, "--seed", L.seed, "--out", f"{L.metrics}/generation-{name}.json"]
+
+
+STEPS = (
+    Step("synth", "synthetic emotional world (EmoSet format)", ("data",), commands(lambda L: [
+        "synth", L.data, "--num-images", L.plan.num_images, "--seed", L.seed])),
+    Step("pretrain", "foundation models: tiny CLIP + tiny Stable Diffusion", ("foundation",), commands(lambda L: [
+        "pretrain-base", L.foundation, "--data", L.data, "--seed", L.seed, *L.plan.pretrain_args])),
+    Step("stage1", "stage 1: hierarchical understanding chain", ("run1-understanding",), commands(lambda L: [
+        "train", "understand", "--data", L.data, "--clip", L.clip, "--out", L.run1, "--preset", "tiny",
+        "--epochs", L.plan.stage1_epochs, "--seed", L.seed])),
+    Step("evaluator", "Emo-A evaluator (independent probe on frozen CLIP)", ("evaluator",), commands(lambda L: [
+        "train", "evaluator", "--clip", L.clip, "--data", L.data, "--out", L.evaluator, "--seed", L.seed])),
+    Step("stage2", "stage 2: joint understanding + generation", ("run2-joint",), commands(lambda L: [
+        "train", "joint", "--run", L.run1, "--sd", L.sd, "--data", L.data, "--out", L.run2,
+        "--max-steps", L.plan.stage2_steps, "--seed", L.seed])),
+    Step("generate", "generation: 8 emotions, transfer onto objects, fusion of emotions",
+         ("generated", "transfer", "fusion"), commands(
+            lambda L: _generate(L, L.generated, "--emotion", "all"),
+            lambda L: [_generate(L, f"{L.transfer}/{o}", "--emotion", "all", "--object", o, n=1)
+                       for o in TRANSFER_OBJECTS],
+            lambda L: [_generate(L, L.fusion, "--mix", f"{a}=0.5,{b}=0.5", n=2) for a, b in FUSION_PAIRS])),
+    Step("baseline", "baseline: the base model prompted with the emotion word", ("baseline",),
+         lambda L: generate_baseline(L)),
+    Step("metrics", "generation metrics (FID, LPIPS, Emo-A, Sem-C, Sem-D)",
+         ("metrics/generation-uniemo.json", "metrics/generation-baseline.json"), commands(
+            lambda L: _evaluate_generation(L, L.generated, "uniemo"),
+            lambda L: _evaluate_generation(L, L.baseline, "baseline"))),
+    Step("feedback", "explicit feedback (Algorithm 1) + stage 3", ("run3-feedback",), commands(lambda L: [
+        "feedback", "--run", L.run2, "--data", L.data, "--evaluator", L.evaluator, "--out", L.run3,
+        "--per-emotion", L.plan.feedback_per_emotion, "--epochs", L.plan.stage3_epochs, "--seed", L.seed])),
+    Step("explain", "expert-query attention maps on test images", ("explain",), commands(lambda L: [
+        "classify", "--run", L.run3, "--explain", L.explain, *test_images(L, 4)])),
+    Step("understanding", "understanding accuracy of every stage (test split)",
+         tuple(f"metrics/understanding-{n}.json" for n in ("stage1", "stage2", "stage3")), commands(
+            lambda L: _evaluate_understanding(L, L.run1, "stage1"),
+            lambda L: _evaluate_understanding(L, L.run2, "stage2"),
+            lambda L: _evaluate_understanding(L, L.run3, "stage3"))),
+)
+
+
+def test_images(L: Layout, count: int) -> list[str]:
+    """The first test image of ``count`` different emotions."""
+    items = read_json(Path(L.data) / "test.json", "split file")
+    firsts = {emotion: path for emotion, path, *_ in reversed(items)}
+    return [str(Path(L.data) / firsts[e]) for e in EMOTIONS if e in firsts][:count]
+
+
+def generate_baseline(L: Layout) -> None:
+    """Paper Table IV's "Stable Diffusion" row: the base model prompted with the plain emotion word."""
+    import torch
+
+    from uniemo.io import atomic_path
+    from uniemo.loading import load_sd
+
+    pipe = load_sd(L.sd)
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    for k, emotion in enumerate(EMOTIONS):
+        images = pipe([emotion] * L.plan.images_per_emotion, num_inference_steps=L.plan.denoising_steps,
+                      height=size, width=size, generator=torch.Generator().manual_seed(L.seed * 1000 + k)).images
+        for i, image in enumerate(images):
+            with atomic_path(Path(L.baseline) / emotion / f"{i:04d}.png") as tmp:
+                image.save(tmp, format="PNG")
+
+
+def run_steps(layout: Layout, log: Callable[[str], None] = print) -> dict[str, float]:
+    """Run every step not finished before; return the seconds each step took (then or now)."""
+    markers = layout.out / ".steps"
+    seconds = {}
+    for number, step in enumerate(STEPS, start=1):
+        marker = markers / f"{step.name}.json"
+        prefix = f"[{number}/{len(STEPS)}] {step.title}"
+        if marker.is_file():
+            seconds[step.name] = read_json(marker)["seconds"]
+            log(f"{prefix}: done earlier ({seconds[step.name]:.0f} s), reused")
+            continue
+        for output in step.outputs:
+            _remove(layout.out / output)
+        log(f"{prefix} ...")
+        start = time.perf_counter()
+        step.run(layout)
+        seconds[step.name] = time.perf_counter() - start
+        write_json(marker, {"seconds": seconds[step.name]})
+        log(f"{prefix}: {seconds[step.name]:.0f} s")
+    return seconds
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def run_demo(out: Path, plan: DemoPlan, seed: int) -> Path:
+    """Run (or resume) every step, then write OUT/report.html and OUT/report.json."""
+    layout = Layout(out.resolve(), plan, seed)
+    layout.out.mkdir(parents=True, exist_ok=True)
+    seconds = run_steps(layout)
+    from uniemo.demo_report import write_demo_report
+
+    return write_demo_report(layout, seconds)
