@@ -209,8 +209,22 @@ def save_config(cfg: UniEmoConfig, path: str | Path) -> None:
 def load_config(path: str | Path) -> UniEmoConfig:
     """Read a config YAML (a run's ``config.yaml`` or a user's override file)."""
     data = read_yaml(path, "config (a run directory made by `uniemo train`, or a YAML file)")
-    data.pop("uniemo_version", None)
+    if "uniemo_version" in data:
+        check_version(data.pop("uniemo_version"), path)
     return from_dict(UniEmoConfig, data, where=str(path))
+
+
+def check_version(written: Any, path: str | Path) -> None:
+    """Refuse a config written by a newer major version of uniemo than this one."""
+    ours = _version()
+    try:
+        major = int(str(written).split(".")[0])
+    except ValueError:
+        raise UniEmoError(f"{path}: uniemo_version {written!r} is not a version number; "
+                          "restore the file or re-create the run") from None
+    if major > int(ours.split(".")[0]):
+        raise UniEmoError(f"{path} was written by uniemo {written}, a newer major version than this uniemo {ours}: "
+                          "upgrade uniemo to read it, or re-create the run with this version")
 
 
 def merge(cfg: UniEmoConfig, overrides: dict[str, Any], where: str = "config") -> UniEmoConfig:

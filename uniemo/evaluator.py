@@ -96,6 +96,9 @@ class Evaluator:
 
         path = Path(path)
         data = read_json(path / CONFIG_NAME, "evaluator config (a directory made by `uniemo train evaluator`)")
+        if not isinstance(data, dict) or "feature_dim" not in data:
+            raise UniEmoError(f"{path} is not an Emo-A evaluator ({CONFIG_NAME} has no feature_dim): "
+                              "expected a directory made by `uniemo train evaluator`")
         config = from_dict(EvaluatorConfig, data, where=str(path / CONFIG_NAME))
         probe = EmotionProbe(config.feature_dim, len(config.class_names), config.hidden)
         load_state_dict_checked(probe, load_tensors(path / WEIGHTS_NAME, "evaluator"), path / WEIGHTS_NAME)

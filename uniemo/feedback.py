@@ -224,8 +224,11 @@ def _ranks_within(scores: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
 
 def check_settings(settings) -> None:
     """One-line errors for a :class:`~uniemo.config.FeedbackConfig` no run could use."""
-    if settings.per_emotion < 1:
-        raise UniEmoError(f"--per-emotion {settings.per_emotion} is invalid: generate at least 1 image per emotion")
+    from uniemo.pipeline import MAX_IMAGES_PER_EMOTION
+
+    if not 1 <= settings.per_emotion <= MAX_IMAGES_PER_EMOTION:
+        raise UniEmoError(f"--per-emotion {settings.per_emotion} is invalid: generate 1 to "
+                          f"{MAX_IMAGES_PER_EMOTION:,} images per emotion")
     check_window(settings.eta, settings.delta)
     if not 0 < settings.proportion < 1:
         raise UniEmoError(f"--proportion {settings.proportion:g} is invalid: use 0 < p < 1 (the paper uses 0.2)")

@@ -33,6 +33,7 @@ from uniemo.io import load_state_dict_checked, load_tensors, read_json
 from uniemo.joint import EmotionSpace
 
 STAGE2_FILES = ("config.yaml", "fusion.safetensors", "alpha_table.json", "emotion_space.safetensors")
+MAX_IMAGES_PER_EMOTION = 100_000  # per command call: its to-do list stays small in memory
 
 
 @dataclass
@@ -71,6 +72,8 @@ def normalise_weights(mix: dict[str, float], class_names: tuple[str, ...]) -> di
             raise UniEmoError(f"weight {weight!r} for {key!r} is invalid: weights must be finite and >= 0")
         clean[key] = float(weight)
     total = sum(clean.values())
+    if not math.isfinite(total):
+        raise UniEmoError(f"mix weights {mix} are too large to add up: use weights like awe=0.7,fear=0.3")
     if total <= 0:
         raise UniEmoError("all mix weights are zero: give at least one emotion a positive weight")
     return {k: w / total for k, w in clean.items() if w > 0}

@@ -433,8 +433,10 @@ def write_synthetic(out, num_images: int = 4000, size: int = 64, seed: int = 0, 
     if num_images < 3 * len(EMOTIONS):
         raise UniEmoError(f"--num-images {num_images} is too small: use at least {3 * len(EMOTIONS)} "
                           "(every emotion needs an image in train, val and test)")
-    if size < 16:
-        raise UniEmoError(f"--size {size} is too small: use at least 16 pixels")
+    if num_images > 1_000_000:
+        raise UniEmoError(f"--num-images {num_images} is too large: use at most 1,000,000")
+    if not 16 <= size <= 1024:
+        raise UniEmoError(f"--size {size} is out of range: use 16 to 1024 pixels")
     if not 0.0 <= label_noise < 0.875:
         raise UniEmoError(f"--label-noise {label_noise} is out of range: use a probability in [0, 0.875)")
     out = Path(out).expanduser()

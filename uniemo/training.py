@@ -25,13 +25,14 @@ What it does:
   ``optim.backbone_lr`` for the CLIP tower, 0 = frozen), linear warmup then constant or cosine,
   gradient clipping.
 - Data order is a permutation drawn from (seed, epoch), so resuming skips the consumed batches
-  by slicing the order, without touching the data.
+  by slicing the order, without touching the data. Each sample is drawn under its own torch
+  RNG seeded by (seed, epoch, index) (:class:`SeededSamples`), so random augmentation does not
+  depend on the worker count, on prefetching or on where a run was interrupted.
 - ``RUN/checkpoints/last/`` is written every ``checkpoint_every`` optimizer steps and at each
   epoch end, atomically (a temporary directory renamed into place): trainable weights,
   optimizer, scheduler, RNG states (torch, numpy, python, CUDA), epoch, step, position in the
-  epoch, best score. ``resume=True`` continues from it; on CPU with deterministic transforms a
-  resumed run ends with exactly the weights of an uninterrupted one (random augmentation resumes
-  with a seeded but different stream).
+  epoch, best score. ``resume=True`` continues from it; on CPU a resumed run ends with exactly
+  the weights of an uninterrupted one, random augmentation included.
 - One JSON line per epoch in ``RUN/metrics.jsonl`` (train means + the evaluate() figures).
 - A NaN/inf loss stops training with a UniEmoError and leaves the last good checkpoint alone.
 """
@@ -109,10 +110,31 @@ def param_groups(model: torch.nn.Module, optim: OptimConfig, backbone: torch.nn.
     return list(groups.values())
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 100_003 + epoch
+
+
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     """The sample order of one epoch: a permutation that depends only on (seed, epoch)."""
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    g = torch.Generator().manual_seed(epoch_seed(seed, epoch))
     return torch.randperm(n, generator=g).tolist()
+
+
+class SeededSamples(torch.utils.data.Dataset):
+    """``dataset[i]`` computed under a torch RNG seeded by (seed, epoch, i) and then restored:
+    a sample's random augmentation is a function of the sample alone, the same in a resumed run,
+    in any DataLoader worker and however far the loader prefetched."""
+
+    def __init__(self, dataset, seed: int, epoch: int):
+        self.dataset, self.seed = dataset, epoch_seed(seed, epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + index) % 2**63)
+            return self.dataset[index]
 
 
 def lr_lambda(optim: OptimConfig, total_steps: int) -> Callable[[int], float]:
@@ -176,9 +198,9 @@ def fit(run_dir: str | Path, model: torch.nn.Module, train_set, collate_fn, step
     while state.epoch < cfg.epochs and not _done(state, cfg):
         order = epoch_order(len(train_set), cfg.seed, state.epoch)
         loader = accelerator.prepare_data_loader(torch.utils.data.DataLoader(
-            train_set, batch_size=cfg.batch_size, sampler=order[state.batch_in_epoch * cfg.batch_size * world:],
-            collate_fn=collate_fn, num_workers=cfg.num_workers,
-            generator=torch.Generator().manual_seed(cfg.seed * 100_003 + state.epoch)))
+            SeededSamples(train_set, cfg.seed, state.epoch), batch_size=cfg.batch_size,
+            sampler=order[state.batch_in_epoch * cfg.batch_size * world:], collate_fn=collate_fn,
+            num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(epoch_seed(cfg.seed, state.epoch))))
         prepared.train()
         bar = tqdm(loader, total=batches_per_epoch, initial=state.batch_in_epoch, leave=False, dynamic_ncols=True,
                    desc=f"{desc} epoch {state.epoch + 1}/{cfg.epochs}", disable=not accelerator.is_main_process)
@@ -227,6 +249,8 @@ def _check_config(cfg: TrainConfig, n: int) -> None:
         raise UniEmoError(f"max_steps={cfg.max_steps} must be at least 1 (or unset)")
     if cfg.num_workers < 0:
         raise UniEmoError(f"num_workers={cfg.num_workers} must be >= 0")
+    if not 0 <= cfg.seed < 2**32:
+        raise UniEmoError(f"seed={cfg.seed} is invalid: use an integer from 0 to {2**32 - 1}")
 
 
 def _done(state: TrainState, cfg: TrainConfig) -> bool:

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from uniemo.config import UnderstandingConfig, from_dict, to_dict
+from uniemo.config import UnderstandingConfig, from_dict, load_config, to_dict
 from uniemo.errors import UniEmoError
 from uniemo.io import load_state_dict_checked, load_tensors, read_json, save_tensors, write_json
 from uniemo.vocab import EMOTIONS, normalise_attribute
@@ -245,6 +245,8 @@ class UniEmoUnderstanding(nn.Module):
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise UniEmoError(f"{run_dir} is not a directory: expected a run made by `uniemo train understand`")
+        if (run_dir / "config.yaml").is_file():
+            load_config(run_dir / "config.yaml")  # refuses a run of a newer uniemo, or a malformed config
         meta = read_json(run_dir / "understanding.json", "understanding config (a run made by `uniemo train understand`)")
         vision_cfg = read_json(run_dir / "vision_config.json", "CLIP vision config")
         try:
@@ -401,8 +403,6 @@ def accuracy_on(model: UniEmoUnderstanding, dataset, batch_size: int = 64, num_w
 def load_image_processor(run_dir: str | Path):
     """The CLIP image processor saved with a run, else the one of the CLIP directory it records."""
     from transformers import CLIPImageProcessor
-
-    from uniemo.config import load_config
 
     run_dir = Path(run_dir)
     source = run_dir

@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
 def check_options(args: argparse.Namespace) -> None:
     from uniemo.errors import UniEmoError
+    from uniemo.pipeline import MAX_IMAGES_PER_EMOTION
 
     for name in ("num_images", "batch_size", "steps"):
         value = getattr(args, name)
@@ -76,6 +77,9 @@ def check_options(args: argparse.Namespace) -> None:
             raise UniEmoError(f"--{name.replace('_', '-')} {value} is invalid: use a positive integer")
     if args.seed < 0:
         raise UniEmoError(f"--seed {args.seed} is invalid: use a non-negative integer")
+    if args.num_images > MAX_IMAGES_PER_EMOTION:
+        raise UniEmoError(f"--num-images {args.num_images} is too large: use at most {MAX_IMAGES_PER_EMOTION:,} "
+                          "per emotion in one call")
     if args.guidance is not None and (not math.isfinite(args.guidance) or args.guidance < 0):
         raise UniEmoError(f"--guidance {args.guidance} is invalid: use a finite number >= 0 (e.g. 7.5)")
 
