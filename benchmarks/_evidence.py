@@ -1,0 +1,81 @@
+"""Shared helpers of the evidence scripts in ``benchmarks/`` (ablation_*.py): run a ``uniemo``
+command in-process, write config overrides, resume or restart an interrupted training run,
+summarise a metric over seeds (mean ± sample standard deviation) and write the result as JSON +
+Markdown. Not a benchmark itself."""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from uniemo.cli import main as uniemo_main
+from uniemo.io import write_json, write_text
+from uniemo.training import _checkpoint_dir
+
+
+def uniemo(*argv: Any) -> None:
+    """``uniemo ARGV…`` in-process; a non-zero exit stops the script with the command line."""
+    line = [str(a) for a in argv]
+    status = uniemo_main(line)
+    if status != 0:
+        raise SystemExit(f"`uniemo {' '.join(line)}` failed (exit {status}); see its message above")
+
+
+def write_overrides(path: Path, overrides: dict) -> Path:
+    """The YAML file passed to ``--config`` (config overrides), written atomically."""
+    write_text(path, yaml.safe_dump(overrides, sort_keys=False))
+    return path
+
+
+def train(run: Path, done: Path, *argv: Any) -> None:
+    """A ``uniemo train …`` command that writes ``run``, skipped when ``done`` exists. An unfinished
+    run continues from its checkpoint (``--resume``); one killed before its first checkpoint
+    holds no trained state and starts again from scratch."""
+    if done.is_file():
+        return
+    if _checkpoint_dir(run / "checkpoints") is not None:
+        argv = (*argv, "--resume")
+    elif run.exists():
+        shutil.rmtree(run)
+    uniemo(*argv)
+
+
+def summarise(values: list[float | None]) -> dict:
+    """Mean ± sample standard deviation over seeds (std 0 for one seed); None where any seed
+    lacks the metric (e.g. LPIPS without AlexNet weights)."""
+    if not values or any(v is None for v in values):
+        return {"mean": None, "std": None, "per_seed": values}
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": statistics.fmean(values), "std": spread, "per_seed": values}
+
+
+def fmt(value: float | None, spec: str = ".3f") -> str:
+    """``value`` in the format ``spec`` (".2%", ".3f", ".3g"...), or — when not computed."""
+    return "—" if value is None else format(value, spec)
+
+
+def fmt_summary(summary: dict, spec: str = ".3f") -> str:
+    """``mean ± std`` of :func:`summarise`."""
+    return "—" if summary["mean"] is None else f"{fmt(summary['mean'], spec)} ± {fmt(summary['std'], spec)}"
+
+
+def fmt_seeds(summary: dict, spec: str = ".3f") -> str:
+    """Every seed's value, comma-separated."""
+    return ", ".join(fmt(v, spec) for v in summary["per_seed"])
+
+
+def table(header: list[str], rows: list[list[str]], align: str) -> str:
+    """A Markdown table; ``align`` has one character per column: l (left) or r (right)."""
+    rule = ["---:" if a == "r" else "---" for a in align]
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in (header, rule, *rows)) + "\n"
+
+
+def publish(out: Path, result: dict, title: str, markdown: str) -> None:
+    """Write the result JSON (atomically) and the Markdown beside it, then print the table."""
+    write_json(out, result)
+    write_text(out.with_suffix(".md"), f"# {title}\n\n{markdown}")
+    print(f"\n{markdown}\nwrote {out} and {out.with_suffix('.md')}")

@@ -1,0 +1,152 @@
+"""Evidence for understanding-guided fusion (issue 4, paper Tables IV-V): Emo-A of generated
+images for (a) the base model prompted with the plain emotion word, (b) cls-only fusion
+(EmoGen-like), (c) cls + scene + object without α, (d) full UniEmo (cls + scene + object, α,
+L_cond), for several seeds; mean ± sample standard deviation, and every seed. FID, Sem-C, Sem-D
+(and LPIPS when its weights exist) are recorded alongside.
+
+Emo-A is measured by DEMO/evaluator, a probe on frozen tiny-CLIP image features trained by
+`uniemo train evaluator` and never seen by any generator. Per variant (b-d) and seed S:
+`uniemo train joint --run DEMO/run1-understanding --config OVERRIDES --max-steps N --seed S`
+(only fusion.features / use_alpha / cond_loss differ), `uniemo generate --emotion all -n K
+--steps T --seed S`, `uniemo evaluate generation --evaluator DEMO/evaluator --seed S`. The
+baseline (a) is `uniemo demo`'s own baseline step (uniemo.demo.generate_baseline: the frozen SD,
+the emotion word as the prompt, the pipeline's default guidance 7.5) with K images, T steps and
+seed S, evaluated the same way. Finished pieces are reused (a run with implicit_feedback.json,
+a seed with metrics.json; `uniemo generate` skips images already written), so re-running the
+script continues where it stopped.
+
+Reads a `uniemo demo` output directory (data/, foundation/{clip,sd}/, run1-understanding/,
+evaluator/); writes everything under --work (default DEMO/ablations/generation) and the table
+as JSON (--out, default DEMO/ablations/generation.json) and Markdown (beside it).
+
+  .venv/bin/python benchmarks/ablation_generation.py --demo demo-out
+  .venv/bin/python benchmarks/ablation_generation.py --demo /tmp/dq --max-steps 1 -n 2 --steps 2 --seeds 0   # smoke
+
+Time: 9 stage-2 runs of --max-steps plus 12 x (8 x K images at T denoising steps + metrics).
+At the defaults (300 steps, K 16, T 25) about 5 h on 2 shared CPU cores (measured per unit at
+tiny scale: ~3 s per stage-2 step of batch 32, ~0.3 s per image per denoising step, ~40 s of
+loading per command); far less on a GPU. The smoke test above: ~4 min per seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from pathlib import Path
+
+from _evidence import fmt_seeds, fmt_summary, publish, summarise, table, train, uniemo, write_overrides
+
+from uniemo.demo import PLANS, Layout, generate_baseline
+from uniemo.config import load_config
+from uniemo.io import read_json
+
+FULL = PLANS["full"]
+BASELINE = "baseline"
+# Paper Table V's switches; every variant states all three so the RUN1 config cannot leak in.
+FUSION = {
+    "cls-only": {"features": ["cls"], "use_alpha": False, "cond_loss": "cond"},
+    "no-alpha": {"features": ["cls", "scene", "object"], "use_alpha": False, "cond_loss": "cond"},
+    "uniemo": {"features": ["cls", "scene", "object"], "use_alpha": True, "cond_loss": "cond"},
+}
+LABELS = {BASELINE: "(a) base model, emotion word", "cls-only": "(b) cls-only fusion (EmoGen-like)",
+          "no-alpha": "(c) cls + scene + object, no α", "uniemo": "(d) UniEmo: α + L_cond"}
+METRICS = ("emo_a", "fid", "sem_c", "sem_d", "lpips")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--demo", type=Path, default=Path("demo-out"), help="`uniemo demo` output (default demo-out)")
+    parser.add_argument("--work", type=Path, help="where runs and images go (default DEMO/ablations/generation)")
+    parser.add_argument("--out", type=Path, help="JSON to write (default DEMO/ablations/generation.json)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--max-steps", type=int, default=FULL.stage2_steps,
+                        help=f"stage-2 optimizer steps (default {FULL.stage2_steps}, as the full demo)")
+    parser.add_argument("-n", "--images-per-emotion", type=int, default=FULL.images_per_emotion,
+                        help=f"images generated per emotion (default {FULL.images_per_emotion}, as the full demo)")
+    parser.add_argument("--steps", type=int, default=FULL.denoising_steps,
+                        help=f"denoising steps (default {FULL.denoising_steps}, as the full demo)")
+    return parser.parse_args()
+
+
+def evaluate(args, images: Path, seed: int, out: Path) -> dict:
+    """`uniemo evaluate generation` of ``images`` (or its earlier report); returns the metrics."""
+    if not out.is_file():
+        d = args.demo
+        uniemo("evaluate", "generation", "--images", images, "--real", d / "data", "--clip", d / "foundation" / "clip",
+               "--evaluator", d / "evaluator", "--seed", seed, "--out", out)
+    return read_json(out, "generation metrics")["metrics"]
+
+
+def fusion_seed(args, variant: str, seed: int, work: Path) -> dict:
+    """Stage 2 with ``variant``'s fusion switches, then generation and its metrics, for one seed."""
+    home = work / variant / f"seed{seed}"
+    run2, images, report = home / "run2", home / "images", home / "metrics.json"
+    if not report.is_file():
+        overrides = write_overrides(work / variant / "overrides.yaml", {"fusion": FUSION[variant]})
+        d = args.demo
+        train(run2, run2 / "implicit_feedback.json", "train", "joint", "--run", d / "run1-understanding",
+              "--sd", d / "foundation" / "sd", "--data", d / "data", "--out", run2, "--config", overrides,
+              "--max-steps", args.max_steps, "--seed", seed)
+        uniemo("generate", "--run", run2, "--emotion", "all", "-n", args.images_per_emotion,
+               "--steps", args.steps, "--seed", seed, "--out", images)
+    return evaluate(args, images, seed, report)
+
+
+def baseline_seed(args, seed: int, work: Path) -> dict:
+    """The demo's baseline step for one seed, in a Layout whose foundation/ links to the demo's."""
+    home = work / BASELINE / f"seed{seed}"
+    if not (home / "metrics.json").is_file():
+        home.mkdir(parents=True, exist_ok=True)
+        if not (home / "foundation").exists():
+            os.symlink((args.demo / "foundation").resolve(), home / "foundation", target_is_directory=True)
+        plan = dataclasses.replace(FULL, images_per_emotion=args.images_per_emotion, denoising_steps=args.steps)
+        generate_baseline(Layout(home, plan, seed))
+    return evaluate(args, home / "baseline", seed, home / "metrics.json")
+
+
+def row(variant: str, per_seed: list[dict]) -> dict:
+    """One table row: every metric's "all" figure summarised over seeds."""
+    return {"variant": variant, "label": LABELS[variant], "fusion": FUSION.get(variant),
+            **{m: summarise([metrics[m]["all"] for metrics in per_seed]) for m in METRICS},
+            "networks": {m: per_seed[0][m]["network"] for m in METRICS}}
+
+
+def guidance(work: Path, seed: int) -> float:
+    """The classifier-free guidance `uniemo generate` used: the stage-2 run's generation config."""
+    return load_config(work / "uniemo" / f"seed{seed}" / "run2" / "config.yaml").generation.guidance_scale
+
+
+def markdown(result: dict) -> str:
+    rows = [[r["label"], fmt_summary(r["emo_a"], ".2%"), fmt_seeds(r["emo_a"], ".2%"),
+             fmt_summary(r["fid"], ".2f"), fmt_summary(r["sem_c"]), fmt_summary(r["sem_d"], ".3g"),
+             fmt_summary(r["lpips"])] for r in result["rows"]]
+    header = ["variant", "Emo-A ↑ (mean ± std)", "per seed", "FID ↓", "Sem-C ↑", "Sem-D ↑", "LPIPS ↑"]
+    return table(header, rows, "lrlrrrr") + footer(result)
+
+
+def footer(result: dict) -> str:
+    """The settings under the table and the network behind every metric."""
+    networks = result["rows"][0]["networks"]
+    return (f"\nseeds {result['seeds']}; stage 2: {result['max_steps']} steps; {result['images_per_emotion']} images "
+            f"per emotion, {result['denoising_steps']} denoising steps; std = sample standard deviation over seeds; "
+            f"guidance: (a) {result['guidance']['baseline']} as in `uniemo demo`, (b-d) {result['guidance']['fusion']}"
+            "\n\n" + "".join(f"- {m}: {networks[m] or 'not computed'}\n" for m in METRICS))
+
+
+def main() -> None:
+    args = parse_args()
+    work = args.work or args.demo / "ablations" / "generation"
+    out = args.out or args.demo / "ablations" / "generation.json"
+    rows = [row(BASELINE, [baseline_seed(args, seed, work) for seed in args.seeds])]
+    rows += [row(variant, [fusion_seed(args, variant, seed, work) for seed in args.seeds]) for variant in FUSION]
+    result = {"demo": str(args.demo), "seeds": args.seeds, "max_steps": args.max_steps,
+              "images_per_emotion": args.images_per_emotion, "denoising_steps": args.steps,
+              "guidance": {"baseline": "the diffusers pipeline default (7.5)",
+                           "fusion": f"the run's generation.guidance_scale ({guidance(work, args.seeds[0])})"},
+              "evaluator": str(args.demo / "evaluator"), "spread": "sample standard deviation over seeds", "rows": rows}
+    publish(out, result, "Fusion ablation: Emo-A of generated images", markdown(result))
+
+
+if __name__ == "__main__":
+    main()
