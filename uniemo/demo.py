@@ -132,7 +132,8 @@ STEPS = (
             lambda L: _evaluate_generation(L, L.baseline, "baseline"))),
     Step("feedback", "explicit feedback (Algorithm 1) + stage 3", ("run3-feedback",), commands(lambda L: [
         "feedback", "--run", L.run2, "--data", L.data, "--evaluator", L.evaluator, "--out", L.run3,
-        "--per-emotion", L.plan.feedback_per_emotion, "--epochs", L.plan.stage3_epochs, "--seed", L.seed])),
+        "--per-emotion", L.plan.feedback_per_emotion, "--epochs", L.plan.stage3_epochs,
+        "--steps", L.plan.denoising_steps, "--seed", L.seed])),
     Step("explain", "expert-query attention maps on test images", ("explain",), commands(lambda L: [
         "classify", "--run", L.run3, "--explain", L.explain, *test_images(L, 4)])),
     Step("understanding", "understanding accuracy of every stage (test split)",
@@ -154,14 +155,17 @@ def generate_baseline(L: Layout) -> None:
     """Paper Table IV's "Stable Diffusion" row: the base model prompted with the plain emotion word."""
     import torch
 
+    from uniemo.config import load_config
     from uniemo.io import atomic_path
     from uniemo.loading import load_sd
 
     pipe = load_sd(L.sd)
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    guidance = load_config(Path(L.run2) / "config.yaml").generation.guidance_scale  # as UniEmo's images
     for k, emotion in enumerate(EMOTIONS):
         images = pipe([emotion] * L.plan.images_per_emotion, num_inference_steps=L.plan.denoising_steps,
-                      height=size, width=size, generator=torch.Generator().manual_seed(L.seed * 1000 + k)).images
+                      guidance_scale=guidance, height=size, width=size,
+                      generator=torch.Generator().manual_seed(L.seed * 1000 + k)).images
         for i, image in enumerate(images):
             with atomic_path(Path(L.baseline) / emotion / f"{i:04d}.png") as tmp:
                 image.save(tmp, format="PNG")
