@@ -5,6 +5,7 @@ inside ``run`` so ``uniemo --help`` stays fast."""
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -75,6 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except UniEmoError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"error: {e.strerror} while writing{f' {e.filename}' if e.filename else ''}: free disk space, then "
+              "run the command again (training: with --resume; what was written before is intact)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
