@@ -258,3 +258,12 @@ def test_any_mix_text_gives_weights_summing_to_one_or_a_one_line_error(text):
     assert weights and set(weights) <= set(EMOTIONS)
     assert all(w >= 0 for w in weights.values())
     assert sum(weights.values()) == pytest.approx(1.0)
+
+
+def test_an_empty_split_is_one_line_not_a_crash(paths, tmp_path, capsys):
+    root = tmp_path / "empty"
+    root.mkdir()
+    shutil.copy(paths["data"] / "info.json", root / "info.json")
+    (root / "train.json").write_text("[]")
+    for template in ("data check {data}", "train evaluator --clip {clip} --data {data} --out {out}/e"):
+        expect_error(template, f"no usable images in {root} (train)", {**paths, "data": root, "out": tmp_path}, capsys)
