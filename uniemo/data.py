@@ -226,7 +226,7 @@ def open_dataset(root, kind: str = "emoset", split: str = "train", transform: Ca
     if split not in SPLITS:
         raise UniEmoError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
     if not root.is_dir():
-        raise UniEmoError(f"{root} is not a directory: expected a {kind} dataset root")
+        raise UniEmoError(f"{root} is not a directory: expected the root folder of a dataset of kind {kind!r}")
     if kind == "emoset":
         return _open_emoset(root, split, transform)
     return _open_folder(root, kind, split, transform, seed)
