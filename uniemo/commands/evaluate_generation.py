@@ -20,18 +20,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="train", help="real split used as FID reference (default train)")
     parser.add_argument("--max-real", type=int, default=None, metavar="N",
                         help="at most N real images per emotion, a seeded sample (default all)")
-    parser.add_argument("--clip", metavar="DIR", help="local CLIP directory (default: the evaluator's CLIP)")
     parser.add_argument("--evaluator", metavar="EVAL", help="Emo-A evaluator made by `uniemo train evaluator`")
-    parser.add_argument("--inception", metavar="FILE", help="torch-fidelity Inception-v3 weights (.pth)")
-    parser.add_argument("--lpips-alex", metavar="FILE", help="torchvision AlexNet weights (.pth or .safetensors)")
-    parser.add_argument("--lpips-linear", metavar="FILE", help="LPIPS v0.1 AlexNet linear layers (default: lpips' copy)")
-    parser.add_argument("--places365", metavar="FILE", help="ResNet-50 Places365 weights for Sem-C")
-    parser.add_argument("--imagenet-resnet50", metavar="FILE", help="ResNet-50 ImageNet weights for Sem-C")
+    add_network_arguments(parser)
     parser.add_argument("--pairs", type=int, default=10, help="random pairs per emotion for LPIPS/Sem-D (default 10)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the pairs and the real sample (default 0)")
     parser.add_argument("--out", default=None, metavar="FILE",
                         help="JSON report (default DIR/generation_metrics.json; the table goes beside it as .md)")
+
+
+def add_network_arguments(parser: argparse.ArgumentParser) -> None:
+    """The metric networks, each from a local file (``load_networks`` reads them); shared with `feedback`."""
+    parser.add_argument("--clip", metavar="DIR", help="local CLIP directory (default: the evaluator's CLIP)")
+    parser.add_argument("--inception", metavar="FILE", help="torch-fidelity Inception-v3 weights (.pth)")
+    parser.add_argument("--lpips-alex", metavar="FILE", help="torchvision AlexNet weights (.pth or .safetensors)")
+    parser.add_argument("--lpips-linear", metavar="FILE", help="LPIPS v0.1 AlexNet linear layers (default: lpips' copy)")
+    parser.add_argument("--places365", metavar="FILE", help="ResNet-50 Places365 weights for Sem-C")
+    parser.add_argument("--imagenet-resnet50", metavar="FILE", help="ResNet-50 ImageNet weights for Sem-C")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from uniemo.commands.evaluate_generation import add_network_arguments
     from uniemo.commands.train_understand import DATASETS
 
     parser.add_argument("--run", required=True, metavar="RUN2", help="stage-2 run (from `uniemo train joint`)")
@@ -47,12 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of generation, the mix and training (default 0)")
     parser.add_argument("--resume", action="store_true", help="continue the stage-3 training in RUN3")
     parser.add_argument("--metrics", action="store_true", help="also measure the generated and the kept images")
-    parser.add_argument("--clip", metavar="DIR", help="CLIP for Sem-C zero-shot / Sem-D (default: the evaluator's)")
-    parser.add_argument("--places365", metavar="FILE", help="ResNet-50 Places365 weights for Sem-C")
-    parser.add_argument("--imagenet-resnet50", metavar="FILE", help="ResNet-50 ImageNet weights for Sem-C")
-    parser.add_argument("--inception", metavar="FILE", help="with --metrics: torch-fidelity Inception-v3 weights")
-    parser.add_argument("--lpips-alex", metavar="FILE", help="with --metrics: torchvision AlexNet weights")
-    parser.add_argument("--lpips-linear", metavar="FILE", help="with --metrics: LPIPS linear layers")
+    add_network_arguments(parser)  # Sem-C's classifiers; with --metrics, every metric's network
 
 
 def run(args: argparse.Namespace) -> int:
