@@ -22,10 +22,10 @@ import shutil
 import statistics
 from pathlib import Path
 
-from uniemo.cli import main as uniemo
+from _evidence import publish, summarise, uniemo
 from uniemo.config import load_config
 from uniemo.data import clip_transforms, open_dataset
-from uniemo.io import read_json, write_json, write_text
+from uniemo.io import read_json
 from uniemo.understanding import load_image_processor, train_understanding
 
 CONDITIONS = {"emo-a": "Emo-A only", "sem-c": "Sem-C only", "emo-a,sem-c": "Emo-A + Sem-C"}
@@ -65,8 +65,7 @@ def feedback_run(args, seed: int, criteria: str, out: Path) -> dict:
         for flag, value in (("--per-emotion", args.per_emotion), ("--steps", args.steps)):
             if value is not None:
                 argv += [flag, value]
-        if uniemo([str(a) for a in argv]) != 0:
-            raise SystemExit(f"uniemo feedback failed for seed {seed}, criteria {criteria}")
+        uniemo(*argv)
     return read_json(out / "feedback.json")
 
 
@@ -90,11 +89,6 @@ def no_feedback_run(args, seed: int, out: Path) -> float:
         real = open_dataset(data, "emoset", "train", clip_transforms(load_image_processor(run2), train=True))
         train_understanding(data, out, cfg, train_set=real, init_from=run2, resume=(out / "config.yaml").is_file())
     return read_json(out / "eval.json")["test"]["top1"]
-
-
-def summarise(values: list[float]) -> dict:
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return {"mean": statistics.fmean(values), "std": spread, "per_seed": values}
 
 
 def markdown(result: dict) -> str:
@@ -132,10 +126,7 @@ def main() -> None:
               "proportion": args.proportion, "epochs": args.epochs, "max_steps": args.max_steps,
               "rows": [{"condition": name, **row, "accuracy": summarise(row["accuracy"])}
                        for name, row in rows.items()]}
-    table = markdown(result)
-    write_json(out, result)
-    write_text(out.with_suffix(".md"), f"# Explicit feedback ablation\n\n{table}")
-    print(table + f"wrote {out} and {out.with_suffix('.md')}")
+    publish(out, result, "Explicit feedback ablation", markdown(result))
 
 
 if __name__ == "__main__":
