@@ -1,0 +1,69 @@
+"""End to end: `uniemo demo --quick` runs every step offline, writes a report whose figures are
+present and in range, and a second run reuses every finished step."""
+
+import json
+
+import pytest
+
+from uniemo.cli import main
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    return out
+
+
+def _fraction(value):
+    return isinstance(value, float) and 0.0 <= value <= 1.0
+
+
+def test_report_json_carries_every_headline_figure_in_range(quick_demo):
+    report = json.loads((quick_demo / "report.json").read_text())
+    assert _fraction(report["understanding"]["test_accuracy"])
+    assert all(_fraction(v) for v in report["understanding"]["by_stage"].values())
+    assert set(report["understanding"]["by_stage"]) == {"stage1", "stage2", "stage3"}
+    assert _fraction(report["generation"]["emo_a"]) and _fraction(report["generation"]["emo_a_baseline"])
+    for name in ("uniemo", "baseline"):
+        figures = report["generation"][name]
+        assert figures["fid"] >= 0 and _fraction(figures["sem_c"]) and figures["sem_d"] >= 0
+        assert "clip" in figures["networks"]["fid"]  # the report names the network behind each number
+    steps = report["timings"]["steps"]
+    assert {"synth", "pretrain", "stage1", "stage2", "generate", "feedback"} <= set(steps)
+    assert all(s > 0 for s in steps.values())
+    assert 0 < report["feedback"]["kept"] <= report["feedback"]["generated"]
+
+
+def test_report_html_is_self_contained_and_labels_its_columns(quick_demo):
+    html = (quick_demo / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 8  # world, curves, confusion, attention, grids
+    assert "src=\"http" not in html and "src=\"/" not in html
+    for table in ("Table I shape", "Table IV shape", "Table VI shape"):
+        assert table in html
+    assert "this run (synthetic world, tiny models)" in html and "paper (EmoSet" in html
+
+
+def test_every_generated_emotion_and_transfer_image_exists(quick_demo):
+    from uniemo.vocab import EMOTIONS
+
+    for emotion in EMOTIONS:
+        assert list((quick_demo / "generated" / emotion).glob("0000.png"))
+        assert list((quick_demo / "transfer" / "house" / emotion).glob("0000.png"))
+    lines = (quick_demo / "generated" / "metadata.jsonl").read_text().splitlines()
+    assert len(lines) == len(EMOTIONS) * 2
+
+
+def test_a_second_run_reuses_every_step(quick_demo, capsys):
+    assert main(["demo", "--quick", "--out", str(quick_demo)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("reused") == printed.count("] ") and "reused" in printed
+
+
+def test_a_broken_step_is_redone(quick_demo, capsys):
+    (quick_demo / ".steps" / "explain.json").unlink()
+    for png in (quick_demo / "explain").glob("*.png"):
+        png.unlink()
+    assert main(["demo", "--quick", "--out", str(quick_demo)]) == 0
+    assert list((quick_demo / "explain").glob("*.png"))
+    assert "expert-query attention maps on test images: " in capsys.readouterr().out
