@@ -182,3 +182,21 @@ def test_steps_scale_scales_every_step_count():
     for name in ("clip_steps", "vae_steps", "unet_steps"):
         assert getattr(half, name) == round(getattr(full, name) / 2)
     assert pb.PretrainConfig().scaled(1e-6).clip_steps == 1
+
+
+def test_vae_crops_and_mirrored_world(world):
+    g = torch.Generator().manual_seed(0)
+    crop = pb.random_crop(world.images[:4], 32, g)
+    assert crop.shape == (4, 3, 32, 32)
+    both = pb.mirrored(world)
+    n = len(world.images)
+    assert torch.equal(both.images[n:], world.images.flip(-1)) and torch.equal(both.scene[n:], world.scene)
+
+
+def test_unet_attention_levels():
+    from uniemo.foundation import unet_config
+
+    assert unet_config(32)["down_block_types"] == ["CrossAttnDownBlock2D", "DownBlock2D"]
+    low = unet_config(32, attention_at=pb.PretrainConfig().unet_attention)
+    assert low["down_block_types"] == ["DownBlock2D", "CrossAttnDownBlock2D"]
+    assert low["up_block_types"] == ["CrossAttnUpBlock2D", "UpBlock2D"]

@@ -84,26 +84,31 @@ def save_clip(out: str | Path, model, tokenizer, image_size: int) -> Path:
 
 
 def unet_config(cross_attention_dim: int, preset: str | None = None, sample_size: int = 16,
-                channels: Sequence[int] = (32, 64)) -> dict:
-    """The SD 1.5 UNet config (``preset='sd15'``) or a tiny one with the same block types
-    (two levels of ``channels``)."""
+                channels: Sequence[int] = (32, 64), attention_at: Sequence[bool] = (True, False)) -> dict:
+    """The SD 1.5 UNet config (``preset='sd15'``) or a tiny one with the same block types, one
+    level per entry of ``channels``, with (cross-)attention at the levels ``attention_at`` marks
+    (besides the middle block, which always has it)."""
     if preset == "sd15":
         return dict(SD15_UNET, cross_attention_dim=cross_attention_dim)
+    down = ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention_at]
+    up = ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention_at)]
     return dict(sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=1,
                 block_out_channels=list(channels), cross_attention_dim=cross_attention_dim, attention_head_dim=4,
-                norm_num_groups=8, down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
-                up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"])
+                norm_num_groups=8, down_block_types=down, up_block_types=up)
 
 
-def vae_config(preset: str | None = None, channels: Sequence[int] = (32, 64, 64), sample_size: int = 64) -> dict:
-    """SD's VAE config (8x down-sampling) or a tiny one, one level per entry of ``channels`` (3 levels: 4x)."""
+def vae_config(preset: str | None = None, channels: Sequence[int] = (32, 64, 64), sample_size: int = 64,
+               mid_attention: bool = True) -> dict:
+    """SD's VAE config (8x down-sampling) or a tiny one, one level per entry of ``channels`` (3 levels: 4x);
+    without ``mid_attention`` the tiny one is purely convolutional, so it can train on crops."""
     if preset == "sd15":
         return dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
                     block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,
                     up_block_types=["UpDecoderBlock2D"] * 4)
     return dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, sample_size=sample_size,
                 block_out_channels=list(channels), norm_num_groups=8,
-                down_block_types=["DownEncoderBlock2D"] * len(channels), up_block_types=["UpDecoderBlock2D"] * len(channels))
+                down_block_types=["DownEncoderBlock2D"] * len(channels), up_block_types=["UpDecoderBlock2D"] * len(channels),
+                mid_block_add_attention=mid_attention)
 
 
 def save_sd(out: str | Path, text_encoder, tokenizer, unet, vae, scheduler=None) -> Path:

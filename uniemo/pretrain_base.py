@@ -13,9 +13,11 @@ Recipe (one function per step):
    the targets are multi-positive: caption ``j`` is a positive of image ``i`` when every
    attribute it names is the image's. With a dozen scenes in a batch of 128 the plain
    one-hot targets would push apart images and captions that match.
-3. VAE (``AutoencoderKL``, 4x down-sampling): L1 reconstruction + a small KL term; then every
-   training image is encoded once and ``scaling_factor`` set so latents have unit variance.
-4. UNet: epsilon prediction on the DDPM schedule of SD 1.5, conditioned on the frozen CLIP
+3. VAE (``AutoencoderKL``, 4x down-sampling, purely convolutional): MSE + L1 reconstruction of
+   random crops (a quarter of the pixels of a full image per sample, the same per-pixel task)
+   + a small KL term; then every training image and its mirror image is encoded once and
+   ``scaling_factor`` set so latents have unit variance.
+4. UNet (attention only at the lower of its two resolutions and in the middle): epsilon prediction on the DDPM schedule of SD 1.5, conditioned on the frozen CLIP
    text tower's hidden states (encoded once per distinct caption), with the caption dropped
    to "" 10% of the time so classifier-free guidance works. A DDIM scheduler with the same
    betas is saved for inference.
@@ -74,15 +76,17 @@ class PretrainConfig:
     clip_lr: float = 2e-3
     # VAE
     vae_channels: list[int] = field(default_factory=lambda: [16, 32, 32])
-    vae_steps: int = 120
+    vae_steps: int = 600
     vae_batch: int = 32
-    vae_lr: float = 2e-3
+    vae_crop: int = 32  # side of the random crops the VAE trains on
+    vae_lr: float = 3e-3
     kl_weight: float = 1e-6
     # UNet
     unet_channels: list[int] = field(default_factory=lambda: [32, 64])
-    unet_steps: int = 300
+    unet_attention: list[bool] = field(default_factory=lambda: [False, True])  # per level, high to low resolution
+    unet_steps: int = 500
     unet_batch: int = 64
-    unet_lr: float = 1e-3
+    unet_lr: float = 2e-3
     uncond_prob: float = 0.1
     # zero-shot check on generated images
     eval_images: int = 96
@@ -315,21 +319,29 @@ def to_unit_range(images: torch.Tensor) -> torch.Tensor:
     return images.float() / 127.5 - 1.0
 
 
+def random_crop(images: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
+    """The same random ``size`` x ``size`` window of every image of the batch."""
+    dy, dx = torch.randint(images.shape[-1] - size + 1, (2,), generator=g).tolist()
+    return images[..., dy:dy + size, dx:dx + size]
+
+
 def train_vae(world: World, cfg: PretrainConfig, g: torch.Generator):
-    """An ``AutoencoderKL`` trained for L1 reconstruction with a small KL weight; returns (vae, losses)."""
+    """A convolutional ``AutoencoderKL`` trained on random flipped crops for MSE + L1
+    reconstruction with a small KL weight; returns (vae, losses)."""
     from diffusers import AutoencoderKL
 
     from uniemo.foundation import vae_config
 
-    vae = AutoencoderKL(**vae_config(channels=cfg.vae_channels, sample_size=cfg.image_size)).train()
+    vae = AutoencoderKL(**vae_config(channels=cfg.vae_channels, sample_size=cfg.image_size,
+                                     mid_attention=False)).train()
 
     def loss_fn(step: int) -> torch.Tensor:
         idx = torch.randint(len(world.images), (cfg.vae_batch,), generator=g)
-        x = to_unit_range(world.images[idx])
+        x = random_crop(to_unit_range(world.images[idx]), min(cfg.vae_crop, cfg.image_size), g)
         x = torch.where((torch.rand(len(x), generator=g) < 0.5)[:, None, None, None], x.flip(-1), x)
         posterior = vae.encode(x).latent_dist
         reconstruction = vae.decode(posterior.sample(generator=g)).sample
-        return F.l1_loss(reconstruction, x) + cfg.kl_weight * posterior.kl().mean()
+        return F.mse_loss(reconstruction, x) + F.l1_loss(reconstruction, x) + cfg.kl_weight * posterior.kl().mean()
 
     losses = optimise(list(vae.parameters()), cfg.vae_steps, cfg.vae_lr, loss_fn, "vae")
     return vae.eval(), losses
@@ -356,17 +368,24 @@ def encode_captions(text_encoder, tokenizer, texts: list[str]) -> torch.Tensor:
     return text_encoder(tokenize(tokenizer, texts)).last_hidden_state
 
 
+def mirrored(world: World) -> World:
+    """The world followed by its mirror images (a flip changes neither scene nor object)."""
+    return World(torch.cat([world.images, world.images.flip(-1)]), world.scene.repeat(2), world.object.repeat(2),
+                 world.scene_names, world.object_names)
+
+
 def train_unet(world: World, latents: tuple[torch.Tensor, torch.Tensor], scaling_factor: float,
                captions: Captions, states: torch.Tensor, cfg: PretrainConfig, g: torch.Generator):
-    """A ``UNet2DConditionModel`` trained for epsilon prediction; ``states`` holds the text
-    states of every caption row and, in its last row, of the empty prompt. Returns (unet, losses)."""
+    """A ``UNet2DConditionModel`` trained for epsilon prediction on the ``latents`` of ``world``'s
+    images; ``states`` holds the text states of every caption row and, in its last row, of the
+    empty prompt. Returns (unet, losses)."""
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
     from uniemo.foundation import unet_config
 
     mean, std = latents
     unet = UNet2DConditionModel(**unet_config(states.shape[-1], sample_size=mean.shape[-1],
-                                              channels=cfg.unet_channels)).train()
+                                              channels=cfg.unet_channels, attention_at=cfg.unet_attention)).train()
     noise_schedule = DDPMScheduler(**SD_SCHEDULE)
     empty = len(states) - 1
 
@@ -481,12 +500,13 @@ def pretrain_base(out: str | Path, data: str | Path, cfg: PretrainConfig | None 
     tokenizer = train_tokenizer(captions, cfg)
     times = {"data": time.perf_counter() - start}
 
-    times["clip"], (clip, clip_losses) = _timed(lambda: train_clip(train, captions, tokenizer, cfg, g))
-    times["vae"], (vae, vae_losses) = _timed(lambda: train_vae(train, cfg, g))
-    latents = encode_latents(vae, train.images)
+    clip, clip_losses = _timed(times, "clip", lambda: train_clip(train, captions, tokenizer, cfg, g))
+    vae, vae_losses = _timed(times, "vae", lambda: train_vae(train, cfg, g))
+    both = mirrored(train)
+    latents = _timed(times, "encode", lambda: encode_latents(vae, both.images))
     states = encode_captions(clip.text_model, tokenizer, captions.texts + [""])
-    times["unet"], (unet, unet_losses) = _timed(lambda: train_unet(
-        train, latents, vae.config.scaling_factor, captions, states, cfg, g))
+    unet, unet_losses = _timed(times, "unet", lambda: train_unet(
+        both, latents, vae.config.scaling_factor, captions, states, cfg, g))
     times["training"] = time.perf_counter() - start
     times["training_cpu"] = time.process_time() - cpu_start  # CPU seconds, all threads: robust to a busy machine
 
@@ -506,10 +526,13 @@ def pretrain_base(out: str | Path, data: str | Path, cfg: PretrainConfig | None 
     return report
 
 
-def _timed(fn):
-    start = time.perf_counter()
+def _timed(times: dict, name: str, fn):
+    """``fn()``, recording its wall seconds as ``times[name]`` and its CPU seconds (all threads)
+    as ``times[name + '_cpu']``."""
+    start, cpu_start = time.perf_counter(), time.process_time()
     result = fn()
-    return time.perf_counter() - start, result
+    times[name], times[f"{name}_cpu"] = time.perf_counter() - start, time.process_time() - cpu_start
+    return result
 
 
 def _ends(losses: list[float], window: int = 10) -> dict:
@@ -562,5 +585,6 @@ def _log_report(report: dict, out: Path, log: Callable[[str], None]) -> None:
         r = zs[kind]
         log(f"zero-shot on {r['images']} {kind} test images: scene {r['scene']:.3f}, object {r['object']:.3f} "
             f"(target >= {target})")
-    log(f"training {t['training']:.0f}s (clip {t['clip']:.0f}s, vae {t['vae']:.0f}s, unet {t['unet']:.0f}s) "
+    log(f"training {t['training']:.0f}s (clip {t['clip']:.0f}s, vae {t['vae']:.0f}s, encode {t['encode']:.0f}s, "
+        f"unet {t['unet']:.0f}s) "
         f"({t['training_cpu']:.0f} CPU-s on {report['threads']} threads); wrote {out}/clip, {out}/sd, {out}/{REPORT}")
