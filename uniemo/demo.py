@@ -21,8 +21,6 @@ from uniemo.errors import UniEmoError
 from uniemo.io import read_json, write_json
 from uniemo.vocab import EMOTIONS
 
-TRANSFER_OBJECTS = ("house", "tree", "bottle")
-FUSION_PAIRS = (("amusement", "fear"), ("awe", "sadness"), ("contentment", "anger"))
 
 
 @dataclass(frozen=True)
@@ -37,14 +35,16 @@ class DemoPlan:
     denoising_steps: int
     feedback_per_emotion: int
     stage3_epochs: int
+    transfer_objects: tuple[str, ...] = ("house", "tree", "bottle")  # objects of the synthetic world
+    fusion_pairs: tuple[tuple[str, str], ...] = (("amusement", "fear"), ("awe", "sadness"), ("contentment", "anger"))
 
 
 PLANS = {
     "full": DemoPlan(num_images=4000, pretrain_args=(), stage1_epochs=6, stage2_steps=300,
                      images_per_emotion=16, denoising_steps=25, feedback_per_emotion=40, stage3_epochs=3),
-    "quick": DemoPlan(num_images=320, pretrain_args=("--steps-scale", "0.05"), stage1_epochs=1,
+    "quick": DemoPlan(num_images=320, pretrain_args=("--steps-scale", "0.02"), stage1_epochs=1,
                       stage2_steps=4, images_per_emotion=2, denoising_steps=4, feedback_per_emotion=4,
-                      stage3_epochs=1),
+                      stage3_epochs=1, transfer_objects=("house",), fusion_pairs=(("amusement", "fear"),)),
 }
 
 
@@ -122,8 +122,8 @@ STEPS = (
          ("generated", "transfer", "fusion"), commands(
             lambda L: _generate(L, L.generated, "--emotion", "all"),
             lambda L: [_generate(L, f"{L.transfer}/{o}", "--emotion", "all", "--object", o, n=1)
-                       for o in TRANSFER_OBJECTS],
-            lambda L: [_generate(L, L.fusion, "--mix", f"{a}=0.5,{b}=0.5", n=2) for a, b in FUSION_PAIRS])),
+                       for o in L.plan.transfer_objects],
+            lambda L: [_generate(L, L.fusion, "--mix", f"{a}=0.5,{b}=0.5", n=2) for a, b in L.plan.fusion_pairs])),
     Step("baseline", "baseline: the base model prompted with the emotion word", ("baseline",),
          lambda L: generate_baseline(L)),
     Step("metrics", "generation metrics (FID, LPIPS, Emo-A, Sem-C, Sem-D)",
