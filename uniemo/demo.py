@@ -207,4 +207,11 @@ def run_demo(out: Path, plan: DemoPlan, seed: int) -> Path:
     seconds = run_steps(layout)
     from uniemo.demo_report import write_demo_report
 
-    return write_demo_report(layout, seconds)
+    return write_demo_report(layout, seconds, peak_memory_gib())
+
+
+def peak_memory_gib() -> float:
+    """Peak resident memory of this process so far (every step runs in it)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB

@@ -23,10 +23,10 @@ PAPER_GENERATION = {  # Table IV
 METRICS = (("fid", "FID ↓"), ("lpips", "LPIPS ↑"), ("emo_a", "Emo-A ↑"), ("sem_c", "Sem-C ↑"), ("sem_d", "Sem-D ↑"))
 
 
-def write_demo_report(layout, seconds: dict[str, float]) -> Path:
+def write_demo_report(layout, seconds: dict[str, float], peak_memory_gib: float) -> Path:
     out = layout.out
     figures = out / "figures"
-    summary = collect(layout, seconds)
+    summary = collect(layout, seconds, peak_memory_gib)
     sections = [
         _overview(summary),
         _world(layout, summary, figures),
@@ -39,7 +39,7 @@ def write_demo_report(layout, seconds: dict[str, float]) -> Path:
     return out / "report.html"
 
 
-def collect(layout, seconds: dict[str, float]) -> dict:
+def collect(layout, seconds: dict[str, float], peak_memory_gib: float) -> dict:
     """Every figure of the report, read from what the steps wrote."""
     out = layout.out
     pretrain = read_json(out / "foundation" / "pretrain_report.json")
@@ -49,7 +49,7 @@ def collect(layout, seconds: dict[str, float]) -> dict:
     feedback = read_json(Path(layout.run3) / "feedback.json")
     return {
         "plan": {"seed": layout.seed, **layout.plan.__dict__},
-        "timings": {"steps": seconds, "total": sum(seconds.values())},
+        "timings": {"steps": seconds, "total": sum(seconds.values()), "peak_memory_gib": peak_memory_gib},
         "foundation": {"zero_shot": pretrain.get("zero_shot"), "seconds": pretrain.get("seconds")},
         "understanding": {
             "test_accuracy": stages["stage1"]["top1"],
@@ -84,6 +84,7 @@ def _overview(summary: dict) -> Section:
         "they are there for the shape of the comparison, not as the same quantity.",
         Table(["step", "seconds"], [[name, round(s, 1)] for name, s in steps.items()] +
               [["total", round(summary["timings"]["total"], 1)]], "Wall-clock time per step (reused steps: their first run)"),
+        f"Peak memory of this invocation: {summary['timings']['peak_memory_gib']:.2f} GiB.",
     ])
 
 
