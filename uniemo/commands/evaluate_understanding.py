@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 
+from uniemo.commands import require_positive
 from uniemo.commands.train_understand import DATASETS
 
 
@@ -36,8 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from uniemo.plots import confusion_matrix_png
     from uniemo.understanding import UniEmoUnderstanding, accuracy_on, load_image_processor
 
-    if args.batch_size < 1:
-        raise UniEmoError(f"--batch-size {args.batch_size} is invalid: use a positive integer")
+    require_positive(batch_size=args.batch_size)
     model = UniEmoUnderstanding.from_pretrained(args.run)
     if torch.cuda.is_available():
         model = model.cuda()

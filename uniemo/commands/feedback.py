@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 
+from uniemo.commands import require_positive
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from uniemo.commands.evaluate_generation import add_network_arguments
@@ -76,15 +78,12 @@ def feedback_config(args: argparse.Namespace):
     from pathlib import Path
 
     from uniemo.config import load_config
-    from uniemo.errors import UniEmoError
     from uniemo.feedback import check_settings
 
     own = Path(args.out) / "config.yaml"
     cfg = load_config(own if args.resume and own.is_file() else Path(args.run) / "config.yaml")
-    for flag, value in (("--epochs", args.epochs), ("--max-steps", args.max_steps), ("--batch-size", args.batch_size),
-                        ("--steps", args.steps), ("--generate-batch-size", args.generate_batch_size)):
-        if value is not None and value < 1:
-            raise UniEmoError(f"{flag} {value} is invalid: use a positive integer")
+    require_positive(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, steps=args.steps,
+                     generate_batch_size=args.generate_batch_size)
     for field, value in (("per_emotion", args.per_emotion), ("eta", args.eta), ("delta", args.delta),
                          ("proportion", args.proportion)):
         if value is not None:

@@ -16,6 +16,8 @@ import json
 import math
 from pathlib import Path
 
+from uniemo.commands import require_positive
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, help="stage-2 run directory (from `uniemo train joint`)")
@@ -71,10 +73,7 @@ def check_options(args: argparse.Namespace) -> None:
     from uniemo.errors import UniEmoError
     from uniemo.pipeline import MAX_IMAGES_PER_EMOTION
 
-    for name in ("num_images", "batch_size", "steps"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise UniEmoError(f"--{name.replace('_', '-')} {value} is invalid: use a positive integer")
+    require_positive(num_images=args.num_images, batch_size=args.batch_size, steps=args.steps)
     if args.seed < 0:
         raise UniEmoError(f"--seed {args.seed} is invalid: use a non-negative integer")
     if args.num_images > MAX_IMAGES_PER_EMOTION:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from uniemo.commands import require_positive
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, help="stage-2 run directory (has alpha_table.json)")
@@ -16,12 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from uniemo.errors import UniEmoError
     from uniemo.fusion import CorrelationTable
     from uniemo.io import read_json
 
-    if args.top < 1:
-        raise UniEmoError(f"--top {args.top} is invalid: use a positive integer")
+    require_positive(top=args.top)
     path = Path(args.run) / "alpha_table.json"
     table = CorrelationTable.from_json(read_json(path, "alpha table (a run made by `uniemo train joint`)"), path)
     print(f"emotional correlation table ({table.method}): {len(table.scene_names)} scenes, "

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 
+from uniemo.commands import require_positive
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, help="stage-1 run directory (from `uniemo train understand`)")
@@ -31,15 +33,12 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from uniemo.config import load_config, merge, read_yaml
-    from uniemo.errors import UniEmoError
     from uniemo.joint import train_joint
 
     cfg = load_config(Path(args.run) / "config.yaml")
     if args.config:
         cfg = merge(cfg, read_yaml(args.config, "config overrides"), where=args.config)
-    for flag, value in (("--max-steps", args.max_steps), ("--batch-size", args.batch_size)):
-        if value is not None and value < 1:
-            raise UniEmoError(f"{flag} {value} is invalid: use a positive integer")
+    require_positive(max_steps=args.max_steps, batch_size=args.batch_size)
     if args.max_steps is not None:
         cfg.stage2.max_steps = args.max_steps
     if args.batch_size is not None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 
+from uniemo.commands import require_positive
+
 DATASETS = ("emoset", "fi", "emotionroi", "twitter1", "twitter2", "folder")
 
 
@@ -47,9 +49,7 @@ def run(args: argparse.Namespace) -> int:
         if args.config:
             cfg = merge(cfg, read_yaml(args.config, "config overrides"), where=args.config)
         cfg.clip_path = str(Path(args.clip).resolve())
-    for flag, value in (("--epochs", args.epochs), ("--max-steps", args.max_steps), ("--batch-size", args.batch_size)):
-        if value is not None and value < 1:
-            raise UniEmoError(f"{flag} {value} is invalid: use a positive integer")
+    require_positive(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size)
     for field, value in (("epochs", args.epochs), ("max_steps", args.max_steps), ("batch_size", args.batch_size),
                          ("seed", args.seed)):
         if value is not None:
