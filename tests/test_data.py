@@ -159,7 +159,7 @@ def _bad_images(root):
     """One file of every troublesome kind; returns the split items pointing at them."""
     ok = _save(root / "ok.jpg")
     grey = _save(root / "grey.jpg", Image.new("L", (9, 9), 100))
-    rgba = _save(root / "rgba.png", Image.new("RGBA", (9, 9), (0, 0, 255, 0)), "PNG")
+    _save(root / "rgba.png", Image.new("RGBA", (9, 9), (0, 0, 255, 0)), "PNG")
     palette = Image.new("P", (9, 9), 1)
     palette.putpalette([0, 0, 0, 10, 200, 30] + [0] * 762)
     _save(root / "palette.png", palette, "PNG")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from uniemo import joint
-from uniemo.config import preset, save_config
+from uniemo.config import preset
 from uniemo.errors import UniEmoError
 from uniemo.pipeline import UniEmoPipeline, normalise_weights, parse_mix
 

@@ -36,7 +36,6 @@ def train_clip_tokenizer(texts: Iterable[str], vocab_size: int = 1000, max_lengt
 
 
 def _merges(model) -> list[tuple[str, str]]:
-    import json
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -64,7 +64,7 @@ def parse_mix(text: str, class_names: tuple[str, ...]) -> dict[str, float]:
 def normalise_weights(mix: dict[str, float], class_names: tuple[str, ...]) -> dict[str, float]:
     """Check names and weights (finite, ≥ 0, not all zero); return weights summing to 1."""
     if not isinstance(mix, dict) or not mix:
-        raise UniEmoError(f"mix must be a non-empty mapping emotion -> weight, e.g. {{'awe': 0.7, 'fear': 0.3}}")
+        raise UniEmoError("mix must be a non-empty mapping emotion -> weight, e.g. {'awe': 0.7, 'fear': 0.3}")
     clean = {}
     for name, weight in mix.items():
         key = emotion_key(name, class_names)

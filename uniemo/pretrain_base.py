@@ -48,7 +48,6 @@ from tqdm import tqdm
 
 from uniemo.errors import UniEmoError
 from uniemo.io import write_json
-from uniemo.vocab import normalise_attribute
 
 REPORT = "pretrain_report.json"
 PAIR_TEMPLATES = ("a photo of {o} in {s}", "{o} in {s}")
