@@ -67,22 +67,29 @@ def test_table_json_round_trip_and_top():
         fusion.CorrelationTable.from_json({"emotions": ["a"]}, "t.json")
 
 
-def _fusion(**kw):
+def _fusion(token_norm=1.0, **kw):
     torch.manual_seed(0)
-    return fusion.UniEmoFusion(FusionConfig(**kw), vision_dim=8, text_dim=6, head_hidden=5)
+    return fusion.UniEmoFusion(FusionConfig(**kw), vision_dim=8, text_dim=6, head_hidden=5, token_norm=token_norm)
 
 
-def test_fused_condition_weights_scene_and_object_by_alpha():
-    m = _fusion()
+def test_fused_condition_weights_scene_and_object_by_alpha_at_the_token_scale():
+    m = _fusion(token_norm=0.2)
     feats = {k: torch.randn(2, 8) for k in ("cls", "scene", "object")}
     alphas = {"scene": torch.tensor([0.0, 1.0]), "object": torch.tensor([0.0, 0.5])}
     e = m(feats, alphas)
     expected = m.mappers["cls"](feats["cls"]) + m.mappers["scene"](feats["scene"]) * torch.tensor([[0.0], [1.0]]) \
         + m.mappers["object"](feats["object"]) * torch.tensor([[0.0], [0.5]])
-    assert torch.allclose(e, expected, atol=1e-6)
+    assert torch.allclose(e, 0.2 * F.normalize(expected, dim=-1), atol=1e-6)
+    assert torch.allclose(e.norm(dim=-1), torch.full((2,), 0.2))
     no_alpha = _fusion(use_alpha=False)
     summed = sum(no_alpha.mappers[k](feats[k]) for k in feats)
-    assert torch.allclose(no_alpha(feats, alphas), summed, atol=1e-6)
+    assert torch.allclose(no_alpha(feats, alphas), F.normalize(summed, dim=-1), atol=1e-6)
+
+
+def test_fusion_takes_the_scale_of_the_text_encoders_token_embeddings(sd):
+    text_encoder = sd[0].text_encoder
+    rows = text_encoder.embeddings.token_embedding.weight
+    assert fusion.token_norm(text_encoder) == pytest.approx(float(rows.norm(dim=-1).mean()), rel=1e-5)
 
 
 def test_fusion_rejects_bad_feature_lists():

@@ -35,12 +35,13 @@ class DemoPlan:
     denoising_steps: int
     feedback_per_emotion: int
     stage3_epochs: int
+    evaluator_hidden: int = 256  # a linear probe reads this world's (scene, object) emotions at 0.50, 256 units at 0.78
     transfer_objects: tuple[str, ...] = ("house", "tree", "bottle")  # objects of the synthetic world
     fusion_pairs: tuple[tuple[str, str], ...] = (("amusement", "fear"), ("awe", "sadness"), ("contentment", "anger"))
 
 
 PLANS = {
-    "full": DemoPlan(num_images=4000, pretrain_args=(), stage1_epochs=6, stage2_steps=300,
+    "full": DemoPlan(num_images=4000, pretrain_args=(), stage1_epochs=10, stage2_steps=300,
                      images_per_emotion=16, denoising_steps=25, feedback_per_emotion=40, stage3_epochs=3),
     "quick": DemoPlan(num_images=320, pretrain_args=("--steps-scale", "0.02"), stage1_epochs=1,
                       stage2_steps=4, images_per_emotion=2, denoising_steps=4, feedback_per_emotion=4,
@@ -114,7 +115,8 @@ STEPS = (
         "train", "understand", "--data", L.data, "--clip", L.clip, "--out", L.run1, "--preset", "tiny",
         "--epochs", L.plan.stage1_epochs, "--seed", L.seed])),
     Step("evaluator", "Emo-A evaluator (independent probe on frozen CLIP)", ("evaluator",), commands(lambda L: [
-        "train", "evaluator", "--clip", L.clip, "--data", L.data, "--out", L.evaluator, "--seed", L.seed])),
+        "train", "evaluator", "--clip", L.clip, "--data", L.data, "--out", L.evaluator,
+        "--hidden", L.plan.evaluator_hidden, "--seed", L.seed])),
     Step("stage2", "stage 2: joint understanding + generation", ("run2-joint",), commands(lambda L: [
         "train", "joint", "--run", L.run1, "--sd", L.sd, "--data", L.data, "--out", L.run2,
         "--max-steps", L.plan.stage2_steps, "--seed", L.seed])),

@@ -6,6 +6,9 @@ space, which replaces a placeholder token (``<emo>``) in the prompt:
 
     e = M_cls(cls) + α_S · M_scene(q_S) + α_O · M_object(q_O)        (SPEC §2, fused condition)
 
+then rescaled to the mean norm of the text encoder's token embeddings, so the frozen text
+encoder reads ``e`` like a word (see :class:`UniEmoFusion`).
+
 α is the emotional correlation coefficient of the attribute the query matches best:
 a* = argmax_a cos(proj(q), T(a)) in the contrastive text space (eq. 4), α = P[a*][y].
 The paper's equations for α and L_cond are missing from its copy; SPEC §2 defines them.
@@ -131,9 +134,15 @@ class Mapper(nn.Sequential):
 
 class UniEmoFusion(nn.Module):
     """The mappers M_cls, M_scene, M_object (+ M_patch for the Table V ablation) and the
-    back-projection that lets L_cond read ``e`` with the emotion head's classifier."""
+    back-projection that lets L_cond read ``e`` with the emotion head's classifier.
 
-    def __init__(self, cfg: FusionConfig, vision_dim: int, text_dim: int, head_hidden: int):
+    ``e`` is rescaled to ``token_norm``, the mean norm of the frozen text encoder's token
+    embeddings. Nothing else bounds its scale, and L_cond's cross-entropy falls as ``e`` grows:
+    left free, e reached norms of 5-16 against 0.19 for real tokens in the embedded default, the
+    text encoder saturated, and L_diff stayed flat (docs/DECISIONS.md). The direction of ``e``
+    carries the condition; α still weighs the three mapped features inside it."""
+
+    def __init__(self, cfg: FusionConfig, vision_dim: int, text_dim: int, head_hidden: int, token_norm: float = 1.0):
         super().__init__()
         unknown = sorted(set(cfg.features) - set(FEATURES))
         if unknown or "cls" not in cfg.features:
@@ -144,17 +153,24 @@ class UniEmoFusion(nn.Module):
         hidden = cfg.mapper_hidden or text_dim
         self.mappers = nn.ModuleDict({name: Mapper(vision_dim, hidden, text_dim) for name in cfg.features})
         self.cond_proj = nn.Linear(text_dim, head_hidden)
+        self.register_buffer("token_norm", torch.tensor(float(token_norm)), persistent=False)
+
+    @classmethod
+    def for_models(cls, cfg: FusionConfig, understanding, text_encoder) -> "UniEmoFusion":
+        """The fusion between an understanding model and a (frozen) SD text encoder."""
+        return cls(cfg, understanding.vision.config.hidden_size, text_encoder.config.hidden_size,
+                   understanding.cfg.head_hidden, token_norm(text_encoder))
 
     def forward(self, features: dict[str, torch.Tensor], alphas: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """e = Σ_f α_f · M_f(feature_f) over the configured features; α = 1 for cls and patch, and
-        for every feature when ``use_alpha`` is off."""
+        """e = Σ_f α_f · M_f(feature_f) over the configured features, rescaled to ``token_norm``;
+        α = 1 for cls and patch, and for every feature when ``use_alpha`` is off."""
         e = 0
         for name, mapper in self.mappers.items():
             mapped = mapper(features[name])
             if self.cfg.use_alpha and name in ALPHA_FEATURES and alphas is not None:
                 mapped = alphas[name].to(mapped.dtype).unsqueeze(-1) * mapped
             e = e + mapped
-        return e
+        return self.token_norm.to(e.dtype) * F.normalize(e, dim=-1)
 
     def condition_loss(self, e: torch.Tensor, labels: torch.Tensor, classifier: nn.Linear,
                        understanding_logits: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -190,6 +206,11 @@ def add_placeholder(tokenizer, placeholder: str) -> int:
     """Register ``placeholder`` as one token; its id is never looked up in the embedding table."""
     tokenizer.add_tokens([placeholder], special_tokens=True)
     return tokenizer.convert_tokens_to_ids(placeholder)
+
+
+def token_norm(text_encoder) -> float:
+    """Mean L2 norm of the text encoder's token-embedding rows: the scale of a word to it."""
+    return float(text_encoder.embeddings.token_embedding.weight.detach().float().norm(dim=-1).mean())
 
 
 def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:

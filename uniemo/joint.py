@@ -227,8 +227,7 @@ def build_joint_model(run1: str | Path, sd_pipe, cfg, table: CorrelationTable) -
 
     understanding = UniEmoUnderstanding.from_pretrained(run1)
     scene_bank, object_bank = load_attributes(run1)
-    fusion = UniEmoFusion(cfg.fusion, understanding.vision.config.hidden_size,
-                          sd_pipe.text_encoder.config.hidden_size, understanding.cfg.head_hidden)
+    fusion = UniEmoFusion.for_models(cfg.fusion, understanding, sd_pipe.text_encoder)
     return JointModel(understanding, fusion, FrozenDiffusion(sd_pipe, cfg.fusion.placeholder),
                       scene_bank, object_bank, table)
 

@@ -119,8 +119,7 @@ class UniEmoPipeline:
                                            run_dir / "alpha_table.json")
         space = EmotionSpace.load(run_dir / "emotion_space.safetensors")
         sd = load_sd(sd_path, dtype=dtype)
-        fusion = UniEmoFusion(cfg.fusion, understanding.vision.config.hidden_size,
-                              sd.text_encoder.config.hidden_size, understanding.cfg.head_hidden)
+        fusion = UniEmoFusion.for_models(cfg.fusion, understanding, sd.text_encoder)
         load_state_dict_checked(fusion, load_tensors(run_dir / "fusion.safetensors", "fusion weights"),
                                 run_dir / "fusion.safetensors")
         if dtype is not None:
