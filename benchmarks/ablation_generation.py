@@ -10,22 +10,21 @@ Emo-A is measured by DEMO/evaluator, a probe on frozen tiny-CLIP image features 
 (only fusion.features / use_alpha / cond_loss differ), `uniemo generate --emotion all -n K
 --steps T --seed S`, `uniemo evaluate generation --evaluator DEMO/evaluator --seed S`. The
 baseline (a) is `uniemo demo`'s own baseline step (uniemo.demo.generate_baseline: the frozen SD,
-the emotion word as the prompt, the pipeline's default guidance 7.5) with K images, T steps and
+the emotion word as the prompt, the demo's stage-2 guidance) with K images, T steps and
 seed S, evaluated the same way. Finished pieces are reused (a run with implicit_feedback.json,
 a seed with metrics.json; `uniemo generate` skips images already written), so re-running the
 script continues where it stopped.
 
 Reads a `uniemo demo` output directory (data/, foundation/{clip,sd}/, run1-understanding/,
-evaluator/); writes everything under --work (default DEMO/ablations/generation) and the table
+run2-joint/, evaluator/); writes everything under --work (default DEMO/ablations/generation) and the table
 as JSON (--out, default DEMO/ablations/generation.json) and Markdown (beside it).
 
   .venv/bin/python benchmarks/ablation_generation.py --demo demo-out
   .venv/bin/python benchmarks/ablation_generation.py --demo /tmp/dq --max-steps 1 -n 2 --steps 2 --seeds 0   # smoke
 
-Time: 9 stage-2 runs of --max-steps plus 12 x (8 x K images at T denoising steps + metrics).
-At the defaults (300 steps, K 16, T 25) about 5 h on 2 shared CPU cores (measured per unit at
-tiny scale: ~3 s per stage-2 step of batch 32, ~0.3 s per image per denoising step, ~40 s of
-loading per command); far less on a GPU. The smoke test above: ~4 min per seed.
+Time: 9 stage-2 runs plus 12 x (8 x K images at T denoising steps + metrics). At the defaults
+(K 16, T 25; stage 2 stops at its 2 epochs, 200 steps, before --max-steps 300) it took 16 min
+on 2 idle CPU cores, about 2 min per variant and seed. The smoke test above: ~4 min per seed.
 """
 
 from __future__ import annotations
@@ -94,12 +93,14 @@ def fusion_seed(args, variant: str, seed: int, work: Path) -> dict:
 
 
 def baseline_seed(args, seed: int, work: Path) -> dict:
-    """The demo's baseline step for one seed, in a Layout whose foundation/ links to the demo's."""
+    """The demo's baseline step for one seed, in a Layout whose foundation/ and run2-joint/ (whose
+    guidance the baseline uses) link to the demo's."""
     home = work / BASELINE / f"seed{seed}"
     if not (home / "metrics.json").is_file():
         home.mkdir(parents=True, exist_ok=True)
-        if not (home / "foundation").exists():
-            os.symlink((args.demo / "foundation").resolve(), home / "foundation", target_is_directory=True)
+        for part in ("foundation", "run2-joint"):
+            if not (home / part).exists():
+                os.symlink((args.demo / part).resolve(), home / part, target_is_directory=True)
         plan = dataclasses.replace(FULL, images_per_emotion=args.images_per_emotion, denoising_steps=args.steps)
         generate_baseline(Layout(home, plan, seed))
     return evaluate(args, home / "baseline", seed, home / "metrics.json")
@@ -128,9 +129,9 @@ def markdown(result: dict) -> str:
 def footer(result: dict) -> str:
     """The settings under the table and the network behind every metric."""
     networks = result["rows"][0]["networks"]
-    return (f"\nseeds {result['seeds']}; stage 2: {result['max_steps']} steps; {result['images_per_emotion']} images "
+    return (f"\nseeds {result['seeds']}; stage 2: --max-steps {result['max_steps']} (or its epochs, if fewer); {result['images_per_emotion']} images "
             f"per emotion, {result['denoising_steps']} denoising steps; std = sample standard deviation over seeds; "
-            f"guidance: (a) {result['guidance']['baseline']} as in `uniemo demo`, (b-d) {result['guidance']['fusion']}"
+            f"guidance: (a) {result['guidance']['baseline']}, (b-d) {result['guidance']['fusion']}"
             "\n\n" + "".join(f"- {m}: {networks[m] or 'not computed'}\n" for m in METRICS))
 
 
@@ -142,7 +143,8 @@ def main() -> None:
     rows += [row(variant, [fusion_seed(args, variant, seed, work) for seed in args.seeds]) for variant in FUSION]
     result = {"demo": str(args.demo), "seeds": args.seeds, "max_steps": args.max_steps,
               "images_per_emotion": args.images_per_emotion, "denoising_steps": args.steps,
-              "guidance": {"baseline": "the diffusers pipeline default (7.5)",
+              "guidance": {"baseline": f"the demo's run2-joint generation.guidance_scale, as in `uniemo demo` "
+                                       f"({load_config(args.demo / 'run2-joint' / 'config.yaml').generation.guidance_scale})",
                            "fusion": f"the run's generation.guidance_scale ({guidance(work, args.seeds[0])})"},
               "evaluator": str(args.demo / "evaluator"), "spread": "sample standard deviation over seeds", "rows": rows}
     publish(out, result, "Fusion ablation: Emo-A of generated images", markdown(result))
