@@ -86,12 +86,6 @@ def test_fused_condition_weights_scene_and_object_by_alpha_at_the_token_scale():
     assert torch.allclose(no_alpha(feats, alphas), F.normalize(summed, dim=-1), atol=1e-6)
 
 
-def test_fusion_takes_the_scale_of_the_text_encoders_token_embeddings(sd):
-    text_encoder = sd[0].text_encoder
-    rows = text_encoder.embeddings.token_embedding.weight
-    assert fusion.token_norm(text_encoder) == pytest.approx(float(rows.norm(dim=-1).mean()), rel=1e-5)
-
-
 def test_fusion_rejects_bad_feature_lists():
     with pytest.raises(UniEmoError, match="fusion.features"):
         _fusion(features=["scene", "colour"])

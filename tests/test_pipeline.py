@@ -74,6 +74,13 @@ def test_metadata_describes_each_image(pipe):
         assert m["alpha_scene"] == pytest.approx(float(pipe.table.scene[row, EMOTIONS.index("sadness")]), abs=1e-5)
 
 
+def test_conditions_are_at_the_scale_of_the_text_encoders_words(pipe):
+    words = pipe.sd.text_encoder.embeddings.token_embedding.weight.norm(dim=-1)
+    e, _, _ = pipe.conditions({"awe": 1.0}, [0, 1, 2])
+    assert torch.allclose(e.norm(dim=-1), words.mean().expand(3), rtol=1e-4)
+    assert words.min() <= e.norm(dim=-1).min() and e.norm(dim=-1).max() <= words.max()
+
+
 def test_mix_fuses_weighted_conditions(pipe):
     e_awe, _, _ = pipe.conditions({"awe": 1.0}, [3])
     e_fear, _, _ = pipe.conditions({"fear": 1.0}, [3])
