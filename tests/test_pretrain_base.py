@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -139,6 +141,17 @@ def test_tokenizer_encodes_every_caption_word(world):
         assert tokenizer.decode(ids).strip() == word
     longest = max(len(tokenizer(t).input_ids) for t in captions.texts)
     assert tokenizer.model_max_length >= longest
+
+
+def test_tokenizer_ids_are_the_same_in_every_process():
+    """The BPE trainer numbers tokens in hash-map order, which changes between processes; the same
+    texts must still give the same ids, or the same seed trains a different CLIP."""
+    script = ("import json; from uniemo.foundation import train_clip_tokenizer; "
+              "print(json.dumps(train_clip_tokenizer(['a cake in a cemetery', 'an amusement park', "
+              "'a balloon on a beach', 'a skull in a forest'], vocab_size=60).get_vocab(), sort_keys=True))")
+    vocabs = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+              for _ in range(4)}
+    assert len(vocabs) == 1
 
 
 def test_captions_name_only_scene_and_object():

@@ -26,13 +26,19 @@ def train_clip_tokenizer(texts: Iterable[str], vocab_size: int = 1000, max_lengt
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, end_of_word_suffix="</w>",
                                   initial_alphabet=ALPHABET, show_progress=False)
     bpe.train_from_iterator(list(texts), trainer)
-    model = bpe.model
-    vocab = bpe.get_vocab()
-    # Every character also as a word end, so any lowercase word can be encoded.
-    for ch in ALPHABET:
-        vocab.setdefault(ch + "</w>", len(vocab))
-    merges = _merges(model)
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
+    merges = _merges(bpe.model)
+    return CLIPTokenizer(vocab=_numbered(bpe.get_vocab(), merges), merges=merges, model_max_length=max_length)
+
+
+def _numbered(trained: dict[str, int], merges: list[tuple[str, str]]) -> dict[str, int]:
+    """Token ids in a fixed order: special tokens, single symbols (sorted), merged tokens in merge
+    order, then every character as a word end (so any lowercase word can be encoded). The
+    trainer's own ids depend on hash-map order and change from one process to the next, which
+    would make the same seed train a different CLIP."""
+    merged = list(dict.fromkeys("".join(pair) for pair in merges))
+    symbols = sorted(set(trained) - set(SPECIALS) - set(merged))
+    ordered = list(dict.fromkeys([*SPECIALS, *symbols, *merged, *(ch + "</w>" for ch in ALPHABET)]))
+    return {token: i for i, token in enumerate(ordered)}
 
 
 def _merges(model) -> list[tuple[str, str]]:
