@@ -5,6 +5,7 @@ Markdown. Not a benchmark itself."""
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import statistics
 from pathlib import Path
@@ -15,6 +16,17 @@ import yaml
 from uniemo.cli import main as uniemo_main
 from uniemo.io import write_json, write_text
 from uniemo.training import _checkpoint_dir
+
+
+def evidence_parser(doc: str, work: str, out: str) -> argparse.ArgumentParser:
+    """The options every evidence script takes (--demo, --work, --out, --seeds); ``work`` and
+    ``out`` describe the defaults the script applies when they are left out."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--demo", type=Path, default=Path("demo-out"), help="`uniemo demo` output (default demo-out)")
+    parser.add_argument("--work", type=Path, help=f"where the runs go (default {work})")
+    parser.add_argument("--out", type=Path, help=f"JSON to write (default {out})")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    return parser
 
 
 def uniemo(*argv: Any) -> None:

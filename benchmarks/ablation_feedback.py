@@ -22,7 +22,7 @@ import shutil
 import statistics
 from pathlib import Path
 
-from _evidence import publish, summarise, uniemo
+from _evidence import evidence_parser, publish, summarise, uniemo
 from uniemo.config import load_config
 from uniemo.data import clip_transforms, open_dataset
 from uniemo.io import read_json
@@ -32,11 +32,7 @@ CONDITIONS = {"emo-a": "Emo-A only", "sem-c": "Sem-C only", "emo-a,sem-c": "Emo-
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--demo", type=Path, default=Path("demo-out"), help="`uniemo demo` output (default demo-out)")
-    parser.add_argument("--work", type=Path, help="where the runs go (default DEMO/ablation-feedback)")
-    parser.add_argument("--out", type=Path, help="JSON to write (default WORK/ablation_feedback.json)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser = evidence_parser(__doc__, "DEMO/ablation-feedback", "WORK/ablation_feedback.json")
     parser.add_argument("--per-emotion", type=int, help="images generated per emotion (default: RUN2's config)")
     parser.add_argument("--proportion", type=float, default=0.2)
     parser.add_argument("--eta", type=float, default=20.0)

@@ -34,7 +34,8 @@ import dataclasses
 import os
 from pathlib import Path
 
-from _evidence import fmt_seeds, fmt_summary, publish, summarise, table, train, uniemo, write_overrides
+from _evidence import (evidence_parser, fmt_seeds, fmt_summary, publish, summarise, table, train, uniemo,
+                       write_overrides)
 
 from uniemo.demo import PLANS, Layout, generate_baseline
 from uniemo.config import load_config
@@ -54,11 +55,7 @@ METRICS = ("emo_a", "fid", "sem_c", "sem_d", "lpips")
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--demo", type=Path, default=Path("demo-out"), help="`uniemo demo` output (default demo-out)")
-    parser.add_argument("--work", type=Path, help="where runs and images go (default DEMO/ablations/generation)")
-    parser.add_argument("--out", type=Path, help="JSON to write (default DEMO/ablations/generation.json)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser = evidence_parser(__doc__, "DEMO/ablations/generation", "DEMO/ablations/generation.json")
     parser.add_argument("--max-steps", type=int, default=FULL.stage2_steps,
                         help=f"stage-2 optimizer steps (default {FULL.stage2_steps}, as the full demo)")
     parser.add_argument("-n", "--images-per-emotion", type=int, default=FULL.images_per_emotion,

@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from _evidence import fmt_seeds, fmt_summary, publish, summarise, table, train, write_overrides
+from _evidence import evidence_parser, fmt_seeds, fmt_summary, publish, summarise, table, train, write_overrides
 
 from uniemo.demo import PLANS
 from uniemo.io import read_json
@@ -35,11 +35,7 @@ VARIANTS = ("multi-stage", "single-step", "none")
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--demo", type=Path, default=Path("demo-out"), help="`uniemo demo` output (default demo-out)")
-    parser.add_argument("--work", type=Path, help="where the runs go (default DEMO/ablations/understanding)")
-    parser.add_argument("--out", type=Path, help="JSON to write (default DEMO/ablations/understanding.json)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser = evidence_parser(__doc__, "DEMO/ablations/understanding", "DEMO/ablations/understanding.json")
     parser.add_argument("--epochs", type=int, default=PLANS["full"].stage1_epochs,
                         help=f"stage-1 epochs (default {PLANS['full'].stage1_epochs}, as the full demo)")
     parser.add_argument("--max-steps", type=int, help="stop every run after this many optimizer steps")
