@@ -22,7 +22,6 @@ from uniemo.io import read_json, write_json
 from uniemo.vocab import EMOTIONS
 
 
-
 @dataclass(frozen=True)
 class DemoPlan:
     """How much work each step does; ``quick`` exists for the end-to-end test and a first look."""

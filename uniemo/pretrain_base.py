@@ -17,10 +17,11 @@ Recipe (one function per step):
    random crops (a quarter of the pixels of a full image per sample, the same per-pixel task)
    + a small KL term; then every training image and its mirror image is encoded once and
    ``scaling_factor`` set so latents have unit variance.
-4. UNet (attention only at the lower of its two resolutions and in the middle): epsilon prediction on the DDPM schedule of SD 1.5, conditioned on the frozen CLIP
-   text tower's hidden states (encoded once per distinct caption), with the caption dropped
-   to "" 10% of the time so classifier-free guidance works. A DDIM scheduler with the same
-   betas is saved for inference.
+4. UNet (attention only at the lower of its two resolutions and in the middle): epsilon
+   prediction on the DDPM schedule of SD 1.5, conditioned on the frozen CLIP text tower's hidden
+   states (encoded once per distinct caption), with the caption dropped to "" 10% of the time
+   so classifier-free guidance works. A DDIM scheduler with the same betas is saved for
+   inference.
 5. Zero-shot check: scene and object accuracy of the CLIP on held-out images (argmax cosine
    over "a photo of a <name>" for every name of the dataset's vocabulary) and on images the
    SD generates from held-out captions.

@@ -74,8 +74,6 @@ def check_options(args: argparse.Namespace) -> None:
     from uniemo.pipeline import MAX_IMAGES_PER_EMOTION
 
     require_positive(num_images=args.num_images, batch_size=args.batch_size, steps=args.steps)
-    if args.seed < 0:
-        raise UniEmoError(f"--seed {args.seed} is invalid: use a non-negative integer")
     if args.num_images > MAX_IMAGES_PER_EMOTION:
         raise UniEmoError(f"--num-images {args.num_images} is too large: use at most {MAX_IMAGES_PER_EMOTION:,} "
                           "per emotion in one call")
