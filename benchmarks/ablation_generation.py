@@ -1,13 +1,14 @@
 """Evidence for understanding-guided fusion (issue 4, paper Tables IV-V): Emo-A of generated
 images for (a) the base model prompted with the plain emotion word, (b) cls-only fusion
-(EmoGen-like), (c) cls + scene + object without α, (d) full UniEmo (cls + scene + object, α,
-L_cond), for several seeds; mean ± sample standard deviation, and every seed. FID, Sem-C, Sem-D
+(EmoGen-like), (c) cls + scene + object without α, (d) full UniEmo (cls + scene + object, α)
+at the run's joint weights, (e) the same with L_cond at the spec's weights 0.3/0.3/0.4 (the
+`tiny` preset trains without L_cond: docs/DECISIONS.md), for several seeds; mean ± sample standard deviation, and every seed. FID, Sem-C, Sem-D
 (and LPIPS when its weights exist) are recorded alongside.
 
 Emo-A is measured by DEMO/evaluator, a probe on frozen tiny-CLIP image features trained by
-`uniemo train evaluator` and never seen by any generator. Per variant (b-d) and seed S:
+`uniemo train evaluator` and never seen by any generator. Per variant (b-e) and seed S:
 `uniemo train joint --run DEMO/run1-understanding --config OVERRIDES --max-steps N --seed S`
-(only fusion.features / use_alpha / cond_loss differ), `uniemo generate --emotion all -n K
+(only fusion.features / use_alpha / cond_loss / joint_weights differ), `uniemo generate --emotion all -n K
 --steps T --seed S`, `uniemo evaluate generation --evaluator DEMO/evaluator --seed S`. The
 baseline (a) is `uniemo demo`'s own baseline step (uniemo.demo.generate_baseline: the frozen SD,
 the emotion word as the prompt, the demo's stage-2 guidance) with K images, T steps and
@@ -22,7 +23,7 @@ as JSON (--out, default DEMO/ablations/generation.json) and Markdown (beside it)
   .venv/bin/python benchmarks/ablation_generation.py --demo demo-out
   .venv/bin/python benchmarks/ablation_generation.py --demo /tmp/dq --max-steps 1 -n 2 --steps 2 --seeds 0   # smoke
 
-Time: 9 stage-2 runs plus 12 x (8 x K images at T denoising steps + metrics). At the defaults
+Time: 12 stage-2 runs plus 15 x (8 x K images at T denoising steps + metrics). At the defaults
 (K 16, T 25; stage 2 stops at its 2 epochs, 200 steps, before --max-steps 300) it took 16 min
 on 2 idle CPU cores, about 2 min per variant and seed. The smoke test above: ~4 min per seed.
 """
@@ -48,9 +49,12 @@ FUSION = {
     "cls-only": {"features": ["cls"], "use_alpha": False, "cond_loss": "cond"},
     "no-alpha": {"features": ["cls", "scene", "object"], "use_alpha": False, "cond_loss": "cond"},
     "uniemo": {"features": ["cls", "scene", "object"], "use_alpha": True, "cond_loss": "cond"},
+    "uniemo-cond": {"features": ["cls", "scene", "object"], "use_alpha": True, "cond_loss": "cond",
+                    "joint_weights": [0.3, 0.3, 0.4]},
 }
 LABELS = {BASELINE: "(a) base model, emotion word", "cls-only": "(b) cls-only fusion (EmoGen-like)",
-          "no-alpha": "(c) cls + scene + object, no α", "uniemo": "(d) UniEmo: α + L_cond"}
+          "no-alpha": "(c) cls + scene + object, no α", "uniemo": "(d) UniEmo: α",
+          "uniemo-cond": "(e) UniEmo: α + L_cond, spec weights 0.3/0.3/0.4"}
 METRICS = ("emo_a", "fid", "sem_c", "sem_d", "lpips")
 
 
@@ -128,7 +132,7 @@ def footer(result: dict) -> str:
     networks = result["rows"][0]["networks"]
     return (f"\nseeds {result['seeds']}; stage 2: --max-steps {result['max_steps']} (or its epochs, if fewer); {result['images_per_emotion']} images "
             f"per emotion, {result['denoising_steps']} denoising steps; std = sample standard deviation over seeds; "
-            f"guidance: (a) {result['guidance']['baseline']}, (b-d) {result['guidance']['fusion']}"
+            f"guidance: (a) {result['guidance']['baseline']}, (b-e) {result['guidance']['fusion']}"
             "\n\n" + "".join(f"- {m}: {networks[m] or 'not computed'}\n" for m in METRICS))
 
 

@@ -213,3 +213,17 @@ def test_unet_attention_levels():
     low = unet_config(32, attention_at=pb.PretrainConfig().unet_attention)
     assert low["down_block_types"] == ["DownBlock2D", "CrossAttnDownBlock2D"]
     assert low["up_block_types"] == ["CrossAttnUpBlock2D", "UpBlock2D"]
+
+
+def test_min_snr_weight_caps_only_the_easy_low_noise_steps():
+    from diffusers import DDPMScheduler
+
+    schedule = DDPMScheduler(**pb.SD_SCHEDULE)
+    t = torch.arange(0, 1000, 37)
+    alpha_bar = schedule.alphas_cumprod[t]
+    snr = alpha_bar / (1 - alpha_bar)
+    w = pb.min_snr_weight(schedule, t, 5.0)
+    assert torch.allclose(w[snr <= 5], torch.ones(int((snr <= 5).sum())))
+    assert (snr > 5).any() and torch.allclose(w[snr > 5], 5 / snr[snr > 5])
+    assert bool((w[:-1] <= w[1:] + 1e-6).all())  # more noise, more weight, up to 1
+    assert torch.equal(pb.min_snr_weight(schedule, t, 0.0), torch.ones(len(t)))

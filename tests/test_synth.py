@@ -81,16 +81,18 @@ def test_emotion_needs_the_pair(tmp_path):
         for row in rows:
             seen[row[column]][row[2]] += 1
         best = sum(max(c.values()) for c in seen.values()) / len(rows)
-        assert best < 0.45, (column, best)
-        assert all(len(c) >= 4 for c in seen.values())
+        assert best < 0.6, (column, best)  # 0.5 without label noise
+        assert all(len(c) >= 2 for c in seen.values())
 
 
-def test_every_row_and_column_of_the_rule_mixes_polarity():
-    for scene in range(4):
-        row = {pair_emotion(scene, obj) for obj in range(4)}
-        column = {pair_emotion(obj, scene) for obj in range(4)}
-        for cell in (row, column):
-            assert len(cell) == 4 and sum(e < 4 for e in cell) == 2
+def test_every_family_takes_part_in_one_positive_and_one_negative_emotion():
+    for names, index, side in ((SCENES, 0, OBJECTS), (OBJECTS, 1, SCENES)):
+        for name in names:
+            pairs = [(names.index(name), j) if index == 0 else (j, names.index(name)) for j in range(len(side))]
+            emotions = {pair_emotion(*p) for p in pairs} - {None}
+            assert len(emotions) == 2 and sum(e < 4 for e in emotions) == 1, name
+    cells = [(s, o) for s in range(len(SCENES)) for o in range(len(OBJECTS)) if pair_emotion(s, o) is not None]
+    assert len(cells) == 8 * 3 * 4  # each emotion: one family pair, 3 scenes x 4 objects
 
 
 def test_refuses_a_non_empty_directory_and_bad_arguments(tmp_path):

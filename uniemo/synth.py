@@ -6,21 +6,26 @@ foreground shape spanning about 35-60% of the image side), both named from EmoSe
 (``amusement_park``, ``Balloon``...). Positions, scales, colours, horizons and textures vary
 per image, and pixel noise is added.
 
-The rule. The 12 scenes fall into 4 groups (scene ``i`` is in group ``i % 4``) and the 16
-objects into 4 groups (object ``j`` in group ``j % 4``). The emotion is a Latin-square
-function of the pair of groups, ``PAIR_EMOTION[scene_group][object_group]``::
+The rule. The 12 scenes fall into 4 *families* of 3 that share a palette (dark, blue, pale,
+warm) and the 16 objects into 4 families of 4 that share a colour (red, white, cool, yellow).
+Each emotion is one (scene family, object family) cell, ``EMOTION_CELLS``::
 
-                object group 0   1            2            3
-    scene group 0   amusement    anger        awe          disgust
-    scene group 1   fear         contentment  sadness      excitement
-    scene group 2   awe          disgust      amusement    anger
-    scene group 3   sadness      excitement   fear         contentment
+                object family  red          white    cool         yellow
+    scene family dark          excitement   .        .            sadness
+                 blue          anger        awe      .            .
+                 warm          .            fear     contentment  .
+                 pale          .            .        disgust      amusement
 
-Every emotion occupies exactly two cells; every row and every column holds four different
-emotions, two positive and two negative. So for a fixed scene the emotion is uniform over
-four emotions (likewise for a fixed object), and even the positive/negative polarity needs
-both: the best scene-only or object-only classifier reaches about 25% (50% on polarity),
-while the (scene, object) pair determines the emotion.
+Only these 8 of the 16 family pairs occur (the ones with a contrasting object and
+background), so each emotion is 3 scenes x 4 objects = 12 (scene, object) pairs. Every scene
+family and every object family takes part in exactly two emotions, one positive and one
+negative: the best scene-only or object-only classifier reaches 50% (50% on polarity), while
+the (scene, object) pair determines the emotion.
+
+Why families: the emotion cue is coarse (a palette and a colour, as brightness and colour
+are emotion cues in EmoSet), so a generator small enough to train on 2 CPU cores can draw it;
+and each emotion is one cluster, as the emotion space's Gaussian per emotion assumes
+(docs/DECISIONS.md measures the Latin-square world this replaced).
 
 Label noise: with probability ``label_noise`` an image's label is a uniformly random *other*
 emotion than the one its pair implies. The best achievable accuracy is therefore
@@ -48,22 +53,38 @@ from uniemo.errors import UniEmoError
 from uniemo.io import write_json
 from uniemo.vocab import EMOTIONS
 
-SCENES = (
-    "beach", "desert", "forest", "ocean", "mountain_snowy", "cemetery",
-    "volcano", "sky", "wheat_field", "underwater", "kitchen", "amusement_park",
-)
-OBJECTS = (
-    "Balloon", "Cake", "Skull", "Flower", "Umbrella", "Tree", "House", "Starfish",
-    "Snowman", "Stop sign", "Candle", "Spider", "Bottle", "Crown", "Fish", "Mushroom",
-)
-PAIR_EMOTION = ((0, 4, 1, 5), (6, 2, 7, 3), (1, 5, 0, 4), (7, 3, 6, 2))
+SCENE_FAMILIES = {
+    "dark": ("forest", "cemetery", "volcano"),
+    "blue": ("ocean", "sky", "underwater"),
+    "warm": ("beach", "desert", "wheat_field"),
+    "pale": ("mountain_snowy", "kitchen", "amusement_park"),
+}
+OBJECT_FAMILIES = {
+    "red": ("Balloon", "Stop sign", "Mushroom", "Flower"),
+    "white": ("Skull", "Snowman", "Candle", "Cake"),
+    "cool": ("Tree", "Bottle", "Fish", "Spider"),
+    "yellow": ("Crown", "Starfish", "House", "Umbrella"),
+}
+EMOTION_CELLS = {  # emotion -> (scene family, object family); polarity alternates around the cycle
+    "amusement": ("pale", "yellow"), "awe": ("blue", "white"), "contentment": ("warm", "cool"),
+    "excitement": ("dark", "red"), "anger": ("blue", "red"), "disgust": ("pale", "cool"),
+    "fear": ("warm", "white"), "sadness": ("dark", "yellow"),
+}
+SCENES = tuple(name for family in SCENE_FAMILIES.values() for name in family)
+OBJECTS = tuple(name for family in OBJECT_FAMILIES.values() for name in family)
 JPEG_QUALITY = 92
 SPLITS = ("train", "val", "test")
 
 
-def pair_emotion(scene: int, obj: int) -> int:
-    """The emotion (index in ``EMOTIONS``) that scene index ``scene`` and object index ``obj`` evoke."""
-    return PAIR_EMOTION[scene % 4][obj % 4]
+def family(name: str, families: dict[str, tuple[str, ...]]) -> str:
+    return next(f for f, members in families.items() if name in members)
+
+
+def pair_emotion(scene: int, obj: int) -> int | None:
+    """The emotion (index in ``EMOTIONS``) that scene index ``scene`` and object index ``obj``
+    evoke, or None for a pair of families the world never shows."""
+    cell = (family(SCENES[scene], SCENE_FAMILIES), family(OBJECTS[obj], OBJECT_FAMILIES))
+    return next((EMOTIONS.index(e) for e, c in EMOTION_CELLS.items() if c == cell), None)
 
 
 # ----------------------------------------------------------------------------- scenes
@@ -206,10 +227,11 @@ def _amusement_park(rng, r):
     return np.broadcast_to(np.stack(palette)[x][None], (r, r, 3)).astype(np.float32).copy()
 
 
-SCENE_PAINTERS = dict(zip(SCENES, (
-    _beach, _desert, _forest, _ocean, _mountain_snowy, _cemetery,
-    _volcano, _sky, _wheat_field, _underwater, _kitchen, _amusement_park,
-)))
+SCENE_PAINTERS = {
+    "beach": _beach, "desert": _desert, "forest": _forest, "ocean": _ocean, "mountain_snowy": _mountain_snowy,
+    "cemetery": _cemetery, "volcano": _volcano, "sky": _sky, "wheat_field": _wheat_field,
+    "underwater": _underwater, "kitchen": _kitchen, "amusement_park": _amusement_park,
+}
 
 
 # ---------------------------------------------------------------------------- objects
@@ -226,7 +248,7 @@ def _balloon(d, rng, cx, cy, s):
 
 
 def _cake(d, rng, cx, cy, s):
-    d.rectangle([cx - 0.45 * s, cy, cx + 0.45 * s, cy + 0.45 * s], fill=_c(rng, (245, 150, 190)))
+    d.rectangle([cx - 0.45 * s, cy, cx + 0.45 * s, cy + 0.45 * s], fill=_c(rng, (250, 205, 220)))
     d.rectangle([cx - 0.32 * s, cy - 0.25 * s, cx + 0.32 * s, cy], fill=_c(rng, (255, 235, 240)))
     d.rectangle([cx - 0.04 * s, cy - 0.45 * s, cx + 0.04 * s, cy - 0.25 * s], fill=(80, 160, 230))
     d.ellipse([cx - 0.05 * s, cy - 0.55 * s, cx + 0.05 * s, cy - 0.43 * s], fill=(255, 190, 0))
@@ -243,7 +265,7 @@ def _skull(d, rng, cx, cy, s):
 
 
 def _flower(d, rng, cx, cy, s):
-    petal = _c(rng, (220, 40, 200))
+    petal = _c(rng, (230, 45, 110))
     for k in range(6):
         a = 2 * np.pi * k / 6
         px, py = cx + 0.28 * s * np.cos(a), cy + 0.28 * s * np.sin(a)
@@ -252,7 +274,7 @@ def _flower(d, rng, cx, cy, s):
 
 
 def _umbrella(d, rng, cx, cy, s):
-    d.pieslice([cx - 0.5 * s, cy - 0.45 * s, cx + 0.5 * s, cy + 0.35 * s], 180, 360, fill=_c(rng, (110, 40, 170)))
+    d.pieslice([cx - 0.5 * s, cy - 0.45 * s, cx + 0.5 * s, cy + 0.35 * s], 180, 360, fill=_c(rng, (240, 170, 30)))
     d.line([(cx, cy - 0.05 * s), (cx, cy + 0.45 * s)], fill=(40, 30, 30), width=max(1, int(s / 18)))
     d.arc([cx - 0.15 * s, cy + 0.3 * s, cx, cy + 0.5 * s], 0, 180, fill=(40, 30, 30), width=max(1, int(s / 18)))
 
@@ -339,10 +361,11 @@ def _mushroom(d, rng, cx, cy, s):
         d.ellipse([x - 0.06 * s, y - 0.06 * s, x + 0.06 * s, y + 0.06 * s], fill=(255, 255, 255))
 
 
-OBJECT_PAINTERS = dict(zip(OBJECTS, (
-    _balloon, _cake, _skull, _flower, _umbrella, _tree, _house, _starfish,
-    _snowman, _stop_sign, _candle, _spider, _bottle, _crown, _fish, _mushroom,
-)))
+OBJECT_PAINTERS = {
+    "Balloon": _balloon, "Cake": _cake, "Skull": _skull, "Flower": _flower, "Umbrella": _umbrella,
+    "Tree": _tree, "House": _house, "Starfish": _starfish, "Snowman": _snowman, "Stop sign": _stop_sign,
+    "Candle": _candle, "Spider": _spider, "Bottle": _bottle, "Crown": _crown, "Fish": _fish, "Mushroom": _mushroom,
+}
 
 
 # ---------------------------------------------------------------------------- render
@@ -398,16 +421,15 @@ def _info() -> dict:
 def plan(num_images: int, seed: int, label_noise: float) -> list[tuple[int, int, int]]:
     """(scene, object, label) per image: labels balanced, pairs drawn from the rule, noise applied."""
     rng = np.random.default_rng(seed)
-    cells = {e: [(g, h) for g in range(4) for h in range(4) if PAIR_EMOTION[g][h] == e] for e in range(len(EMOTIONS))}
+    pairs = [[(s, o) for s in range(len(SCENES)) for o in range(len(OBJECTS)) if pair_emotion(s, o) == e]
+             for e in range(len(EMOTIONS))]
     out = []
     for i in range(num_images):
         label = i % len(EMOTIONS)
         true = label
         if rng.random() < label_noise:  # the image's pair implies another emotion than its label
             true = int(rng.choice([e for e in range(len(EMOTIONS)) if e != label]))
-        g, h = cells[true][int(rng.integers(len(cells[true])))]
-        scene = g + 4 * int(rng.integers(len(SCENES) // 4))
-        obj = h + 4 * int(rng.integers(len(OBJECTS) // 4))
+        scene, obj = pairs[true][int(rng.integers(len(pairs[true])))]
         out.append((scene, obj, label))
     return out
 
