@@ -23,9 +23,10 @@ as JSON (--out, default DEMO/ablations/generation.json) and Markdown (beside it)
   .venv/bin/python benchmarks/ablation_generation.py --demo demo-out
   .venv/bin/python benchmarks/ablation_generation.py --demo /tmp/dq --max-steps 1 -n 2 --steps 2 --seeds 0   # smoke
 
-Time: 12 stage-2 runs plus 15 x (8 x K images at T denoising steps + metrics). At the defaults
-(K 16, T 25; stage 2 stops at its 2 epochs, 200 steps, before --max-steps 300) it took 16 min
-on 2 idle CPU cores, about 2 min per variant and seed. The smoke test above: ~4 min per seed.
+Time: per seed, 4 stage-2 runs plus 5 x (8 x K images at T denoising steps + metrics). At
+the defaults (K 16, T 25; stage 2 stops at its 2 epochs, 200 steps, before --max-steps 300)
+it took 15.6 min for 2 seeds on 2 idle CPU cores, about 1.5 min per variant and seed. The
+smoke test above: ~4 min per seed.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from uniemo.config import load_config
 from uniemo.io import read_json, write_json
 from uniemo.report import Figure, Section, Table, write_report
 from uniemo.vocab import EMOTIONS
@@ -103,8 +104,9 @@ def _world(layout, summary: dict, figures: Path) -> Section:
     rows = [[f"{source} images", kind, value] for source, figs in zero_shot.items() if isinstance(figs, dict)
             for kind, value in figs.items() if isinstance(value, float)]
     return Section("The synthetic world and its foundation models", [
-        "The emotion of an image depends on its (scene, object) pair: neither the scene nor the object "
-        "alone determines it (rule: uniemo/synth.py). The tiny CLIP and tiny Stable Diffusion were trained "
+        "The emotion of an image depends on its (scene, object) pair — on the scene's palette family and "
+        "the object's colour family: neither the scene nor the object alone determines it (rule: "
+        "uniemo/synth.py). The tiny CLIP and tiny Stable Diffusion were trained "
         "here on captions naming only scene and object — never an emotion word.",
         Figure(figures / "world.png", "Test images with their scene, object and emotion label"),
         Table(["images", "attribute", "CLIP zero-shot accuracy"], rows,
@@ -135,7 +137,8 @@ def _understanding(layout, summary: dict, figures: Path) -> Section:
         ], "Table I shape: understanding accuracy"),
         Figure(figures / "stage1_curves.png", "Stage 1: loss, training accuracy and validation accuracy per epoch"),
         Figure(Path(layout.metrics) / "understanding-stage1.png", "Stage 1 confusion matrix (test split)"),
-        Figure(figures / "stage2_curves.png", "Stage 2: the three terms of L_joint (eq. 10)"),
+        Figure(figures / "stage2_curves.png", "Stage 2: the three terms of L_joint (eq. 10), weighted L_U/L_cond/L_diff = "
+               + "/".join(f"{w:g}" for w in load_config(Path(layout.run2) / "config.yaml").fusion.joint_weights)),
         *[Figure(p, f"Expert-query attention (paper Fig. 9): {p.stem}") for p in explain],
     ])
 

@@ -77,6 +77,7 @@ SPLITS = ("train", "val", "test")
 
 
 def family(name: str, families: dict[str, tuple[str, ...]]) -> str:
+    """The family (a key of ``SCENE_FAMILIES`` or ``OBJECT_FAMILIES``) that ``name`` belongs to."""
     return next(f for f, members in families.items() if name in members)
 
 

@@ -1,0 +1,62 @@
+"""The Emo-A ceiling of a demo's tiny Stable Diffusion: what the evaluator reads from images
+generated from the *full caption* of a (scene, object) pair of each emotion.
+
+No condition UniEmo fuses can name an image's content better than its caption, so Emo-A of
+UniEmo's images is bounded (in expectation) by this figure. It tells a generator that cannot
+draw the emotion apart from a condition that does not steer it.
+
+Per emotion, K pairs are drawn (seeded) from the synthetic world's rule (`uniemo.synth`), each
+prompted as "a photo of <object> in <scene>" at the demo's guidance and T denoising steps, and
+scored by DEMO/evaluator. Prints one line per emotion and the mean.
+
+  .venv/bin/python benchmarks/caption_ceiling.py --demo demo-out            # about 30 s on an idle machine
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from uniemo.config import load_config
+from uniemo.demo import PLANS
+from uniemo.evaluator import Evaluator
+from uniemo.loading import load_sd
+from uniemo.pretrain_base import PAIR_TEMPLATES, article
+from uniemo.synth import OBJECTS, SCENES, pair_emotion
+from uniemo.vocab import EMOTIONS
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--demo", type=Path, default=Path("demo-out"), help="`uniemo demo` output (default demo-out)")
+    parser.add_argument("-n", "--images-per-emotion", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=PLANS["full"].denoising_steps)
+    parser.add_argument("--guidance", type=float, help="classifier-free guidance (default: the demo's stage-2 run's)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.guidance is None:
+        args.guidance = load_config(args.demo / "run2-joint" / "config.yaml").generation.guidance_scale
+
+    pipe = load_sd(args.demo / "foundation" / "sd")
+    pipe.set_progress_bar_config(disable=True)
+    evaluator = Evaluator.from_pretrained(args.demo / "evaluator")
+    rng = np.random.default_rng(args.seed)
+    hits = []
+    for k, emotion in enumerate(EMOTIONS):
+        pairs = [(s, o) for s in range(len(SCENES)) for o in range(len(OBJECTS)) if pair_emotion(s, o) == k]
+        chosen = [pairs[i] for i in rng.integers(len(pairs), size=args.images_per_emotion)]
+        prompts = [PAIR_TEMPLATES[0].format(o=article(OBJECTS[o]), s=article(SCENES[s])) for s, o in chosen]
+        images = pipe(prompts, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                      generator=torch.Generator().manual_seed(args.seed + k)).images
+        hit = (evaluator.predict_proba(images).argmax(-1) == k).float()
+        hits.append(hit)
+        print(f"{emotion:12s} {hit.mean():.3f}")
+    print(f"caption ceiling of Emo-A: {torch.cat(hits).mean():.3f} "
+          f"({args.images_per_emotion} images per emotion, {args.steps} steps, guidance {args.guidance})")
+
+
+if __name__ == "__main__":
+    main()
