@@ -2,8 +2,9 @@
 images for (a) the base model prompted with the plain emotion word, (b) cls-only fusion
 (EmoGen-like), (c) cls + scene + object without α, (d) full UniEmo (cls + scene + object, α)
 at the run's joint weights, (e) the same with L_cond at the spec's weights 0.3/0.3/0.4 (the
-`tiny` preset trains without L_cond: docs/DECISIONS.md), for several seeds; mean ± sample standard deviation, and every seed. FID, Sem-C, Sem-D
-(and LPIPS when its weights exist) are recorded alongside.
+`tiny` preset trains without L_cond: docs/DECISIONS.md), for several seeds; mean ± sample
+standard deviation, and every seed. FID, Sem-C, Sem-D (and LPIPS when its weights exist) are
+recorded alongside.
 
 Emo-A is measured by DEMO/evaluator, a probe on frozen tiny-CLIP image features trained by
 `uniemo train evaluator` and never seen by any generator. Per variant (b-e) and seed S:

@@ -23,7 +23,7 @@ Recipe (one function per step):
    so classifier-free guidance works. Each sample's loss is weighted by min(SNR(t), γ)/SNR(t)
    (Min-SNR-γ, Hang et al. 2023, γ = 5), which stops the many easy low-noise steps from
    dominating: at the same cost, generated scenes and objects are recognised zero-shot at
-   0.86 / 0.57 instead of 0.66 / 0.34. A DDIM scheduler with the same betas is saved for
+   0.78-0.86 / 0.51-0.57 instead of 0.66 / 0.34 (docs/BENCHMARKS.md). A DDIM scheduler with the same betas is saved for
    inference.
 5. Zero-shot check: scene and object accuracy of the CLIP on held-out images (argmax cosine
    over "a photo of a <name>" for every name of the dataset's vocabulary) and on images the
