@@ -25,7 +25,7 @@ from uniemo.demo import PLANS
 from uniemo.evaluator import Evaluator
 from uniemo.loading import load_sd
 from uniemo.pretrain_base import PAIR_TEMPLATES, article
-from uniemo.synth import OBJECTS, SCENES, pair_emotion
+from uniemo.synth import OBJECTS, SCENES, emotion_pairs
 from uniemo.vocab import EMOTIONS
 
 
@@ -46,7 +46,7 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     hits = []
     for k, emotion in enumerate(EMOTIONS):
-        pairs = [(s, o) for s in range(len(SCENES)) for o in range(len(OBJECTS)) if pair_emotion(s, o) == k]
+        pairs = emotion_pairs(k)
         chosen = [pairs[i] for i in rng.integers(len(pairs), size=args.images_per_emotion)]
         prompts = [PAIR_TEMPLATES[0].format(o=article(OBJECTS[o]), s=article(SCENES[s])) for s, o in chosen]
         images = pipe(prompts, num_inference_steps=args.steps, guidance_scale=args.guidance,

@@ -23,8 +23,8 @@ Recipe (one function per step):
    so classifier-free guidance works. Each sample's loss is weighted by min(SNR(t), γ)/SNR(t)
    (Min-SNR-γ, Hang et al. 2023, γ = 5), which stops the many easy low-noise steps from
    dominating: at the same cost, generated scenes and objects are recognised zero-shot at
-   0.78-0.86 / 0.51-0.57 instead of 0.66 / 0.34 (docs/BENCHMARKS.md). A DDIM scheduler with the same betas is saved for
-   inference.
+   0.78-0.86 / 0.51-0.57 instead of 0.66 / 0.34 (docs/BENCHMARKS.md). A DDIM scheduler with
+   the same betas is saved for inference.
 5. Zero-shot check: scene and object accuracy of the CLIP on held-out images (argmax cosine
    over "a photo of a <name>" for every name of the dataset's vocabulary) and on images the
    SD generates from held-out captions.
@@ -389,10 +389,11 @@ def mirrored(world: World) -> World:
 
 def min_snr_weight(noise_schedule, t: torch.Tensor, gamma: float) -> torch.Tensor:
     """Per-sample weight min(SNR(t), γ) / SNR(t) of the epsilon loss (1 everywhere if γ = 0)."""
+    from diffusers.training_utils import compute_snr
+
     if gamma <= 0:
         return torch.ones(len(t))
-    alpha_bar = noise_schedule.alphas_cumprod[t]
-    snr = alpha_bar / (1 - alpha_bar)
+    snr = compute_snr(noise_schedule, t)
     return snr.clamp(max=gamma) / snr
 
 

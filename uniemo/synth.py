@@ -88,6 +88,11 @@ def pair_emotion(scene: int, obj: int) -> int | None:
     return next((EMOTIONS.index(e) for e, c in EMOTION_CELLS.items() if c == cell), None)
 
 
+def emotion_pairs(emotion: int) -> list[tuple[int, int]]:
+    """Every (scene index, object index) pair that evokes ``emotion`` (12 in this world)."""
+    return [(s, o) for s in range(len(SCENES)) for o in range(len(OBJECTS)) if pair_emotion(s, o) == emotion]
+
+
 # ----------------------------------------------------------------------------- scenes
 # Each scene paints a float RGB array (R, R, 3) in [0, 255].
 
@@ -422,8 +427,7 @@ def _info() -> dict:
 def plan(num_images: int, seed: int, label_noise: float) -> list[tuple[int, int, int]]:
     """(scene, object, label) per image: labels balanced, pairs drawn from the rule, noise applied."""
     rng = np.random.default_rng(seed)
-    pairs = [[(s, o) for s in range(len(SCENES)) for o in range(len(OBJECTS)) if pair_emotion(s, o) == e]
-             for e in range(len(EMOTIONS))]
+    pairs = [emotion_pairs(e) for e in range(len(EMOTIONS))]
     out = []
     for i in range(num_images):
         label = i % len(EMOTIONS)
