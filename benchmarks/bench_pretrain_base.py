@@ -4,8 +4,9 @@ the zero-shot scene / object accuracies on held-out and on generated images.
 
     .venv/bin/python benchmarks/bench_pretrain_base.py [--keep DIR]
 
-Targets (issue 2): accuracy >= 0.8 on real and >= 0.5 on generated images; CLIP + VAE + UNet
-training <= 6 minutes on a 2-core CPU. Wall times depend on what else the machine runs; the
+Targets (issue 2): accuracy >= 0.8 on real and >= 0.5 on generated images; training (from
+reading the data to the last UNet step; the CLIP trains beside the VAE) <= 6 minutes on a
+2-core CPU. Wall times depend on what else the machine runs; the
 CPU seconds are printed too (on an idle machine wall ~ CPU seconds / threads). On a machine
 whose cores are already busy, use ``--threads 1``: torch's threads then mostly spin-wait."""
 
@@ -42,7 +43,7 @@ def main() -> None:
                       "zero_shot": zs, "loss": report["loss"]}, indent=2))
     ok_real = min(zs["real"]["scene"], zs["real"]["object"]) >= 0.8
     ok_gen = min(zs["generated"]["scene"], zs["generated"]["object"]) >= 0.5
-    ok_time = t["clip"] + t["vae"] + t["encode"] + t["unet"] <= 360
+    ok_time = t["training"] <= 360
     print(f"targets: real >= 0.8 {'met' if ok_real else 'MISSED'}, generated >= 0.5 {'met' if ok_gen else 'MISSED'}, "
           f"training <= 6 min {'met' if ok_time else 'MISSED'} (wall, on a machine that may be shared; "
           f"{t['training_cpu']:.0f} CPU-s)")

@@ -108,6 +108,39 @@ def test_rerun_is_cached_and_changed_config_retrains(trained, tiny_emoset, monke
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
 
 
+def test_same_seed_same_weights_though_models_train_side_by_side(trained, tiny_emoset, tmp_path):
+    from safetensors.torch import load_file
+
+    out, _, _ = trained
+    pb.pretrain_base(tmp_path / "again", tiny_emoset, TINY, log=lambda line: None)
+    for weights in ("clip/model.safetensors", "sd/vae/diffusion_pytorch_model.safetensors",
+                    "sd/unet/diffusion_pytorch_model.safetensors"):
+        first, second = load_file(out / weights), load_file(tmp_path / "again" / weights)
+        assert first.keys() == second.keys()
+        assert all(torch.equal(first[k], second[k]) for k in first), weights
+
+
+def test_unet_batch_split_across_workers_matches_the_whole_batch(world):
+    """Each worker's share of the loss is scaled so the shares add up to the whole batch's mean:
+    one worker and two report the same losses step after step (a lost or mis-scaled share would
+    change them). Adam turns float-rounding differences of near-zero gradients into steps of up
+    to lr, hence the weights' tolerance."""
+    captions = pb.Captions.build(world.scene_names, world.object_names)
+    n = len(world.images)
+    latents = (torch.randn(n, 4, 16, 16, generator=torch.Generator().manual_seed(1)), torch.full((n, 4, 16, 16), 0.1))
+    states = torch.randn(len(captions.texts) + 1, 4, 32, generator=torch.Generator().manual_seed(2))
+    runs = []
+    for workers in (1, 2):
+        cfg = dataclasses.replace(TINY, unet_steps=4, unet_batch=6, workers=workers)
+        torch.manual_seed(0)
+        unet, losses = pb.train_unet(world, latents, 1.0, captions, states, cfg, torch.Generator().manual_seed(0))
+        runs.append((losses, unet.state_dict()))
+    (losses_1, weights_1), (losses_2, weights_2) = runs
+    assert losses_2 == pytest.approx(losses_1, rel=1e-4)
+    for name, value in weights_1.items():
+        torch.testing.assert_close(weights_2[name], value, rtol=0, atol=cfg.unet_lr)
+
+
 def test_data_hash_follows_annotations_and_images(tiny_emoset, tmp_path):
     copy = shutil.copytree(tiny_emoset, tmp_path / "copy")
     assert pb.data_hash(copy) == pb.data_hash(tiny_emoset)
@@ -126,7 +159,8 @@ def test_clip_contrastive_loss_falls(world):
     cfg = dataclasses.replace(TINY, clip_steps=40, clip_batch=32, clip_lr=2e-3)
     tokenizer = pb.train_tokenizer(captions, cfg)
     torch.manual_seed(0)
-    _, losses = pb.train_clip(world, captions, tokenizer, cfg, torch.Generator().manual_seed(0))
+    clip = pb.build_clip(cfg, len(tokenizer), tokenizer.model_max_length)
+    _, losses = pb.train_clip(clip, world, captions, tokenizer, cfg, torch.Generator().manual_seed(0))
     first, last = sum(losses[:8]) / 8, sum(losses[-8:]) / 8
     assert last < first - 0.3, (first, last)
 
@@ -213,6 +247,17 @@ def test_unet_attention_levels():
     low = unet_config(32, attention_at=pb.PretrainConfig().unet_attention)
     assert low["down_block_types"] == ["DownBlock2D", "CrossAttnDownBlock2D"]
     assert low["up_block_types"] == ["CrossAttnUpBlock2D", "UpBlock2D"]
+
+
+def test_unet_without_middle_block_still_denoises_at_full_size():
+    from diffusers import UNet2DConditionModel
+
+    from uniemo.foundation import unet_config
+
+    unet = UNet2DConditionModel(**unet_config(32, channels=[8, 16], attention_at=[False, True], mid_block=False))
+    assert unet.mid_block is None
+    out = unet(torch.randn(2, 4, 16, 16), torch.tensor([10, 500]), encoder_hidden_states=torch.randn(2, 5, 32)).sample
+    assert out.shape == (2, 4, 16, 16)
 
 
 def test_min_snr_weight_caps_only_the_easy_low_noise_steps():

@@ -89,17 +89,19 @@ def save_clip(out: str | Path, model, tokenizer, image_size: int) -> Path:
 
 
 def unet_config(cross_attention_dim: int, preset: str | None = None, sample_size: int = 16,
-                channels: Sequence[int] = (32, 64), attention_at: Sequence[bool] = (True, False)) -> dict:
+                channels: Sequence[int] = (32, 64), attention_at: Sequence[bool] = (True, False),
+                mid_block: bool = True) -> dict:
     """The SD 1.5 UNet config (``preset='sd15'``) or a tiny one with the same block types, one
     level per entry of ``channels``, with (cross-)attention at the levels ``attention_at`` marks
-    (besides the middle block, which always has it)."""
+    and, unless ``mid_block`` is False, SD's cross-attention middle block."""
     if preset == "sd15":
         return dict(SD15_UNET, cross_attention_dim=cross_attention_dim)
     down = ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention_at]
     up = ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention_at)]
     return dict(sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=1,
                 block_out_channels=list(channels), cross_attention_dim=cross_attention_dim, attention_head_dim=4,
-                norm_num_groups=8, down_block_types=down, up_block_types=up)
+                norm_num_groups=8, down_block_types=down, up_block_types=up,
+                mid_block_type="UNetMidBlock2DCrossAttn" if mid_block else None)
 
 
 def vae_config(preset: str | None = None, channels: Sequence[int] = (32, 64, 64), sample_size: int = 64,

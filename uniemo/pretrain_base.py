@@ -17,7 +17,9 @@ Recipe (one function per step):
    random crops (a quarter of the pixels of a full image per sample, the same per-pixel task)
    + a small KL term; then every training image and its mirror image is encoded once and
    ``scaling_factor`` set so latents have unit variance.
-4. UNet (attention only at the lower of its two resolutions and in the middle): epsilon
+4. UNet (two resolutions, attention only at the lower one, and no middle block: with two
+   levels SD's middle block repeats the lower one, and without it the same steps cost a
+   quarter less and draw objects as well, docs/BENCHMARKS.md): epsilon
    prediction on the DDPM schedule of SD 1.5, conditioned on the frozen CLIP text tower's hidden
    states (encoded once per distinct caption), with the caption dropped to "" 10% of the time
    so classifier-free guidance works. Each sample's loss is weighted by min(SNR(t), γ)/SNR(t)
@@ -28,6 +30,11 @@ Recipe (one function per step):
 5. Zero-shot check: scene and object accuracy of the CLIP on held-out images (argmax cosine
    over "a photo of a <name>" for every name of the dataset's vocabulary) and on images the
    SD generates from held-out captions.
+
+The CLIP and the VAE do not depend on each other, so they train side by side in two threads
+(``workers``), each on its share of the cores; then the two halves of every UNet batch run in
+the two threads and their gradients add up. These models' ops are too small to keep two cores
+busy alone, so this trains the same models in ~15% less time (docs/BENCHMARKS.md).
 
 Results are cached: ``OUT/pretrain_report.json`` stores a hash of the config and the data,
 and a rerun with the same hash does nothing."""
@@ -42,6 +49,8 @@ import os
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -87,13 +96,16 @@ class PretrainConfig:
     # UNet
     unet_channels: list[int] = field(default_factory=lambda: [32, 64])
     unet_attention: list[bool] = field(default_factory=lambda: [False, True])  # per level, high to low resolution
+    unet_mid_block: bool = False  # SD's middle block; here it repeats the lowest level at ~35% more cost per step
     unet_steps: int = 1000
     unet_batch: int = 32
     unet_lr: float = 2e-3
     uncond_prob: float = 0.1
     snr_gamma: float = 5.0  # Min-SNR-γ loss weighting; 0 = the plain mean
+    # threads that train side by side: the CLIP beside the VAE, then the two halves of each UNet batch
+    workers: int = 2
     # zero-shot check on generated images
-    eval_images: int = 192
+    eval_images: int = 384
     eval_steps: int = 25
     guidance_scale: float = 5.0
 
@@ -244,8 +256,9 @@ def tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
 # ----------------------------------------------------------------------------- training
 
 
-def optimise(params: list, steps: int, lr: float, loss_fn: Callable[[int], torch.Tensor], desc: str) -> list[float]:
-    """AdamW with linear warm-up and cosine decay; ``loss_fn(step)`` builds one batch's loss."""
+def optimise(params: list, steps: int, lr: float, gradients: Callable[[int], float], desc: str) -> list[float]:
+    """AdamW with linear warm-up and cosine decay; ``gradients(step)`` puts one batch's gradients
+    into the parameters' ``.grad`` and returns its loss."""
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     warmup = max(1, steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -253,15 +266,33 @@ def optimise(params: list, steps: int, lr: float, loss_fn: Callable[[int], torch
     losses = []
     bar = tqdm(range(steps), desc=desc, unit="step")
     for step in bar:
-        loss = loss_fn(step)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        losses.append(gradients(step))
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         schedule.step()
-        losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
     return losses
+
+
+def backward(loss: torch.Tensor) -> float:
+    loss.backward()
+    return loss.item()
+
+
+@contextmanager
+def worker_pool(workers: int):
+    """A pool of ``workers`` threads that share out torch's CPU threads. The tiny models' ops are
+    too small to keep several cores busy, so two jobs side by side on one core each finish
+    sooner than one after the other on two cores (docs/BENCHMARKS.md). Jobs draw random numbers
+    only from their own generators, so results stay repeatable."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads // workers))
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="pretrain") as pool:
+            yield pool
+    finally:
+        torch.set_num_threads(threads)
 
 
 def augment(images: torch.Tensor, g: torch.Generator, shift: int = 4, max_blur: float = 1.5) -> torch.Tensor:
@@ -309,9 +340,9 @@ def build_clip(cfg: PretrainConfig, vocab_size: int, max_length: int):
                                  patch_size=cfg.patch_size, max_length=max_length))
 
 
-def train_clip(world: World, captions: Captions, tokenizer, cfg: PretrainConfig, g: torch.Generator):
-    """A CLIP trained contrastively on the world's images and captions; returns (model, losses)."""
-    model = build_clip(cfg, len(tokenizer), tokenizer.model_max_length).train()
+def train_clip(model, world: World, captions: Captions, tokenizer, cfg: PretrainConfig, g: torch.Generator):
+    """Train ``model`` (a CLIP) contrastively on the world's images and captions; returns (model, losses)."""
+    model.train()
     ids = tokenize(tokenizer, captions.texts)
 
     def loss_fn(step: int) -> torch.Tensor:
@@ -323,7 +354,8 @@ def train_clip(world: World, captions: Captions, tokenizer, cfg: PretrainConfig,
         logits = model.logit_scale.exp().clamp(max=100) * F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).T
         return contrastive_loss(logits, captions.positives(rows, scene, obj))
 
-    losses = optimise(list(model.parameters()), cfg.clip_steps, cfg.clip_lr, loss_fn, "clip")
+    losses = optimise(list(model.parameters()), cfg.clip_steps, cfg.clip_lr, lambda step: backward(loss_fn(step)),
+                      "clip")
     return model.eval(), losses
 
 
@@ -338,15 +370,19 @@ def random_crop(images: torch.Tensor, size: int, g: torch.Generator) -> torch.Te
     return images[..., dy:dy + size, dx:dx + size]
 
 
-def train_vae(world: World, cfg: PretrainConfig, g: torch.Generator):
-    """A convolutional ``AutoencoderKL`` trained on random flipped crops for MSE + L1
-    reconstruction with a small KL weight; returns (vae, losses)."""
+def build_vae(cfg: PretrainConfig):
+    """A convolutional ``AutoencoderKL``, so it can train on crops."""
     from diffusers import AutoencoderKL
 
     from uniemo.foundation import vae_config
 
-    vae = AutoencoderKL(**vae_config(channels=cfg.vae_channels, sample_size=cfg.image_size,
-                                     mid_attention=False)).train()
+    return AutoencoderKL(**vae_config(channels=cfg.vae_channels, sample_size=cfg.image_size, mid_attention=False))
+
+
+def train_vae(vae, world: World, cfg: PretrainConfig, g: torch.Generator):
+    """Train ``vae`` on random flipped crops for MSE + L1 reconstruction with a small KL weight;
+    returns (vae, losses)."""
+    vae.train()
 
     def loss_fn(step: int) -> torch.Tensor:
         idx = torch.randint(len(world.images), (cfg.vae_batch,), generator=g)
@@ -356,7 +392,7 @@ def train_vae(world: World, cfg: PretrainConfig, g: torch.Generator):
         reconstruction = vae.decode(posterior.sample(generator=g)).sample
         return F.mse_loss(reconstruction, x) + F.l1_loss(reconstruction, x) + cfg.kl_weight * posterior.kl().mean()
 
-    losses = optimise(list(vae.parameters()), cfg.vae_steps, cfg.vae_lr, loss_fn, "vae")
+    losses = optimise(list(vae.parameters()), cfg.vae_steps, cfg.vae_lr, lambda step: backward(loss_fn(step)), "vae")
     return vae.eval(), losses
 
 
@@ -408,21 +444,33 @@ def train_unet(world: World, latents: tuple[torch.Tensor, torch.Tensor], scaling
 
     mean, std = latents
     unet = UNet2DConditionModel(**unet_config(states.shape[-1], sample_size=mean.shape[-1],
-                                              channels=cfg.unet_channels, attention_at=cfg.unet_attention)).train()
+                                              channels=cfg.unet_channels, attention_at=cfg.unet_attention,
+                                              mid_block=cfg.unet_mid_block)).train()
     noise_schedule = DDPMScheduler(**SD_SCHEDULE)
     empty = len(states) - 1
 
-    def loss_fn(step: int) -> torch.Tensor:
+    def batch(step: int) -> tuple[torch.Tensor, ...]:
+        """Noisy latents, timesteps, text states, noise and Min-SNR weights of one batch."""
         idx = torch.randint(len(mean), (cfg.unet_batch,), generator=g)
         z = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g)) * scaling_factor
         rows = captions.sample(world.scene[idx], world.object[idx], g, pairs_only=True)
         rows = torch.where(torch.rand(len(idx), generator=g) < cfg.uncond_prob, empty, rows)
         noise = torch.randn(z.shape, generator=g)
         t = torch.randint(noise_schedule.config.num_train_timesteps, (len(idx),), generator=g)
-        prediction = unet(noise_schedule.add_noise(z, noise, t), t, encoder_hidden_states=states[rows]).sample
-        return (min_snr_weight(noise_schedule, t, cfg.snr_gamma) * (prediction - noise).pow(2).mean((1, 2, 3))).mean()
+        return (noise_schedule.add_noise(z, noise, t), t, states[rows], noise,
+                min_snr_weight(noise_schedule, t, cfg.snr_gamma))
 
-    losses = optimise(list(unet.parameters()), cfg.unet_steps, cfg.unet_lr, loss_fn, "unet")
+    def part_gradients(noisy, t, text, noise, weight) -> float:
+        """Gradients of this part's share of the batch's mean loss (they add up across parts)."""
+        prediction = unet(noisy, t, encoder_hidden_states=text).sample
+        return backward((weight * (prediction - noise).pow(2).mean((1, 2, 3))).sum() / cfg.unet_batch)
+
+    with worker_pool(cfg.workers) as pool:
+        def gradients(step: int) -> float:
+            parts = [part for part in zip(*(x.tensor_split(cfg.workers) for x in batch(step))) if len(part[0])]
+            return sum(pool.map(lambda part: part_gradients(*part), parts))
+
+        losses = optimise(list(unet.parameters()), cfg.unet_steps, cfg.unet_lr, gradients, "unet")
     return unet.eval(), losses
 
 
@@ -511,8 +559,6 @@ def pretrain_base(out: str | Path, data: str | Path, cfg: PretrainConfig | None 
         raise UniEmoError(f"{out} exists and is not a pretrain-base output: choose a new OUT or delete it")
 
     start, cpu_start = time.perf_counter(), time.process_time()
-    torch.manual_seed(cfg.seed)
-    g = torch.Generator().manual_seed(cfg.seed)
     train = load_world(data, "train", cfg.image_size)
     test = load_world(data, "test", cfg.image_size, train.scene_names, train.object_names)
     keep = (train.scene >= 0) | (train.object >= 0)
@@ -523,13 +569,22 @@ def pretrain_base(out: str | Path, data: str | Path, cfg: PretrainConfig | None 
     tokenizer = train_tokenizer(captions, cfg)
     times = {"data": time.perf_counter() - start}
 
-    clip, clip_losses = _timed(times, "clip", lambda: train_clip(train, captions, tokenizer, cfg, g))
-    vae, vae_losses = _timed(times, "vae", lambda: train_vae(train, cfg, g))
+    torch.manual_seed(cfg.seed)  # initial weights, drawn here rather than in the worker threads
+    clip, vae = build_clip(cfg, len(tokenizer), tokenizer.model_max_length), build_vae(cfg)
+    clip_g, vae_g, unet_g = (torch.Generator().manual_seed(cfg.seed + k) for k in range(3))
     both = mirrored(train)
-    latents = _timed(times, "encode", lambda: encode_latents(vae, both.images))
+
+    def autoencoder():
+        trained = _timed(times, "vae", lambda: train_vae(vae, train, cfg, vae_g))
+        return trained, _timed(times, "encode", lambda: encode_latents(vae, both.images))
+
+    with worker_pool(cfg.workers) as pool:
+        clip_job = pool.submit(_timed, times, "clip", lambda: train_clip(clip, train, captions, tokenizer, cfg, clip_g))
+        vae_job = pool.submit(autoencoder)
+        (clip, clip_losses), ((vae, vae_losses), latents) = clip_job.result(), vae_job.result()
     states = encode_captions(clip.text_model, tokenizer, captions.texts + [""])
     unet, unet_losses = _timed(times, "unet", lambda: train_unet(
-        both, latents, vae.config.scaling_factor, captions, states, cfg, g))
+        both, latents, vae.config.scaling_factor, captions, states, cfg, unet_g))
     times["training"] = time.perf_counter() - start
     times["training_cpu"] = time.process_time() - cpu_start  # CPU seconds, all threads: robust to a busy machine
 
@@ -550,11 +605,10 @@ def pretrain_base(out: str | Path, data: str | Path, cfg: PretrainConfig | None 
 
 
 def _timed(times: dict, name: str, fn):
-    """``fn()``, recording its wall seconds as ``times[name]`` and its CPU seconds (all threads)
-    as ``times[name + '_cpu']``."""
-    start, cpu_start = time.perf_counter(), time.process_time()
+    """``fn()``, recording its wall seconds as ``times[name]``."""
+    start = time.perf_counter()
     result = fn()
-    times[name], times[f"{name}_cpu"] = time.perf_counter() - start, time.process_time() - cpu_start
+    times[name] = time.perf_counter() - start
     return result
 
 
@@ -608,6 +662,6 @@ def _log_report(report: dict, out: Path, log: Callable[[str], None]) -> None:
         r = zs[kind]
         log(f"zero-shot on {r['images']} {kind} test images: scene {r['scene']:.3f}, object {r['object']:.3f} "
             f"(target >= {target})")
-    log(f"training {t['training']:.0f}s (clip {t['clip']:.0f}s, vae {t['vae']:.0f}s, encode {t['encode']:.0f}s, "
-        f"unet {t['unet']:.0f}s) "
-        f"({t['training_cpu']:.0f} CPU-s on {report['threads']} threads); wrote {out}/clip, {out}/sd, {out}/{REPORT}")
+    log(f"training {t['training']:.0f}s: clip {t['clip']:.0f}s beside vae {t['vae']:.0f}s + encode {t['encode']:.0f}s, "
+        f"then unet {t['unet']:.0f}s ({t['training_cpu']:.0f} CPU-s on {report['threads']} threads); "
+        f"wrote {out}/clip, {out}/sd, {out}/{REPORT}")
