@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -118,6 +119,34 @@ def test_same_seed_same_weights_though_models_train_side_by_side(trained, tiny_e
         first, second = load_file(out / weights), load_file(tmp_path / "again" / weights)
         assert first.keys() == second.keys()
         assert all(torch.equal(first[k], second[k]) for k in first), weights
+
+
+def test_a_failing_job_stops_the_job_beside_it(tiny_emoset, tmp_path, monkeypatch):
+    """When the VAE fails, its error comes out at once and the CLIP beside it stops at its next
+    step, rather than training on to its last step first."""
+    clip_steps: list[int] = []
+    optimise = pb.optimise
+
+    def counting(params, steps, lr, gradients, desc, stop=None):
+        def counted(step):
+            if desc == "clip":
+                clip_steps.append(step)
+            return gradients(step)
+        return optimise(params, steps, lr, counted, desc, stop)
+
+    def vae_fails(*args, **kwargs):
+        for _ in range(500):  # until the CLIP has started
+            if len(clip_steps) >= 3:
+                break
+            time.sleep(0.01)
+        raise ValueError("vae failed")
+
+    monkeypatch.setattr(pb, "optimise", counting)
+    monkeypatch.setattr(pb, "train_vae", vae_fails)
+    with pytest.raises(ValueError, match="vae failed"):
+        pb.pretrain_base(tmp_path / "out", tiny_emoset, dataclasses.replace(TINY, clip_steps=100_000), log=print)
+    assert 3 <= len(clip_steps) < 1000
+    assert not (tmp_path / "out").exists()
 
 
 def test_unet_batch_split_across_workers_matches_the_whole_batch(world):

@@ -48,8 +48,9 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -256,9 +257,10 @@ def tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
 # ----------------------------------------------------------------------------- training
 
 
-def optimise(params: list, steps: int, lr: float, gradients: Callable[[int], float], desc: str) -> list[float]:
+def optimise(params: list, steps: int, lr: float, gradients: Callable[[int], float], desc: str,
+             stop: threading.Event | None = None) -> list[float]:
     """AdamW with linear warm-up and cosine decay; ``gradients(step)`` puts one batch's gradients
-    into the parameters' ``.grad`` and returns its loss."""
+    into the parameters' ``.grad`` and returns its loss. Raises at the next step once ``stop`` is set."""
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     warmup = max(1, steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -266,6 +268,8 @@ def optimise(params: list, steps: int, lr: float, gradients: Callable[[int], flo
     losses = []
     bar = tqdm(range(steps), desc=desc, unit="step")
     for step in bar:
+        if stop is not None and stop.is_set():
+            raise RuntimeError(f"{desc} training stopped at step {step}: the job beside it failed or was interrupted")
         opt.zero_grad(set_to_none=True)
         losses.append(gradients(step))
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -282,17 +286,33 @@ def backward(loss: torch.Tensor) -> float:
 
 @contextmanager
 def worker_pool(workers: int):
-    """A pool of ``workers`` threads that share out torch's CPU threads. The tiny models' ops are
+    """(pool, stop): a pool of ``workers`` threads that share out torch's CPU threads, and an event
+    set when the caller fails or is interrupted, so that jobs watching it (``optimise``) end at
+    their next step instead of holding the exit until they finish. The tiny models' ops are
     too small to keep several cores busy, so two jobs side by side on one core each finish
     sooner than one after the other on two cores (docs/BENCHMARKS.md). Jobs draw random numbers
     only from their own generators, so results stay repeatable."""
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, threads // workers))
+    stop = threading.Event()
     try:
         with ThreadPoolExecutor(workers, thread_name_prefix="pretrain") as pool:
-            yield pool
+            try:
+                yield pool, stop
+            except BaseException:
+                stop.set()
+                raise
     finally:
         torch.set_num_threads(threads)
+
+
+def results(jobs: list[Future]) -> list:
+    """The jobs' results in order, or the error of the first job that fails, as soon as it fails."""
+    wait(jobs, return_when=FIRST_EXCEPTION)
+    for job in jobs:
+        if job.done() and job.exception() is not None:
+            raise job.exception()
+    return [job.result() for job in jobs]
 
 
 def augment(images: torch.Tensor, g: torch.Generator, shift: int = 4, max_blur: float = 1.5) -> torch.Tensor:
@@ -340,7 +360,8 @@ def build_clip(cfg: PretrainConfig, vocab_size: int, max_length: int):
                                  patch_size=cfg.patch_size, max_length=max_length))
 
 
-def train_clip(model, world: World, captions: Captions, tokenizer, cfg: PretrainConfig, g: torch.Generator):
+def train_clip(model, world: World, captions: Captions, tokenizer, cfg: PretrainConfig, g: torch.Generator,
+               stop: threading.Event | None = None):
     """Train ``model`` (a CLIP) contrastively on the world's images and captions; returns (model, losses)."""
     model.train()
     ids = tokenize(tokenizer, captions.texts)
@@ -355,7 +376,7 @@ def train_clip(model, world: World, captions: Captions, tokenizer, cfg: Pretrain
         return contrastive_loss(logits, captions.positives(rows, scene, obj))
 
     losses = optimise(list(model.parameters()), cfg.clip_steps, cfg.clip_lr, lambda step: backward(loss_fn(step)),
-                      "clip")
+                      "clip", stop)
     return model.eval(), losses
 
 
@@ -379,7 +400,7 @@ def build_vae(cfg: PretrainConfig):
     return AutoencoderKL(**vae_config(channels=cfg.vae_channels, sample_size=cfg.image_size, mid_attention=False))
 
 
-def train_vae(vae, world: World, cfg: PretrainConfig, g: torch.Generator):
+def train_vae(vae, world: World, cfg: PretrainConfig, g: torch.Generator, stop: threading.Event | None = None):
     """Train ``vae`` on random flipped crops for MSE + L1 reconstruction with a small KL weight;
     returns (vae, losses)."""
     vae.train()
@@ -392,7 +413,8 @@ def train_vae(vae, world: World, cfg: PretrainConfig, g: torch.Generator):
         reconstruction = vae.decode(posterior.sample(generator=g)).sample
         return F.mse_loss(reconstruction, x) + F.l1_loss(reconstruction, x) + cfg.kl_weight * posterior.kl().mean()
 
-    losses = optimise(list(vae.parameters()), cfg.vae_steps, cfg.vae_lr, lambda step: backward(loss_fn(step)), "vae")
+    losses = optimise(list(vae.parameters()), cfg.vae_steps, cfg.vae_lr, lambda step: backward(loss_fn(step)), "vae",
+                      stop)
     return vae.eval(), losses
 
 
@@ -465,7 +487,7 @@ def train_unet(world: World, latents: tuple[torch.Tensor, torch.Tensor], scaling
         prediction = unet(noisy, t, encoder_hidden_states=text).sample
         return backward((weight * (prediction - noise).pow(2).mean((1, 2, 3))).sum() / cfg.unet_batch)
 
-    with worker_pool(cfg.workers) as pool:
+    with worker_pool(cfg.workers) as (pool, _):
         def gradients(step: int) -> float:
             parts = [part for part in zip(*(x.tensor_split(cfg.workers) for x in batch(step))) if len(part[0])]
             return sum(pool.map(lambda part: part_gradients(*part), parts))
@@ -574,14 +596,14 @@ def pretrain_base(out: str | Path, data: str | Path, cfg: PretrainConfig | None 
     clip_g, vae_g, unet_g = (torch.Generator().manual_seed(cfg.seed + k) for k in range(3))
     both = mirrored(train)
 
-    def autoencoder():
-        trained = _timed(times, "vae", lambda: train_vae(vae, train, cfg, vae_g))
-        return trained, _timed(times, "encode", lambda: encode_latents(vae, both.images))
+    with worker_pool(cfg.workers) as (pool, stop):
+        def autoencoder():
+            trained = _timed(times, "vae", lambda: train_vae(vae, train, cfg, vae_g, stop))
+            return trained, _timed(times, "encode", lambda: encode_latents(vae, both.images))
 
-    with worker_pool(cfg.workers) as pool:
-        clip_job = pool.submit(_timed, times, "clip", lambda: train_clip(clip, train, captions, tokenizer, cfg, clip_g))
-        vae_job = pool.submit(autoencoder)
-        (clip, clip_losses), ((vae, vae_losses), latents) = clip_job.result(), vae_job.result()
+        (clip, clip_losses), ((vae, vae_losses), latents) = results([
+            pool.submit(_timed, times, "clip", lambda: train_clip(clip, train, captions, tokenizer, cfg, clip_g, stop)),
+            pool.submit(autoencoder)])
     states = encode_captions(clip.text_model, tokenizer, captions.texts + [""])
     unet, unet_losses = _timed(times, "unet", lambda: train_unet(
         both, latents, vae.config.scaling_factor, captions, states, cfg, unet_g))
