@@ -6,8 +6,8 @@ the zero-shot scene / object accuracies on held-out and on generated images.
 
 Targets (issue 2): accuracy >= 0.8 on real and >= 0.5 on generated images; training (from
 reading the data to the last UNet step; the CLIP trains beside the VAE) <= 6 minutes on a
-2-core CPU. Wall times depend on what else the machine runs; the
-CPU seconds are printed too (on an idle machine wall ~ CPU seconds / threads). On a machine
+2-core CPU. Wall times depend on what else the machine runs; the CPU seconds are printed too
+(on an idle machine wall ~ CPU seconds / threads). On a machine
 whose cores are already busy, use ``--threads 1``: torch's threads then mostly spin-wait."""
 
 from __future__ import annotations

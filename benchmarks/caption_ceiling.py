@@ -6,7 +6,8 @@ UniEmo's images is bounded (in expectation) by this figure. It tells a generator
 draw the emotion apart from a condition that does not steer it.
 
 Per emotion, K pairs are drawn (seeded) from the synthetic world's rule (`uniemo.synth`), each
-prompted as "a photo of <object> in <scene>" at the demo's guidance and T denoising steps, and
+prompted with the caption pretrain-base trained the SD on ("a photo of <object> in <scene>",
+names as the dataset loader normalises them) at the demo's guidance and T denoising steps, and
 scored by DEMO/evaluator. Prints one line per emotion and the mean.
 
   .venv/bin/python benchmarks/caption_ceiling.py --demo demo-out            # about 30 s on an idle machine
@@ -24,9 +25,9 @@ from uniemo.config import load_config
 from uniemo.demo import PLANS
 from uniemo.evaluator import Evaluator
 from uniemo.loading import load_sd
-from uniemo.pretrain_base import PAIR_TEMPLATES, article
+from uniemo.pretrain_base import Captions
 from uniemo.synth import OBJECTS, SCENES, emotion_pairs
-from uniemo.vocab import EMOTIONS
+from uniemo.vocab import EMOTIONS, normalise_attribute
 
 
 def main() -> None:
@@ -43,12 +44,13 @@ def main() -> None:
     pipe = load_sd(args.demo / "foundation" / "sd")
     pipe.set_progress_bar_config(disable=True)
     evaluator = Evaluator.from_pretrained(args.demo / "evaluator")
+    captions = Captions.build([normalise_attribute(n) for n in SCENES], [normalise_attribute(n) for n in OBJECTS])
     rng = np.random.default_rng(args.seed)
     hits = []
     for k, emotion in enumerate(EMOTIONS):
         pairs = emotion_pairs(k)
         chosen = [pairs[i] for i in rng.integers(len(pairs), size=args.images_per_emotion)]
-        prompts = [PAIR_TEMPLATES[0].format(o=article(OBJECTS[o]), s=article(SCENES[s])) for s, o in chosen]
+        prompts = [captions.texts[int(captions.pairs[s, o, 0])] for s, o in chosen]
         images = pipe(prompts, num_inference_steps=args.steps, guidance_scale=args.guidance,
                       generator=torch.Generator().manual_seed(args.seed + k)).images
         hit = (evaluator.predict_proba(images).argmax(-1) == k).float()
