@@ -11,7 +11,7 @@ Emo-A is measured by DEMO/evaluator, a probe on frozen tiny-CLIP image features 
 `uniemo train joint --run DEMO/run1-understanding --config OVERRIDES --max-steps N --seed S`
 (only fusion.features / use_alpha / cond_loss / joint_weights differ), `uniemo generate --emotion all -n K
 --steps T --seed S`, `uniemo evaluate generation --evaluator DEMO/evaluator --seed S`. The
-baseline (a) is `uniemo demo`'s own baseline step (uniemo.demo.generate_baseline: the frozen SD,
+baseline (a) is `uniemo demo`'s own baseline step (uniemo.demo.runner.generate_baseline: the frozen SD,
 the emotion word as the prompt, the demo's stage-2 guidance) with K images, T steps and
 seed S, evaluated the same way. Finished pieces are reused (a run with implicit_feedback.json,
 a seed with metrics.json; `uniemo generate` skips images already written), so re-running the
@@ -40,7 +40,7 @@ from pathlib import Path
 from _evidence import (evidence_parser, fmt_seeds, fmt_summary, publish, summarise, table, train, uniemo,
                        write_overrides)
 
-from uniemo.demo import PLANS, Layout, generate_baseline
+from uniemo.demo.runner import PLANS, Layout, generate_baseline
 from uniemo.config import load_config
 from uniemo.io import read_json
 

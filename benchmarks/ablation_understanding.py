@@ -28,7 +28,7 @@ from pathlib import Path
 
 from _evidence import evidence_parser, fmt_seeds, fmt_summary, publish, summarise, table, train, write_overrides
 
-from uniemo.demo import PLANS
+from uniemo.demo.runner import PLANS
 from uniemo.io import read_json
 
 VARIANTS = ("multi-stage", "single-step", "none")

@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from uniemo import foundation
+from uniemo.demo import foundation
 from uniemo.config import CLIP_ARCHITECTURES, FusionConfig, UnderstandingConfig, preset
 from uniemo.fusion import CorrelationTable, UniEmoFusion, table_from_counts
 from uniemo.joint import EmotionSpace, FrozenDiffusion, JointModel

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from uniemo.pretrain_base import PretrainConfig, pretrain_base
-from uniemo.synth import write_synthetic
+from uniemo.demo.pretrain_base import PretrainConfig, pretrain_base
+from uniemo.demo.synth import write_synthetic
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ import time
 import torch
 
 from uniemo.config import UnderstandingConfig
-from uniemo.foundation import clip_config
+from uniemo.demo.foundation import clip_config
 from uniemo.understanding import UniEmoUnderstanding
 
 

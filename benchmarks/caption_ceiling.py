@@ -5,7 +5,7 @@ No condition UniEmo fuses can name an image's content better than its caption, s
 UniEmo's images is bounded (in expectation) by this figure. It tells a generator that cannot
 draw the emotion apart from a condition that does not steer it.
 
-Per emotion, K pairs are drawn (seeded) from the synthetic world's rule (`uniemo.synth`), each
+Per emotion, K pairs are drawn (seeded) from the synthetic world's rule (`uniemo.demo.synth`), each
 prompted with the caption pretrain-base trained the SD on ("a photo of <object> in <scene>",
 names as the dataset loader normalises them) at the demo's guidance and T denoising steps, and
 scored by DEMO/evaluator. Prints one line per emotion and the mean.
@@ -22,11 +22,11 @@ import numpy as np
 import torch
 
 from uniemo.config import load_config
-from uniemo.demo import PLANS
+from uniemo.demo.runner import PLANS
 from uniemo.evaluator import Evaluator
 from uniemo.loading import load_sd
-from uniemo.pretrain_base import Captions
-from uniemo.synth import OBJECTS, SCENES, emotion_pairs
+from uniemo.demo.pretrain_base import Captions
+from uniemo.demo.synth import OBJECTS, SCENES, emotion_pairs
 from uniemo.vocab import EMOTIONS, normalise_attribute
 
 

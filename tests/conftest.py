@@ -36,7 +36,7 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     """(clip_dir, sd_dir): random tiny CLIP and SD-layout directories sharing one text tower."""
-    from uniemo.foundation import build_random
+    from uniemo.demo.foundation import build_random
 
     return build_random(tmp_path_factory.mktemp("foundation"), CAPTIONS)
 
@@ -44,6 +44,6 @@ def tiny_models(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_emoset(tmp_path_factory):
     """A small synthetic dataset in EmoSet's on-disk format (real loader, real JPEGs)."""
-    from uniemo.synth import write_synthetic
+    from uniemo.demo.synth import write_synthetic
 
     return write_synthetic(tmp_path_factory.mktemp("emoset"), num_images=240, size=64, seed=0)

@@ -81,16 +81,19 @@ def test_three_and_four_field_items_and_annotations(tmp_path):
     annotations = {
         "annotation/a.json": {"scene": "bakery/shop", "object": ["Balloon", "Alarm clock"], "brightness": 0.4},
         "annotation/b.json": {"emotion": "fear", "facial_expression": "neutral"},
-        "annotation/c.json": {"scene": 3, "object": "Balloon"},
+        "annotation/c.json": {"scene": 3, "object": "Balloon", "brightness": 1.5, "colorfulness": 0.7},
     }
     ds = open_dataset(_emoset(tmp_path, items, annotations), "emoset", "train")
-    assert [(i.path.name, i.label, i.scene, i.object) for i in ds.items] == [
-        ("a.jpg", 1, "bakery shop", "alarm clock"),  # the last listed object
-        ("b.jpg", 6, None, None),
-        ("c.jpg", 6, None, None),  # wrong types: attribute missing, counted
-        ("d.jpg", 1, None, None),
+    assert [(i.path.name, i.label, i.scene, i.object, i.brightness, i.colorfulness) for i in ds.items] == [
+        ("a.jpg", 1, "bakery shop", "alarm clock", 0.4, None),  # the last listed object
+        ("b.jpg", 6, None, None, None, None),
+        ("c.jpg", 6, None, None, None, 0.7),  # wrong types or range: attribute missing, counted
+        ("d.jpg", 1, None, None, None, None),
     ]
-    assert ds.problems == {"scene of wrong type": 1, "object of wrong type": 1, "annotation missing": 1}
+    assert ds.problems == {"scene of wrong type": 1, "object of wrong type": 1, "annotation missing": 1,
+                           "brightness not in [0, 1]": 1}
+    sample = ds[0]
+    assert (sample["brightness"], sample["colorfulness"]) == (0.4, None)
     assert ds.scene_vocab == ("amusement park", "bakery shop")
 
 
@@ -304,7 +307,7 @@ def test_dataset_without_validation_keeps_given_items(tmp_path):
 def test_cli_data_check(tiny_emoset, tmp_path, capsys):
     assert main(["data", "check", str(tiny_emoset), "--decode"]) == 0
     out = capsys.readouterr().out
-    assert "emoset dataset at" in out and "12 scene and 16 object names" in out
+    assert "emoset dataset at" in out and "12 scene and 15 object names" in out
     train_row = next(line for line in out.splitlines() if line.startswith("train"))
     assert train_row.split()[1:] == ["192"] + ["24"] * 8
     assert "train scene 100.0%, object 100.0%" in out and "problems: none" in out

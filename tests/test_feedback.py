@@ -151,7 +151,7 @@ def setup(tiny_models, tmp_path_factory):
     from test_joint import write_run1
 
     from uniemo.cli import main
-    from uniemo.synth import write_synthetic
+    from uniemo.demo.synth import write_synthetic
 
     root = tmp_path_factory.mktemp("feedback")
     data = write_synthetic(root / "data", num_images=96, size=64, seed=0)

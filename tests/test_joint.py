@@ -77,6 +77,36 @@ def test_diffusion_loss_alone_sends_gradient_to_e(model):
     assert e.grad.abs().sum() > 0
 
 
+def test_transfer_prompts_name_the_image_object_at_the_configured_rate(tiny_models):
+    from uniemo.loading import load_sd
+
+    sd = load_sd(tiny_models[1])
+    objects = ["balloon", None, "cake"] * 100
+    plain = joint.FrozenDiffusion(sd, "<emo>").prompt_ids_for(objects)
+    assert (plain == plain[0]).all()
+    always = joint.FrozenDiffusion(sd, "<emo>", object_prompt_p=1.0)
+    texts = sd.tokenizer.batch_decode(always.prompt_ids_for(objects[:3]))
+    assert [t.replace(" ", "").replace("<|endoftext|>", "").replace("<|startoftext|>", "") for t in texts] == [
+        "<emo>balloon", "<emo>", "<emo>cake"]
+    torch.manual_seed(0)
+    half = joint.FrozenDiffusion(sd, "<emo>", object_prompt_p=0.5).prompt_ids_for(objects)
+    with_object = (half != plain).any(dim=1)
+    assert not with_object[1::3].any()  # an image without an object keeps the plain prompt
+    assert 0.4 < with_object[0::3].float().mean() < 0.6
+
+
+def test_object_prompt_rate_out_of_range_is_a_one_line_error(tiny_models, tiny_emoset, tmp_path, capsys):
+    from uniemo.cli import main
+
+    run1 = write_run1(tiny_models, tiny_emoset, tmp_path / "run1")
+    (tmp_path / "o.yaml").write_text("fusion: {object_prompt_p: 1.5}\n")
+    code = main(["train", "joint", "--run", str(run1), "--sd", str(tiny_models[1]), "--data",
+                 str(tiny_emoset), "--out", str(tmp_path / "r2"), "--config", str(tmp_path / "o.yaml")])
+    err = capsys.readouterr().err
+    assert code == 2 and "object_prompt_p 1.5 is out of range" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r2").exists()
+
+
 def test_frozen_diffusion_is_outside_the_state_dict_but_moves_with_the_model(tiny_models):
     m = build_joint(tiny_models)
     assert not any(k.startswith("diffusion") for k in m.state_dict())

@@ -182,13 +182,14 @@ def test_evaluate_generation_cli_end_to_end(tmp_path, tiny_models, tiny_emoset, 
     assert "| awe |" in table and "| **all** |" in table and "clip zero-shot" in table
 
 
-def test_evaluate_generation_rejects_a_folder_that_is_no_emotion(tmp_path, tiny_emoset, capsys):
+@pytest.mark.parametrize("folder", ["happiness", "mix_happiness-1", "mix_awe"])
+def test_evaluate_generation_rejects_a_folder_that_is_no_emotion_nor_mix(tmp_path, tiny_emoset, capsys, folder):
     from uniemo.cli import main
 
-    (tmp_path / "gen" / "happiness").mkdir(parents=True)
+    (tmp_path / "gen" / folder).mkdir(parents=True)
     assert main(["evaluate", "generation", "--images", str(tmp_path / "gen"), "--real", str(tiny_emoset)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "happiness" in err and err.count("\n") == 1
+    assert err.startswith("error: ") and folder in err and "mix_<emotion>-<weight>" in err and err.count("\n") == 1
 
 
 def test_generated_images_are_read_per_emotion_without_the_contact_sheet(tmp_path):
@@ -200,5 +201,196 @@ def test_generated_images_are_read_per_emotion_without_the_contact_sheet(tmp_pat
             Image.new("RGB", (8, 8)).save(tmp_path / emotion / f"{i:04d}.png")
         Image.new("RGB", (16, 16)).save(tmp_path / emotion / metrics.GRID_FILE)
     found = metrics.read_generated(tmp_path, ("amusement", "awe", "fear"))
-    assert [(p.name, label) for p, label in found] == [
-        ("0000.png", 1), ("0001.png", 1), ("0000.png", 2), ("0001.png", 2), ("0002.png", 2)]
+    assert [(g.path.name, g.label, g.mix, g.object) for g in found] == [
+        ("0000.png", 1, None, None), ("0001.png", 1, None, None), ("0000.png", 2, None, None),
+        ("0001.png", 2, None, None), ("0002.png", 2, None, None)]
+
+
+def test_mix_folder_names_round_trip_and_other_names_spell_no_mix():
+    names = ("awe", "fear", "very_sad", "sad", "so-so")
+    assert metrics.mix_folder({"awe": 0.7, "fear": 0.3}) == "mix_awe-0.7_fear-0.3"
+    for weights in ({"awe": 0.7, "fear": 0.3}, {"very_sad": 0.5, "sad": 0.5}, {"so-so": 1.0},
+                    {"awe": 0.5, "fear": 1e-05}, {"sad": 0.25, "awe": 0.25, "fear": 0.5}):
+        folder = metrics.mix_folder(weights)
+        assert metrics.parse_mix_folder(folder, names) == pytest.approx(weights), folder
+    for other in ("awe", "mix_", "mix_awe", "mix_happy-0.5", "mix_awe-0.5_", "mix_awe-0.5__fear-0.5", "mixawe-1",
+                  "mix_awe-x", "mix_awe--0.5"):
+        assert metrics.parse_mix_folder(other, names) is None, other
+
+
+def test_mix_folders_are_read_with_the_weights_and_objects_of_metadata(tmp_path):
+    """Metadata gives the exact weights and the (normalised) object; without a record a mix
+    folder's name gives the weights; a line cut short by a kill is ignored."""
+    import json
+
+    from PIL import Image
+
+    for folder in ("awe", "mix_awe-0.667_fear-0.333", "mix_awe-0.5_fear-0.5"):
+        (tmp_path / folder).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / folder / "0000.png")
+    records = [{"file": "awe/0000.png", "emotion": "awe", "mix": None, "object": "Stop_Sign"},
+               {"file": "mix_awe-0.667_fear-0.333/0000.png", "emotion": None,
+                "mix": {"awe": 0.666667, "fear": 0.333333}, "object": None}]
+    text = "".join(json.dumps(r) + "\n" for r in records) + '{"file": "mix_awe-0.5_fear-0.5/0000.png", "mi'
+    (tmp_path / metrics.METADATA_FILE).write_text(text)
+    found = metrics.read_generated(tmp_path, ("awe", "fear"))
+    assert [(g.path.parent.name, g.label, g.mix, g.object) for g in found] == [
+        ("awe", 0, None, "stop sign"),
+        ("mix_awe-0.5_fear-0.5", None, {"awe": 0.5, "fear": 0.5}, None),
+        ("mix_awe-0.667_fear-0.333", None, {"awe": 0.666667, "fear": 0.333333}, None)]
+
+
+@pytest.fixture(scope="module")
+def emoset_evaluator(tmp_path_factory, tiny_models, tiny_emoset):
+    """An Emo-A evaluator trained on the tiny synthetic EmoSet (its 8 emotions)."""
+    from uniemo.evaluator import train_evaluator
+
+    out = tmp_path_factory.mktemp("evaluator") / "eval"
+    train_evaluator(tiny_models[0], tiny_emoset, out, epochs=10, seed=0, device=torch.device("cpu"))
+    return out
+
+
+def _write_generated(root, items, folder, records, **record) -> list:
+    """Real dataset images copied as ``uniemo generate`` would write them into ``root/folder``,
+    with one metadata record each (``record`` with the object per image if ``object`` is a
+    list) when ``records`` is a list; returns the written paths."""
+    from uniemo.data import load_rgb
+
+    (root / folder).mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, item in enumerate(items):
+        path = root / folder / f"{i:04d}.png"
+        load_rgb(item.path).save(path)
+        paths.append(path)
+        if records is not None:
+            fields = {k: v[i] if isinstance(v, list) else v for k, v in record.items()}
+            records.append({"file": f"{folder}/{path.name}", "seed": i, **fields})
+    return paths
+
+
+def test_object_kept_and_mix_mass_end_to_end(tmp_path, tiny_models, tiny_emoset, emoset_evaluator):
+    """Transfer: each image asks for the object CLIP's zero-shot top-1 names for it, except one
+    that asks for a word no image shows: object_kept is 6/7 overall, 3/4 for awe. Fusion: the mass
+    of each mix folder is the evaluator's own probability of the mix's emotions, summed and averaged."""
+    import json
+
+    from uniemo.cli import main
+    from uniemo.data import open_dataset
+    from uniemo.evaluator import Evaluator
+    from uniemo.loading import load_clip
+    from uniemo.vocab import normalise_attribute
+
+    clip_dir, _ = tiny_models
+    real = open_dataset(tiny_emoset, split="train")
+    of = {name: [it for it in real.items if real.class_names[it.label] == name] for name in real.class_names}
+    fake = tmp_path / "generated"
+    records: list[dict] = []
+    # The object each image will ask for is CLIP's top-1 over the vocabulary plus "spaceship".
+    encoder = metrics.ClipImageEncoder(load_clip(clip_dir), device=torch.device("cpu"))
+    vocab = list(real.object_vocab) + ["spaceship"]
+    zero_shot = metrics.ClipZeroShot(encoder, vocab, "object")
+
+    def top1(items):
+        from uniemo.data import load_rgb
+
+        return [vocab[k] for k in zero_shot([load_rgb(it.path) for it in items]).argmax(-1).tolist()]
+
+    awe_words, fear_words = top1(of["awe"][:4]), top1(of["fear"][:3])
+    assert awe_words[0] != "spaceship"  # so asking the first awe image for a spaceship is wrong
+    awe_asked = ["Spaceship"] + awe_words[1:]  # normalised to "spaceship", added to the candidates
+    fear_asked = [w.title().replace(" ", "_") for w in fear_words]  # e.g. "Stop_Sign": normalised back
+    _write_generated(fake, of["awe"][:4], "awe", records, emotion="awe", mix=None, object=awe_asked)
+    _write_generated(fake, of["fear"][:3], "fear", records, emotion="fear", mix=None, object=fear_asked)
+    half = _write_generated(fake, of["awe"][4:5] + of["fear"][3:5], "mix_awe-0.5_fear-0.5", records,
+                            emotion=None, mix={"awe": 0.5, "fear": 0.5}, object=None)
+    unlisted = _write_generated(fake, of["anger"][:2], "mix_anger-0.7_sadness-0.3", None)
+    (fake / metrics.METADATA_FILE).write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    out = tmp_path / "report.json"
+    assert main(["evaluate", "generation", "--images", str(fake), "--real", str(tiny_emoset), "--clip", str(clip_dir),
+                 "--evaluator", str(emoset_evaluator), "--pairs", "2", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    m = report["metrics"]
+    assert report["emotions"] == ["awe", "fear"]
+    assert report["mixes"] == ["mix_anger-0.7_sadness-0.3", "mix_awe-0.5_fear-0.5"]
+    assert report["counts"]["generated"] == {"awe": 4, "fear": 3, "mix_anger-0.7_sadness-0.3": 2,
+                                             "mix_awe-0.5_fear-0.5": 3}
+
+    kept = m["object_kept"]
+    assert "clip zero-shot over" in kept["network"] and str(clip_dir) in kept["network"]
+    assert kept["all"] == pytest.approx(6 / 7) and kept["images"] == 7
+    assert kept["per_emotion"] == pytest.approx({"awe": 3 / 4, "fear": 1.0})
+    words = [normalise_attribute(w) for w in awe_asked + fear_asked]
+    hits = [0.0] + [1.0] * 6
+    assert kept["per_object"] == pytest.approx(
+        {w: sum(h for x, h in zip(words, hits) if x == w) / words.count(w) for w in dict.fromkeys(words)})
+    assert kept["per_object"]["spaceship"] == 0.0
+
+    evaluator = Evaluator.from_pretrained(emoset_evaluator, device=torch.device("cpu"))
+    names = list(evaluator.class_names)
+    mass = m["mix_mass"]
+    assert mass["network"] == evaluator.name
+    for folder, paths, weights in (("mix_awe-0.5_fear-0.5", half, {"awe": 0.5, "fear": 0.5}),
+                                   ("mix_anger-0.7_sadness-0.3", unlisted, {"anger": 0.7, "sadness": 0.3})):
+        probs = evaluator.predict_proba([metrics.open_image(p) for p in paths])
+        entry = mass["per_mix"][folder]
+        assert entry["weights"] == pytest.approx(weights) and entry["images"] == len(paths)
+        assert entry["mean_probability"] == pytest.approx(  # every emotion, not only the mix's
+            {n: probs[:, k].mean().item() for k, n in enumerate(names)}, abs=1e-5)
+        assert entry["mass"] == pytest.approx(sum(probs[:, names.index(n)] for n in weights).mean().item(), abs=1e-5)
+    assert mass["all"] == pytest.approx((mass["per_mix"]["mix_awe-0.5_fear-0.5"]["mass"]
+                                         + mass["per_mix"]["mix_anger-0.7_sadness-0.3"]["mass"]) / 2)
+    # The emotion folders are measured as before, the mixes left out of them.
+    assert m["emo_a"]["network"] == evaluator.name and set(m["emo_a"]["per_emotion"]) == {"awe", "fear"}
+    assert set(m["fid"]["per_emotion"]) == {"awe", "fear"} and report["counts"]["real"] == {
+        "awe": len(of["awe"]), "fear": len(of["fear"])}
+
+    table = out.with_suffix(".md").read_text()
+    assert "Obj-K ↑" in table and "Mix-M ↑" in table and "| mix_awe-0.5_fear-0.5 | 3 |" in table
+    assert "| awe | 4 |" in table and "75.00%" in table and "spaceship 0.00%" in table
+    assert "mix_anger-0.7_sadness-0.3 (2 images): weights anger 0.7, sadness 0.3" in table
+
+
+def test_mix_folders_alone_with_an_evaluator_give_mix_mass_and_mark_the_rest_not_applicable(
+        tmp_path, tiny_emoset, emoset_evaluator):
+    import json
+
+    from uniemo.cli import main
+    from uniemo.data import open_dataset
+
+    real = open_dataset(tiny_emoset, split="train")
+    _write_generated(tmp_path / "gen", real.items[:2], "mix_awe-0.5_fear-0.5", None)
+    out = tmp_path / "report.json"
+    assert main(["evaluate", "generation", "--images", str(tmp_path / "gen"), "--real", str(tiny_emoset),
+                 "--evaluator", str(emoset_evaluator), "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    m = report["metrics"]
+    assert report["emotions"] == [] and report["mixes"] == ["mix_awe-0.5_fear-0.5"]
+    assert 0 < m["mix_mass"]["all"] <= 1 and m["mix_mass"]["per_mix"]["mix_awe-0.5_fear-0.5"]["images"] == 2
+    for key in ("fid", "lpips", "emo_a", "sem_c", "sem_d", "object_kept"):
+        assert m[key]["all"] is None and m[key]["note"].startswith("not applicable"), key
+    assert "only mixes" in m["fid"]["note"] and "object" in m["object_kept"]["note"]
+    table = out.with_suffix(".md").read_text()
+    assert "\n| emotion | n | Mix-M ↑ |\n" in table and "| **all** | 2 |" in table
+    assert "- FID: not applicable" in table
+
+
+def test_object_kept_and_mix_mass_without_their_networks_are_not_computed(tmp_path, tiny_emoset):
+    import json
+
+    from uniemo.cli import main
+    from uniemo.data import open_dataset
+
+    real = open_dataset(tiny_emoset, split="train")
+    records: list[dict] = []
+    _write_generated(tmp_path / "gen", real.items[:2], "mix_awe-1", records, mix={"awe": 1.0}, object="house")
+    (tmp_path / "gen" / metrics.METADATA_FILE).write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = tmp_path / "report.json"
+    assert main(["evaluate", "generation", "--images", str(tmp_path / "gen"), "--real", str(tiny_emoset),
+                 "--out", str(out)]) == 0
+    m = json.loads(out.read_text())["metrics"]
+    assert m["object_kept"] == {"network": None, "all": None, "per_emotion": {}, "per_object": {},
+                                "note": metrics.NOT_GIVEN["object_kept"]}
+    assert m["mix_mass"] == {"network": None, "all": None, "per_mix": {}, "note": metrics.NOT_GIVEN["mix_mass"]}
+    assert "--clip" in m["object_kept"]["note"] and "--evaluator" in m["mix_mass"]["note"]
+    assert "\n| emotion | n | Obj-K ↑ | Mix-M ↑ |\n" in out.with_suffix(".md").read_text()

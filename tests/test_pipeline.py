@@ -178,6 +178,28 @@ def test_generate_mix_and_all(run2_dir, tmp_path):
     assert all(m["prompt"] == "<emo> bench" for m in metas)
 
 
+def test_generated_transfer_and_mix_are_evaluated(run2_dir, tmp_path, tiny_models, tiny_emoset):
+    """What `generate --object` and `generate --mix` write is what `evaluate generation` reads:
+    the object asked for from metadata.jsonl (a word outside the dataset's objects becomes a
+    candidate) and the mix folder with its weights."""
+    import json
+
+    from uniemo.cli import main
+
+    out, report = tmp_path / "gen", tmp_path / "report.json"
+    assert generate(run2_dir, out, "--emotion", "awe", "--object", "bench", "-n", "2") == 0
+    assert generate(run2_dir, out, "--mix", "awe=3,fear=1", "-n", "1") == 0
+    assert main(["evaluate", "generation", "--images", str(out), "--real", str(tiny_emoset),
+                 "--clip", str(tiny_models[0]), "--out", str(report)]) == 0
+    report = json.loads(report.read_text())
+    m = report["metrics"]
+    assert report["emotions"] == ["awe"] and report["mixes"] == ["mix_awe-0.75_fear-0.25"]
+    assert m["object_kept"]["images"] == 2 and list(m["object_kept"]["per_object"]) == ["bench"]
+    assert m["object_kept"]["all"] in (0.0, 0.5, 1.0) and list(m["object_kept"]["per_emotion"]) == ["awe"]
+    assert m["mix_mass"]["all"] is None and "--evaluator" in m["mix_mass"]["note"]
+    assert m["fid"]["per_emotion"].keys() == {"awe"}
+
+
 @pytest.mark.parametrize("args, message", [
     (["--emotion", "joy"], "unknown emotion 'joy'"),
     (["--mix", "awe:1"], "malformed --mix"),

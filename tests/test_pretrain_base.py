@@ -13,8 +13,9 @@ import time
 import pytest
 import torch
 
-from uniemo import pretrain_base as pb
+from uniemo.demo import pretrain_base as pb
 from uniemo.cli import main
+from uniemo.vocab import EMOTIONS
 
 # Small enough for a test on two shared cores, large enough to exercise every step.
 TINY = pb.PretrainConfig(
@@ -209,7 +210,7 @@ def test_tokenizer_encodes_every_caption_word(world):
 def test_tokenizer_ids_are_the_same_in_every_process():
     """The BPE trainer numbers tokens in hash-map order, which changes between processes; the same
     texts must still give the same ids, or the same seed trains a different CLIP."""
-    script = ("import json; from uniemo.foundation import train_clip_tokenizer; "
+    script = ("import json; from uniemo.demo.foundation import train_clip_tokenizer; "
               "print(json.dumps(train_clip_tokenizer(['a cake in a cemetery', 'an amusement park', "
               "'a balloon on a beach', 'a skull in a forest'], vocab_size=60).get_vocab(), sort_keys=True))")
     vocabs = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
@@ -217,25 +218,32 @@ def test_tokenizer_ids_are_the_same_in_every_process():
     assert len(vocabs) == 1
 
 
-def test_captions_name_only_scene_and_object():
+def test_captions_name_only_style_scene_and_object():
     captions = pb.Captions.build(["amusement park", "beach"], ["balloon", "cake"])
-    assert captions.texts[int(captions.pairs[0, 0, 0])] == "a photo of a balloon in an amusement park"
-    assert "an amusement park" in captions.texts and "a cake" in captions.texts
+    assert captions.texts[int(captions.full[0, 0, 0, 0])] == "a bright colorful photo of a balloon in an amusement park"
+    assert captions.texts[int(captions.full[3, 1, 1, 1])] == "a dark muted picture of a cake in a beach"
+    assert "an amusement park" in captions.texts and "a cake" in captions.texts and "a dark colorful photo" in captions.texts
+    assert not {w for t in captions.texts for w in t.split()} & set(EMOTIONS)
     g = torch.Generator().manual_seed(0)
-    scene, obj = torch.tensor([0, 1, -1, 0]), torch.tensor([1, 0, 1, -1])
-    rows = captions.sample(scene.repeat(50), obj.repeat(50), g)
-    named_scene, named_object = captions.scene[rows], captions.object[rows]
-    assert ((named_scene == scene.repeat(50)) | (named_scene < 0)).all()
-    assert ((named_object == obj.repeat(50)) | (named_object < 0)).all()
-    assert (named_scene[2::4] < 0).all() and (named_object[3::4] < 0).all()  # missing attributes never named
+    style, scene, obj = torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, -1, 0]), torch.tensor([1, 0, 1, -1])
+    rows = captions.sample(style.repeat(50), scene.repeat(50), obj.repeat(50), g)
+    for named, actual in ((captions.style, style), (captions.scene, scene), (captions.object, obj)):
+        assert ((named[rows] == actual.repeat(50)) | (named[rows] < 0)).all()
+    assert (captions.scene[rows][2::4] < 0).all() and (captions.object[rows][3::4] < 0).all()  # missing: never named
+    assert set(captions.style[rows][0::4].tolist()) == {-1, 0}  # full and style-only captions both occur
+    full = captions.sample(style, scene.clamp(min=0), obj.clamp(min=0), g, full_only=True)
+    assert (captions.style[full] == style).all() and (captions.object[full] >= 0).all()
 
 
 def test_contrastive_targets_count_partial_captions_as_matches():
     captions = pb.Captions.build(["beach", "desert"], ["balloon", "cake"])
-    rows = torch.tensor([int(captions.pairs[0, 0, 0]), int(captions.scenes[0, 0]), int(captions.objects[1, 0])])
-    scene, obj = torch.tensor([0, 0, 1]), torch.tensor([0, 1, 1])  # beach+balloon, beach+cake, desert+cake
-    expected = torch.tensor([[True, True, False], [False, True, True], [False, False, True]])
-    assert torch.equal(captions.positives(rows, scene, obj), expected)
+    rows = torch.tensor([int(captions.full[0, 0, 0, 0]), int(captions.scenes[0, 0]), int(captions.objects[1, 0]),
+                         int(captions.styles[2, 0])])
+    # bright colorful beach+balloon, dark colorful beach+cake, dark colorful desert+cake, bright colorful desert+cake
+    style, scene, obj = torch.tensor([0, 2, 2, 0]), torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 1, 1])
+    expected = torch.tensor([[True, True, False, False], [False, True, True, True],
+                             [False, False, True, True], [False, False, True, False]])
+    assert torch.equal(captions.positives(rows, style, scene, obj), expected)
     perfect = torch.where(expected, 10.0, -10.0)
     assert pb.contrastive_loss(perfect, expected) < pb.contrastive_loss(-perfect, expected)
 
@@ -267,10 +275,11 @@ def test_vae_crops_and_mirrored_world(world):
     both = pb.mirrored(world)
     n = len(world.images)
     assert torch.equal(both.images[n:], world.images.flip(-1)) and torch.equal(both.scene[n:], world.scene)
+    assert torch.equal(both.style[n:], world.style)
 
 
 def test_unet_attention_levels():
-    from uniemo.foundation import unet_config
+    from uniemo.demo.foundation import unet_config
 
     assert unet_config(32)["down_block_types"] == ["CrossAttnDownBlock2D", "DownBlock2D"]
     low = unet_config(32, attention_at=pb.PretrainConfig().unet_attention)
@@ -281,7 +290,7 @@ def test_unet_attention_levels():
 def test_unet_without_middle_block_still_denoises_at_full_size():
     from diffusers import UNet2DConditionModel
 
-    from uniemo.foundation import unet_config
+    from uniemo.demo.foundation import unet_config
 
     unet = UNet2DConditionModel(**unet_config(32, channels=[8, 16], attention_at=[False, True], mid_block=False))
     assert unet.mid_block is None

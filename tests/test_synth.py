@@ -1,4 +1,5 @@
-"""The synthetic world: EmoSet's format, determinism, and the (scene, object) -> emotion rule."""
+"""The synthetic world: EmoSet's format, determinism, its rule (style + emotional or neutral scene
+and object -> emotion), its exact ceiling and the data-scarce split."""
 
 from __future__ import annotations
 
@@ -6,12 +7,14 @@ import json
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from uniemo.cli import main
 from uniemo.errors import UniEmoError
-from uniemo.synth import OBJECTS, SCENES, pair_emotion, write_synthetic
+from uniemo.demo import synth
+from uniemo.demo.synth import OBJECTS, SCENES, write_synthetic
 from uniemo.vocab import EMOTIONS
 
 EMOSET_INFO = Path(__file__).parent / "data" / "emoset_info.json"  # EmoSet's real info.json
@@ -71,28 +74,60 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     assert (a / files[2]).read_bytes() != (c / files[2]).read_bytes()
 
 
-def test_emotion_needs_the_pair(tmp_path):
-    rows = _annotations(write_synthetic(tmp_path / "w", num_images=480, size=16, seed=1, label_noise=0.1))
-    by_pair = [EMOTIONS[pair_emotion(SCENES.index(s), OBJECTS.index(o))] == e for s, o, e in rows]
-    assert 0.85 <= sum(by_pair) / len(rows) <= 0.95  # labels follow the pair up to the 10% noise
-
-    for column in (0, 1):  # the best classifier that sees only the scene (or only the object)
+def test_neutral_attributes_are_uniform_and_emotional_ones_point_at_one_emotion(tmp_path):
+    rows = _annotations(write_synthetic(tmp_path / "w", num_images=1600, size=16, seed=1, label_noise=0.0))
+    for column, neutral, emotional in ((0, synth.NEUTRAL_SCENES, synth.EMOTION_SCENES),
+                                       (1, synth.NEUTRAL_OBJECTS, synth.EMOTION_OBJECTS)):
         seen = defaultdict(Counter)
         for row in rows:
             seen[row[column]][row[2]] += 1
-        best = sum(max(c.values()) for c in seen.values()) / len(rows)
-        assert best < 0.6, (column, best)  # 0.5 without label noise
-        assert all(len(c) >= 2 for c in seen.values())
+        for name in neutral:
+            shares = [seen[name][e] / sum(seen[name].values()) for e in EMOTIONS]
+            assert min(shares) > 0.05 and max(shares) < 0.22, (name, shares)  # uniform: 0.125
+        for emotion, name in emotional.items():
+            assert set(seen[name]) == {emotion}, name
+        share = sum(row[column] in neutral for row in rows) / len(rows)
+        expected = 1 - (synth.EMOTIONAL_SCENE_P if column == 0 else synth.EMOTIONAL_OBJECT_P)
+        assert abs(share - expected) < 0.04, (column, share)
 
 
-def test_every_family_takes_part_in_one_positive_and_one_negative_emotion():
-    for names, index, side in ((SCENES, 0, OBJECTS), (OBJECTS, 1, SCENES)):
-        for name in names:
-            pairs = [(names.index(name), j) if index == 0 else (j, names.index(name)) for j in range(len(side))]
-            emotions = {pair_emotion(*p) for p in pairs} - {None}
-            assert len(emotions) == 2 and sum(e < 4 for e in emotions) == 1, name
-    cells = [(s, o) for s in range(len(SCENES)) for o in range(len(OBJECTS)) if pair_emotion(s, o) is not None]
-    assert len(cells) == 8 * 3 * 4  # each emotion: one family pair, 3 scenes x 4 objects
+def test_every_image_shows_its_style(tmp_path):
+    """The style an image was drawn in is what its annotation measures (the words of the captions)."""
+    for i in range(64):
+        rng = np.random.default_rng([7, i])
+        style, scene, obj = synth.draw_attributes(i % 8, rng)
+        assert synth.STYLES[style] == synth.EMOTION_STYLES[EMOTIONS[i % 8]]
+        image, surroundings = synth.render(style, scene, obj, 64, rng)
+        assert synth.style_of(*(round(v, 1) for v in surroundings)) == style, (i, scene, obj)
+        assert image.size == (64, 64)
+
+
+def test_ceiling_is_the_bayes_accuracy_of_the_rule():
+    # by hand: only images whose scene and object are both neutral are ambiguous, between two emotions
+    ambiguous = (1 - synth.EMOTIONAL_SCENE_P) * (1 - synth.EMOTIONAL_OBJECT_P)
+    assert synth.ceiling(0.0) == pytest.approx(1 - ambiguous / 2)
+    assert synth.ceiling(0.0, ("style",)) == pytest.approx(0.5)
+    # empirically: the majority label of each (style, scene, object) on many draws
+    rows = synth.plan(40_000, seed=3, label_noise=0.05)
+    counts = defaultdict(Counter)
+    for *attributes, label in rows:
+        counts[tuple(attributes)][label] += 1
+    majority = sum(max(c.values()) for c in counts.values()) / len(rows)
+    assert majority == pytest.approx(synth.ceiling(0.05), abs=0.01)
+    assert synth.ceiling(0.05) - 0.08 > synth.ceiling(0.05, ("style", "scene"))  # the object matters
+
+
+def test_data_scarce_split_keeps_val_test_and_the_images(tmp_path):
+    full = write_synthetic(tmp_path / "full", num_images=240, size=16, seed=5)
+    scarce = write_synthetic(tmp_path / "scarce", num_images=240, size=16, seed=5, train_per_emotion=3)
+    train = json.loads((scarce / "train.json").read_text())
+    assert Counter(e for e, _, _ in train) == {e: 3 for e in EMOTIONS}
+    assert {tuple(i) for i in train} <= {tuple(i) for i in json.loads((full / "train.json").read_text())}
+    for split in ("val", "test"):
+        assert (scarce / f"{split}.json").read_bytes() == (full / f"{split}.json").read_bytes()
+    for _, image, _ in train:
+        assert (scarce / image).read_bytes() == (full / image).read_bytes()
+    assert len(list((scarce / "image").rglob("*.jpg"))) == 24 + 24 + 24  # unlisted images are not written
 
 
 def test_refuses_a_non_empty_directory_and_bad_arguments(tmp_path):
@@ -105,6 +140,8 @@ def test_refuses_a_non_empty_directory_and_bad_arguments(tmp_path):
         write_synthetic(tmp_path / "y", num_images=10)
     with pytest.raises(UniEmoError, match="label-noise"):
         write_synthetic(tmp_path / "y", num_images=48, label_noise=1.5)
+    with pytest.raises(UniEmoError, match="train-per-emotion"):
+        write_synthetic(tmp_path / "y", num_images=48, train_per_emotion=0)
     assert not (tmp_path / "y").exists()
 
 

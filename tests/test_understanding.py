@@ -229,7 +229,7 @@ def test_attribute_bank_encode_index_and_save(tiny_models, tmp_path):
 def build_preset(name):
     from transformers import CLIPVisionModel
 
-    from uniemo.foundation import clip_config
+    from uniemo.demo.foundation import clip_config
 
     cfg = clip_config(name)
     torch.manual_seed(0)

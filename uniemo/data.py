@@ -6,7 +6,8 @@ Kinds (``open_dataset(root, kind, split)``):
 - ``emoset``: ``info.json``, ``{train,val,test}.json`` whose items are
   ``[emotion, image_path, annotation_path]`` or ``[emotion, image_id, image_path,
   annotation_path]`` (paths relative to the root, and they must stay inside it), per-image
-  annotation JSON with optional ``scene`` (str) and ``object`` (list of str). As the official
+  annotation JSON with optional ``scene`` (str), ``object`` (list of str) and ``brightness`` /
+  ``colorfulness`` (numbers in [0, 1]). As the official
   code does, an image's object is the *last* listed object. Names are normalised with
   ``vocab.normalise_attribute``. A missing annotation file, or an optional attribute of the
   wrong type, leaves that attribute ``None`` and is counted in ``problems``; an annotation
@@ -63,12 +64,15 @@ UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 @dataclass(frozen=True)
 class Item:
-    """One image: its path, class index, and normalised scene / object names (None if unknown)."""
+    """One image: its path, class index, normalised scene / object names and EmoSet's global
+    attributes brightness / colorfulness in [0, 1] (each None if unknown)."""
 
     path: Path
     label: int
     scene: str | None = None
     object: str | None = None
+    brightness: float | None = None
+    colorfulness: float | None = None
 
 
 # ----------------------------------------------------------------------------- images
@@ -179,7 +183,8 @@ class EmotionDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         item, image = self._decode(index)
         pixels = self.transform(image) if self.transform is not None else image
-        return {"pixel_values": pixels, "label": item.label, "scene": item.scene, "object": item.object, "index": index}
+        return {"pixel_values": pixels, "label": item.label, "scene": item.scene, "object": item.object,
+                "brightness": item.brightness, "colorfulness": item.colorfulness, "index": index}
 
     def _decode(self, index: int) -> tuple[Item, Image.Image]:
         """Item ``index`` decoded, or the next decodable one (a truncated file must not end the epoch)."""
@@ -312,17 +317,18 @@ def _open_emoset(root: Path, split: str, transform) -> EmotionDataset:
     with ThreadPoolExecutor(max_workers=8) as pool:
         attributes = list(pool.map(lambda e: _read_annotation(root / e.annotation), entries, chunksize=64))
     items = []
-    for entry, (scene, obj, issues) in zip(entries, attributes):
+    for entry, (attributes_of, issues) in zip(entries, attributes):
         problems.update(issues)
-        items.append(Item(root / entry.image, label_of[entry.emotion], scene, obj))
+        items.append(Item(root / entry.image, label_of[entry.emotion], **attributes_of))
     return EmotionDataset(items, class_names, transform, scene_vocab, object_vocab,
                           source=f"{root} ({split})", problems=problems)
 
 
-def _read_annotation(path: Path) -> tuple[str | None, str | None, list[str]]:
-    """(scene, object, problems) of one annotation file; the object is the last listed one."""
+def _read_annotation(path: Path) -> tuple[dict, list[str]]:
+    """(scene, object, brightness and colorfulness as Item fields, problems) of one annotation
+    file; the object is the last listed one."""
     if not path.is_file():
-        return None, None, ["annotation missing"]
+        return {}, ["annotation missing"]
     annotation = read_json(path, "EmoSet annotation")
     if not isinstance(annotation, dict):
         raise UniEmoError(f"malformed annotation {path}: expected a JSON object, got {type(annotation).__name__}")
@@ -337,7 +343,15 @@ def _read_annotation(path: Path) -> tuple[str | None, str | None, list[str]]:
             obj = objects[-1] if objects else None
         else:
             issues.append("object of wrong type")
-    return (normalise_attribute(scene) if scene else None), (normalise_attribute(obj) if obj else None), issues
+    levels = {}
+    for name in ("brightness", "colorfulness"):
+        value = annotation.get(name)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
+        if value is not None and not ok:
+            issues.append(f"{name} not in [0, 1]")
+        levels[name] = float(value) if ok else None
+    return {"scene": normalise_attribute(scene) if scene else None,
+            "object": normalise_attribute(obj) if obj else None, **levels}, issues
 
 
 # ---------------------------------------------------------------------- folder datasets

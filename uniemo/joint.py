@@ -27,11 +27,12 @@ SPACE_FEATURES = ("cls", "scene", "object", "patch")
 class FrozenDiffusion(nn.Module):
     """The frozen parts of Stable Diffusion and L_diff. Always in eval mode, no parameter trains."""
 
-    def __init__(self, sd_pipe, placeholder: str):
+    def __init__(self, sd_pipe, placeholder: str, object_prompt_p: float = 0.0):
         from diffusers import DDPMScheduler
 
         super().__init__()
         self.vae, self.text_encoder, self.unet = sd_pipe.vae, sd_pipe.text_encoder, sd_pipe.unet
+        self.tokenizer, self.placeholder, self.object_prompt_p = sd_pipe.tokenizer, placeholder, object_prompt_p
         self.requires_grad_(False)
         self.noise_scheduler = DDPMScheduler.from_config(sd_pipe.scheduler.config)
         self.placeholder_id = add_placeholder(sd_pipe.tokenizer, placeholder)
@@ -41,22 +42,34 @@ class FrozenDiffusion(nn.Module):
     def train(self, mode: bool = True) -> "FrozenDiffusion":
         return super().train(False)
 
-    def prompt_embeds(self, e: torch.Tensor) -> torch.Tensor:
-        return condition_prompt(self.text_encoder, self.prompt_ids, self.placeholder_id, e)
+    def prompt_ids_for(self, objects: list[str | None]) -> torch.Tensor:
+        """"<emo>" per sample or, with probability ``object_prompt_p`` where the image's object is
+        known, the transfer prompt "<emo> <object>": e then learns to carry what the object word
+        does not, so "<emo> house" at generation is a prompt stage 2 has seen."""
+        if self.object_prompt_p <= 0:
+            return self.prompt_ids.expand(len(objects), -1)
+        use = (torch.rand(len(objects)) < self.object_prompt_p).tolist()
+        prompts = [f"{self.placeholder} {o}" if o and u else self.placeholder for o, u in zip(objects, use)]
+        return tokenize(self.tokenizer, prompts).to(self.prompt_ids.device)
+
+    def prompt_embeds(self, e: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        return condition_prompt(self.text_encoder, self.prompt_ids if ids is None else ids, self.placeholder_id, e)
 
     @torch.no_grad()
     def encode_latents(self, vae_pixels: torch.Tensor) -> torch.Tensor:
         vae_pixels = vae_pixels.to(self.vae.dtype)
         return self.vae.encode(vae_pixels).latent_dist.sample() * self.vae.config.scaling_factor
 
-    def loss(self, e: torch.Tensor, vae_pixels: torch.Tensor) -> torch.Tensor:
-        """L_diff = E‖ε − ε_θ(z_t, t, c(e))‖² (or the v-target for v-prediction schedulers)."""
+    def loss(self, e: torch.Tensor, vae_pixels: torch.Tensor, objects: list[str | None] | None = None) -> torch.Tensor:
+        """L_diff = E‖ε − ε_θ(z_t, t, c(e))‖² (or the v-target for v-prediction schedulers);
+        ``objects`` (the images' object names) allow the transfer prompt, see ``prompt_ids_for``."""
         latents = self.encode_latents(vae_pixels)
         noise = torch.randn_like(latents)
         steps = self.noise_scheduler.config.num_train_timesteps
         t = torch.randint(0, steps, (latents.shape[0],), device=latents.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
-        cond = self.prompt_embeds(e.to(self.text_encoder.dtype))
+        ids = None if objects is None else self.prompt_ids_for(objects)
+        cond = self.prompt_embeds(e.to(self.text_encoder.dtype), ids)
         pred = self.unet(noisy, t, encoder_hidden_states=cond).sample
         if self.noise_scheduler.config.prediction_type == "v_prediction":
             target = self.noise_scheduler.get_velocity(latents, noise, t)
@@ -102,7 +115,7 @@ class JointModel(nn.Module):
                                       self.scene_bank, self.object_bank)
         e, alphas = self.condition(out, labels)
         l_cond = self.fusion.condition_loss(e, labels, self.understanding.emotion_head[-1], out.logits)
-        l_diff = self.diffusion.loss(e, batch["vae_pixels"])
+        l_diff = self.diffusion.loss(e, batch["vae_pixels"], batch["object"])
         w_u, w_cond, w_diff = self.fusion.cfg.joint_weights
         loss = w_u * l_u["total"] + w_cond * l_cond["cond"] + w_diff * l_diff
         logs = {"loss_u": l_u["total"], "loss_cond": l_cond["cond"], "loss_diff": l_diff,
@@ -228,7 +241,7 @@ def build_joint_model(run1: str | Path, sd_pipe, cfg, table: CorrelationTable) -
     understanding = UniEmoUnderstanding.from_pretrained(run1)
     scene_bank, object_bank = load_attributes(run1)
     fusion = UniEmoFusion.for_models(cfg.fusion, understanding, sd_pipe.text_encoder)
-    return JointModel(understanding, fusion, FrozenDiffusion(sd_pipe, cfg.fusion.placeholder),
+    return JointModel(understanding, fusion, FrozenDiffusion(sd_pipe, cfg.fusion.placeholder, cfg.fusion.object_prompt_p),
                       scene_bank, object_bank, table)
 
 

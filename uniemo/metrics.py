@@ -2,15 +2,20 @@
 
 Understanding: top-1 accuracy, per-class accuracy, confusion matrix and the 2-class figure.
 Generation: FID (per emotion and pooled), LPIPS and Sem-D over random pairs drawn within each
-emotion, Emo-A (accuracy of an independent evaluator), Sem-C (semantic clarity).
+emotion, Emo-A (accuracy of an independent evaluator), Sem-C (semantic clarity); for emotion
+transfer, object_kept (CLIP zero-shot names the object asked for); for emotion fusion, mix_mass
+(the evaluator's probability mass on a mix's emotions).
 Every pretrained network comes from a local file; each reported number names its network.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +27,7 @@ from tqdm.auto import tqdm
 
 from uniemo.errors import UniEmoError
 from uniemo.io import load_state_dict_checked
-from uniemo.vocab import to_binary
+from uniemo.vocab import normalise_attribute, to_binary
 
 
 # ----------------------------------------------------------------------------- accuracy
@@ -336,28 +341,112 @@ NOT_GIVEN = {
     "emo_a": "not computed: pass --evaluator EVAL (made by `uniemo train evaluator`)",
     "sem_c": "not computed: pass --places365/--imagenet-resnet50 FILE or --clip DIR",
     "sem_d": "not computed: pass --clip DIR",
+    "object_kept": "not computed: pass --clip DIR (or --evaluator EVAL, whose CLIP is then used)",
+    "mix_mass": "not computed: pass --evaluator EVAL (made by `uniemo train evaluator`)",
 }
+EMOTION_METRICS = ("fid", "lpips", "emo_a", "sem_c", "sem_d")  # the metrics of emotion folders
+NOT_APPLICABLE = {
+    **dict.fromkeys(EMOTION_METRICS, "not applicable: no emotion folder among the images, only mixes"),
+    "object_kept": "not applicable: metadata.jsonl names no object for these images",
+    "mix_mass": "not applicable: no mix_* folder among the images",
+}
+BREAKDOWNS = {"object_kept": ("per_emotion", "per_object"), "mix_mass": ("per_mix",)}  # the others: per_emotion
 
+
+# ----------------------------------------------------------------------------- what `uniemo generate` writes
 
 GRID_FILE = "grid.png"  # the contact sheet `uniemo generate` writes beside the images: not a sample
+METADATA_FILE = "metadata.jsonl"  # one JSON record per image: file, seed, emotion or mix, object, ...
+MIX_PREFIX = "mix_"
 
 
-def read_generated(images_dir: str | Path, class_names: Sequence[str]) -> list[tuple[Path, int]]:
-    """(path, emotion index) of every image in ``DIR/<emotion>/``, what ``uniemo generate`` writes."""
+def mix_folder(weights: dict[str, float]) -> str:
+    """{"awe": 0.7, "fear": 0.3} -> "mix_awe-0.7_fear-0.3", the folder of a `uniemo generate --mix`."""
+    return MIX_PREFIX + "_".join(f"{name}-{weight:.3g}" for name, weight in weights.items())
+
+
+def parse_mix_folder(folder: str, class_names: Sequence[str]) -> dict[str, float] | None:
+    """The weights ``mix_folder`` spelled into ``folder`` ("mix_awe-0.7_fear-0.3" -> {"awe": 0.7,
+    "fear": 0.3}; names are ``class_names``, which may hold '_' or '-'); None if it spells none."""
+    if not class_names:
+        return None
+    names = "|".join(re.escape(n) for n in sorted(class_names, key=len, reverse=True))
+    part = rf"({names})-(\d+(?:\.\d*)?(?:e[-+]?\d+)?)"
+    if not re.fullmatch(rf"{MIX_PREFIX}{part}(?:_{part})*", folder):
+        return None
+    return {name: float(weight) for name, weight in re.findall(rf"(?:^{MIX_PREFIX}|_){part}", folder)}
+
+
+def read_metadata(path: Path) -> dict[str, dict]:
+    """Records of a metadata.jsonl by file; a line cut short by a kill is ignored (its image is regenerated)."""
+    records = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+                records[record["file"]] = record
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    return records
+
+
+@dataclass(frozen=True)
+class Generated:
+    """One generated image: its emotion index (None in a mix folder), the weights of its mix
+    (mix folders only) and the object word it was asked for (normalised; None if not known)."""
+
+    path: Path
+    label: int | None
+    mix: dict[str, float] | None = None
+    object: str | None = None
+
+
+def read_generated(images_dir: str | Path, class_names: Sequence[str]) -> list[Generated]:
+    """Every image of ``DIR/<emotion>/`` and ``DIR/mix_*/`` (what ``uniemo generate`` writes) with
+    the mix and object that ``DIR/metadata.jsonl`` records for it; a mix image without a record
+    has the weights its folder's name spells."""
     root = Path(images_dir).expanduser()
     if not root.is_dir():
-        raise UniEmoError(f"{root} is not a directory: expected generated images in <dir>/<emotion>/*.png")
+        raise UniEmoError(f"{root} is not a directory: expected generated images in <dir>/<emotion or mix>/*.png")
+    records = read_metadata(root / METADATA_FILE)
     found = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        if folder.name not in class_names:
-            raise UniEmoError(f"{folder} is not an emotion of the real dataset ({', '.join(class_names)}): "
-                              "rename or remove it")
-        label = list(class_names).index(folder.name)
-        found += [(p, label) for p in sorted(folder.iterdir())
-                  if p.suffix.lower() in IMAGE_SUFFIXES and p.name != GRID_FILE]
+        label, mix = _folder_request(folder, class_names)
+        found += [_generated(p, label, mix, records.get(f"{folder.name}/{p.name}", {}))
+                  for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and p.name != GRID_FILE]
     if not found:
-        raise UniEmoError(f"no images in {root}/<emotion>/: run `uniemo generate` first or check the path")
+        raise UniEmoError(f"no images in {root}/<emotion or mix>/: run `uniemo generate` first or check the path")
     return found
+
+
+def _folder_request(folder: Path, class_names: Sequence[str]) -> tuple[int | None, dict[str, float] | None]:
+    """(emotion index, None) of an emotion folder, (None, weights) of a mix folder."""
+    if folder.name in class_names:
+        return list(class_names).index(folder.name), None
+    mix = parse_mix_folder(folder.name, class_names)
+    if mix is None:
+        raise UniEmoError(f"{folder} is neither an emotion of the real dataset ({', '.join(class_names)}) nor a mix "
+                          "folder of `uniemo generate --mix` (mix_<emotion>-<weight>_...): rename or remove it")
+    return None, mix
+
+
+def _generated(path: Path, label: int | None, mix: dict[str, float] | None, record: dict) -> Generated:
+    """The image with what its metadata record asked for: the object, and a mix's weights."""
+    word = record.get("object")
+    word = normalise_attribute(word) if isinstance(word, str) else None
+    recorded = record.get("mix")
+    if label is None and isinstance(recorded, dict) and recorded and all(_is_weight(w) for w in recorded.values()):
+        mix = recorded
+    return Generated(path, label, mix, word or None)
+
+
+def _is_weight(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value) and value >= 0
+
+
+def _row_name(image: Generated, class_names: Sequence[str]) -> str:
+    """An image's row in the report: its emotion, or its mix folder."""
+    return class_names[image.label] if image.label is not None else image.path.parent.name
 
 
 def sample_per_class(items: Sequence, limit: int, seed: int) -> list:
@@ -380,16 +469,22 @@ def open_image(path: Path) -> Image.Image:
         raise UniEmoError(f"cannot read image {path} ({e}); delete it and generate it again") from None
 
 
-def emotion_scores(evaluator, features: torch.Tensor, targets: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(probabilities (N, C), Emo-A score = probability of each image's target emotion name)
-    from the evaluator's CLIP features of the images."""
+def class_indices(evaluator, targets: Sequence[str]) -> list[int]:
+    """The evaluator's class index of each emotion name; a name it lacks is a one-line error."""
     names = list(evaluator.class_names)
     missing = sorted(set(targets) - set(names))
     if missing:
         raise UniEmoError(f"the evaluator has no class {missing[0]!r} (its classes: {', '.join(names)}): "
                           "train it on a dataset with these emotions")
+    return [names.index(t) for t in targets]
+
+
+def emotion_scores(evaluator, features: torch.Tensor, targets: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probabilities (N, C), Emo-A score = probability of each image's target emotion name)
+    from the evaluator's CLIP features of the images."""
+    indices = class_indices(evaluator, targets)
     probs = evaluator.proba_from_features(features)
-    return probs, target_probability(probs, [names.index(t) for t in targets])
+    return probs, target_probability(probs, indices)
 
 
 def semantic_scores(classifiers: Sequence, fetch: Callable[[int], Image.Image], n: int,
@@ -404,23 +499,73 @@ def semantic_scores(classifiers: Sequence, fetch: Callable[[int], Image.Image], 
     return semantic_clarity(probabilities)
 
 
-def evaluate_generation(generated: list[tuple[Path, int]], real, class_names: Sequence[str], *,
+@dataclass
+class GeneratedSet:
+    """Generated images with their CLIP features and the evaluator encoder's (None without the network)."""
+
+    images: list[Generated]
+    clip: torch.Tensor | None = None
+    evaluator: torch.Tensor | None = None
+
+    def fetch(self, i: int) -> Image.Image:
+        return open_image(self.images[i].path)
+
+    def where(self, keep: Callable[[Generated], bool]) -> GeneratedSet:
+        """The images that ``keep`` accepts, with their rows of the features."""
+        rows = torch.tensor([i for i, image in enumerate(self.images) if keep(image)], dtype=torch.long)
+        clip, evaluator = (None if f is None else f[rows] for f in (self.clip, self.evaluator))
+        return GeneratedSet([self.images[i] for i in rows.tolist()], clip, evaluator)
+
+
+def evaluate_generation(generated: list[Generated], real, class_names: Sequence[str], *,
                         clip: ClipImageEncoder | None = None, inception: InceptionEncoder | None = None,
                         lpips: LpipsDistance | None = None, evaluator=None, semantic: Sequence = (),
                         pairs: int = 10, seed: int = 0, batch_size: int = 32) -> dict:
-    """FID, LPIPS, Emo-A, Sem-C and Sem-D per emotion and overall (SPEC §5). ``real`` is an
-    ``EmotionDataset``; every metric without its network is reported as not computed."""
-    labels = [label for _, label in generated]
-    emotions = sorted(set(labels))
-    names = [class_names[e] for e in emotions]
+    """FID, LPIPS, Emo-A, Sem-C and Sem-D of the emotion folders per emotion and overall (SPEC §5),
+    object_kept of the images asked for an object and mix_mass of the mix folders. ``real`` is an
+    ``EmotionDataset``; a metric without its network is reported as not computed, one without
+    images it applies to as not applicable."""
+    every = GeneratedSet(generated)
+    if clip is not None:
+        every.clip = batched(clip, every.fetch, len(generated), batch_size, "clip features")
+    if evaluator is not None:
+        every.evaluator = every.clip if clip is evaluator.encoder else \
+            batched(evaluator.encoder, every.fetch, len(generated), batch_size, "evaluator features")
+    emotional, mixed = every.where(lambda g: g.label is not None), every.where(lambda g: g.label is None)
+    objects = every.where(lambda g: g.object is not None)
+    results = _emotion_metrics(emotional, real, class_names, clip=clip, inception=inception, lpips=lpips,
+                               evaluator=evaluator, semantic=semantic, pairs=pairs, seed=seed,
+                               batch_size=batch_size) if emotional.images else {}
+    if objects.images and clip is not None:
+        results["object_kept"] = object_kept(objects, clip, real.object_vocab, class_names)
+    if mixed.images and evaluator is not None:
+        results["mix_mass"] = mix_mass(mixed, evaluator)
+    subsets = {"object_kept": objects, "mix_mass": mixed}
+    for key, note in NOT_GIVEN.items():
+        results.setdefault(key, _missing(key, note if subsets.get(key, emotional).images else NOT_APPLICABLE[key]))
+    return {**_rows(generated, real, class_names), "seed": seed, "metrics": {k: results[k] for k in NOT_GIVEN}}
 
-    def fetch(i: int) -> Image.Image:
-        return open_image(generated[i][0])
+
+def _rows(generated: list[Generated], real, class_names: Sequence[str]) -> dict:
+    """The report's rows: its emotions (in class order), its mix folders and their image counts."""
+    names = [class_names[e] for e in sorted({g.label for g in generated if g.label is not None})]
+    mixes = list(dict.fromkeys(g.path.parent.name for g in generated if g.label is None))
+    rows = [_row_name(g, class_names) for g in generated]
+    return {"emotions": names, "mixes": mixes,
+            "counts": {"generated": {n: rows.count(n) for n in names + mixes},
+                       "real": {n: sum(class_names[item.label] == n for item in real.items) for n in names}}}
+
+
+def _emotion_metrics(images: GeneratedSet, real, class_names: Sequence[str], *, clip, inception, lpips, evaluator,
+                     semantic: Sequence, pairs: int, seed: int, batch_size: int) -> dict[str, dict]:
+    """FID, LPIPS, Emo-A, Sem-C and Sem-D of images of known emotion, for the networks given."""
+    labels = [g.label for g in images.images]
+    emotions = sorted(set(labels))
+    fetch, targets = images.fetch, [class_names[y] for y in labels]
 
     def by_emotion(values: torch.Tensor) -> dict[str, float]:
-        return {class_names[e]: _mean(values[torch.tensor(labels) == e]) for e in emotions}
+        return _means_by(values, targets, [class_names[e] for e in emotions])
 
-    clip_features = batched(clip, fetch, len(generated), batch_size, "clip features") if clip else None
     chosen = sample_pairs(labels, pairs, seed)
     results: dict[str, dict] = {}
 
@@ -428,7 +573,7 @@ def evaluate_generation(generated: list[tuple[Path, int]], real, class_names: Se
     if fid_net is not None:
         real_labels = [item.label for item in real.items]
         real_features = batched(fid_net, real_image(real), len(real), batch_size, "fid real")
-        fake_features = clip_features if fid_net is clip else batched(fid_net, fetch, len(generated), batch_size, "fid")
+        fake_features = images.clip if fid_net is clip else batched(fid_net, fetch, len(labels), batch_size, "fid")
         pooled, per = fid_by_emotion(real_features, real_labels, fake_features, labels, emotions)
         results["fid"] = _entry(fid_net.name, pooled, {class_names[e]: v for e, v in per.items()})
     if lpips is not None:
@@ -437,23 +582,52 @@ def evaluate_generation(generated: list[tuple[Path, int]], real, class_names: Se
                for e in emotions}
         results["lpips"] = _entry(lpips.name, _mean(torch.tensor(list(per.values()))), per, pairs_per_emotion=pairs)
     if evaluator is not None:
-        features = clip_features if clip is evaluator.encoder else \
-            batched(evaluator.encoder, fetch, len(generated), batch_size, "evaluator features")
-        probs, _ = emotion_scores(evaluator, features, [class_names[y] for y in labels])
-        hits = (probs.argmax(-1) == torch.tensor([list(evaluator.class_names).index(class_names[y])
-                                                   for y in labels])).float()
+        indices = torch.tensor(class_indices(evaluator, targets))
+        hits = (evaluator.proba_from_features(images.evaluator).argmax(-1) == indices).float()
         results["emo_a"] = _entry(evaluator.name, _mean(hits), by_emotion(hits))
     if semantic:
-        clarity = semantic_scores(semantic, fetch, len(generated), clip_features, batch_size)
+        clarity = semantic_scores(semantic, fetch, len(labels), images.clip, batch_size)
         results["sem_c"] = _entry(" + ".join(c.name for c in semantic), _mean(clarity), by_emotion(clarity))
-    if clip_features is not None:
-        per = {class_names[e]: semantic_diversity(clip_features, chosen[e]) for e in emotions}
+    if images.clip is not None:
+        per = {class_names[e]: semantic_diversity(images.clip, chosen[e]) for e in emotions}
         results["sem_d"] = _entry(clip.name, _mean(torch.tensor(list(per.values()))), per, pairs_per_emotion=pairs)
-    for key, note in NOT_GIVEN.items():
-        results.setdefault(key, {"network": None, "all": None, "per_emotion": {}, "note": note})
-    counts = {"generated": {n: labels.count(e) for n, e in zip(names, emotions)},
-              "real": {n: sum(item.label == e for item in real.items) for n, e in zip(names, emotions)}}
-    return {"emotions": names, "counts": counts, "seed": seed, "metrics": {k: results[k] for k in NOT_GIVEN}}
+    return results
+
+
+def object_kept(images: GeneratedSet, clip: ClipImageEncoder, object_vocab: Sequence[str],
+                class_names: Sequence[str]) -> dict:
+    """Emotion transfer: the share of images whose CLIP zero-shot top-1 over the dataset's object
+    names (plus the words asked for) is the object asked for; overall, per emotion (a mix folder
+    counts as one) and per object. ``images`` all name an object and carry their CLIP features."""
+    asked = [g.object for g in images.images]
+    vocab = list(dict.fromkeys([normalise_attribute(n) for n in object_vocab] + asked))
+    classifier = ClipZeroShot(clip, vocab, "object")
+    top1 = classifier.probs_from_features(images.clip).argmax(dim=-1)
+    kept = (top1 == torch.tensor([vocab.index(word) for word in asked])).float()
+    per_object = {word: _finite(v) for word, v in _means_by(kept, asked).items()}
+    return _entry(classifier.name, _mean(kept), _means_by(kept, [_row_name(g, class_names) for g in images.images]),
+                  per_object=per_object, images=len(asked))
+
+
+def mix_mass(images: GeneratedSet, evaluator) -> dict:
+    """Emotion fusion: per mix folder, the evaluator's mean probability of every emotion (a sweep
+    reads an emotion's probability even where its weight is 0) and the mix's mass, the mean over
+    images of the probabilities summed over the mix's emotions of weight > 0; "all" averages the
+    folders. ``images`` carry the evaluator encoder's features."""
+    probs = evaluator.proba_from_features(images.evaluator)
+    folders = [g.path.parent.name for g in images.images]
+    per_mix = {}
+    for folder in dict.fromkeys(folders):
+        rows = [i for i, f in enumerate(folders) if f == folder]
+        weights = images.images[rows[0]].mix
+        named = dict(zip(weights, class_indices(evaluator, list(weights))))
+        positive = [named[n] for n, w in weights.items() if w > 0]
+        per_mix[folder] = {"weights": weights, "mass": _finite(_mean(probs[rows][:, positive].sum(dim=-1))),
+                           "mean_probability": {n: _finite(_mean(probs[rows, k]))
+                                                for k, n in enumerate(evaluator.class_names)},
+                           "images": len(rows)}
+    return {"network": evaluator.name, "all": _finite(_mean(torch.tensor([m["mass"] for m in per_mix.values()]))),
+            "per_mix": per_mix}
 
 
 def real_image(dataset) -> Callable[[int], Image.Image]:
@@ -473,8 +647,19 @@ def _finite(value: float | None) -> float | None:
     return None if value is None or np.isnan(value) else float(value)
 
 
+def _missing(key: str, note: str) -> dict:
+    """The entry of a metric not computed (or not applicable), ``note`` saying why."""
+    return {"network": None, "all": None, **{b: {} for b in BREAKDOWNS.get(key, ("per_emotion",))}, "note": note}
+
+
 def _mean(values: torch.Tensor) -> float:
     return values.float().mean().item() if values.numel() else float("nan")
+
+
+def _means_by(values: torch.Tensor, keys: Sequence[str], order: Sequence[str] | None = None) -> dict[str, float]:
+    """Mean of ``values`` over the entries of each key (in ``order``, by default as keys first appear)."""
+    return {k: _mean(values[torch.tensor([x == k for x in keys], dtype=torch.bool)])
+            for k in (order if order is not None else dict.fromkeys(keys))}
 
 
 def _chunks(items: list, size: int) -> list[list]:
@@ -482,22 +667,48 @@ def _chunks(items: list, size: int) -> list[list]:
 
 
 COLUMNS = (("fid", "FID ↓", "{:.2f}"), ("lpips", "LPIPS ↑", "{:.3f}"), ("emo_a", "Emo-A ↑", "{:.2%}"),
-           ("sem_c", "Sem-C ↑", "{:.3f}"), ("sem_d", "Sem-D ↑", "{:.4f}"))
+           ("sem_c", "Sem-C ↑", "{:.3f}"), ("sem_d", "Sem-D ↑", "{:.4f}"), ("object_kept", "Obj-K ↑", "{:.2%}"),
+           ("mix_mass", "Mix-M ↑", "{:.3f}"))
+EXPLAINED = {"object_kept": "Obj-K is the share of images whose CLIP top-1 object is the one asked for.",
+             "mix_mass": "Mix-M is the evaluator's probability summed over a mix's emotions, averaged over mixes."}
 
 
 def generation_table(report: dict) -> str:
-    """The report as a Markdown table (rows: emotions, then all) and the network behind each column."""
+    """The report as a Markdown table (rows: emotions, mixes, then all; a column per metric that
+    applies to these images), the network behind each column, Obj-K per object and each mix's detail."""
     m = report["metrics"]
-    lines = ["| emotion | n | " + " | ".join(title for _, title, _ in COLUMNS) + " |",
-             "|---|---:|" + "---:|" * len(COLUMNS)]
-    for name in report["emotions"]:
-        values = [_cell(fmt, m[k]["per_emotion"].get(name)) for k, _, fmt in COLUMNS]
+    columns = [c for c in COLUMNS if not m[c[0]].get("note", "").startswith("not applicable")]
+    lines = ["| emotion | n | " + " | ".join(title for _, title, _ in columns) + " |",
+             "|---|---:|" + "---:|" * len(columns)]
+    for name in report["emotions"] + report["mixes"]:
+        values = [_cell(fmt, _row_value(m[k], name)) for k, _, fmt in columns]
         lines.append(f"| {name} | {report['counts']['generated'][name]} | " + " | ".join(values) + " |")
     total = sum(report["counts"]["generated"].values())
-    lines.append(f"| **all** | {total} | " + " | ".join(_cell(fmt, m[k]["all"]) for k, _, fmt in COLUMNS) + " |")
-    lines += ["", "FID \"all\" is the pooled all-vs-all figure; LPIPS and Sem-D are averaged over emotions.", ""]
+    lines.append(f"| **all** | {total} | " + " | ".join(_cell(fmt, m[k]["all"]) for k, _, fmt in columns) + " |")
+    lines += ["", " ".join(["FID \"all\" is the pooled all-vs-all figure; LPIPS and Sem-D are averaged over emotions."]
+                           + [EXPLAINED[k] for k, _, _ in columns if k in EXPLAINED]), ""]
     lines += [f"- {title.split()[0]}: {m[k]['network'] or m[k]['note']}" for k, title, _ in COLUMNS]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _detail_lines(m)) + "\n"
+
+
+def _row_value(metric: dict, name: str) -> float | None:
+    """A metric's figure for one row: an emotion's, or a mix folder's mass."""
+    if "per_mix" in metric:
+        return metric["per_mix"].get(name, {}).get("mass")
+    return metric["per_emotion"].get(name)
+
+
+def _detail_lines(m: dict) -> list[str]:
+    """Obj-K of each object asked for, and each mix's weights and mean evaluator probabilities."""
+    lines = []
+    if m["object_kept"]["per_object"]:
+        lines.append("- Obj-K per object: " + ", ".join(f"{word} {_cell('{:.2%}', v)}"
+                                                        for word, v in m["object_kept"]["per_object"].items()))
+    for folder, mix in m["mix_mass"]["per_mix"].items():
+        weights = ", ".join(f"{n} {w:.3g}" for n, w in mix["weights"].items())
+        probs = ", ".join(f"{n} {_cell('{:.3f}', mix['mean_probability'][n])}" for n in mix["weights"])
+        lines.append(f"- {folder} ({mix['images']} images): weights {weights}; mean evaluator probability {probs}")
+    return lines
 
 
 def _cell(fmt: str, value: float | None) -> str:

@@ -1,12 +1,19 @@
-"""Measure generated images: FID, LPIPS, Emo-A, Sem-C and Sem-D per emotion and overall.
+"""Measure generated images: FID, LPIPS, Emo-A, Sem-C and Sem-D per emotion and overall, and the
+emotion-transfer and emotion-fusion figures object_kept and mix_mass.
 
---images is what `uniemo generate` writes (DIR/<emotion>/*.png); --real is the dataset whose
-images of each emotion are FID's reference. Every network comes from a local file: FID uses
+--images is what `uniemo generate` writes: DIR/<emotion>/*.png, DIR/mix_<emotion>-<weight>_.../*.png
+for `--mix`, and DIR/metadata.jsonl with what each image was asked for; --real is the dataset
+whose images of each emotion are FID's reference. Every network comes from a local file: FID uses
 Inception-v3 (--inception, torch-fidelity's weights) or else CLIP image features (--clip);
 LPIPS needs torchvision AlexNet weights (--lpips-alex); Emo-A needs an evaluator from
 `uniemo train evaluator`; Sem-C uses ResNet-50 Places365/ImageNet weights or else CLIP
-zero-shot over the dataset's scene and object names; Sem-D uses CLIP. A metric whose network
-is missing is reported as not computed. Writes OUT (JSON) and OUT with .md (Markdown table)."""
+zero-shot over the dataset's scene and object names; Sem-D uses CLIP. These five need emotion
+folders. object_kept, for images whose metadata names an object (`generate --object`), is the
+share whose CLIP zero-shot top-1 over the dataset's object names (plus the words asked for) is
+that object. mix_mass, for each mix folder, is the evaluator's probability summed over the mix's
+emotions, averaged over its images (weights from metadata.jsonl, else from the folder's name).
+A metric whose network is missing is reported as not computed, one with no images it applies to
+as not applicable. Writes OUT (JSON) and OUT with .md (Markdown table)."""
 
 from __future__ import annotations
 
@@ -14,13 +21,15 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--images", required=True, metavar="DIR", help="generated images, DIR/<emotion>/*.png")
+    parser.add_argument("--images", required=True, metavar="DIR",
+                        help="generated images, DIR/<emotion or mix folder>/*.png (+ DIR/metadata.jsonl)")
     parser.add_argument("--real", required=True, metavar="DATA", help="real dataset root (FID reference)")
     parser.add_argument("--dataset", default="emoset", help="real dataset kind (default emoset)")
     parser.add_argument("--split", default="train", help="real split used as FID reference (default train)")
     parser.add_argument("--max-real", type=int, default=None, metavar="N",
                         help="at most N real images per emotion, a seeded sample (default all)")
-    parser.add_argument("--evaluator", metavar="EVAL", help="Emo-A evaluator made by `uniemo train evaluator`")
+    parser.add_argument("--evaluator", metavar="EVAL",
+                        help="evaluator made by `uniemo train evaluator` (Emo-A and mix_mass)")
     add_network_arguments(parser)
     parser.add_argument("--pairs", type=int, default=10, help="random pairs per emotion for LPIPS/Sem-D (default 10)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")

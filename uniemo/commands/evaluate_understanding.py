@@ -26,7 +26,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
     import torch
@@ -51,7 +50,15 @@ def run(args: argparse.Namespace) -> int:
     png = out.with_suffix(".png")
     confusion_matrix_png(report["confusion"], list(report["per_class"]), png,
                          title=f"{args.dataset} {args.split}: top-1 {report['top1']:.3f}")
-    print(json.dumps({k: report[k] for k in ("top1", "binary", "per_class", "num_samples", "protocol") if k in report},
-                     indent=2))
+    print(summary(report))
     print(f"wrote {out} and {png}")
     return 0
+
+
+def summary(report: dict) -> str:
+    """One line: top-1, 2-class and the weakest and strongest classes."""
+    per_class = {k: v for k, v in report["per_class"].items() if v is not None}
+    worst, best = min(per_class, key=per_class.get), max(per_class, key=per_class.get)
+    binary = f", 2-class {report['binary']:.4f}" if report.get("binary") is not None else ""
+    return (f"{report['split']} top-1 {report['top1']:.4f}{binary} on {report['num_samples']:,} images "
+            f"(per class {per_class[worst]:.2f} {worst} to {per_class[best]:.2f} {best})")

@@ -106,7 +106,8 @@ def write_metrics(out, real, networks, seed: int) -> None:
 
     generated = out / "generated"
     sets = {"generated": metrics.read_generated(generated / "image", real.class_names),
-            "kept": [(item.path, item.label) for item in open_dataset(generated, "emoset", "train").items]}
+            "kept": [metrics.Generated(item.path, item.label)
+                     for item in open_dataset(generated, "emoset", "train").items]}
     reports = {name: metrics.evaluate_generation(images, real, real.class_names, seed=seed, **networks)
                for name, images in sets.items()}
     text = "".join(f"## {name} images\n\n{metrics.generation_table(r)}\n" for name, r in reports.items())

@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
 
+    from uniemo.metrics import METADATA_FILE, read_metadata
     from uniemo.pipeline import UniEmoPipeline
 
     check_options(args)
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     if args.object is not None:
         pipe.prompt(args.object)
     out = Path(args.out)
-    records = read_metadata(out / "metadata.jsonl")
+    records = read_metadata(out / METADATA_FILE)
     todo = [(folder, request, i) for folder, request in requests for i in range(args.num_images)
             if not done(out, records, f"{folder}/{i:04d}.png")]
     skipped = len(requests) * args.num_images - len(todo)
@@ -61,11 +62,11 @@ def run(args: argparse.Namespace) -> int:
                 file = f"{folder}/{i:04d}.png"
                 save_png(image, out / file)
                 records[file] = {"file": file, **meta}
-            write_metadata(out / "metadata.jsonl", records)
+            write_metadata(out / METADATA_FILE, records)
             bar.update(len(indices))
     for folder, _ in requests:
         write_grid(out / folder, args.num_images)
-    print(f"wrote {len(todo)} image(s) to {out} ({len(records)} listed in {out / 'metadata.jsonl'})")
+    print(f"wrote {len(todo)} image(s) to {out} ({len(records)} listed in {out / METADATA_FILE})")
     return 0
 
 
@@ -90,6 +91,7 @@ def class_names(run: str) -> tuple[str, ...]:
 
 def plan(args: argparse.Namespace, names: tuple[str, ...]) -> list[tuple[str, dict]]:
     """(output folder, pipeline request) for each emotion or mix asked for."""
+    from uniemo.metrics import mix_folder
     from uniemo.pipeline import emotion_key, normalise_weights, parse_mix
 
     if args.mix is not None:
@@ -99,24 +101,6 @@ def plan(args: argparse.Namespace, names: tuple[str, ...]) -> list[tuple[str, di
         return [(name, {"emotion": name}) for name in names]
     name = emotion_key(args.emotion, names)
     return [(name, {"emotion": name})]
-
-
-def mix_folder(weights: dict[str, float]) -> str:
-    """{"awe": 0.7, "fear": 0.3} -> "mix_awe-0.7_fear-0.3"."""
-    return "mix_" + "_".join(f"{name}-{weight:.3g}" for name, weight in weights.items())
-
-
-def read_metadata(path: Path) -> dict[str, dict]:
-    """Records by file; a line cut short by a kill is ignored (its image is regenerated)."""
-    records = {}
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-                records[record["file"]] = record
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue
-    return records
 
 
 def done(out: Path, records: dict, file: str) -> bool:

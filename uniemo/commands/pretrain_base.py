@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from uniemo.errors import UniEmoError
-    from uniemo.pretrain_base import PretrainConfig, pretrain_base
+    from uniemo.demo.pretrain_base import PretrainConfig, pretrain_base
 
     if args.steps_scale <= 0:
         raise UniEmoError(f"--steps-scale {args.steps_scale} must be positive, e.g. 0.5")

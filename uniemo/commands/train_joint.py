@@ -39,6 +39,11 @@ def run(args: argparse.Namespace) -> int:
     if args.config:
         cfg = merge(cfg, read_yaml(args.config, "config overrides"), where=args.config)
     require_positive(max_steps=args.max_steps, batch_size=args.batch_size)
+    if not 0.0 <= cfg.fusion.object_prompt_p <= 1.0:
+        from uniemo.errors import UniEmoError
+
+        raise UniEmoError(f"fusion.object_prompt_p {cfg.fusion.object_prompt_p} is out of range: "
+                          "use a probability in [0, 1]")
     if args.max_steps is not None:
         cfg.stage2.max_steps = args.max_steps
     if args.batch_size is not None:

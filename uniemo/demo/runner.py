@@ -1,7 +1,8 @@
 """``uniemo demo``: the whole UniEmo method on this machine, offline, in one command.
 
 synth -> pretrain-base -> stage 1 (understanding) -> evaluator -> stage 2 (joint) ->
-generation (8 emotions, transfer, fusion) + the plain-prompt baseline -> generation metrics ->
+generation (8 emotions, transfer onto neutral objects, fusion of emotion pairs and a weight
+sweep) + the plain-prompt baseline -> generation metrics (Emo-A, object kept, mix mass, ...) ->
 explicit feedback + stage 3 -> understanding evaluation of every stage -> report.
 
 Every step is a ``uniemo`` command run in-process, so the demo exercises exactly what a user
@@ -34,17 +35,30 @@ class DemoPlan:
     denoising_steps: int
     feedback_per_emotion: int
     stage3_epochs: int
-    evaluator_hidden: int = 256  # 2-layer probe: reads the world's emotions at 0.92 (linear: 0.94; docs/DECISIONS.md)
-    transfer_objects: tuple[str, ...] = ("house", "tree", "bottle")  # objects of the synthetic world
+    transfer_images: int  # per object and emotion
+    fusion_images: int  # per mix
+    label_noise: float = 0.05
+    train_per_emotion: int | None = None  # the data-scarce split for stages 1-3 (pretrain and evaluator: all)
+    evaluator_hidden: int = 256  # 2-layer probe (docs/DECISIONS.md)
+    transfer_objects: tuple[str, ...] = ("house", "tree", "bottle")  # neutral objects of the synthetic world
     fusion_pairs: tuple[tuple[str, str], ...] = (("amusement", "fear"), ("awe", "sadness"), ("contentment", "anger"))
+    sweep: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)  # weight of the first fusion pair's first emotion
+
+    def mixes(self) -> list[dict[str, float]]:
+        """Every pair at 0.5/0.5, then the first pair at each weight of the sweep."""
+        (a, b), *_ = self.fusion_pairs
+        pairs = [{x: 0.5, y: 0.5} for x, y in self.fusion_pairs]
+        return pairs + [{a: w, b: 1 - w} for w in self.sweep if {a: w, b: 1 - w} not in pairs]
 
 
 PLANS = {
     "full": DemoPlan(num_images=4000, pretrain_args=(), stage1_epochs=10, stage2_steps=300,
-                     images_per_emotion=16, denoising_steps=25, feedback_per_emotion=40, stage3_epochs=3),
+                     images_per_emotion=16, denoising_steps=25, feedback_per_emotion=40, stage3_epochs=3,
+                     transfer_images=8, fusion_images=8),
     "quick": DemoPlan(num_images=320, pretrain_args=("--steps-scale", "0.02"), stage1_epochs=1,
                       stage2_steps=4, images_per_emotion=2, denoising_steps=4, feedback_per_emotion=4,
-                      stage3_epochs=1, transfer_objects=("house",), fusion_pairs=(("amusement", "fear"),)),
+                      stage3_epochs=1, transfer_images=1, fusion_images=2, transfer_objects=("house",),
+                      fusion_pairs=(("amusement", "fear"),), sweep=(0.0, 1.0)),
 }
 
 
@@ -89,6 +103,11 @@ class Layout:
             raise AttributeError(name)
         return str(self.out / paths[name])
 
+    @property
+    def train_data(self) -> str:
+        """The dataset stages 1-3 train on: the data-scarce split when the plan asks for one."""
+        return str(self.out / "data-scarce") if self.plan.train_per_emotion else self.data
+
 
 def _generate(L: Layout, out: str, *selector: str, n: int | None = None) -> list:
     return ["generate", "--run", L.run2, *selector, "-n", n or L.plan.images_per_emotion,
@@ -100,39 +119,55 @@ def _evaluate_understanding(L: Layout, run: str, name: str) -> list:
             "--out", f"{L.metrics}/understanding-{name}.json"]
 
 
-def _evaluate_generation(L: Layout, images: str, name: str) -> list:
+def _evaluate_generation(L: Layout, images: str, out: str) -> list:
+    """``out``: the report's path under OUT/metrics/."""
     return ["evaluate", "generation", "--images", images, "--real", L.data, "--clip", L.clip,
-            "--evaluator", L.evaluator, "--seed", L.seed, "--out", f"{L.metrics}/generation-{name}.json"]
+            "--evaluator", L.evaluator, "--seed", L.seed, "--out", f"{L.metrics}/{out}"]
+
+
+def _synth(L: Layout, out: str, *extra) -> list:
+    return ["synth", out, "--num-images", L.plan.num_images, "--seed", L.seed, "--label-noise", L.plan.label_noise,
+            *extra]
+
+
+def _mix_argument(weights: dict[str, float]) -> str:
+    return ",".join(f"{name}={w:g}" for name, w in weights.items())
 
 
 STEPS = (
-    Step("synth", "synthetic emotional world (EmoSet format)", ("data",), commands(lambda L: [
-        "synth", L.data, "--num-images", L.plan.num_images, "--seed", L.seed])),
+    Step("synth", "synthetic emotional world (EmoSet format)", ("data", "data-scarce"), commands(lambda L: [
+        _synth(L, L.data), *([_synth(L, L.train_data, "--train-per-emotion", L.plan.train_per_emotion)]
+                             if L.plan.train_per_emotion else [])])),
     Step("pretrain", "foundation models: tiny CLIP + tiny Stable Diffusion", ("foundation",), commands(lambda L: [
         "pretrain-base", L.foundation, "--data", L.data, "--seed", L.seed, *L.plan.pretrain_args])),
     Step("stage1", "stage 1: hierarchical understanding chain", ("run1-understanding",), commands(lambda L: [
-        "train", "understand", "--data", L.data, "--clip", L.clip, "--out", L.run1, "--preset", "tiny",
+        "train", "understand", "--data", L.train_data, "--clip", L.clip, "--out", L.run1, "--preset", "tiny",
         "--epochs", L.plan.stage1_epochs, "--seed", L.seed])),
     Step("evaluator", "Emo-A evaluator (independent probe on frozen CLIP)", ("evaluator",), commands(lambda L: [
         "train", "evaluator", "--clip", L.clip, "--data", L.data, "--out", L.evaluator,
         "--hidden", L.plan.evaluator_hidden, "--seed", L.seed])),
     Step("stage2", "stage 2: joint understanding + generation", ("run2-joint",), commands(lambda L: [
-        "train", "joint", "--run", L.run1, "--sd", L.sd, "--data", L.data, "--out", L.run2,
+        "train", "joint", "--run", L.run1, "--sd", L.sd, "--data", L.train_data, "--out", L.run2,
         "--max-steps", L.plan.stage2_steps, "--seed", L.seed])),
-    Step("generate", "generation: 8 emotions, transfer onto objects, fusion of emotions",
+    Step("generate", "generation: 8 emotions, transfer onto neutral objects, fusion of emotions",
          ("generated", "transfer", "fusion"), commands(
             lambda L: _generate(L, L.generated, "--emotion", "all"),
-            lambda L: [_generate(L, f"{L.transfer}/{o}", "--emotion", "all", "--object", o, n=1)
+            lambda L: [_generate(L, f"{L.transfer}/{o}", "--emotion", "all", "--object", o, n=L.plan.transfer_images)
                        for o in L.plan.transfer_objects],
-            lambda L: [_generate(L, L.fusion, "--mix", f"{a}=0.5,{b}=0.5", n=2) for a, b in L.plan.fusion_pairs])),
+            lambda L: [_generate(L, L.fusion, "--mix", _mix_argument(m), n=L.plan.fusion_images)
+                       for m in L.plan.mixes()])),
     Step("baseline", "baseline: the base model prompted with the emotion word", ("baseline",),
          lambda L: generate_baseline(L)),
-    Step("metrics", "generation metrics (FID, LPIPS, Emo-A, Sem-C, Sem-D)",
-         ("metrics/generation-uniemo.json", "metrics/generation-baseline.json"), commands(
-            lambda L: _evaluate_generation(L, L.generated, "uniemo"),
-            lambda L: _evaluate_generation(L, L.baseline, "baseline"))),
+    Step("metrics", "generation metrics (FID, LPIPS, Emo-A, Sem-C, Sem-D, object kept, mix mass)",
+         ("metrics/generation-uniemo.json", "metrics/generation-baseline.json", "metrics/generation-fusion.json",
+          "metrics/transfer"), commands(
+            lambda L: _evaluate_generation(L, L.generated, "generation-uniemo.json"),
+            lambda L: _evaluate_generation(L, L.baseline, "generation-baseline.json"),
+            lambda L: [_evaluate_generation(L, f"{L.transfer}/{o}", f"transfer/{o}.json")
+                       for o in L.plan.transfer_objects],
+            lambda L: _evaluate_generation(L, L.fusion, "generation-fusion.json"))),
     Step("feedback", "explicit feedback (Algorithm 1) + stage 3", ("run3-feedback",), commands(lambda L: [
-        "feedback", "--run", L.run2, "--data", L.data, "--evaluator", L.evaluator, "--out", L.run3,
+        "feedback", "--run", L.run2, "--data", L.train_data, "--evaluator", L.evaluator, "--out", L.run3,
         "--per-emotion", L.plan.feedback_per_emotion, "--epochs", L.plan.stage3_epochs,
         "--steps", L.plan.denoising_steps, "--seed", L.seed])),
     Step("explain", "expert-query attention maps on test images", ("explain",), commands(lambda L: [
@@ -206,7 +241,7 @@ def run_demo(out: Path, plan: DemoPlan, seed: int) -> Path:
     layout = Layout(out.resolve(), plan, seed)
     layout.out.mkdir(parents=True, exist_ok=True)
     seconds = run_steps(layout)
-    from uniemo.demo_report import write_demo_report
+    from uniemo.demo.report import write_demo_report
 
     return write_demo_report(layout, seconds, peak_memory_gib())
 

@@ -11,8 +11,8 @@ from PIL import Image
 
 from uniemo.config import load_config
 from uniemo.io import read_json, write_json
-from uniemo.report import Figure, Section, Table, write_report
-from uniemo.vocab import EMOTIONS
+from uniemo.demo.html import Figure, Section, Table, write_report
+from uniemo.vocab import EMOTIONS, normalise_attribute
 
 THIS_RUN = "this run (synthetic world, tiny models)"
 PAPER = "paper (EmoSet, ViT-B/32, SD 1.5)"
@@ -37,7 +37,18 @@ def write_demo_report(layout, seconds: dict[str, float], peak_memory_gib: float)
     ]
     write_json(out / "report.json", summary)
     write_report(out / "report.html", "UniEmo demo report", sections)
+    print(headline(summary))
     return out / "report.html"
+
+
+def headline(summary: dict) -> str:
+    """The demo's figures in one line."""
+    u, g = summary["understanding"], summary["generation"]
+    transfer = g["transfer"].values()
+    return (f"understanding {_pct(u['test_accuracy'])} (ceiling {_pct(summary['world']['ceiling'])}); "
+            f"Emo-A {_pct(g['emo_a'])} (emotion-word baseline {_pct(g['emo_a_baseline'])}); "
+            f"transfer Emo-A {_pct(min(t['emo_a'] for t in transfer))}+, object kept "
+            f"{_pct(min(t['object_kept'] for t in transfer))}+; fusion mass {_pct(g['fusion']['mean_mass'])}")
 
 
 def collect(layout, seconds: dict[str, float], peak_memory_gib: float) -> dict:
@@ -50,6 +61,7 @@ def collect(layout, seconds: dict[str, float], peak_memory_gib: float) -> dict:
     feedback = read_json(Path(layout.run3) / "feedback.json")
     return {
         "plan": {"seed": layout.seed, **layout.plan.__dict__},
+        "world": world_figures(layout),
         "timings": {"steps": seconds, "total": sum(seconds.values()), "peak_memory_gib": peak_memory_gib},
         "foundation": {"zero_shot": pretrain.get("zero_shot"), "seconds": pretrain.get("seconds")},
         "understanding": {
@@ -63,9 +75,54 @@ def collect(layout, seconds: dict[str, float], peak_memory_gib: float) -> dict:
             "emo_a_baseline": generation["baseline"]["emo_a"],
             "uniemo": generation["uniemo"],
             "baseline": generation["baseline"],
+            "transfer": transfer_figures(layout),
+            "fusion": fusion_figures(layout),
         },
         "feedback": feedback,
     }
+
+
+def world_figures(layout) -> dict:
+    """The world as the demo built it: its rule, its ceilings, and the α stage 2 gave each
+    scene and object (the largest entry of its row of P, and for which emotion)."""
+    from uniemo.demo import synth
+
+    table = read_json(Path(layout.run2) / "alpha_table.json")
+    neutral = {"scene": set(synth.NEUTRAL_SCENES), "object": set(synth.NEUTRAL_OBJECTS)}
+    alpha = {kind: {name: {"alpha": max(row), "emotion": table["emotions"][row.index(max(row))],
+                           "neutral": any(name == normalise_attribute(n) for n in neutral[kind])}
+                    for name, row in table[kind].items()} for kind in ("scene", "object")}
+    noise = layout.plan.label_noise
+    return {**synth.emotional_attributes(), "label_noise": noise, "ceiling": synth.ceiling(noise),
+            "ceiling_by_channels": {"+".join(c): synth.ceiling(noise, c) for c in CHANNEL_SETS},
+            "transfer_objects": list(layout.plan.transfer_objects), "alpha_method": table["method"], "alpha": alpha}
+
+
+CHANNEL_SETS = (("style",), ("scene",), ("object",), ("style", "scene"), ("style", "object"))
+
+
+def transfer_figures(layout) -> dict:
+    """Per transfer object: Emo-A and the share of images where the object was kept."""
+    figures = {}
+    for o in layout.plan.transfer_objects:
+        metrics = read_json(Path(layout.metrics) / "transfer" / f"{o}.json")["metrics"]
+        figures[o] = {"emo_a": metrics["emo_a"]["all"], "object_kept": metrics["object_kept"]["all"]}
+    return figures
+
+
+def fusion_figures(layout) -> dict:
+    """Mix mass per 0.5/0.5 pair, and the sweep: the first emotion's mean probability per weight."""
+    from uniemo.metrics import mix_folder
+    from uniemo.pipeline import normalise_weights
+
+    per_mix = read_json(Path(layout.metrics) / "generation-fusion.json")["metrics"]["mix_mass"]["per_mix"]
+    (a, b), *_ = layout.plan.fusion_pairs
+    pairs = {f"{x}+{y}": per_mix[mix_folder({x: 0.5, y: 0.5})]["mass"] for x, y in layout.plan.fusion_pairs}
+    sweep = [per_mix[mix_folder(normalise_weights({a: w, b: 1 - w}, tuple(EMOTIONS)))] for w in layout.plan.sweep]
+    return {"pairs": pairs, "mean_mass": sum(pairs.values()) / len(pairs),
+            "sweep": {"pair": [a, b], "weights": list(layout.plan.sweep),
+                      "p_first": [m["mean_probability"][a] for m in sweep],
+                      "p_second": [m["mean_probability"][b] for m in sweep]}}
 
 
 def _generation_figures(report: dict) -> dict:
@@ -99,15 +156,32 @@ def _world(layout, summary: dict, figures: Path) -> Section:
     from uniemo.plots import image_table_png
 
     image_table_png(cells, ["test"] * len(cells), figures / "world.png", captions=captions,
-                    title="Synthetic world: scene + object -> emotion")
+                    title="Synthetic world: style + scene + object -> emotion")
+    w = summary["world"]
     zero_shot = summary["foundation"]["zero_shot"] or {}
     rows = [[f"{source} images", kind, value] for source, figs in zero_shot.items() if isinstance(figs, dict)
             for kind, value in figs.items() if isinstance(value, float)]
+    alpha_rows = [[kind, name, "neutral" if a["neutral"] else "emotional", a["emotion"], round(a["alpha"], 3)]
+                  for kind in ("scene", "object")
+                  for name, a in sorted(w["alpha"][kind].items(), key=lambda kv: (kv[1]["neutral"], kv[0]))]
     return Section("The synthetic world and its foundation models", [
-        "The emotion of an image depends on its (scene, object) pair — on the scene's palette family and "
-        "the object's colour family: neither the scene nor the object alone determines it (rule: "
-        "uniemo/synth.py). The tiny CLIP and tiny Stable Diffusion were trained "
-        "here on captions naming only scene and object — never an emotion word.",
+        "Emotion is carried by three channels that combine freely (rule: uniemo/demo/synth.py): a global "
+        "style (EmoSet's brightness and colorfulness; one per quadrant of valence and arousal, so each style "
+        f"is shared by two emotions); the emotion's own scene (in {w['emotional_scene_p']:.0%} of its images) "
+        f"and its own object (in {w['emotional_object_p']:.0%}). The other images show neutral scenes and "
+        "objects, drawn uniformly whatever the emotion. The tiny CLIP and tiny Stable Diffusion were trained "
+        "here on captions naming only style, scene and object — never an emotion word.",
+        Table(["emotion", "style", "emotional scene", "emotional object"],
+              [[e, *w["emotional"][e].values()] for e in EMOTIONS], "Each emotion's channels"),
+        f"Neutral scenes: {', '.join(w['neutral']['scene'])}. Neutral objects: {', '.join(w['neutral']['object'])}. "
+        f"Transfer objects of this plan: {', '.join(w['transfer_objects'])}.",
+        Table(["what a classifier sees", "best achievable test top-1"],
+              [["style + scene + object (the world's ceiling)", _pct(w["ceiling"])]] +
+              [[k.replace("+", " + "), _pct(v)] for k, v in w["ceiling_by_channels"].items()],
+              f"Ceilings, computed exactly from the rule with {w['label_noise']:.0%} label noise"),
+        Table(["kind", "attribute", "in the world", "its emotion in P", "α (largest entry of its row of P)"],
+              alpha_rows, f"The emotional correlation coefficient α per attribute ({w['alpha_method']} table of "
+              "stage 2; uniform would be 0.125)"),
         Figure(figures / "world.png", "Test images with their scene, object and emotion label"),
         Table(["images", "attribute", "CLIP zero-shot accuracy"], rows,
               "Tiny CLIP zero-shot accuracy on held-out real images and on images the tiny SD generated from captions"),
@@ -124,6 +198,7 @@ def _understanding(layout, summary: dict, figures: Path) -> Section:
     from uniemo.plots import curves_png
 
     u = summary["understanding"]
+    ceiling = _pct(summary["world"]["ceiling"])
     curves = _curves(Path(layout.run1) / "metrics.jsonl", ("train_loss", "train_acc", "val_top1"))
     curves_png(curves, figures / "stage1_curves.png", "epoch", "Stage 1 training")
     joint = _curves(Path(layout.run2) / "metrics.jsonl", ("train_loss_u", "train_loss_cond", "train_loss_diff"))
@@ -133,6 +208,7 @@ def _understanding(layout, summary: dict, figures: Path) -> Section:
         Table(["model", THIS_RUN, PAPER], [
             ["UniEmo, test top-1 (8 emotions)", _pct(u["test_accuracy"]), "83.52% (Table I)"],
             ["UniEmo, 2-class (positive/negative)", _pct(u["test_accuracy_binary"]), "—"],
+            ["the world's ceiling (Bayes accuracy)", ceiling, "—"],
             ["chance", "12.50%", "12.50%"],
         ], "Table I shape: understanding accuracy"),
         Figure(figures / "stage1_curves.png", "Stage 1: loss, training accuracy and validation accuracy per epoch"),
@@ -157,12 +233,12 @@ def _generation(layout, summary: dict, figures: Path) -> Section:
                     figures / "generated.png", title="UniEmo: generated images per emotion")
     image_table_png([_images(Path(layout.baseline) / e, min(n, 8)) for e in EMOTIONS], list(EMOTIONS),
                     figures / "baseline.png", title="Baseline: base model prompted with the emotion word")
-    objects = sorted(p.name for p in Path(layout.transfer).iterdir() if p.is_dir())
+    objects = list(layout.plan.transfer_objects)
+    t = g["transfer"]
     image_table_png([[_first(Path(layout.transfer) / o / e) for o in objects] for e in EMOTIONS], list(EMOTIONS),
-                    figures / "transfer.png", col_labels=objects, title="Emotion transfer: '<emo> object'")
-    mixes = sorted(p for p in Path(layout.fusion).iterdir() if p.is_dir())
-    image_table_png([_images(m, 4) for m in mixes], [m.name.removeprefix("mix_") for m in mixes],
-                    figures / "fusion.png", title="Emotion fusion: e = sum of w_k e_k")
+                    figures / "transfer.png", title="Emotion transfer: '<emo> object'",
+                    col_labels=[f"{o}\nEmo-A {_pct(t[o]['emo_a'])}\nkept {_pct(t[o]['object_kept'])}" for o in objects])
+    _fusion_figures(layout, g["fusion"], figures)
     rows = [[f"{label}, {THIS_RUN}", *[_metric(g[name][k], k) for k, _ in METRICS]]
             for name, label in (("baseline", "base model + emotion word"), ("uniemo", "UniEmo"))]
     rows += [[f"{label}, {PAPER}", *[_metric(PAPER_GENERATION[name][k], k, paper=True) for k, _ in METRICS]]
@@ -173,9 +249,37 @@ def _generation(layout, summary: dict, figures: Path) -> Section:
         f"Networks behind this run's numbers — {networks}.",
         Figure(figures / "generated.png", "Generated images, one row per emotion"),
         Figure(figures / "baseline.png", "The base model prompted with the plain emotion word"),
-        Figure(figures / "transfer.png", "Emotion transfer (paper Fig. 10a)"),
+        Table(["object", "Emo-A", "object kept (tiny CLIP zero-shot)"],
+              [[o, _pct(t[o]["emo_a"]), _pct(t[o]["object_kept"])] for o in objects],
+              f"Emotion transfer onto neutral objects, {layout.plan.transfer_images} images per object and emotion"),
+        Figure(figures / "transfer.png", "Emotion transfer (paper Fig. 10a): the first image per object and emotion"),
+        Table(["pair at 0.5 / 0.5", "evaluator probability of the two emotions together"],
+              [[k, _pct(v)] for k, v in g["fusion"]["pairs"].items()] + [["mean", _pct(g["fusion"]["mean_mass"])]],
+              f"Emotion fusion, {layout.plan.fusion_images} images per pair"),
         Figure(figures / "fusion.png", "Emotion fusion of two emotions at equal weight (paper Fig. 10b)"),
+        Figure(figures / "fusion_sweep.png", "Fusion sweep: the same seeds at each weight of the first emotion"),
+        Figure(figures / "fusion_sweep_plot.png", "Fusion sweep: the evaluator's mean probability of each emotion"),
     ])
+
+
+def _fusion_figures(layout, fusion: dict, figures: Path) -> None:
+    from uniemo.metrics import mix_folder
+    from uniemo.pipeline import normalise_weights
+    from uniemo.plots import curves_png, image_table_png
+
+    pairs = [Path(layout.fusion) / mix_folder({a: 0.5, b: 0.5}) for a, b in layout.plan.fusion_pairs]
+    image_table_png([_images(m, 4) for m in pairs], [m.name.removeprefix("mix_") for m in pairs],
+                    figures / "fusion.png", title="Emotion fusion: e = sum of w_k e_k")
+    sweep = fusion["sweep"]
+    a, b = sweep["pair"]
+    folders = [Path(layout.fusion) / mix_folder(normalise_weights({a: w, b: 1 - w}, tuple(EMOTIONS)))
+               for w in sweep["weights"]]
+    strips = [_images(f, 4) for f in folders]
+    image_table_png([[s[k] if k < len(s) else None for s in strips] for k in range(4)],
+                    [f"seed +{k}" for k in range(4)], figures / "fusion_sweep.png",
+                    col_labels=[f"{a} {w:g}" for w in sweep["weights"]], title=f"Sweep {a} -> {b}")
+    curves_png({f"P({a})": (sweep["weights"], sweep["p_first"]), f"P({b})": (sweep["weights"], sweep["p_second"])},
+               figures / "fusion_sweep_plot.png", f"weight of {a}", "Fusion sweep (evaluator's mean probability)")
 
 
 def _images(folder: Path, count: int) -> list:

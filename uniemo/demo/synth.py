@@ -1,40 +1,35 @@
-"""The embedded default's world: a synthetic emotional image dataset in EmoSet's exact
-on-disk format, so the demo and the tests run the real EmoSet loader.
+"""The embedded default's world (version 3): a synthetic emotional image dataset in EmoSet's
+exact on-disk format, so the demo and the tests run the real EmoSet loader.
 
-Every image shows one *scene* (a procedural background) and one *object* (a large
-foreground shape spanning about 35-60% of the image side), both named from EmoSet's own vocabularies
-(``amusement_park``, ``Balloon``...). Positions, scales, colours, horizons and textures vary
-per image, and pixel noise is added.
+Every image shows one *scene* (a procedural background) and one *object* (a foreground shape
+spanning about 40-70% of the image side), both named from EmoSet's own vocabularies, under one
+*style*: EmoSet's brightness (bright / dark) and colorfulness (colorful / muted), imposed on the
+surroundings and at half strength on the object, so that the object stays recognisable in every
+style (a house is a house, lit and coloured by its surroundings' mood, as in the paper's Fig. 10a).
+The annotation's brightness and colorfulness are measured on the styled surroundings.
+Emotion is carried by three channels that combine freely with each other:
 
-The rule. The 12 scenes fall into 4 *families* of 3 that share a palette (dark, blue, pale,
-warm) and the 16 objects into 4 families of 4 that share a colour (red, white, cool, yellow).
-Each emotion is one (scene family, object family) cell, ``EMOTION_CELLS``::
+- **Style**, always: the four styles are the four quadrants of valence and arousal (bright =
+  positive, colorful = high arousal), each shared by two emotions, ``EMOTION_STYLES``.
+- **Scene**: with probability ``EMOTIONAL_SCENE_P`` the emotion's own scene (one per emotion,
+  ``EMOTION_SCENES``), otherwise one of the *neutral* scenes, drawn uniformly whatever the emotion.
+- **Object**: with probability ``EMOTIONAL_OBJECT_P`` the emotion's own object
+  (``EMOTION_OBJECTS``), otherwise one of the *neutral* objects, drawn uniformly.
 
-                object family  red          white    cool         yellow
-    scene family dark          excitement   .        .            sadness
-                 blue          anger        awe      .            .
-                 warm          .            fear     contentment  .
-                 pale          .            .        disgust      amusement
-
-Only these 8 of the 16 family pairs occur (the ones with a contrasting object and
-background), so each emotion is 3 scenes x 4 objects = 12 (scene, object) pairs. Every scene
-family and every object family takes part in exactly two emotions, one positive and one
-negative: the best scene-only or object-only classifier reaches 50% (50% on polarity), while
-the (scene, object) pair determines the emotion.
-
-Why families: the emotion cue is coarse (a palette and a colour, as brightness and colour
-are emotion cues in EmoSet), so a generator small enough to train on 2 CPU cores can draw it;
-and each emotion is one cluster, as the emotion space's Gaussian per emotion assumes
-(docs/DECISIONS.md measures the Latin-square world this replaced).
-
-Label noise: with probability ``label_noise`` an image's label is a uniformly random *other*
-emotion than the one its pair implies. The best achievable accuracy is therefore
-``1 - label_noise`` (95% by default).
+So neutral scenes and objects (a house, a tree, the sky) occur in every emotion with the same
+frequency and carry nothing, while emotional ones point at one emotion: the correlation
+coefficient α has something to weigh. Style tells the quadrant, and within a quadrant only an
+emotional scene or object tells the two emotions apart; an image whose scene and object are
+both neutral is a coin toss between them. With label noise (an image's label is a uniformly
+random *other* emotion with probability ``label_noise``) the best achievable test accuracy is
+:func:`ceiling` (0.856 at the defaults), computed exactly from this generative rule.
 
 Labels are balanced (image ``i`` is labelled emotion ``i % 8``); each emotion is split
-80/10/10 into train/val/test (at least one image per emotion in val and test). The output is
-byte-identical for the same arguments: every image draws from its own
-``numpy.random.Generator`` seeded with ``(seed, i)`` and JPEGs are written at fixed quality.
+80/10/10 into train/val/test (at least one image per emotion in val and test), and
+``train_per_emotion`` keeps only the first N training images of each emotion (the data-scarce
+split; val and test unchanged). The output is byte-identical for the same arguments: every
+image draws from its own ``numpy.random.Generator`` seeded with ``(seed, i)`` and JPEGs are
+written at fixed quality.
 """
 
 from __future__ import annotations
@@ -53,44 +48,72 @@ from uniemo.errors import UniEmoError
 from uniemo.io import write_json
 from uniemo.vocab import EMOTIONS
 
-SCENE_FAMILIES = {
-    "dark": ("forest", "cemetery", "volcano"),
-    "blue": ("ocean", "sky", "underwater"),
-    "warm": ("beach", "desert", "wheat_field"),
-    "pale": ("mountain_snowy", "kitchen", "amusement_park"),
+STYLES = ("bright colorful", "bright muted", "dark colorful", "dark muted")  # EmoSet's two global attributes
+EMOTION_STYLES = {  # valence -> brightness, arousal -> colorfulness
+    "amusement": "bright colorful", "excitement": "bright colorful", "awe": "bright muted",
+    "contentment": "bright muted", "anger": "dark colorful", "fear": "dark colorful",
+    "disgust": "dark muted", "sadness": "dark muted",
 }
-OBJECT_FAMILIES = {
-    "red": ("Balloon", "Stop sign", "Mushroom", "Flower"),
-    "white": ("Skull", "Snowman", "Candle", "Cake"),
-    "cool": ("Tree", "Bottle", "Fish", "Spider"),
-    "yellow": ("Crown", "Starfish", "House", "Umbrella"),
+EMOTION_SCENES = {
+    "amusement": "amusement_park", "excitement": "ocean", "awe": "mountain_snowy", "contentment": "wheat_field",
+    "anger": "volcano", "fear": "forest", "disgust": "kitchen", "sadness": "cemetery",
 }
-EMOTION_CELLS = {  # emotion -> (scene family, object family); polarity alternates around the cycle
-    "amusement": ("pale", "yellow"), "awe": ("blue", "white"), "contentment": ("warm", "cool"),
-    "excitement": ("dark", "red"), "anger": ("blue", "red"), "disgust": ("pale", "cool"),
-    "fear": ("warm", "white"), "sadness": ("dark", "yellow"),
+EMOTION_OBJECTS = {
+    "amusement": "Balloon", "excitement": "Flower", "awe": "Crown", "contentment": "Cake",
+    "anger": "Stop sign", "fear": "Spider", "disgust": "Mushroom", "sadness": "Candle",
 }
-SCENES = tuple(name for family in SCENE_FAMILIES.values() for name in family)
-OBJECTS = tuple(name for family in OBJECT_FAMILIES.values() for name in family)
+NEUTRAL_SCENES = ("sky", "beach", "desert", "underwater")
+NEUTRAL_OBJECTS = ("House", "Tree", "Bottle", "Umbrella", "Fish", "Starfish", "Snowman")
+BRIGHT_FROM, COLORFUL_FROM = 0.45, 0.15  # style_of: between the styles' measured (0.1-rounded) ranges
+OBJECT_STYLE = 0.5  # how strongly the style acts on the object, relative to its surroundings
+EMOTIONAL_SCENE_P = 0.6
+EMOTIONAL_OBJECT_P = 0.5
+SCENES = tuple(EMOTION_SCENES[e] for e in EMOTIONS) + NEUTRAL_SCENES
+OBJECTS = tuple(EMOTION_OBJECTS[e] for e in EMOTIONS) + NEUTRAL_OBJECTS
 JPEG_QUALITY = 92
 SPLITS = ("train", "val", "test")
 
 
-def family(name: str, families: dict[str, tuple[str, ...]]) -> str:
-    """The family (a key of ``SCENE_FAMILIES`` or ``OBJECT_FAMILIES``) that ``name`` belongs to."""
-    return next(f for f, members in families.items() if name in members)
+def attribute_distribution(emotion: int) -> np.ndarray:
+    """P(style, scene, object | emotion) as a (styles, scenes, objects) array: the world's rule."""
+    name = EMOTIONS[emotion]
+    scene = np.zeros(len(SCENES))
+    scene[SCENES.index(EMOTION_SCENES[name])] = EMOTIONAL_SCENE_P
+    scene[[SCENES.index(s) for s in NEUTRAL_SCENES]] = (1 - EMOTIONAL_SCENE_P) / len(NEUTRAL_SCENES)
+    obj = np.zeros(len(OBJECTS))
+    obj[OBJECTS.index(EMOTION_OBJECTS[name])] = EMOTIONAL_OBJECT_P
+    obj[[OBJECTS.index(o) for o in NEUTRAL_OBJECTS]] = (1 - EMOTIONAL_OBJECT_P) / len(NEUTRAL_OBJECTS)
+    style = np.eye(len(STYLES))[STYLES.index(EMOTION_STYLES[name])]
+    return style[:, None, None] * scene[None, :, None] * obj[None, None, :]
 
 
-def pair_emotion(scene: int, obj: int) -> int | None:
-    """The emotion (index in ``EMOTIONS``) that scene index ``scene`` and object index ``obj``
-    evoke, or None for a pair of families the world never shows."""
-    cell = (family(SCENES[scene], SCENE_FAMILIES), family(OBJECTS[obj], OBJECT_FAMILIES))
-    return next((EMOTIONS.index(e) for e, c in EMOTION_CELLS.items() if c == cell), None)
+def ceiling(label_noise: float, channels: tuple[str, ...] = ("style", "scene", "object")) -> float:
+    """The Bayes accuracy of a classifier that sees the given channels of an image exactly:
+    sum over what it sees of max over labels of P(label, seen). Labels are uniform; the image is
+    drawn for the label's emotion, or with probability ``label_noise`` for a random other one."""
+    k = len(EMOTIONS)
+    drawn = np.stack([attribute_distribution(e) for e in range(k)])  # (emotion, style, scene, object)
+    axes = tuple(1 + i for i, c in enumerate(("style", "scene", "object")) if c not in channels)
+    seen = drawn.sum(axis=axes).reshape(k, -1)
+    noise = np.full((k, k), label_noise / (k - 1))
+    np.fill_diagonal(noise, 1 - label_noise)
+    joint = noise @ seen / k  # P(label, seen)
+    return float(joint.max(axis=0).sum())
 
 
-def emotion_pairs(emotion: int) -> list[tuple[int, int]]:
-    """Every (scene index, object index) pair that evokes ``emotion`` (12 in this world)."""
-    return [(s, o) for s in range(len(SCENES)) for o in range(len(OBJECTS)) if pair_emotion(s, o) == emotion]
+def draw_attributes(emotion: int, rng: np.random.Generator) -> tuple[int, int, int]:
+    """(style, scene, object) indices of one image of ``emotion``, drawn by the world's rule."""
+    p = attribute_distribution(emotion).ravel()
+    return tuple(int(i) for i in np.unravel_index(rng.choice(len(p), p=p), (len(STYLES), len(SCENES), len(OBJECTS))))
+
+
+def emotional_attributes() -> dict[str, dict[str, str]]:
+    """The world as report.json states it: each emotion's style, scene and object, and the
+    neutral scenes and objects that occur uniformly in every emotion."""
+    return {"emotional": {e: {"style": EMOTION_STYLES[e], "scene": EMOTION_SCENES[e], "object": EMOTION_OBJECTS[e]}
+                          for e in EMOTIONS},
+            "neutral": {"scene": list(NEUTRAL_SCENES), "object": list(NEUTRAL_OBJECTS)},
+            "emotional_scene_p": EMOTIONAL_SCENE_P, "emotional_object_p": EMOTIONAL_OBJECT_P}
 
 
 # ----------------------------------------------------------------------------- scenes
@@ -260,16 +283,6 @@ def _cake(d, rng, cx, cy, s):
     d.ellipse([cx - 0.05 * s, cy - 0.55 * s, cx + 0.05 * s, cy - 0.43 * s], fill=(255, 190, 0))
 
 
-def _skull(d, rng, cx, cy, s):
-    bone = _c(rng, (240, 235, 220))
-    d.ellipse([cx - 0.4 * s, cy - 0.5 * s, cx + 0.4 * s, cy + 0.25 * s], fill=bone)
-    d.rectangle([cx - 0.22 * s, cy + 0.1 * s, cx + 0.22 * s, cy + 0.45 * s], fill=bone)
-    for side in (-1, 1):
-        ex = cx + side * 0.17 * s
-        d.ellipse([ex - 0.12 * s, cy - 0.2 * s, ex + 0.12 * s, cy + 0.02 * s], fill=(15, 10, 10))
-    d.polygon([(cx, cy + 0.05 * s), (cx - 0.05 * s, cy + 0.15 * s), (cx + 0.05 * s, cy + 0.15 * s)], fill=(15, 10, 10))
-
-
 def _flower(d, rng, cx, cy, s):
     petal = _c(rng, (230, 45, 110))
     for k in range(6):
@@ -368,7 +381,7 @@ def _mushroom(d, rng, cx, cy, s):
 
 
 OBJECT_PAINTERS = {
-    "Balloon": _balloon, "Cake": _cake, "Skull": _skull, "Flower": _flower, "Umbrella": _umbrella,
+    "Balloon": _balloon, "Cake": _cake, "Flower": _flower, "Umbrella": _umbrella,
     "Tree": _tree, "House": _house, "Starfish": _starfish, "Snowman": _snowman, "Stop sign": _stop_sign,
     "Candle": _candle, "Spider": _spider, "Bottle": _bottle, "Crown": _crown, "Fish": _fish, "Mushroom": _mushroom,
 }
@@ -377,31 +390,63 @@ OBJECT_PAINTERS = {
 # ---------------------------------------------------------------------------- render
 
 
-def render(scene: int, obj: int, size: int, rng: np.random.Generator) -> Image.Image:
-    """One RGB image of ``SCENES[scene]`` with ``OBJECTS[obj]`` in front, ``size`` x ``size``."""
+def render(style: int, scene: int, obj: int, size: int, rng: np.random.Generator) -> tuple[Image.Image, tuple]:
+    """One RGB image of ``SCENES[scene]`` with ``OBJECTS[obj]`` in front, in ``STYLES[style]``,
+    ``size`` x ``size``, and the (brightness, colorfulness) of its styled background. The style
+    acts fully on the surroundings and at ``OBJECT_STYLE`` strength on the object, which keeps
+    enough of its own colours to be recognised in every style."""
     r = 2 * size  # draw at twice the size, then box-downsample: smooth edges at 64 px
-    background = SCENE_PAINTERS[SCENES[scene]](rng, r)
-    canvas = Image.fromarray(np.clip(background, 0, 255).astype(np.uint8))
-    s = r * rng.uniform(0.45, 0.7)  # the shape's box; its silhouette spans about 35-60% of the side
+    strong, mild = (_style_parameters(STYLES[style], rng, k) for k in (1.0, OBJECT_STYLE))
+    background = stylise(SCENE_PAINTERS[SCENES[scene]](rng, r), *strong)
+    layer = Image.new("RGBA", (r, r), (0, 0, 0, 0))
+    s = r * rng.uniform(0.55, 0.8)  # the shape's box; its silhouette spans about 40-70% of the side
     cx, cy = (r / 2 + rng.uniform(-0.5, 0.5) * (r - s) for _ in range(2))
-    OBJECT_PAINTERS[OBJECTS[obj]](ImageDraw.Draw(canvas), rng, cx, cy, s)
-    pixels = np.asarray(canvas.resize((size, size), Image.BOX), dtype=np.float32)
+    OBJECT_PAINTERS[OBJECTS[obj]](ImageDraw.Draw(layer), rng, cx, cy, s)
+    shape = np.asarray(layer, dtype=np.float32)
+    alpha = shape[..., 3:] / 255.0
+    pixels = (1 - alpha) * background + alpha * stylise(shape[..., :3], *mild)
+    pixels = np.asarray(Image.fromarray(pixels.round().astype(np.uint8)).resize((size, size), Image.BOX), np.float32)
     pixels += rng.normal(0.0, 4.0, pixels.shape)
-    return Image.fromarray(np.clip(pixels, 0, 255).round().astype(np.uint8))
+    surroundings = Image.fromarray(background.round().astype(np.uint8)).resize((size, size), Image.BOX)
+    return Image.fromarray(np.clip(pixels, 0, 255).round().astype(np.uint8)), image_attributes(surroundings)
 
 
-def _attributes(image: Image.Image) -> tuple[float, float]:
-    """EmoSet-style brightness and colorfulness in [0, 1], rounded to 0.1."""
-    hsv = np.asarray(image.convert("HSV"), dtype=np.float32) / 255.0
-    return round(float(hsv[..., 2].mean()), 1), round(float(hsv[..., 1].mean()), 1)
+def _style_parameters(style: str, rng: np.random.Generator, strength: float) -> tuple[float, float, float]:
+    """(saturation factor, low, high level) of ``style``, moved toward no change at ``strength`` < 1."""
+    saturation = rng.uniform(1.7, 2.1) if "colorful" in style else rng.uniform(0.05, 0.2)
+    low, high = (rng.uniform(95, 115), 255.0) if style.startswith("bright") else (0.0, rng.uniform(105, 125))
+    return 1 + strength * (saturation - 1), strength * low, 255 + strength * (high - 255)
+
+
+def stylise(pixels: np.ndarray, saturation: float, low: float, high: float) -> np.ndarray:
+    """Impose a style: colorfulness scales every pixel's distance from its grey level (greys stay
+    grey), brightness maps the levels into [low, high]."""
+    grey = pixels.mean(axis=-1, keepdims=True)
+    pixels = np.clip(grey + saturation * (pixels - grey), 0, 255)
+    return low + (high - low) * pixels / 255.0
+
+
+def image_attributes(image: Image.Image) -> tuple[float, float]:
+    """EmoSet's two global attributes measured on the pixels, each in [0, 1]: brightness, the
+    mean luma; colorfulness, Hasler & Suesstrunk's metric (2003) / 100, clipped."""
+    x = np.asarray(image.convert("RGB"), dtype=np.float32)
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    rg, yb = r - g, 0.5 * (r + g) - b
+    metric = np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean())
+    return float((0.299 * r + 0.587 * g + 0.114 * b).mean() / 255.0), float(min(1.0, metric / 100.0))
+
+
+def style_of(brightness: float, colorfulness: float) -> int:
+    """The index in ``STYLES`` of an image with these EmoSet brightness and colorfulness values."""
+    return 2 * int(brightness < BRIGHT_FROM) + int(colorfulness < COLORFUL_FROM)
 
 
 def _write_one(job: tuple) -> None:
-    root, seed, index, scene, obj, emotion, stem, size = job
-    image = render(scene, obj, size, np.random.default_rng([seed, index]))
+    root, seed, index, (style, scene, obj, emotion), stem, size = job
+    image, surroundings = render(style, scene, obj, size, np.random.default_rng([seed, index]))
     image_path = root / "image" / EMOTIONS[emotion] / f"{stem}.jpg"
     image.save(image_path, format="JPEG", quality=JPEG_QUALITY)
-    brightness, colorfulness = _attributes(image)
+    brightness, colorfulness = (round(v, 1) for v in surroundings)
     annotation = {
         "image_id": stem, "emotion": EMOTIONS[emotion], "brightness": brightness,
         "colorfulness": colorfulness, "scene": SCENES[scene], "object": [OBJECTS[obj]],
@@ -424,22 +469,20 @@ def _info() -> dict:
     }
 
 
-def plan(num_images: int, seed: int, label_noise: float) -> list[tuple[int, int, int]]:
-    """(scene, object, label) per image: labels balanced, pairs drawn from the rule, noise applied."""
+def plan(num_images: int, seed: int, label_noise: float) -> list[tuple[int, int, int, int]]:
+    """(style, scene, object, label) per image: labels balanced, attributes drawn by the rule for
+    the label's emotion or, with probability ``label_noise``, for a random other one."""
     rng = np.random.default_rng(seed)
-    pairs = [emotion_pairs(e) for e in range(len(EMOTIONS))]
     out = []
     for i in range(num_images):
-        label = i % len(EMOTIONS)
-        true = label
-        if rng.random() < label_noise:  # the image's pair implies another emotion than its label
+        label = true = i % len(EMOTIONS)
+        if rng.random() < label_noise:
             true = int(rng.choice([e for e in range(len(EMOTIONS)) if e != label]))
-        scene, obj = pairs[true][int(rng.integers(len(pairs[true])))]
-        out.append((scene, obj, label))
+        out.append((*draw_attributes(true, rng), label))
     return out
 
 
-def _splits(labels: list[int], rng: np.random.Generator) -> dict[str, list[int]]:
+def _splits(labels: list[int], rng: np.random.Generator, train_per_emotion: int | None) -> dict[str, list[int]]:
     splits = {name: [] for name in SPLITS}
     for e in range(len(EMOTIONS)):
         members = [i for i, label in enumerate(labels) if label == e]
@@ -447,14 +490,16 @@ def _splits(labels: list[int], rng: np.random.Generator) -> dict[str, list[int]]
         n_held = max(1, round(0.1 * len(members)))
         splits["val"] += members[:n_held]
         splits["test"] += members[n_held:2 * n_held]
-        splits["train"] += members[2 * n_held:]
+        splits["train"] += members[2 * n_held:][:train_per_emotion]
     return {name: sorted(ids) for name, ids in splits.items()}
 
 
 def write_synthetic(out, num_images: int = 4000, size: int = 64, seed: int = 0, label_noise: float = 0.05,
-                    progress: bool = False) -> Path:
+                    train_per_emotion: int | None = None, progress: bool = False) -> Path:
     """Write the synthetic world to ``out`` in EmoSet's format and return ``out``.
 
+    ``train_per_emotion`` lists only that many training images per emotion (the data-scarce
+    split); the images, val and test are those of the full world with the same seed.
     ``out`` must be absent or an empty directory; the dataset is built in a temporary sibling
     and renamed into place, so ``out`` is either complete or untouched."""
     if num_images < 3 * len(EMOTIONS):
@@ -466,29 +511,27 @@ def write_synthetic(out, num_images: int = 4000, size: int = 64, seed: int = 0, 
         raise UniEmoError(f"--size {size} is out of range: use 16 to 1024 pixels")
     if not 0.0 <= label_noise < 0.875:
         raise UniEmoError(f"--label-noise {label_noise} is out of range: use a probability in [0, 0.875)")
+    if train_per_emotion is not None and train_per_emotion < 1:
+        raise UniEmoError(f"--train-per-emotion {train_per_emotion} is invalid: use a positive number of images")
     out = Path(out).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UniEmoError(f"{out} exists and is not an empty directory: choose a new OUT or delete it")
 
-    pairs = plan(num_images, seed, label_noise)
+    rows = plan(num_images, seed, label_noise)
+    split_ids = _splits([row[-1] for row in rows], np.random.default_rng([seed, num_images]), train_per_emotion)
+    listed = sorted(i for ids in split_ids.values() for i in ids)
     out.parent.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         for kind in ("image", "annotation"):
             for emotion in EMOTIONS:
                 (root / kind / emotion).mkdir(parents=True)
-        counters = dict.fromkeys(range(len(EMOTIONS)), 0)
-        jobs, items = [], []
-        for i, (scene, obj, label) in enumerate(pairs):
-            stem = f"{EMOTIONS[label]}_{counters[label]:05d}"
-            counters[label] += 1
-            jobs.append((root, seed, i, scene, obj, label, stem, size))
-            items.append([EMOTIONS[label], f"image/{EMOTIONS[label]}/{stem}.jpg",
-                          f"annotation/{EMOTIONS[label]}/{stem}.json"])
-        for job in tqdm(jobs, desc="synth", unit="img", disable=not progress):
-            _write_one(job)
+        stems = _stems([row[-1] for row in rows])
+        items = [[EMOTIONS[row[-1]], f"image/{EMOTIONS[row[-1]]}/{stem}.jpg",
+                  f"annotation/{EMOTIONS[row[-1]]}/{stem}.json"] for row, stem in zip(rows, stems)]
+        for i in tqdm(listed, desc="synth", unit="img", disable=not progress):
+            _write_one((root, seed, i, rows[i], stems[i], size))
         write_json(root / "info.json", _info())
-        split_ids = _splits([label for _, _, label in pairs], np.random.default_rng([seed, num_images]))
         for name, ids in split_ids.items():
             write_json(root / f"{name}.json", [items[i] for i in ids])
         os.replace(root, out)  # rename(2) may replace an empty directory
@@ -496,3 +539,13 @@ def write_synthetic(out, num_images: int = 4000, size: int = 64, seed: int = 0, 
         if root.exists():
             shutil.rmtree(root)
     return out
+
+
+def _stems(labels: list[int]) -> list[str]:
+    """'<emotion>_NNNNN', numbered per emotion in image order."""
+    counters = dict.fromkeys(range(len(EMOTIONS)), 0)
+    stems = []
+    for label in labels:
+        stems.append(f"{EMOTIONS[label]}_{counters[label]:05d}")
+        counters[label] += 1
+    return stems

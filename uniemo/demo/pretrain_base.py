@@ -5,9 +5,11 @@ Hugging Face layouts as the real pretrained models, so every later step loads th
 
 Recipe (one function per step):
 
-1. Captions from scene and object only ("a photo of a balloon in an amusement park",
-   "a balloon", "an amusement park"; never an emotion word) and a CLIP-format BPE tokenizer
-   trained on them.
+1. Captions from style, scene and object only ("a bright colorful photo of a balloon in an
+   amusement park", "a balloon", "a dark muted photo"; never an emotion word) and a CLIP-format
+   BPE tokenizer trained on them. The style words come from each image's EmoSet brightness and
+   colorfulness annotations (measured on the pixels where a dataset has none), so any
+   EmoSet-format dataset with scene or object annotations can be captioned.
 2. CLIP: symmetric InfoNCE with a learnable logit scale. Captions that mention only a part of
    an image (its object, its scene) or repeat another image's caption are true matches, so
    the targets are multi-positive: caption ``j`` is a positive of image ``i`` when every
@@ -64,8 +66,9 @@ from uniemo.errors import UniEmoError
 from uniemo.io import write_json
 
 REPORT = "pretrain_report.json"
-PAIR_TEMPLATES = ("a photo of {o} in {s}", "{o} in {s}")
+PAIR_TEMPLATES = ("a {st} photo of {o} in {s}", "a {st} picture of {o} in {s}")
 SINGLE_TEMPLATES = ("a photo of {x}", "{x}")
+STYLE_TEMPLATES = ("a {x} photo", "{x}")
 ZERO_SHOT_TEMPLATE = "a photo of {x}"
 SD_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 
@@ -124,10 +127,15 @@ class World:
     """One split of the dataset, decoded once: uint8 images and attribute indices (-1 = missing)."""
 
     images: torch.Tensor  # (N, 3, H, W) uint8
+    style: torch.Tensor  # (N,) long, index into synth.STYLES
     scene: torch.Tensor  # (N,) long
     object: torch.Tensor  # (N,) long
     scene_names: list[str]
     object_names: list[str]
+
+    def subset(self, keep: torch.Tensor) -> "World":
+        return World(self.images[keep], self.style[keep], self.scene[keep], self.object[keep],
+                     self.scene_names, self.object_names)
 
 
 def load_world(root: str | Path, split: str, image_size: int, scene_names=None, object_names=None) -> World:
@@ -137,21 +145,24 @@ def load_world(root: str | Path, split: str, image_size: int, scene_names=None, 
     from PIL import Image, ImageOps
 
     from uniemo.data import open_dataset
+    from uniemo.demo.synth import image_attributes, style_of
 
     ds = open_dataset(root, "emoset", split)
     scene_names = list(scene_names or _names(ds.scene_vocab, (it.scene for it in ds.items)))
     object_names = list(object_names or _names(ds.object_vocab, (it.object for it in ds.items)))
     images = torch.empty(len(ds), 3, image_size, image_size, dtype=torch.uint8)
-    scene, obj = [], []
+    style, scene, obj = [], [], []
     for i in tqdm(range(len(ds)), desc=f"decode {split}", unit="img", leave=False):
         sample = ds[i]  # a PIL RGB image; an undecodable file is replaced by the next one
         image = sample["pixel_values"]
         if image.size != (image_size, image_size):
             image = ImageOps.fit(image, (image_size, image_size), Image.BICUBIC)  # centre crop + resize
         images[i] = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+        levels = (sample["brightness"], sample["colorfulness"])
+        style.append(style_of(*(levels if None not in levels else image_attributes(image))))
         scene.append(_index(scene_names, sample["scene"]))
         obj.append(_index(object_names, sample["object"]))
-    return World(images, torch.tensor(scene), torch.tensor(obj), scene_names, object_names)
+    return World(images, torch.tensor(style), torch.tensor(scene), torch.tensor(obj), scene_names, object_names)
 
 
 def _names(vocab, seen) -> list[str]:
@@ -193,54 +204,64 @@ def article(name: str) -> str:
 
 @dataclass
 class Captions:
-    """Every caption of the world, the scene / object index each names (-1 = not named), and
-    lookup tables of caption rows: ``pairs[s, o, t]``, ``scenes[s, t]``, ``objects[o, t]``."""
+    """Every caption of the world, the style / scene / object index each names (-1 = not named),
+    and lookup tables of caption rows: ``full[st, s, o, t]``, ``scenes[s, t]``, ``objects[o, t]``,
+    ``styles[st, t]``."""
 
     texts: list[str]
+    style: torch.Tensor
     scene: torch.Tensor
     object: torch.Tensor
-    pairs: torch.Tensor
+    full: torch.Tensor
     scenes: torch.Tensor
     objects: torch.Tensor
+    styles: torch.Tensor
 
     @classmethod
     def build(cls, scene_names: list[str], object_names: list[str]) -> "Captions":
-        texts, scene, obj = [], [], []
+        from uniemo.demo.synth import STYLES
 
-        def add(text: str, s: int, o: int) -> int:
+        texts, named = [], []
+
+        def add(text: str, st: int, s: int, o: int) -> int:
             texts.append(text)
-            scene.append(s)
-            obj.append(o)
+            named.append((st, s, o))
             return len(texts) - 1
 
-        pairs = [[[add(t.format(o=article(on), s=article(sn)), s, o) for t in PAIR_TEMPLATES]
+        full = [[[[add(t.format(st=style, o=article(on), s=article(sn)), st, s, o) for t in PAIR_TEMPLATES]
                   for o, on in enumerate(object_names)] for s, sn in enumerate(scene_names)]
-        scenes = [[add(t.format(x=article(n)), s, -1) for t in SINGLE_TEMPLATES] for s, n in enumerate(scene_names)]
-        objects = [[add(t.format(x=article(n)), -1, o) for t in SINGLE_TEMPLATES] for o, n in enumerate(object_names)]
-        return cls(texts, torch.tensor(scene), torch.tensor(obj), torch.tensor(pairs).view(
-            len(scene_names), len(object_names), -1), torch.tensor(scenes), torch.tensor(objects))
+                for st, style in enumerate(STYLES)]
+        scenes = [[add(t.format(x=article(n)), -1, s, -1) for t in SINGLE_TEMPLATES] for s, n in enumerate(scene_names)]
+        objects = [[add(t.format(x=article(n)), -1, -1, o) for t in SINGLE_TEMPLATES] for o, n in enumerate(object_names)]
+        styles = [[add(t.format(x=n), st, -1, -1) for t in STYLE_TEMPLATES] for st, n in enumerate(STYLES)]
+        style, scene, obj = torch.tensor(named).T
+        return cls(texts, style, scene, obj, torch.tensor(full).view(len(STYLES), len(scene_names), len(object_names), -1),
+                   torch.tensor(scenes), torch.tensor(objects), torch.tensor(styles))
 
-    def sample(self, scene: torch.Tensor, obj: torch.Tensor, g: torch.Generator, pairs_only: bool = False):
-        """A random caption row per image: a pair caption or, unless ``pairs_only``, one that
-        names only the scene or only the object (the only choice when the other is missing)."""
+    def sample(self, style: torch.Tensor, scene: torch.Tensor, obj: torch.Tensor, g: torch.Generator,
+               full_only: bool = False):
+        """A random caption row per image: a full caption or, unless ``full_only``, one that names
+        only the scene, only the object or only the style (the only choices when one is missing)."""
         n = len(scene)
         s, o = scene.clamp(min=0), obj.clamp(min=0)
-        pair = self.pairs[s, o, torch.randint(len(PAIR_TEMPLATES), (n,), generator=g)]
+        full = self.full[style, s, o, torch.randint(len(PAIR_TEMPLATES), (n,), generator=g)]
         t = torch.randint(len(SINGLE_TEMPLATES), (n,), generator=g)
-        scene_only, object_only = self.scenes[s, t], self.objects[o, t]
-        kind = torch.zeros(n, dtype=torch.long) if pairs_only else torch.randint(3, (n,), generator=g)
-        kind = torch.where(scene < 0, 2, torch.where(obj < 0, 1, kind))  # 0 pair, 1 scene, 2 object
-        return torch.where(kind == 0, pair, torch.where(kind == 1, scene_only, object_only))
+        singles = torch.stack([full, self.scenes[s, t], self.objects[o, t], self.styles[style, t]])
+        kind = torch.zeros(n, dtype=torch.long) if full_only else torch.randint(4, (n,), generator=g)
+        kind = torch.where(scene < 0, 2, torch.where(obj < 0, 1, kind))  # 0 full, 1 scene, 2 object, 3 style
+        return singles.gather(0, kind[None]).squeeze(0)
 
-    def positives(self, rows: torch.Tensor, scene: torch.Tensor, obj: torch.Tensor) -> torch.Tensor:
+    def positives(self, rows: torch.Tensor, style: torch.Tensor, scene: torch.Tensor, obj: torch.Tensor) -> torch.Tensor:
         """(B, B) bool: caption ``rows[j]`` is true of image ``i`` (every attribute it names matches)."""
-        cs, co = self.scene[rows], self.object[rows]
-        return (((cs[None] < 0) | (cs[None] == scene[:, None])) & ((co[None] < 0) | (co[None] == obj[:, None])))
+        def matches(named: torch.Tensor, actual: torch.Tensor) -> torch.Tensor:
+            return (named[rows][None] < 0) | (named[rows][None] == actual[:, None])
+
+        return matches(self.style, style) & matches(self.scene, scene) & matches(self.object, obj)
 
 
 def train_tokenizer(captions: Captions, cfg: PretrainConfig):
     """The CLIP-format BPE tokenizer of the captions; long enough for the longest one."""
-    from uniemo.foundation import train_clip_tokenizer
+    from uniemo.demo.foundation import train_clip_tokenizer
 
     tokenizer = train_clip_tokenizer(captions.texts, vocab_size=cfg.vocab_size, max_length=cfg.max_length)
     longest = max(len(ids) for ids in tokenizer(captions.texts).input_ids)
@@ -353,7 +374,7 @@ def contrastive_loss(logits: torch.Tensor, positives: torch.Tensor) -> torch.Ten
 def build_clip(cfg: PretrainConfig, vocab_size: int, max_length: int):
     from transformers import CLIPModel
 
-    from uniemo.foundation import clip_config
+    from uniemo.demo.foundation import clip_config
 
     return CLIPModel(clip_config(vocab_size=vocab_size, image_size=cfg.image_size, width=cfg.clip_width,
                                  layers=cfg.clip_layers, text_layers=cfg.clip_text_layers, heads=cfg.clip_heads,
@@ -368,12 +389,12 @@ def train_clip(model, world: World, captions: Captions, tokenizer, cfg: Pretrain
 
     def loss_fn(step: int) -> torch.Tensor:
         idx = torch.randint(len(world.images), (cfg.clip_batch,), generator=g)
-        scene, obj = world.scene[idx], world.object[idx]
-        rows = captions.sample(scene, obj, g)
+        style, scene, obj = world.style[idx], world.scene[idx], world.object[idx]
+        rows = captions.sample(style, scene, obj, g)
         image = model.get_image_features(pixel_values=clip_normalise(augment(world.images[idx], g))).pooler_output
         text = model.get_text_features(input_ids=ids[rows]).pooler_output
         logits = model.logit_scale.exp().clamp(max=100) * F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).T
-        return contrastive_loss(logits, captions.positives(rows, scene, obj))
+        return contrastive_loss(logits, captions.positives(rows, style, scene, obj))
 
     losses = optimise(list(model.parameters()), cfg.clip_steps, cfg.clip_lr, lambda step: backward(loss_fn(step)),
                       "clip", stop)
@@ -395,7 +416,7 @@ def build_vae(cfg: PretrainConfig):
     """A convolutional ``AutoencoderKL``, so it can train on crops."""
     from diffusers import AutoencoderKL
 
-    from uniemo.foundation import vae_config
+    from uniemo.demo.foundation import vae_config
 
     return AutoencoderKL(**vae_config(channels=cfg.vae_channels, sample_size=cfg.image_size, mid_attention=False))
 
@@ -440,9 +461,9 @@ def encode_captions(text_encoder, tokenizer, texts: list[str]) -> torch.Tensor:
 
 
 def mirrored(world: World) -> World:
-    """The world followed by its mirror images (a flip changes neither scene nor object)."""
-    return World(torch.cat([world.images, world.images.flip(-1)]), world.scene.repeat(2), world.object.repeat(2),
-                 world.scene_names, world.object_names)
+    """The world followed by its mirror images (a flip changes neither style, scene nor object)."""
+    return World(torch.cat([world.images, world.images.flip(-1)]), world.style.repeat(2), world.scene.repeat(2),
+                 world.object.repeat(2), world.scene_names, world.object_names)
 
 
 def min_snr_weight(noise_schedule, t: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -462,7 +483,7 @@ def train_unet(world: World, latents: tuple[torch.Tensor, torch.Tensor], scaling
     empty prompt. Returns (unet, losses)."""
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
-    from uniemo.foundation import unet_config
+    from uniemo.demo.foundation import unet_config
 
     mean, std = latents
     unet = UNet2DConditionModel(**unet_config(states.shape[-1], sample_size=mean.shape[-1],
@@ -475,7 +496,7 @@ def train_unet(world: World, latents: tuple[torch.Tensor, torch.Tensor], scaling
         """Noisy latents, timesteps, text states, noise and Min-SNR weights of one batch."""
         idx = torch.randint(len(mean), (cfg.unet_batch,), generator=g)
         z = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g)) * scaling_factor
-        rows = captions.sample(world.scene[idx], world.object[idx], g, pairs_only=True)
+        rows = captions.sample(world.style[idx], world.scene[idx], world.object[idx], g, full_only=True)
         rows = torch.where(torch.rand(len(idx), generator=g) < cfg.uncond_prob, empty, rows)
         noise = torch.randn(z.shape, generator=g)
         t = torch.randint(noise_schedule.config.num_train_timesteps, (len(idx),), generator=g)
@@ -500,9 +521,9 @@ def train_unet(world: World, latents: tuple[torch.Tensor, torch.Tensor], scaling
 
 
 @torch.no_grad()
-def zero_shot(clip, tokenizer, images: torch.Tensor, names: list[str], batch: int = 256) -> torch.Tensor:
-    """Index of the name whose prompt "a photo of a <name>" is nearest (cosine) to each uint8 image."""
-    prompts = tokenize(tokenizer, [ZERO_SHOT_TEMPLATE.format(x=article(n)) for n in names])
+def zero_shot(clip, tokenizer, images: torch.Tensor, prompts: list[str], batch: int = 256) -> torch.Tensor:
+    """Index of the prompt (e.g. "a photo of a <name>") nearest (cosine) to each uint8 image."""
+    prompts = tokenize(tokenizer, prompts)
     text = F.normalize(clip.get_text_features(input_ids=prompts).pooler_output, dim=-1)
     predictions = []
     for start in range(0, len(images), batch):
@@ -519,27 +540,34 @@ def accuracy(predictions: torch.Tensor, targets: torch.Tensor) -> float:
 
 
 def zero_shot_accuracy(clip, tokenizer, world: World) -> dict:
-    return {"scene": accuracy(zero_shot(clip, tokenizer, world.images, world.scene_names), world.scene),
-            "object": accuracy(zero_shot(clip, tokenizer, world.images, world.object_names), world.object),
+    from uniemo.demo.synth import STYLES
+
+    def named(names: list[str]) -> list[str]:
+        return [ZERO_SHOT_TEMPLATE.format(x=article(n)) for n in names]
+
+    styles = [STYLE_TEMPLATES[0].format(x=n) for n in STYLES]
+    return {"style": accuracy(zero_shot(clip, tokenizer, world.images, styles), world.style),
+            "scene": accuracy(zero_shot(clip, tokenizer, world.images, named(world.scene_names)), world.scene),
+            "object": accuracy(zero_shot(clip, tokenizer, world.images, named(world.object_names)), world.object),
             "images": len(world.images)}
 
 
 @torch.no_grad()
 def generate(pipe, world: World, captions: Captions, cfg: PretrainConfig, batch: int = 16) -> World:
-    """Images the SD pipeline generates from the pair captions of ``cfg.eval_images`` held-out
-    images (``pipe`` guided as in inference), labelled with the scene and object they name."""
+    """Images the SD pipeline generates from the full captions of ``cfg.eval_images`` held-out
+    images (``pipe`` guided as in inference), labelled with the style, scene and object they name."""
     has_both = ((world.scene >= 0) & (world.object >= 0)).nonzero().flatten()
     g = torch.Generator().manual_seed(cfg.seed)
     picked = has_both[torch.randperm(len(has_both), generator=g)[:cfg.eval_images]]
-    scene, obj = world.scene[picked], world.object[picked]
-    prompts = [captions.texts[r] for r in captions.pairs[scene, obj, 0].tolist()]
+    style, scene, obj = world.style[picked], world.scene[picked], world.object[picked]
+    prompts = [captions.texts[r] for r in captions.full[style, scene, obj, 0].tolist()]
     images = []
     for start in tqdm(range(0, len(prompts), batch), desc="generate", unit="batch"):
         out = pipe(prompts[start:start + batch], num_inference_steps=cfg.eval_steps,
                    guidance_scale=cfg.guidance_scale, generator=torch.Generator().manual_seed(cfg.seed + start),
                    output_type="pt")
         images.append((out.images.clamp(0, 1) * 255).round().to(torch.uint8))
-    return World(torch.cat(images), scene, obj, world.scene_names, world.object_names)
+    return World(torch.cat(images), style, scene, obj, world.scene_names, world.object_names)
 
 
 # ----------------------------------------------------------------------------- the command
@@ -586,7 +614,7 @@ def pretrain_base(out: str | Path, data: str | Path, cfg: PretrainConfig | None 
     keep = (train.scene >= 0) | (train.object >= 0)
     if not keep.any():
         raise UniEmoError(f"no training image in {data} has a scene or object annotation: captions need them")
-    train = World(train.images[keep], train.scene[keep], train.object[keep], train.scene_names, train.object_names)
+    train = train.subset(keep)
     captions = Captions.build(train.scene_names, train.object_names)
     tokenizer = train_tokenizer(captions, cfg)
     times = {"data": time.perf_counter() - start}
@@ -658,7 +686,7 @@ def _write_output(out: Path, clip, tokenizer, vae, unet, cfg: PretrainConfig, fi
     write the report there, then swap the whole directory in."""
     from diffusers import DDIMScheduler
 
-    from uniemo.foundation import save_clip, save_sd
+    from uniemo.demo.foundation import save_clip, save_sd
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -682,7 +710,8 @@ def _log_report(report: dict, out: Path, log: Callable[[str], None]) -> None:
     zs, t = report["zero_shot"], report["times_s"]
     for kind, target in (("real", 0.8), ("generated", 0.5)):
         r = zs[kind]
-        log(f"zero-shot on {r['images']} {kind} test images: scene {r['scene']:.3f}, object {r['object']:.3f} "
+        log(f"zero-shot on {r['images']} {kind} test images: style {r['style']:.3f}, scene {r['scene']:.3f}, "
+            f"object {r['object']:.3f} "
             f"(target >= {target})")
     log(f"training {t['training']:.0f}s: clip {t['clip']:.0f}s beside vae {t['vae']:.0f}s + encode {t['encode']:.0f}s, "
         f"then unet {t['unet']:.0f}s ({t['training_cpu']:.0f} CPU-s on {report['threads']} threads); "
