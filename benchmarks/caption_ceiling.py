@@ -1,14 +1,15 @@
 """The Emo-A ceiling of a demo's tiny Stable Diffusion: what the evaluator reads from images
-generated from the *full caption* of a (scene, object) pair of each emotion.
+generated from the *full caption* (style, scene, object) of images of each emotion.
 
 No condition UniEmo fuses can name an image's content better than its caption, so Emo-A of
 UniEmo's images is bounded (in expectation) by this figure. It tells a generator that cannot
 draw the emotion apart from a condition that does not steer it.
 
-Per emotion, K pairs are drawn (seeded) from the synthetic world's rule (`uniemo.demo.synth`), each
-prompted with the caption pretrain-base trained the SD on ("a photo of <object> in <scene>",
-names as the dataset loader normalises them) at the demo's guidance and T denoising steps, and
-scored by DEMO/evaluator. Prints one line per emotion and the mean.
+Per emotion, K (style, scene, object) triples are drawn (seeded) from the synthetic world's rule
+(`uniemo.demo.synth.draw_attributes`), each prompted with the caption pretrain-base trained the SD
+on ("a <style> photo of <object> in <scene>", names as the dataset loader normalises them) at the
+demo's guidance and T denoising steps, and scored by DEMO/evaluator. Prints one line per emotion
+and the mean.
 
   .venv/bin/python benchmarks/caption_ceiling.py --demo demo-out            # about 30 s on an idle machine
 """
@@ -26,7 +27,7 @@ from uniemo.demo.runner import PLANS
 from uniemo.evaluator import Evaluator
 from uniemo.loading import load_sd
 from uniemo.demo.pretrain_base import Captions
-from uniemo.demo.synth import OBJECTS, SCENES, emotion_pairs
+from uniemo.demo.synth import OBJECTS, SCENES, draw_attributes
 from uniemo.vocab import EMOTIONS, normalise_attribute
 
 
@@ -48,9 +49,8 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     hits = []
     for k, emotion in enumerate(EMOTIONS):
-        pairs = emotion_pairs(k)
-        chosen = [pairs[i] for i in rng.integers(len(pairs), size=args.images_per_emotion)]
-        prompts = [captions.texts[int(captions.pairs[s, o, 0])] for s, o in chosen]
+        chosen = [draw_attributes(k, rng) for _ in range(args.images_per_emotion)]
+        prompts = [captions.texts[int(captions.full[st, s, o, 0])] for st, s, o in chosen]
         images = pipe(prompts, num_inference_steps=args.steps, guidance_scale=args.guidance,
                       generator=torch.Generator().manual_seed(args.seed + k)).images
         hit = (evaluator.predict_proba(images).argmax(-1) == k).float()

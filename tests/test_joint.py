@@ -82,17 +82,31 @@ def test_transfer_prompts_name_the_image_object_at_the_configured_rate(tiny_mode
 
     sd = load_sd(tiny_models[1])
     objects = ["balloon", None, "cake"] * 100
-    plain = joint.FrozenDiffusion(sd, "<emo>").prompt_ids_for(objects)
-    assert (plain == plain[0]).all()
+    plain, named = joint.FrozenDiffusion(sd, "<emo>").prompt_ids_for(objects)
+    assert (plain == plain[0]).all() and not named.any()
     always = joint.FrozenDiffusion(sd, "<emo>", object_prompt_p=1.0)
-    texts = sd.tokenizer.batch_decode(always.prompt_ids_for(objects[:3]))
+    ids, named = always.prompt_ids_for(objects[:3])
+    texts = sd.tokenizer.batch_decode(ids)
     assert [t.replace(" ", "").replace("<|endoftext|>", "").replace("<|startoftext|>", "") for t in texts] == [
         "<emo>balloon", "<emo>", "<emo>cake"]
+    assert named.tolist() == [True, False, True]
     torch.manual_seed(0)
-    half = joint.FrozenDiffusion(sd, "<emo>", object_prompt_p=0.5).prompt_ids_for(objects)
-    with_object = (half != plain).any(dim=1)
-    assert not with_object[1::3].any()  # an image without an object keeps the plain prompt
-    assert 0.4 < with_object[0::3].float().mean() < 0.6
+    half, named = joint.FrozenDiffusion(sd, "<emo>", object_prompt_p=0.5).prompt_ids_for(objects)
+    assert torch.equal((half != plain).any(dim=1), named)
+    assert not named[1::3].any()  # an image without an object keeps the plain prompt
+    assert 0.4 < named[0::3].float().mean() < 0.6
+
+
+def test_a_named_object_leaves_the_object_term_out_of_e():
+    cfg = FusionConfig(use_alpha=False)
+    fusion = UniEmoFusion(cfg, vision_dim=8, text_dim=6, head_hidden=4)
+    torch.manual_seed(0)
+    feats = {k: torch.randn(2, 8) for k in ("cls", "scene", "object")}
+    named = fusion(feats, None, torch.tensor([True, False]))
+    without = UniEmoFusion(FusionConfig(use_alpha=False, features=["cls", "scene"]), 8, 6, 4)
+    without.mappers.load_state_dict({k: v for k, v in fusion.mappers.state_dict().items() if not k.startswith("object")})
+    assert torch.allclose(named[0], without(feats)[0], atol=1e-6)
+    assert torch.allclose(named[1], fusion(feats)[1]) and not torch.allclose(named[1], without(feats)[1])
 
 
 def test_object_prompt_rate_out_of_range_is_a_one_line_error(tiny_models, tiny_emoset, tmp_path, capsys):

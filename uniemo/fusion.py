@@ -161,14 +161,19 @@ class UniEmoFusion(nn.Module):
         return cls(cfg, understanding.vision.config.hidden_size, text_encoder.config.hidden_size,
                    understanding.cfg.head_hidden, token_norm(text_encoder))
 
-    def forward(self, features: dict[str, torch.Tensor], alphas: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, features: dict[str, torch.Tensor], alphas: dict[str, torch.Tensor] | None = None,
+                object_named: torch.Tensor | None = None) -> torch.Tensor:
         """e = Σ_f α_f · M_f(feature_f) over the configured features, rescaled to ``token_norm``;
-        α = 1 for cls and patch, and for every feature when ``use_alpha`` is off."""
+        α = 1 for cls and patch, and for every feature when ``use_alpha`` is off. Where
+        ``object_named`` (B,) is true the prompt names the object ("<emo> house", emotion
+        transfer): the object term is left out, as the word carries the object."""
         e = 0
         for name, mapper in self.mappers.items():
             mapped = mapper(features[name])
             if self.cfg.use_alpha and name in ALPHA_FEATURES and alphas is not None:
                 mapped = alphas[name].to(mapped.dtype).unsqueeze(-1) * mapped
+            if name == "object" and object_named is not None:
+                mapped = torch.where(object_named.to(mapped.device).unsqueeze(-1), 0.0, mapped)
             e = e + mapped
         return self.token_norm.to(e.dtype) * F.normalize(e, dim=-1)
 

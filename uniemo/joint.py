@@ -42,15 +42,16 @@ class FrozenDiffusion(nn.Module):
     def train(self, mode: bool = True) -> "FrozenDiffusion":
         return super().train(False)
 
-    def prompt_ids_for(self, objects: list[str | None]) -> torch.Tensor:
-        """"<emo>" per sample or, with probability ``object_prompt_p`` where the image's object is
-        known, the transfer prompt "<emo> <object>": e then learns to carry what the object word
-        does not, so "<emo> house" at generation is a prompt stage 2 has seen."""
-        if self.object_prompt_p <= 0:
-            return self.prompt_ids.expand(len(objects), -1)
-        use = (torch.rand(len(objects)) < self.object_prompt_p).tolist()
-        prompts = [f"{self.placeholder} {o}" if o and u else self.placeholder for o, u in zip(objects, use)]
-        return tokenize(self.tokenizer, prompts).to(self.prompt_ids.device)
+    def prompt_ids_for(self, objects: list[str | None]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids of "<emo>" per sample or, with probability ``object_prompt_p`` where the
+        image's object is known, of the transfer prompt "<emo> <object>", and which samples got
+        it (B,) bool: e then learns to carry what the object word does not, so "<emo> house" at
+        generation is a prompt stage 2 has seen."""
+        named = (torch.rand(len(objects)) < self.object_prompt_p) & torch.tensor([bool(o) for o in objects])
+        if not named.any():
+            return self.prompt_ids.expand(len(objects), -1), named
+        prompts = [f"{self.placeholder} {o}" if n else self.placeholder for o, n in zip(objects, named.tolist())]
+        return tokenize(self.tokenizer, prompts).to(self.prompt_ids.device), named
 
     def prompt_embeds(self, e: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
         return condition_prompt(self.text_encoder, self.prompt_ids if ids is None else ids, self.placeholder_id, e)
@@ -60,15 +61,14 @@ class FrozenDiffusion(nn.Module):
         vae_pixels = vae_pixels.to(self.vae.dtype)
         return self.vae.encode(vae_pixels).latent_dist.sample() * self.vae.config.scaling_factor
 
-    def loss(self, e: torch.Tensor, vae_pixels: torch.Tensor, objects: list[str | None] | None = None) -> torch.Tensor:
-        """L_diff = E‖ε − ε_θ(z_t, t, c(e))‖² (or the v-target for v-prediction schedulers);
-        ``objects`` (the images' object names) allow the transfer prompt, see ``prompt_ids_for``."""
+    def loss(self, e: torch.Tensor, vae_pixels: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """L_diff = E‖ε − ε_θ(z_t, t, c(e))‖² (or the v-target for v-prediction schedulers), with
+        the prompt ``ids`` ("<emo>" if None; see ``prompt_ids_for``)."""
         latents = self.encode_latents(vae_pixels)
         noise = torch.randn_like(latents)
         steps = self.noise_scheduler.config.num_train_timesteps
         t = torch.randint(0, steps, (latents.shape[0],), device=latents.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
-        ids = None if objects is None else self.prompt_ids_for(objects)
         cond = self.prompt_embeds(e.to(self.text_encoder.dtype), ids)
         pred = self.unet(noisy, t, encoder_hidden_states=cond).sample
         if self.noise_scheduler.config.prediction_type == "v_prediction":
@@ -95,8 +95,10 @@ class JointModel(nn.Module):
         self.diffusion._apply(fn, recurse)
         return super()._apply(fn, recurse)
 
-    def condition(self, out, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Fused condition e for understanding outputs ``out`` and target emotions ``labels``."""
+    def condition(self, out, labels: torch.Tensor, object_named: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Fused condition e for understanding outputs ``out`` and target emotions ``labels``
+        (``object_named``: see ``UniEmoFusion.forward``)."""
         alphas = {}
         for kind, bank, embed in (("scene", self.scene_bank, out.scene_embed),
                                   ("object", self.object_bank, out.object_embed)):
@@ -104,7 +106,7 @@ class JointModel(nn.Module):
                 alphas[kind], _ = match_alpha(embed, bank.embeds, self.table.rows(kind)[1], labels)
             elif kind in self.fusion.mappers:
                 alphas[kind] = torch.ones_like(labels, dtype=embed.dtype)
-        return self.fusion(features_of(out, self.fusion.cfg.features), alphas), alphas
+        return self.fusion(features_of(out, self.fusion.cfg.features), alphas, object_named), alphas
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         labels = batch["label"]
@@ -113,9 +115,10 @@ class JointModel(nn.Module):
         l_u = self.understanding.loss(out, labels, self.scene_bank.index(batch["scene"]).to(device),
                                       self.object_bank.index(batch["object"]).to(device),
                                       self.scene_bank, self.object_bank)
-        e, alphas = self.condition(out, labels)
+        ids, object_named = self.diffusion.prompt_ids_for(batch["object"])
+        e, alphas = self.condition(out, labels, object_named.to(device))
         l_cond = self.fusion.condition_loss(e, labels, self.understanding.emotion_head[-1], out.logits)
-        l_diff = self.diffusion.loss(e, batch["vae_pixels"], batch["object"])
+        l_diff = self.diffusion.loss(e, batch["vae_pixels"], ids)
         w_u, w_cond, w_diff = self.fusion.cfg.joint_weights
         loss = w_u * l_u["total"] + w_cond * l_cond["cond"] + w_diff * l_diff
         logs = {"loss_u": l_u["total"], "loss_cond": l_cond["cond"], "loss_diff": l_diff,

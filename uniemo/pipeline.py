@@ -144,9 +144,10 @@ class UniEmoPipeline:
         return f"{self.cfg.fusion.placeholder} {object.strip()}"
 
     @torch.no_grad()
-    def conditions(self, weights: dict[str, float], seeds: list[int]):
+    def conditions(self, weights: dict[str, float], seeds: list[int], object_named: bool = False):
         """Fused conditions e (B,W) for one seed each, the generators (positioned after the feature
-        draws, ready for the latents) and each image's α / matched attributes per emotion."""
+        draws, ready for the latents) and each image's α / matched attributes per emotion. With
+        ``object_named`` (emotion transfer) e leaves out the object term, as in stage 2."""
         generators = [torch.Generator().manual_seed(s) for s in seeds]
         noise = [self.space.draw(g) for g in generators]
         e = 0
@@ -157,7 +158,8 @@ class UniEmoPipeline:
             feats = {f: torch.stack([s[f] for s in samples]).to(self.device, self.fusion.cond_proj.weight.dtype)
                      for f in self.fusion.cfg.features}
             alphas = self._alphas(feats, k, infos, name)
-            e = e + weight * self.fusion(feats, alphas)
+            named = torch.full((len(seeds),), object_named)
+            e = e + weight * self.fusion(feats, alphas, named)
         return e, generators, infos
 
     def _alphas(self, feats, emotion: int, infos, name: str) -> dict[str, torch.Tensor]:
@@ -201,7 +203,7 @@ class UniEmoPipeline:
         images, metadata = [], []
         for start in range(0, num_images, batch):
             seeds = [base + i for i in range(start, min(start + batch, num_images))]
-            e, generators, infos = self.conditions(weights, seeds)
+            e, generators, infos = self.conditions(weights, seeds, object is not None)
             prompt_embeds = condition_prompt(self.sd.text_encoder, ids, self.placeholder_id,
                                              e.to(self.sd.text_encoder.dtype))
             out = self.sd(prompt_embeds=prompt_embeds, negative_prompt_embeds=negative.expand(len(seeds), -1, -1),

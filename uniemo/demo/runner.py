@@ -52,7 +52,7 @@ class DemoPlan:
 
 
 PLANS = {
-    "full": DemoPlan(num_images=4000, pretrain_args=(), stage1_epochs=10, stage2_steps=300,
+    "full": DemoPlan(num_images=4000, pretrain_args=(), stage1_epochs=4, stage2_steps=300,
                      images_per_emotion=16, denoising_steps=25, feedback_per_emotion=40, stage3_epochs=3,
                      transfer_images=8, fusion_images=8),
     "quick": DemoPlan(num_images=320, pretrain_args=("--steps-scale", "0.02"), stage1_epochs=1,
