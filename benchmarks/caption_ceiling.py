@@ -9,7 +9,10 @@ Per emotion, K (style, scene, object) triples are drawn (seeded) from the synthe
 (`uniemo.demo.synth.draw_attributes`), each prompted with the caption pretrain-base trained the SD
 on ("a <style> photo of <object> in <scene>", names as the dataset loader normalises them) at the
 demo's guidance and T denoising steps, and scored by DEMO/evaluator. Prints one line per emotion
-and the mean.
+and the mean. ``--typical`` prompts every image with the emotion's own style, scene and object
+(the most a caption can say of an emotion); ``--object O`` with the emotion's style and scene and
+the object O (the caption of an ideal emotion transfer), and also reports how often the tiny
+CLIP names O zero-shot (object kept).
 
   .venv/bin/python benchmarks/caption_ceiling.py --demo demo-out            # about 30 s on an idle machine
 """
@@ -27,7 +30,10 @@ from uniemo.demo.runner import PLANS
 from uniemo.evaluator import Evaluator
 from uniemo.loading import load_sd
 from uniemo.demo.pretrain_base import Captions
-from uniemo.demo.synth import OBJECTS, SCENES, draw_attributes
+from uniemo.demo.synth import (EMOTION_OBJECTS, EMOTION_SCENES, EMOTION_STYLES, OBJECTS, SCENES, STYLES,
+                               draw_attributes)
+from uniemo.loading import load_clip
+from uniemo.metrics import ClipImageEncoder, ClipZeroShot
 from uniemo.vocab import EMOTIONS, normalise_attribute
 
 
@@ -38,6 +44,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=PLANS["full"].denoising_steps)
     parser.add_argument("--guidance", type=float, help="classifier-free guidance (default: the demo's stage-2 run's)")
     parser.add_argument("--seed", type=int, default=0)
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--typical", action="store_true", help="the emotion's own style, scene and object")
+    what.add_argument("--object", help="the emotion's own style and scene with this object")
     args = parser.parse_args()
     if args.guidance is None:
         args.guidance = load_config(args.demo / "run2-joint" / "config.yaml").generation.guidance_scale
@@ -47,17 +56,27 @@ def main() -> None:
     evaluator = Evaluator.from_pretrained(args.demo / "evaluator")
     captions = Captions.build([normalise_attribute(n) for n in SCENES], [normalise_attribute(n) for n in OBJECTS])
     rng = np.random.default_rng(args.seed)
-    hits = []
+    objects = [normalise_attribute(n) for n in OBJECTS]
+    judge = ClipZeroShot(ClipImageEncoder(load_clip(args.demo / "foundation" / "clip")), objects, "object")
+    hits, kept = [], []
     for k, emotion in enumerate(EMOTIONS):
         chosen = [draw_attributes(k, rng) for _ in range(args.images_per_emotion)]
+        if args.typical or args.object:
+            st = STYLES.index(EMOTION_STYLES[emotion])
+            s, o = SCENES.index(EMOTION_SCENES[emotion]), OBJECTS.index(EMOTION_OBJECTS[emotion])
+            o = objects.index(normalise_attribute(args.object)) if args.object else o
+            chosen = [(st, s, o)] * args.images_per_emotion
         prompts = [captions.texts[int(captions.full[st, s, o, 0])] for st, s, o in chosen]
         images = pipe(prompts, num_inference_steps=args.steps, guidance_scale=args.guidance,
                       generator=torch.Generator().manual_seed(args.seed + k)).images
         hit = (evaluator.predict_proba(images).argmax(-1) == k).float()
         hits.append(hit)
-        print(f"{emotion:12s} {hit.mean():.3f}")
-    print(f"caption ceiling of Emo-A: {torch.cat(hits).mean():.3f} "
-          f"({args.images_per_emotion} images per emotion, {args.steps} steps, guidance {args.guidance})")
+        kept.append((judge(images).argmax(-1) == torch.tensor([o for _, _, o in chosen])).float())
+        print(f"{emotion:12s} Emo-A {hit.mean():.3f}  object named {kept[-1].mean():.3f}")
+    kind = "typical captions" if args.typical else f"captions with {args.object}" if args.object else "captions"
+    print(f"caption ceiling of Emo-A ({kind}): {torch.cat(hits).mean():.3f}, object named zero-shot "
+          f"{torch.cat(kept).mean():.3f} ({args.images_per_emotion} images per emotion, {args.steps} steps, "
+          f"guidance {args.guidance})")
 
 
 if __name__ == "__main__":

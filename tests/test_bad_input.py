@@ -215,7 +215,8 @@ ANNOTATION_VALUES = st.recursive(
 
 @settings(max_examples=150, deadline=None)
 @given(st.one_of(ANNOTATION_VALUES, st.dictionaries(
-    st.sampled_from(["scene", "object", "brightness", "facial_expression", "x"]), ANNOTATION_VALUES, max_size=4)))
+    st.sampled_from(["scene", "object", "brightness", "colorfulness", "facial_expression", "x"]), ANNOTATION_VALUES,
+    max_size=4)))
 def test_any_annotation_json_gives_attributes_or_none(tmp_path_factory, value):
     from uniemo.data import _read_annotation
     from uniemo.vocab import normalise_attribute
@@ -223,16 +224,22 @@ def test_any_annotation_json_gives_attributes_or_none(tmp_path_factory, value):
     path = tmp_path_factory.mktemp("annotation") / "a.json"
     path.write_text(json.dumps(value))
     try:
-        scene, obj, issues = _read_annotation(path)
+        attributes, issues = _read_annotation(path)
     except UniEmoError as e:
         assert not isinstance(value, dict) and "expected a JSON object" in str(e)
         return
     assert isinstance(value, dict)
+    scene, obj = attributes.get("scene"), attributes.get("object")
     given_scene, objects = value.get("scene"), value.get("object")
     assert scene == (normalise_attribute(given_scene) if isinstance(given_scene, str) and given_scene else None)
     valid_objects = isinstance(objects, list) and all(isinstance(o, str) for o in objects)
     assert obj == (normalise_attribute(objects[-1]) if valid_objects and objects and objects[-1] else None)
     assert ("object of wrong type" in issues) == (objects is not None and not valid_objects)
+    for name in ("brightness", "colorfulness"):
+        level = value.get(name)
+        valid = isinstance(level, (int, float)) and not isinstance(level, bool) and 0 <= level <= 1
+        assert attributes[name] == (float(level) if valid else None)
+        assert (f"{name} not in [0, 1]" in issues) == (level is not None and not valid)
     assert ("scene of wrong type" in issues) == (given_scene is not None and not isinstance(given_scene, str))
 
 

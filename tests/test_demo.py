@@ -36,11 +36,33 @@ def test_report_json_carries_every_headline_figure_in_range(quick_demo):
     assert 0 < report["feedback"]["kept"] <= report["feedback"]["generated"]
 
 
+def test_report_states_the_world_and_measures_transfer_and_fusion(quick_demo):
+    from uniemo.demo import synth
+
+    report = json.loads((quick_demo / "report.json").read_text())
+    world = report["world"]
+    assert world["ceiling"] == synth.ceiling(0.05) and world["transfer_objects"] == ["house"]
+    assert set(world["neutral"]["object"]) == set(synth.NEUTRAL_OBJECTS)
+    assert world["emotional"]["sadness"] == {"style": "dark muted", "scene": "cemetery", "object": "Candle"}
+    alpha = world["alpha"]["object"]
+    assert alpha["house"]["neutral"] and not alpha["candle"]["neutral"] and _fraction(alpha["house"]["alpha"])
+    transfer = report["generation"]["transfer"]["house"]
+    assert _fraction(transfer["emo_a"]) and _fraction(transfer["object_kept"])
+    fusion = report["generation"]["fusion"]
+    assert set(fusion["pairs"]) == {"amusement+fear"} and _fraction(fusion["mean_mass"])
+    sweep = fusion["sweep"]
+    assert sweep["pair"] == ["amusement", "fear"] and sweep["weights"] == [0.0, 1.0]
+    assert all(_fraction(p) for p in sweep["p_first"] + sweep["p_second"])
+    for png in ("transfer.png", "fusion.png", "fusion_sweep.png", "fusion_sweep_plot.png"):
+        assert (quick_demo / "figures" / png).stat().st_size > 1000
+
+
 def test_report_html_is_self_contained_and_labels_its_columns(quick_demo):
     html = (quick_demo / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 8  # world, curves, confusion, attention, grids
     assert "src=\"http" not in html and "src=\"/" not in html
-    for table in ("Table I shape", "Table IV shape", "Table VI shape"):
+    for table in ("Table I shape", "Table IV shape", "Table VI shape", "ceiling (Bayes accuracy)",
+                  "Emotion transfer onto neutral objects", "Fusion sweep"):
         assert table in html
     assert "this run (synthetic world, tiny models)" in html and "paper (EmoSet" in html
 
@@ -59,6 +81,8 @@ def test_a_second_run_reuses_every_step(quick_demo, capsys):
     assert main(["demo", "--quick", "--out", str(quick_demo)]) == 0
     printed = capsys.readouterr().out
     assert printed.count("reused") == printed.count("] ") and "reused" in printed
+    assert "understanding " in printed and "(ceiling 85.57%)" in printed and "fusion mass" in printed
+    assert '"per_class"' not in printed  # a summary line per step, not whole JSON documents
 
 
 def test_a_broken_step_is_redone(quick_demo, capsys):

@@ -15,7 +15,8 @@ import torch
 
 from uniemo.demo import pretrain_base as pb
 from uniemo.cli import main
-from uniemo.vocab import EMOTIONS
+from uniemo.demo import synth
+from uniemo.vocab import EMOTIONS, normalise_attribute
 
 # Small enough for a test on two shared cores, large enough to exercise every step.
 TINY = pb.PretrainConfig(
@@ -219,11 +220,12 @@ def test_tokenizer_ids_are_the_same_in_every_process():
 
 
 def test_captions_name_only_style_scene_and_object():
-    captions = pb.Captions.build(["amusement park", "beach"], ["balloon", "cake"])
-    assert captions.texts[int(captions.full[0, 0, 0, 0])] == "a bright colorful photo of a balloon in an amusement park"
+    captions = pb.Captions.build(["ice skating rink", "beach"], ["balloon", "cake"])
+    assert captions.texts[int(captions.full[0, 0, 0, 0])] == "a bright colorful photo of a balloon in an ice skating rink"
     assert captions.texts[int(captions.full[3, 1, 1, 1])] == "a dark muted picture of a cake in a beach"
-    assert "an amusement park" in captions.texts and "a cake" in captions.texts and "a dark colorful photo" in captions.texts
-    assert not {w for t in captions.texts for w in t.split()} & set(EMOTIONS)
+    assert "an ice skating rink" in captions.texts and "a cake" in captions.texts and "a dark colorful photo" in captions.texts
+    world = pb.Captions.build([normalise_attribute(n) for n in synth.SCENES], [normalise_attribute(n) for n in synth.OBJECTS])
+    assert not {w for t in world.texts for w in t.split()} & set(EMOTIONS)  # not even "amusement park"
     g = torch.Generator().manual_seed(0)
     style, scene, obj = torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, -1, 0]), torch.tensor([1, 0, 1, -1])
     rows = captions.sample(style.repeat(50), scene.repeat(50), obj.repeat(50), g)

@@ -5,8 +5,8 @@ Hugging Face layouts as the real pretrained models, so every later step loads th
 
 Recipe (one function per step):
 
-1. Captions from style, scene and object only ("a bright colorful photo of a balloon in an
-   amusement park", "a balloon", "a dark muted photo"; never an emotion word) and a CLIP-format
+1. Captions from style, scene and object only ("a bright colorful photo of a balloon in a
+   candy store", "a balloon", "a dark muted photo"; never an emotion word) and a CLIP-format
    BPE tokenizer trained on them. The style words come from each image's EmoSet brightness and
    colorfulness annotations (measured on the pixels where a dataset has none), so any
    EmoSet-format dataset with scene or object annotations can be captioned.

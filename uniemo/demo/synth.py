@@ -55,7 +55,7 @@ EMOTION_STYLES = {  # valence -> brightness, arousal -> colorfulness
     "disgust": "dark muted", "sadness": "dark muted",
 }
 EMOTION_SCENES = {
-    "amusement": "amusement_park", "excitement": "ocean", "awe": "mountain_snowy", "contentment": "wheat_field",
+    "amusement": "candy_store", "excitement": "ocean", "awe": "mountain_snowy", "contentment": "wheat_field",
     "anger": "volcano", "fear": "forest", "disgust": "kitchen", "sadness": "cemetery",
 }
 EMOTION_OBJECTS = {
@@ -249,7 +249,7 @@ def _kitchen(rng, r):
     return img
 
 
-def _amusement_park(rng, r):
+def _candy_store(rng, r):
     palette = [_jitter(rng, c) for c in ((230, 40, 60), (250, 250, 245), (250, 200, 30), (60, 160, 230))]
     width = max(2, int(r * rng.uniform(0.07, 0.1)))
     x = (np.arange(r) + int(rng.integers(0, width * 4))) // width % 4
@@ -259,7 +259,7 @@ def _amusement_park(rng, r):
 SCENE_PAINTERS = {
     "beach": _beach, "desert": _desert, "forest": _forest, "ocean": _ocean, "mountain_snowy": _mountain_snowy,
     "cemetery": _cemetery, "volcano": _volcano, "sky": _sky, "wheat_field": _wheat_field,
-    "underwater": _underwater, "kitchen": _kitchen, "amusement_park": _amusement_park,
+    "underwater": _underwater, "kitchen": _kitchen, "candy_store": _candy_store,
 }
 
 
