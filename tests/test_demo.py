@@ -92,3 +92,18 @@ def test_a_broken_step_is_redone(quick_demo, capsys):
     assert main(["demo", "--quick", "--out", str(quick_demo)]) == 0
     assert list((quick_demo / "explain").glob("*.png"))
     assert "expert-query attention maps on test images: " in capsys.readouterr().out
+
+
+def test_data_scarce_plan_trains_stages_on_the_scarce_split(tmp_path):
+    import dataclasses
+
+    from uniemo.demo.runner import PLANS, STEPS, Layout
+
+    plan = dataclasses.replace(PLANS["quick"], train_per_emotion=3)
+    layout = Layout(tmp_path, plan, seed=0)
+    next(s for s in STEPS if s.name == "synth").run(layout)
+    full, scarce = (json.loads((tmp_path / d / "train.json").read_text()) for d in ("data", "data-scarce"))
+    assert len(scarce) == 8 * 3 < len(full)
+    assert (tmp_path / "data-scarce" / "test.json").read_bytes() == (tmp_path / "data" / "test.json").read_bytes()
+    assert layout.train_data == str(tmp_path / "data-scarce")
+    assert main(["demo", "--train-per-emotion", "0", "--out", str(tmp_path / "x")]) == 2
