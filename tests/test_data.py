@@ -50,7 +50,7 @@ def test_synthetic_emoset_loads_with_clip_transforms(tiny_emoset):
 
     ds = open_dataset(tiny_emoset, "emoset", "train")
     assert len(ds) == 192 and ds.class_names == EMOTIONS
-    assert "amusement park" in ds.scene_vocab and "stop sign" in ds.object_vocab
+    assert "candy store" in ds.scene_vocab and "stop sign" in ds.object_vocab
     assert all(item.scene in ds.scene_vocab and item.object in ds.object_vocab for item in ds.items)
     sample = ds[5]
     assert sample["pixel_values"].mode == "RGB" and sample["index"] == 5 and sample["label"] == ds.items[5].label
