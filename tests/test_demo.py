@@ -85,6 +85,13 @@ def test_a_second_run_reuses_every_step(quick_demo, capsys):
     assert '"per_class"' not in printed  # a summary line per step, not whole JSON documents
 
 
+def test_another_plan_or_seed_does_not_reuse_the_steps(quick_demo, capsys):
+    for extra in (["--train-per-emotion", "3"], ["--seed", "1"]):
+        assert main(["demo", "--quick", "--out", str(quick_demo), *extra]) == 2
+        err = capsys.readouterr().err
+        assert "another plan or seed" in err and len(err.strip().splitlines()) == 1
+
+
 def test_a_broken_step_is_redone(quick_demo, capsys):
     (quick_demo / ".steps" / "explain.json").unlink()
     for png in (quick_demo / "explain").glob("*.png"):

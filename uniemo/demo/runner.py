@@ -240,10 +240,24 @@ def run_demo(out: Path, plan: DemoPlan, seed: int) -> Path:
     """Run (or resume) every step, then write OUT/report.html and OUT/report.json."""
     layout = Layout(out.resolve(), plan, seed)
     layout.out.mkdir(parents=True, exist_ok=True)
+    check_same_plan(layout)
     seconds = run_steps(layout)
     from uniemo.demo.report import write_demo_report
 
     return write_demo_report(layout, seconds, peak_memory_gib())
+
+
+def check_same_plan(layout: Layout) -> None:
+    """Finished steps are reused only for the plan and seed that made them (OUT/.steps/plan.json)."""
+    import dataclasses
+    import json
+
+    file = layout.out / ".steps" / "plan.json"
+    plan = json.loads(json.dumps({"seed": layout.seed, **dataclasses.asdict(layout.plan)}))  # tuples as lists
+    if file.is_file() and read_json(file, "demo plan") != plan:
+        raise UniEmoError(f"{layout.out} holds a demo run with another plan or seed: choose another --out, "
+                          "or delete it to start again")
+    write_json(file, plan)
 
 
 def peak_memory_gib() -> float:
