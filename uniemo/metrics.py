@@ -620,8 +620,7 @@ def mix_mass(images: GeneratedSet, evaluator) -> dict:
     for folder in dict.fromkeys(folders):
         rows = [i for i, f in enumerate(folders) if f == folder]
         weights = images.images[rows[0]].mix
-        named = dict(zip(weights, class_indices(evaluator, list(weights))))
-        positive = [named[n] for n, w in weights.items() if w > 0]
+        positive = [k for k, w in zip(class_indices(evaluator, list(weights)), weights.values()) if w > 0]
         per_mix[folder] = {"weights": weights, "mass": _finite(_mean(probs[rows][:, positive].sum(dim=-1))),
                            "mean_probability": {n: _finite(_mean(probs[rows, k]))
                                                 for k, n in enumerate(evaluator.class_names)},

@@ -152,13 +152,13 @@ class UniEmoPipeline:
         noise = [self.space.draw(g) for g in generators]
         e = 0
         infos = [{"alpha": {}, "matched": {}} for _ in seeds]
+        named = torch.full((len(seeds),), object_named)
         for name, weight in weights.items():
             k = self.class_names.index(name)
             samples = [self.space.at(k, z) for z in noise]
             feats = {f: torch.stack([s[f] for s in samples]).to(self.device, self.fusion.cond_proj.weight.dtype)
                      for f in self.fusion.cfg.features}
             alphas = self._alphas(feats, k, infos, name)
-            named = torch.full((len(seeds),), object_named)
             e = e + weight * self.fusion(feats, alphas, named)
         return e, generators, infos
 

@@ -711,8 +711,7 @@ def _log_report(report: dict, out: Path, log: Callable[[str], None]) -> None:
     for kind, target in (("real", 0.8), ("generated", 0.5)):
         r = zs[kind]
         log(f"zero-shot on {r['images']} {kind} test images: style {r['style']:.3f}, scene {r['scene']:.3f}, "
-            f"object {r['object']:.3f} "
-            f"(target >= {target})")
+            f"object {r['object']:.3f} (target >= {target})")
     log(f"training {t['training']:.0f}s: clip {t['clip']:.0f}s beside vae {t['vae']:.0f}s + encode {t['encode']:.0f}s, "
         f"then unet {t['unet']:.0f}s ({t['training_cpu']:.0f} CPU-s on {report['threads']} threads); "
         f"wrote {out}/clip, {out}/sd, {out}/{REPORT}")

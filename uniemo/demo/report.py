@@ -110,15 +110,20 @@ def transfer_figures(layout) -> dict:
     return figures
 
 
-def fusion_figures(layout) -> dict:
-    """Mix mass per 0.5/0.5 pair, and the sweep: the first emotion's mean probability per weight."""
-    from uniemo.metrics import mix_folder
+def mix_folder(weights: dict[str, float]) -> str:
+    """The folder `uniemo generate --mix` writes these weights to (zero weights dropped)."""
+    from uniemo import metrics
     from uniemo.pipeline import normalise_weights
 
+    return metrics.mix_folder(normalise_weights(weights, tuple(EMOTIONS)))
+
+
+def fusion_figures(layout) -> dict:
+    """Mix mass per 0.5/0.5 pair, and the sweep: the first emotion's mean probability per weight."""
     per_mix = read_json(Path(layout.metrics) / "generation-fusion.json")["metrics"]["mix_mass"]["per_mix"]
     (a, b), *_ = layout.plan.fusion_pairs
-    pairs = {f"{x}+{y}": per_mix[mix_folder({x: 0.5, y: 0.5})]["mass"] for x, y in layout.plan.fusion_pairs}
-    sweep = [per_mix[mix_folder(normalise_weights({a: w, b: 1 - w}, tuple(EMOTIONS)))] for w in layout.plan.sweep]
+    pairs = {"+".join(m): per_mix[mix_folder(m)]["mass"] for m in layout.plan.pair_mixes()}
+    sweep = [per_mix[mix_folder(m)] for m in layout.plan.sweep_mixes()]
     return {"pairs": pairs, "mean_mass": sum(pairs.values()) / len(pairs),
             "sweep": {"pair": [a, b], "weights": list(layout.plan.sweep),
                       "p_first": [m["mean_probability"][a] for m in sweep],
@@ -263,18 +268,14 @@ def _generation(layout, summary: dict, figures: Path) -> Section:
 
 
 def _fusion_figures(layout, fusion: dict, figures: Path) -> None:
-    from uniemo.metrics import mix_folder
-    from uniemo.pipeline import normalise_weights
     from uniemo.plots import curves_png, image_table_png
 
-    pairs = [Path(layout.fusion) / mix_folder({a: 0.5, b: 0.5}) for a, b in layout.plan.fusion_pairs]
+    pairs = [Path(layout.fusion) / mix_folder(m) for m in layout.plan.pair_mixes()]
     image_table_png([_images(m, 4) for m in pairs], [m.name.removeprefix("mix_") for m in pairs],
                     figures / "fusion.png", title="Emotion fusion: e = sum of w_k e_k")
     sweep = fusion["sweep"]
     a, b = sweep["pair"]
-    folders = [Path(layout.fusion) / mix_folder(normalise_weights({a: w, b: 1 - w}, tuple(EMOTIONS)))
-               for w in sweep["weights"]]
-    strips = [_images(f, 4) for f in folders]
+    strips = [_images(Path(layout.fusion) / mix_folder(m), 4) for m in layout.plan.sweep_mixes()]
     image_table_png([[s[k] if k < len(s) else None for s in strips] for k in range(4)],
                     [f"seed +{k}" for k in range(4)], figures / "fusion_sweep.png",
                     col_labels=[f"{a} {w:g}" for w in sweep["weights"]], title=f"Sweep {a} -> {b}")

@@ -44,11 +44,19 @@ class DemoPlan:
     fusion_pairs: tuple[tuple[str, str], ...] = (("amusement", "fear"), ("awe", "sadness"), ("contentment", "anger"))
     sweep: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)  # weight of the first fusion pair's first emotion
 
-    def mixes(self) -> list[dict[str, float]]:
-        """Every pair at 0.5/0.5, then the first pair at each weight of the sweep."""
+    def pair_mixes(self) -> list[dict[str, float]]:
+        """Every fusion pair at 0.5/0.5."""
+        return [{x: 0.5, y: 0.5} for x, y in self.fusion_pairs]
+
+    def sweep_mixes(self) -> list[dict[str, float]]:
+        """The first fusion pair at each weight of the sweep."""
         (a, b), *_ = self.fusion_pairs
-        pairs = [{x: 0.5, y: 0.5} for x, y in self.fusion_pairs]
-        return pairs + [{a: w, b: 1 - w} for w in self.sweep if {a: w, b: 1 - w} not in pairs]
+        return [{a: w, b: 1 - w} for w in self.sweep]
+
+    def mixes(self) -> list[dict[str, float]]:
+        """Every mix the demo generates: the pairs, then the sweep's other weights."""
+        pairs = self.pair_mixes()
+        return pairs + [m for m in self.sweep_mixes() if m not in pairs]
 
 
 PLANS = {
