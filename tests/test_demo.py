@@ -43,7 +43,7 @@ def test_report_states_the_world_and_measures_transfer_and_fusion(quick_demo):
     world = report["world"]
     assert world["ceiling"] == synth.ceiling(0.05) and world["transfer_objects"] == ["house"]
     assert set(world["neutral"]["object"]) == set(synth.NEUTRAL_OBJECTS)
-    assert world["emotional"]["sadness"] == {"style": "dark muted", "scene": "cemetery", "object": "Candle"}
+    assert world["emotional"]["sadness"] == {"style": "dark muted cool", "scene": "cemetery", "object": "Candle"}
     alpha = world["alpha"]["object"]
     assert alpha["house"]["neutral"] and not alpha["candle"]["neutral"] and _fraction(alpha["house"]["alpha"])
     transfer = report["generation"]["transfer"]["house"]
@@ -53,8 +53,24 @@ def test_report_states_the_world_and_measures_transfer_and_fusion(quick_demo):
     sweep = fusion["sweep"]
     assert sweep["pair"] == ["amusement", "fear"] and sweep["weights"] == [0.0, 1.0]
     assert all(_fraction(p) for p in sweep["p_first"] + sweep["p_second"])
-    for png in ("transfer.png", "fusion.png", "fusion_sweep.png", "fusion_sweep_plot.png"):
+    for png in ("transfer.png", "fusion.png", "fusion_sweep.png", "fusion_sweep_plot.png", "edits.png"):
         assert (quick_demo / "figures" / png).stat().st_size > 1000
+
+
+def test_edits_turn_test_images_toward_every_other_emotion(quick_demo):
+    from uniemo.metrics import read_metadata
+    from uniemo.vocab import EMOTIONS
+
+    edit = json.loads((quick_demo / "report.json").read_text())["generation"]["edit"]
+    assert edit["edits"] == 8 * 7 and edit["strength"] == 0.6
+    assert all(_fraction(edit[k]) for k in ("emo_a", "object_kept", "understanding_reads_target"))
+    assert 0 <= edit["clip_distance"] <= 2
+    test = {str(quick_demo / "data" / path): e for e, path, _ in json.loads((quick_demo / "data" / "test.json").read_text())}
+    pairs = set()
+    for record in read_metadata(quick_demo / "edits" / "metadata.jsonl").values():
+        pairs.add((test[record["source"]], record["emotion"]))  # a test image, edited toward another emotion
+        assert record["strength"] >= 0.6 and (record["reached"] or record["strength"] == 1.0)  # --until-target
+    assert pairs == {(a, b) for a in EMOTIONS for b in EMOTIONS if a != b}
 
 
 def test_report_html_is_self_contained_and_labels_its_columns(quick_demo):
@@ -62,7 +78,7 @@ def test_report_html_is_self_contained_and_labels_its_columns(quick_demo):
     assert html.count("data:image/png;base64,") >= 8  # world, curves, confusion, attention, grids
     assert "src=\"http" not in html and "src=\"/" not in html
     for table in ("Table I shape", "Table IV shape", "Table VI shape", "ceiling (Bayes accuracy)",
-                  "Emotion transfer onto neutral objects", "Fusion sweep"):
+                  "Emotion transfer onto neutral objects", "Fusion sweep", "Emotion editing"):
         assert table in html
     assert "this run (synthetic world, tiny models)" in html and "paper (EmoSet" in html
 
@@ -81,7 +97,7 @@ def test_a_second_run_reuses_every_step(quick_demo, capsys):
     assert main(["demo", "--quick", "--out", str(quick_demo)]) == 0
     printed = capsys.readouterr().out
     assert printed.count("reused") == printed.count("] ") and "reused" in printed
-    assert "understanding " in printed and "(ceiling 85.57%)" in printed and "fusion mass" in printed
+    assert "understanding " in printed and "(ceiling 95.00%)" in printed and "fusion mass" in printed
     assert '"per_class"' not in printed  # a summary line per step, not whole JSON documents
 
 

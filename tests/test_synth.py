@@ -92,21 +92,42 @@ def test_neutral_attributes_are_uniform_and_emotional_ones_point_at_one_emotion(
 
 
 def test_every_image_shows_its_style(tmp_path):
-    """The style an image was drawn in is what its annotation measures (the words of the captions)."""
-    for i in range(64):
+    """Each emotion has its own style; the annotation names it, and the measured brightness and
+    colorfulness agree with its words on average (a scene's own colours may outweigh them)."""
+    measured = {}
+    for i in range(96):
         rng = np.random.default_rng([7, i])
         style, scene, obj = synth.draw_attributes(i % 8, rng)
         assert synth.STYLES[style] == synth.EMOTION_STYLES[EMOTIONS[i % 8]]
         image, surroundings = synth.render(style, scene, obj, 64, rng)
-        assert synth.style_of(*(round(v, 1) for v in surroundings)) == style, (i, scene, obj)
+        x = np.asarray(image, dtype=np.float32)
+        measured.setdefault(synth.STYLES[style], []).append((*surroundings, (x[..., 0] - x[..., 2]).mean() / 255))
         assert image.size == (64, 64)
+    mean = {name: np.mean(rows, axis=0) for name, rows in measured.items()}
+    assert len(set(synth.EMOTION_STYLES.values())) == 8 == len(mean)
+    for name, (brightness, colorfulness, warmth) in mean.items():
+        words = name.split()
+        assert (brightness >= synth.BRIGHT_FROM) == (words[0] == "bright"), (name, brightness)
+        assert (colorfulness >= synth.COLORFUL_FROM) == (words[1] == "colorful"), (name, colorfulness)
+        assert (warmth >= 0) == (words[2] == "warm"), (name, warmth)
+        assert synth.style_of(brightness, colorfulness, warmth) == synth.STYLES.index(name)
+
+
+def test_annotation_names_the_style(tmp_path):
+    root = synth.write_synthetic(tmp_path / "w", num_images=48, size=32, seed=3, label_noise=0.0)
+    for emotion, image, annotation in json.loads((root / "train.json").read_text()):
+        named = json.loads((root / annotation).read_text())["style"]
+        assert named == synth.EMOTION_STYLES[emotion]
+        assert synth.annotated_style(root / image) == synth.STYLES.index(named)
+    assert synth.annotated_style(tmp_path / "image" / "amusement" / "none.jpg") is None
 
 
 def test_ceiling_is_the_bayes_accuracy_of_the_rule():
-    # by hand: only images whose scene and object are both neutral are ambiguous, between two emotions
+    # by hand: the style tells the emotion; without it, an image whose scene and object are both
+    # neutral is a guess among the eight
     ambiguous = (1 - synth.EMOTIONAL_SCENE_P) * (1 - synth.EMOTIONAL_OBJECT_P)
-    assert synth.ceiling(0.0) == pytest.approx(1 - ambiguous / 2)
-    assert synth.ceiling(0.0, ("style",)) == pytest.approx(0.5)
+    assert synth.ceiling(0.0) == pytest.approx(1.0) and synth.ceiling(0.05) == pytest.approx(0.95)
+    assert synth.ceiling(0.0, ("scene", "object")) == pytest.approx(1 - ambiguous + ambiguous / 8)
     # empirically: the majority label of each (style, scene, object) on many draws
     rows = synth.plan(40_000, seed=3, label_noise=0.05)
     counts = defaultdict(Counter)
@@ -114,7 +135,8 @@ def test_ceiling_is_the_bayes_accuracy_of_the_rule():
         counts[tuple(attributes)][label] += 1
     majority = sum(max(c.values()) for c in counts.values()) / len(rows)
     assert majority == pytest.approx(synth.ceiling(0.05), abs=0.01)
-    assert synth.ceiling(0.05) - 0.08 > synth.ceiling(0.05, ("style", "scene"))  # the object matters
+    assert synth.ceiling(0.05, ("style",)) == pytest.approx(synth.ceiling(0.05))
+    assert synth.ceiling(0.05) - 0.15 > synth.ceiling(0.05, ("scene", "object"))
 
 
 def test_data_scarce_split_keeps_val_test_and_the_images(tmp_path):

@@ -23,6 +23,7 @@ COMMANDS: list[tuple[tuple[str, ...], str]] = [
     (("evaluate", "generation"), "evaluate_generation"),
     (("train", "joint"), "train_joint"),
     (("generate",), "generate"),
+    (("edit",), "edit"),
     (("inspect", "alpha"), "inspect_alpha"),
     (("train", "understand"), "train_understand"),
     (("evaluate", "understanding"), "evaluate_understanding"),

@@ -343,12 +343,16 @@ NOT_GIVEN = {
     "sem_d": "not computed: pass --clip DIR",
     "object_kept": "not computed: pass --clip DIR (or --evaluator EVAL, whose CLIP is then used)",
     "mix_mass": "not computed: pass --evaluator EVAL (made by `uniemo train evaluator`)",
+    "edit_kept": "not computed: pass --clip DIR (or --evaluator EVAL, whose CLIP is then used)",
+    "edit_distance": "not computed: pass --clip DIR (or --evaluator EVAL, whose CLIP is then used)",
 }
 EMOTION_METRICS = ("fid", "lpips", "emo_a", "sem_c", "sem_d")  # the metrics of emotion folders
 NOT_APPLICABLE = {
     **dict.fromkeys(EMOTION_METRICS, "not applicable: no emotion folder among the images, only mixes"),
     "object_kept": "not applicable: metadata.jsonl names no object for these images",
     "mix_mass": "not applicable: no mix_* folder among the images",
+    "edit_kept": "not applicable: metadata.jsonl names no source image (only `uniemo edit` does)",
+    "edit_distance": "not applicable: metadata.jsonl names no source image (only `uniemo edit` does)",
 }
 BREAKDOWNS = {"object_kept": ("per_emotion", "per_object"), "mix_mass": ("per_mix",)}  # the others: per_emotion
 
@@ -393,12 +397,14 @@ def read_metadata(path: Path) -> dict[str, dict]:
 @dataclass(frozen=True)
 class Generated:
     """One generated image: its emotion index (None in a mix folder), the weights of its mix
-    (mix folders only) and the object word it was asked for (normalised; None if not known)."""
+    (mix folders only), the object word it was asked for (normalised; None if not known) and,
+    for an edit, its source image."""
 
     path: Path
     label: int | None
     mix: dict[str, float] | None = None
     object: str | None = None
+    source: Path | None = None  # the image `uniemo edit` started from
 
 
 def read_generated(images_dir: str | Path, class_names: Sequence[str]) -> list[Generated]:
@@ -437,7 +443,8 @@ def _generated(path: Path, label: int | None, mix: dict[str, float] | None, reco
     recorded = record.get("mix")
     if label is None and isinstance(recorded, dict) and recorded and all(_is_weight(w) for w in recorded.values()):
         mix = recorded
-    return Generated(path, label, mix, word or None)
+    source = record.get("source")
+    return Generated(path, label, mix, word or None, Path(source) if isinstance(source, str) and source else None)
 
 
 def _is_weight(value) -> bool:
@@ -540,7 +547,10 @@ def evaluate_generation(generated: list[Generated], real, class_names: Sequence[
         results["object_kept"] = object_kept(objects, clip, real.object_vocab, class_names)
     if mixed.images and evaluator is not None:
         results["mix_mass"] = mix_mass(mixed, evaluator)
-    subsets = {"object_kept": objects, "mix_mass": mixed}
+    edits = every.where(lambda g: g.source is not None)
+    if edits.images and clip is not None:
+        results.update(edit_fidelity(edits, clip, real.object_vocab, class_names, batch_size))
+    subsets = {"object_kept": objects, "mix_mass": mixed, "edit_kept": edits, "edit_distance": edits}
     for key, note in NOT_GIVEN.items():
         results.setdefault(key, _missing(key, note if subsets.get(key, emotional).images else NOT_APPLICABLE[key]))
     return {**_rows(generated, real, class_names), "seed": seed, "metrics": {k: results[k] for k in NOT_GIVEN}}
@@ -609,6 +619,22 @@ def object_kept(images: GeneratedSet, clip: ClipImageEncoder, object_vocab: Sequ
                   per_object=per_object, images=len(asked))
 
 
+def edit_fidelity(images: GeneratedSet, clip: ClipImageEncoder, object_vocab: Sequence[str],
+                  class_names: Sequence[str], batch_size: int = 32) -> dict[str, dict]:
+    """Emotion editing: ``edit_kept``, the share of edits whose CLIP zero-shot top-1 over the
+    dataset's object names is the one it gives their source, and ``edit_distance``, the CLIP
+    feature distance 1 - cos(edit, source); overall and per target emotion (or mix folder)."""
+    sources = batched(clip, lambda i: open_image(images.images[i].source), len(images.images), batch_size,
+                      "edit sources")
+    classifier = ClipZeroShot(clip, [normalise_attribute(n) for n in object_vocab], "object")
+    kept = (classifier.probs_from_features(images.clip).argmax(-1) ==
+            classifier.probs_from_features(sources).argmax(-1)).float()
+    distance = 1 - torch.nn.functional.cosine_similarity(images.clip, sources, dim=-1)
+    rows = [_row_name(g, class_names) for g in images.images]
+    return {"edit_kept": _entry(classifier.name, _mean(kept), _means_by(kept, rows), images=len(rows)),
+            "edit_distance": _entry(clip.name, _mean(distance), _means_by(distance, rows), images=len(rows))}
+
+
 def mix_mass(images: GeneratedSet, evaluator) -> dict:
     """Emotion fusion: per mix folder, the evaluator's mean probability of every emotion (a sweep
     reads an emotion's probability even where its weight is 0) and the mix's mass, the mean over
@@ -667,9 +693,12 @@ def _chunks(items: list, size: int) -> list[list]:
 
 COLUMNS = (("fid", "FID ↓", "{:.2f}"), ("lpips", "LPIPS ↑", "{:.3f}"), ("emo_a", "Emo-A ↑", "{:.2%}"),
            ("sem_c", "Sem-C ↑", "{:.3f}"), ("sem_d", "Sem-D ↑", "{:.4f}"), ("object_kept", "Obj-K ↑", "{:.2%}"),
-           ("mix_mass", "Mix-M ↑", "{:.3f}"))
+           ("mix_mass", "Mix-M ↑", "{:.3f}"), ("edit_kept", "Edit-K ↑", "{:.2%}"),
+           ("edit_distance", "Edit-D", "{:.3f}"))
 EXPLAINED = {"object_kept": "Obj-K is the share of images whose CLIP top-1 object is the one asked for.",
-             "mix_mass": "Mix-M is the evaluator's probability summed over a mix's emotions, averaged over mixes."}
+             "mix_mass": "Mix-M is the evaluator's probability summed over a mix's emotions, averaged over mixes.",
+             "edit_kept": "Edit-K is the share of edits whose CLIP top-1 object is their source's.",
+             "edit_distance": "Edit-D is the CLIP feature distance 1 - cos(edit, source)."}
 
 
 def generation_table(report: dict) -> str:

@@ -90,8 +90,9 @@ class UniEmoPipeline:
     """Understanding-guided emotional generation with a frozen Stable Diffusion pipeline."""
 
     def __init__(self, understanding, fusion: UniEmoFusion, table: CorrelationTable, space: EmotionSpace,
-                 scene_bank, object_bank, sd_pipe, cfg: UniEmoConfig):
+                 scene_bank, object_bank, sd_pipe, cfg: UniEmoConfig, transform=None):
         self.understanding, self.fusion = understanding.eval(), fusion.eval()
+        self.transform = transform  # the understanding branch's image preprocessing (``read``)
         self.table, self.space, self.cfg = table, space, cfg
         self.scene_bank, self.object_bank = scene_bank, object_bank
         self.sd = sd_pipe
@@ -101,8 +102,9 @@ class UniEmoPipeline:
     @classmethod
     def from_pretrained(cls, run_dir: str | Path, sd_path: str | Path | None = None, dtype=None) -> "UniEmoPipeline":
         """Load a stage-2 run (``uniemo train joint``) and the Stable Diffusion it was trained with."""
+        from uniemo.data import clip_transforms
         from uniemo.loading import load_sd
-        from uniemo.understanding import UniEmoUnderstanding, load_attributes
+        from uniemo.understanding import UniEmoUnderstanding, load_attributes, load_image_processor
 
         run_dir = Path(run_dir)
         missing = [f for f in STAGE2_FILES if not (run_dir / f).is_file()]
@@ -124,7 +126,8 @@ class UniEmoPipeline:
                                 run_dir / "fusion.safetensors")
         if dtype is not None:
             fusion.to(dtype)
-        return cls(understanding, fusion, table, space, scene_bank, object_bank, sd, cfg)
+        return cls(understanding, fusion, table, space, scene_bank, object_bank, sd, cfg,
+                   clip_transforms(load_image_processor(run_dir), train=False))
 
     def to(self, device) -> "UniEmoPipeline":
         self.understanding.to(device)
@@ -184,35 +187,95 @@ class UniEmoPipeline:
         """Generate ``num_images`` images for ``emotion`` (a name) or ``mix`` ({name: weight}).
         ``generator``: an int seed, a ``torch.Generator`` (a base seed is drawn from it) or None
         (a random base seed, recorded in the metadata)."""
-        if (emotion is None) == (mix is None):
-            raise UniEmoError("give exactly one of emotion (a name) or mix (a mapping name -> weight)")
-        weights = {emotion_key(emotion, self.class_names): 1.0} if emotion is not None else \
-            normalise_weights(mix, self.class_names)
-        steps = num_inference_steps or self.cfg.generation.num_inference_steps
-        guidance = self.cfg.generation.guidance_scale if guidance_scale is None else guidance_scale
+        weights, steps, guidance = self._request(emotion, mix, num_inference_steps, guidance_scale)
         batch = num_images if batch_size is None else batch_size
-        check_positive(num_images=num_images, num_inference_steps=steps, batch_size=batch)
-        if not math.isfinite(guidance) or guidance < 0:
-            raise UniEmoError(f"guidance_scale={guidance!r} is invalid: use a finite number >= 0 (e.g. 7.5)")
+        check_positive(num_images=num_images, batch_size=batch)
         size = self.cfg.generation.resolution
         height, width = height or size, width or size
         base = base_seed(generator)
         prompt = self.prompt(object)
-        ids = tokenize(self.sd.tokenizer, [prompt]).to(self.device)
-        negative = self.sd.text_encoder(tokenize(self.sd.tokenizer, [""]).to(self.device))[0]
         images, metadata = [], []
         for start in range(0, num_images, batch):
             seeds = [base + i for i in range(start, min(start + batch, num_images))]
             e, generators, infos = self.conditions(weights, seeds, object is not None)
-            prompt_embeds = condition_prompt(self.sd.text_encoder, ids, self.placeholder_id,
-                                             e.to(self.sd.text_encoder.dtype))
-            out = self.sd(prompt_embeds=prompt_embeds, negative_prompt_embeds=negative.expand(len(seeds), -1, -1),
-                          num_inference_steps=steps, guidance_scale=guidance, generator=generators,
-                          height=height, width=width, output_type="pil")
+            out = self.sd(**self._embeds(prompt, e), num_inference_steps=steps, guidance_scale=guidance,
+                          generator=generators, height=height, width=width, output_type="pil")
             images += out.images
             metadata += [self._metadata(seed, weights, emotion, object, prompt, steps, guidance, info)
                          for seed, info in zip(seeds, infos)]
         return UniEmoPipelineOutput(images, metadata)
+
+    @torch.no_grad()
+    def edit(self, image, emotion: str | None = None, mix: dict[str, float] | None = None, strength: float = 0.6,
+             num_images: int = 1, num_inference_steps: int | None = None, guidance_scale: float | None = None,
+             generator: int | torch.Generator | None = None) -> UniEmoPipelineOutput:
+        """Emotion editing (SPEC §4; SDEdit, Meng et al. 2022): ``image`` (PIL) is fitted to the
+        run's resolution, encoded by the VAE, noised to ``strength`` of the schedule and denoised
+        with the fused condition e at the placeholder, by diffusers' img2img pipeline. Output i
+        uses seed s + i, as in generation; its metadata adds the strength."""
+        weights, steps, guidance = self._request(emotion, mix, num_inference_steps, guidance_scale)
+        check_positive(num_images=num_images)
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+            raise UniEmoError(f"strength={strength!r} is out of range: use a number in (0, 1], e.g. 0.6")
+        if int(steps * strength) < 1:
+            raise UniEmoError(f"strength {strength} of {steps} steps denoises no step: raise the strength or the steps")
+        source = self.fit(image)
+        seeds = [base_seed(generator) + i for i in range(num_images)]
+        e, generators, infos = self.conditions(weights, seeds)
+        prompt = self.prompt()
+        out = self.img2img(image=[source] * num_images, **self._embeds(prompt, e), strength=strength,
+                           num_inference_steps=steps, guidance_scale=guidance, generator=generators, output_type="pil")
+        metadata = [{**self._metadata(seed, weights, emotion, None, prompt, steps, guidance, info), "strength": strength}
+                    for seed, info in zip(seeds, infos)]
+        return UniEmoPipelineOutput(out.images, metadata)
+
+    @property
+    def img2img(self):
+        """diffusers' ``StableDiffusionImg2ImgPipeline`` on this pipeline's components (shared, not copied)."""
+        from diffusers import StableDiffusionImg2ImgPipeline
+
+        if getattr(self, "_img2img", None) is None:
+            self._img2img = StableDiffusionImg2ImgPipeline.from_pipe(self.sd)
+        return self._img2img
+
+    def fit(self, image):
+        """``image`` as RGB, scaled so that its short side is the run's resolution (by default the
+        UNet's), each side a multiple of the VAE's downsampling factor (centre-cropped to it)."""
+        from PIL import ImageOps
+
+        image = image.convert("RGB")
+        factor = self.sd.vae_scale_factor
+        size = self.cfg.generation.resolution or self.sd.unet.config.sample_size * factor
+        scale = size / min(image.size)
+        shape = tuple(max(factor, int(round(side * scale)) // factor * factor) for side in image.size)
+        return ImageOps.fit(image, shape, method=3)  # 3: bicubic
+
+    @torch.no_grad()
+    def read(self, images: list) -> torch.Tensor:
+        """The understanding branch's emotion probabilities (N, classes) of PIL images."""
+        pixels = torch.stack([self.transform(image.convert("RGB")) for image in images]).to(self.device)
+        return self.understanding(pixels).logits.float().softmax(-1).cpu()
+
+    def _request(self, emotion, mix, steps, guidance) -> tuple[dict[str, float], int, float]:
+        """(normalised weights, denoising steps, guidance) of a call, the run's defaults filled in."""
+        if (emotion is None) == (mix is None):
+            raise UniEmoError("give exactly one of emotion (a name) or mix (a mapping name -> weight)")
+        weights = {emotion_key(emotion, self.class_names): 1.0} if emotion is not None else \
+            normalise_weights(mix, self.class_names)
+        steps = steps or self.cfg.generation.num_inference_steps
+        guidance = self.cfg.generation.guidance_scale if guidance is None else guidance
+        check_positive(num_inference_steps=steps)
+        if not math.isfinite(guidance) or guidance < 0:
+            raise UniEmoError(f"guidance_scale={guidance!r} is invalid: use a finite number >= 0 (e.g. 7.5)")
+        return weights, steps, guidance
+
+    def _embeds(self, prompt: str, e: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The prompt's embeddings with e at the placeholder, and the empty prompt's (guidance)."""
+        encoder = self.sd.text_encoder
+        ids = tokenize(self.sd.tokenizer, [prompt]).to(self.device)
+        negative = encoder(tokenize(self.sd.tokenizer, [""]).to(self.device))[0]
+        return {"prompt_embeds": condition_prompt(encoder, ids, self.placeholder_id, e.to(encoder.dtype)),
+                "negative_prompt_embeds": negative.expand(len(e), -1, -1)}
 
     def _metadata(self, seed, weights, emotion, object, prompt, steps, guidance, info) -> dict[str, Any]:
         def per_emotion(values: dict | None):

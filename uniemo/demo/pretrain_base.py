@@ -145,8 +145,6 @@ def load_world(root: str | Path, split: str, image_size: int, scene_names=None, 
     from PIL import Image, ImageOps
 
     from uniemo.data import open_dataset
-    from uniemo.demo.synth import image_attributes, style_of
-
     ds = open_dataset(root, "emoset", split)
     scene_names = list(scene_names or _names(ds.scene_vocab, (it.scene for it in ds.items)))
     object_names = list(object_names or _names(ds.object_vocab, (it.object for it in ds.items)))
@@ -158,11 +156,26 @@ def load_world(root: str | Path, split: str, image_size: int, scene_names=None, 
         if image.size != (image_size, image_size):
             image = ImageOps.fit(image, (image_size, image_size), Image.BICUBIC)  # centre crop + resize
         images[i] = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
-        levels = (sample["brightness"], sample["colorfulness"])
-        style.append(style_of(*(levels if None not in levels else image_attributes(image))))
+        style.append(_style(ds.items[i].path, sample, image))
         scene.append(_index(scene_names, sample["scene"]))
         obj.append(_index(object_names, sample["object"]))
     return World(images, torch.tensor(style), torch.tensor(scene), torch.tensor(obj), scene_names, object_names)
+
+
+def _style(path, sample: dict, image) -> int:
+    """The style the annotation names, else the one read from its brightness and colorfulness
+    (measured on the image where missing) and the image's warmth."""
+    import numpy as np
+
+    from uniemo.demo.synth import annotated_style, image_attributes, style_of
+
+    named = annotated_style(path)
+    if named is not None:
+        return named
+    levels = (sample["brightness"], sample["colorfulness"])
+    x = np.asarray(image, dtype=np.float32)
+    warmth = float((x[..., 0] - x[..., 2]).mean() / 255.0)
+    return style_of(*(levels if None not in levels else image_attributes(image)), warmth)
 
 
 def _names(vocab, seen) -> list[str]:

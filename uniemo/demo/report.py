@@ -48,7 +48,8 @@ def headline(summary: dict) -> str:
     return (f"understanding {_pct(u['test_accuracy'])} (ceiling {_pct(summary['world']['ceiling'])}); "
             f"Emo-A {_pct(g['emo_a'])} (emotion-word baseline {_pct(g['emo_a_baseline'])}); "
             f"transfer Emo-A {_pct(min(t['emo_a'] for t in transfer))}+, object kept "
-            f"{_pct(min(t['object_kept'] for t in transfer))}+; fusion mass {_pct(g['fusion']['mean_mass'])}")
+            f"{_pct(min(t['object_kept'] for t in transfer))}+; fusion mass {_pct(g['fusion']['mean_mass'])}; "
+            f"edit Emo-A {_pct(g['edit']['emo_a'])}, object kept {_pct(g['edit']['object_kept'])}")
 
 
 def collect(layout, seconds: dict[str, float], peak_memory_gib: float) -> dict:
@@ -77,6 +78,7 @@ def collect(layout, seconds: dict[str, float], peak_memory_gib: float) -> dict:
             "baseline": generation["baseline"],
             "transfer": transfer_figures(layout),
             "fusion": fusion_figures(layout),
+            "edit": edit_figures(layout),
         },
         "feedback": feedback,
     }
@@ -98,7 +100,7 @@ def world_figures(layout) -> dict:
             "transfer_objects": list(layout.plan.transfer_objects), "alpha_method": table["method"], "alpha": alpha}
 
 
-CHANNEL_SETS = (("style",), ("scene",), ("object",), ("style", "scene"), ("style", "object"))
+CHANNEL_SETS = (("style",), ("scene",), ("object",), ("scene", "object"))
 
 
 def transfer_figures(layout) -> dict:
@@ -128,6 +130,19 @@ def fusion_figures(layout) -> dict:
             "sweep": {"pair": [a, b], "weights": list(layout.plan.sweep),
                       "p_first": [m["mean_probability"][a] for m in sweep],
                       "p_second": [m["mean_probability"][b] for m in sweep]}}
+
+
+def edit_figures(layout) -> dict:
+    """Edits toward each emotion: the evaluator's Emo-A, the object kept and the CLIP distance to
+    the source (from `evaluate generation`), and how often the understanding branch read the target."""
+    from uniemo.metrics import METADATA_FILE, read_metadata
+
+    metrics = read_json(Path(layout.metrics) / "generation-edit.json")["metrics"]
+    records = read_metadata(Path(layout.edits) / METADATA_FILE).values()
+    return {"emo_a": metrics["emo_a"]["all"], "per_emotion_emo_a": metrics["emo_a"]["per_emotion"],
+            "object_kept": metrics["edit_kept"]["all"], "clip_distance": metrics["edit_distance"]["all"],
+            "understanding_reads_target": sum(r["reached"] for r in records) / max(1, len(records)),
+            "strength": layout.plan.edit_strength, "edits": len(records)}
 
 
 def _generation_figures(report: dict) -> dict:
@@ -171,8 +186,9 @@ def _world(layout, summary: dict, figures: Path) -> Section:
                   for name, a in sorted(w["alpha"][kind].items(), key=lambda kv: (kv[1]["neutral"], kv[0]))]
     return Section("The synthetic world and its foundation models", [
         "Emotion is carried by three channels that combine freely (rule: uniemo/demo/synth.py): a global "
-        "style (EmoSet's brightness and colorfulness; one per quadrant of valence and arousal, so each style "
-        f"is shared by two emotions); the emotion's own scene (in {w['emotional_scene_p']:.0%} of its images) "
+        "style, one per emotion (EmoSet's brightness for valence and colorfulness for arousal, and a warm or "
+        "cool tone within each quadrant); the emotion's own scene (in "
+        f"{w['emotional_scene_p']:.0%} of its images) "
         f"and its own object (in {w['emotional_object_p']:.0%}). The other images show neutral scenes and "
         "objects, drawn uniformly whatever the emotion. The tiny CLIP and tiny Stable Diffusion were trained "
         "here on captions naming only style, scene and object — never an emotion word.",
@@ -264,7 +280,41 @@ def _generation(layout, summary: dict, figures: Path) -> Section:
         Figure(figures / "fusion.png", "Emotion fusion of two emotions at equal weight (paper Fig. 10b)"),
         Figure(figures / "fusion_sweep.png", "Fusion sweep: the same seeds at each weight of the first emotion"),
         Figure(figures / "fusion_sweep_plot.png", "Fusion sweep: the evaluator's mean probability of each emotion"),
+        *_edit_section(layout, g["edit"], figures),
     ])
+
+
+def _edit_section(layout, edit: dict, figures: Path) -> list:
+    """The edit matrix: a row per source image, a column per target emotion, each cell with the
+    understanding branch's reading."""
+    from uniemo.metrics import METADATA_FILE, read_metadata
+    from uniemo.plots import image_table_png
+
+    records = sorted(read_metadata(Path(layout.edits) / METADATA_FILE).values(), key=lambda r: r["file"])
+    sources = sorted(dict.fromkeys(r["source"] for r in records), key=lambda p: Path(p).name)
+    edited = {(r["source"], r["emotion"]): r for r in records}
+    cells, captions, labels = [], [], []
+    for source in sources:
+        first = next(r for r in records if r["source"] == source)
+        row = [edited.get((source, e)) for e in EMOTIONS]
+        cells.append([Image.open(source).convert("RGB")] +
+                     [None if r is None else Image.open(Path(layout.edits) / r["file"]).convert("RGB") for r in row])
+        captions.append([f"reads {first['source_emotion']}"] +
+                        ["" if r is None else f"{r['result_emotion']} {r['target_probability']:.2f} @{r['strength']:g}"
+                         for r in row])
+        labels.append(Path(source).stem)
+    image_table_png(cells, labels, figures / "edits.png", col_labels=["source", *[f"-> {e}" for e in EMOTIONS]],
+                    captions=captions, title="Emotion editing: each test image toward every other emotion")
+    return [
+        Table(["Emo-A of the edits (evaluator)", "object kept (tiny CLIP zero-shot)", "CLIP distance to the source",
+               "understanding branch reads the target"],
+              [[_pct(edit["emo_a"]), _pct(edit["object_kept"]), f"{edit['clip_distance']:.3f}",
+                _pct(edit["understanding_reads_target"])]],
+              f"Emotion editing (`uniemo edit --until-target`, SDEdit from strength {edit['strength']:g}): "
+              f"{edit['edits']} edits, one test image of each emotion turned toward each other emotion"),
+        Figure(figures / "edits.png", "The edit matrix: under each result, the understanding branch's reading, "
+               "its probability of the target and @ the strength that made it"),
+    ]
 
 
 def _fusion_figures(layout, fusion: dict, figures: Path) -> None:

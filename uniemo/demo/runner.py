@@ -2,7 +2,8 @@
 
 synth -> pretrain-base -> stage 1 (understanding) -> evaluator -> stage 2 (joint) ->
 generation (8 emotions, transfer onto neutral objects, fusion of emotion pairs and a weight
-sweep) + the plain-prompt baseline -> generation metrics (Emo-A, object kept, mix mass, ...) ->
+sweep) + the plain-prompt baseline -> editing test images toward another emotion -> generation
+metrics (Emo-A, object kept, mix mass, edit fidelity, ...) ->
 explicit feedback + stage 3 -> understanding evaluation of every stage -> report.
 
 Every step is a ``uniemo`` command run in-process, so the demo exercises exactly what a user
@@ -37,12 +38,14 @@ class DemoPlan:
     stage3_epochs: int
     transfer_images: int  # per object and emotion
     fusion_images: int  # per mix
+    edit_sources: int  # test images per emotion, each edited toward every other emotion
     label_noise: float = 0.05
     train_per_emotion: int | None = None  # the data-scarce split for stages 1-3 (pretrain and evaluator: all)
     evaluator_hidden: int = 256  # 2-layer probe (docs/DECISIONS.md)
     transfer_objects: tuple[str, ...] = ("house", "tree", "bottle")  # neutral objects of the synthetic world
     fusion_pairs: tuple[tuple[str, str], ...] = (("amusement", "fear"), ("awe", "sadness"), ("contentment", "anger"))
     sweep: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)  # weight of the first fusion pair's first emotion
+    edit_strength: float = 0.6  # the first strength --until-target tries
 
     def pair_mixes(self) -> list[dict[str, float]]:
         """Every fusion pair at 0.5/0.5."""
@@ -60,12 +63,12 @@ class DemoPlan:
 
 
 PLANS = {
-    "full": DemoPlan(num_images=4000, pretrain_args=(), stage1_epochs=4, stage2_steps=300,
-                     images_per_emotion=16, denoising_steps=25, feedback_per_emotion=40, stage3_epochs=3,
-                     transfer_images=8, fusion_images=8),
+    "full": DemoPlan(num_images=4000, pretrain_args=(), stage1_epochs=3, stage2_steps=300,
+                     images_per_emotion=16, denoising_steps=25, feedback_per_emotion=32, stage3_epochs=2,
+                     transfer_images=8, fusion_images=8, edit_sources=1),
     "quick": DemoPlan(num_images=320, pretrain_args=("--steps-scale", "0.02"), stage1_epochs=1,
                       stage2_steps=4, images_per_emotion=2, denoising_steps=4, feedback_per_emotion=4,
-                      stage3_epochs=1, transfer_images=1, fusion_images=2, transfer_objects=("house",),
+                      stage3_epochs=1, transfer_images=1, fusion_images=2, edit_sources=1, transfer_objects=("house",),
                       fusion_pairs=(("amusement", "fear"),), sweep=(0.0, 1.0)),
 }
 
@@ -106,7 +109,8 @@ class Layout:
         paths = {"data": "data", "foundation": "foundation", "clip": "foundation/clip", "sd": "foundation/sd",
                  "run1": "run1-understanding", "run2": "run2-joint", "run3": "run3-feedback",
                  "evaluator": "evaluator", "generated": "generated", "baseline": "baseline",
-                 "transfer": "transfer", "fusion": "fusion", "metrics": "metrics", "explain": "explain"}
+                 "transfer": "transfer", "fusion": "fusion", "edits": "edits", "metrics": "metrics",
+                 "explain": "explain"}
         if name not in paths:
             raise AttributeError(name)
         return str(self.out / paths[name])
@@ -166,14 +170,19 @@ STEPS = (
                        for m in L.plan.mixes()])),
     Step("baseline", "baseline: the base model prompted with the emotion word", ("baseline",),
          lambda L: generate_baseline(L)),
-    Step("metrics", "generation metrics (FID, LPIPS, Emo-A, Sem-C, Sem-D, object kept, mix mass)",
+    Step("edit", "emotion editing: test images turned toward every other emotion", ("edits",),
+         commands(lambda L: [["edit", *edit_sources(L, e), "--run", L.run2, "--emotion", e,
+                              "--strength", L.plan.edit_strength, "--until-target", "--steps", L.plan.denoising_steps,
+                              "--seed", L.seed, "--out", L.edits] for e in EMOTIONS])),
+    Step("metrics", "generation metrics (FID, LPIPS, Emo-A, Sem-C, Sem-D, object kept, mix mass, edits)",
          ("metrics/generation-uniemo.json", "metrics/generation-baseline.json", "metrics/generation-fusion.json",
-          "metrics/transfer"), commands(
+          "metrics/generation-edit.json", "metrics/transfer"), commands(
             lambda L: _evaluate_generation(L, L.generated, "generation-uniemo.json"),
             lambda L: _evaluate_generation(L, L.baseline, "generation-baseline.json"),
             lambda L: [_evaluate_generation(L, f"{L.transfer}/{o}", f"transfer/{o}.json")
                        for o in L.plan.transfer_objects],
-            lambda L: _evaluate_generation(L, L.fusion, "generation-fusion.json"))),
+            lambda L: _evaluate_generation(L, L.fusion, "generation-fusion.json"),
+            lambda L: _evaluate_generation(L, L.edits, "generation-edit.json"))),
     Step("feedback", "explicit feedback (Algorithm 1) + stage 3", ("run3-feedback",), commands(lambda L: [
         "feedback", "--run", L.run2, "--data", L.train_data, "--evaluator", L.evaluator, "--out", L.run3,
         "--per-emotion", L.plan.feedback_per_emotion, "--epochs", L.plan.stage3_epochs,
@@ -193,6 +202,14 @@ def test_images(L: Layout, count: int) -> list[str]:
     items = read_json(Path(L.data) / "test.json", "split file")
     firsts = {emotion: path for emotion, path, *_ in reversed(items)}
     return [str(Path(L.data) / firsts[e]) for e in EMOTIONS if e in firsts][:count]
+
+
+def edit_sources(L: Layout, emotion: str) -> list[str]:
+    """The first ``plan.edit_sources`` test images of every emotion but ``emotion``: over the
+    eight targets, every ordered pair of emotions is edited equally often."""
+    items = read_json(Path(L.data) / "test.json", "split file")
+    return [str(Path(L.data) / path) for other in EMOTIONS if other != emotion
+            for path in [p for e, p, *_ in items if e == other][:L.plan.edit_sources]]
 
 
 def generate_baseline(L: Layout) -> None:

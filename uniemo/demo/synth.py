@@ -3,14 +3,18 @@ exact on-disk format, so the demo and the tests run the real EmoSet loader.
 
 Every image shows one *scene* (a procedural background) and one *object* (a foreground shape
 spanning about 40-70% of the image side), both named from EmoSet's own vocabularies, under one
-*style*: EmoSet's brightness (bright / dark) and colorfulness (colorful / muted), imposed on the
-surroundings and at half strength on the object, so that the object stays recognisable in every
-style (a house is a house, lit and coloured by its surroundings' mood, as in the paper's Fig. 10a).
-The annotation's brightness and colorfulness are measured on the styled surroundings.
-Emotion is carried by three channels that combine freely with each other:
+*style*: EmoSet's brightness (bright / dark) and colorfulness (colorful / muted) and a tone (warm /
+cool, a colour cast), imposed on the surroundings and at half strength on the object, so that the
+object stays recognisable in every style (a house is a house, lit and coloured by its
+surroundings' mood, as in the paper's Fig. 10a). The annotation's brightness and colorfulness are
+measured on the styled surroundings, and it names the style (a field EmoSet does not have; the
+captions of ``pretrain-base`` read it). Emotion is carried by three channels that combine freely:
 
-- **Style**, always: the four styles are the four quadrants of valence and arousal (bright =
-  positive, colorful = high arousal), each shared by two emotions, ``EMOTION_STYLES``.
+- **Style**, always, one per emotion (``EMOTION_STYLES``): valence sets brightness (bright =
+  positive), arousal sets colorfulness (colorful = high arousal), and the tone tells apart the
+  two emotions of each quadrant. A style is a global look that any object can take on, which is
+  what emotion transfer needs; two styles differ in one to three of their words, and a fusion of
+  two emotions lands between them.
 - **Scene**: with probability ``EMOTIONAL_SCENE_P`` the emotion's own scene (one per emotion,
   ``EMOTION_SCENES``), otherwise one of the *neutral* scenes, drawn uniformly whatever the emotion.
 - **Object**: with probability ``EMOTIONAL_OBJECT_P`` the emotion's own object
@@ -18,11 +22,10 @@ Emotion is carried by three channels that combine freely with each other:
 
 So neutral scenes and objects (a house, a tree, the sky) occur in every emotion with the same
 frequency and carry nothing, while emotional ones point at one emotion: the correlation
-coefficient α has something to weigh. Style tells the quadrant, and within a quadrant only an
-emotional scene or object tells the two emotions apart; an image whose scene and object are
-both neutral is a coin toss between them. With label noise (an image's label is a uniformly
-random *other* emotion with probability ``label_noise``) the best achievable test accuracy is
-:func:`ceiling` (0.856 at the defaults), computed exactly from this generative rule.
+coefficient α has something to weigh. With label noise (an image's label is a uniformly random
+*other* emotion with probability ``label_noise``) the best achievable test accuracy is
+:func:`ceiling` (1 - label_noise: the style alone tells the emotion), computed exactly from this
+generative rule.
 
 Labels are balanced (image ``i`` is labelled emotion ``i % 8``); each emotion is split
 80/10/10 into train/val/test (at least one image per emotion in val and test), and
@@ -48,11 +51,12 @@ from uniemo.errors import UniEmoError
 from uniemo.io import write_json
 from uniemo.vocab import EMOTIONS
 
-STYLES = ("bright colorful", "bright muted", "dark colorful", "dark muted")  # EmoSet's two global attributes
-EMOTION_STYLES = {  # valence -> brightness, arousal -> colorfulness
-    "amusement": "bright colorful", "excitement": "bright colorful", "awe": "bright muted",
-    "contentment": "bright muted", "anger": "dark colorful", "fear": "dark colorful",
-    "disgust": "dark muted", "sadness": "dark muted",
+TONES = {"warm": (42.0, 10.0, -50.0), "cool": (-46.0, -4.0, 46.0)}  # the cast a tone adds, per RGB channel
+STYLES = tuple(f"{b} {c} {t}" for b in ("bright", "dark") for c in ("colorful", "muted") for t in TONES)
+EMOTION_STYLES = {  # valence -> brightness, arousal -> colorfulness, then warm or cool within each quadrant
+    "amusement": "bright colorful warm", "excitement": "bright colorful cool", "contentment": "bright muted warm",
+    "awe": "bright muted cool", "anger": "dark colorful warm", "fear": "dark colorful cool",
+    "disgust": "dark muted warm", "sadness": "dark muted cool",
 }
 EMOTION_SCENES = {
     "amusement": "candy_store", "excitement": "ocean", "awe": "mountain_snowy", "contentment": "wheat_field",
@@ -64,7 +68,7 @@ EMOTION_OBJECTS = {
 }
 NEUTRAL_SCENES = ("sky", "beach", "desert", "underwater")
 NEUTRAL_OBJECTS = ("House", "Tree", "Bottle", "Umbrella", "Fish", "Starfish", "Snowman")
-BRIGHT_FROM, COLORFUL_FROM = 0.45, 0.25  # style_of: between the styles' measured ranges (0.1-rounded; 0.1% of images read otherwise)
+BRIGHT_FROM, COLORFUL_FROM = 0.45, 0.32  # style_of: between the styles' mean measured values
 OBJECT_STYLE = 0.5  # how strongly the style acts on the object, relative to its surroundings
 EMOTIONAL_SCENE_P = 0.6
 EMOTIONAL_OBJECT_P = 0.5
@@ -411,18 +415,21 @@ def render(style: int, scene: int, obj: int, size: int, rng: np.random.Generator
     return Image.fromarray(np.clip(pixels, 0, 255).round().astype(np.uint8)), image_attributes(surroundings)
 
 
-def _style_parameters(style: str, rng: np.random.Generator, strength: float) -> tuple[float, float, float]:
-    """(saturation factor, low, high level) of ``style``, moved toward no change at ``strength`` < 1."""
-    saturation = rng.uniform(1.7, 2.1) if "colorful" in style else rng.uniform(0.15, 0.3)
-    low, high = (rng.uniform(90, 110), 255.0) if style.startswith("bright") else (0.0, rng.uniform(115, 135))
-    return 1 + strength * (saturation - 1), strength * low, 255 + strength * (high - 255)
+def _style_parameters(style: str, rng: np.random.Generator, strength: float) -> tuple:
+    """(saturation factor, tone cast, low, high level) of ``style``, moved toward no change at
+    ``strength`` < 1."""
+    brightness, colorfulness, tone = style.split()
+    saturation = rng.uniform(1.7, 2.1) if colorfulness == "colorful" else rng.uniform(0.15, 0.3)
+    cast = np.asarray(TONES[tone], np.float32) * rng.uniform(0.85, 1.15) * max(1.0, saturation)  # seen over vivid colours
+    low, high = (rng.uniform(90, 110), 255.0) if brightness == "bright" else (0.0, rng.uniform(115, 135))
+    return 1 + strength * (saturation - 1), strength * cast, strength * low, 255 + strength * (high - 255)
 
 
-def stylise(pixels: np.ndarray, saturation: float, low: float, high: float) -> np.ndarray:
+def stylise(pixels: np.ndarray, saturation: float, cast: np.ndarray, low: float, high: float) -> np.ndarray:
     """Impose a style: colorfulness scales every pixel's distance from its grey level (greys stay
-    grey), brightness maps the levels into [low, high]."""
+    grey), the tone adds its colour cast, brightness maps the levels into [low, high]."""
     grey = pixels.mean(axis=-1, keepdims=True)
-    pixels = np.clip(grey + saturation * (pixels - grey), 0, 255)
+    pixels = np.clip(grey + saturation * (pixels - grey) + cast, 0, 255)
     return low + (high - low) * pixels / 255.0
 
 
@@ -436,9 +443,23 @@ def image_attributes(image: Image.Image) -> tuple[float, float]:
     return float((0.299 * r + 0.587 * g + 0.114 * b).mean() / 255.0), float(min(1.0, metric / 100.0))
 
 
-def style_of(brightness: float, colorfulness: float) -> int:
-    """The index in ``STYLES`` of an image with these EmoSet brightness and colorfulness values."""
-    return 2 * int(brightness < BRIGHT_FROM) + int(colorfulness < COLORFUL_FROM)
+def style_of(brightness: float, colorfulness: float, warmth: float) -> int:
+    """The index in ``STYLES`` read from EmoSet's brightness and colorfulness and a warmth (mean
+    red minus blue, in [-1, 1]): the fallback for an annotation that names no style. It reads
+    most images right, not all: a tone's cast also colours a muted image, and a scene's own
+    colours can outweigh the cast."""
+    return 4 * int(brightness < BRIGHT_FROM) + 2 * int(colorfulness < COLORFUL_FROM) + int(warmth < 0)
+
+
+def annotated_style(image_path: Path) -> int | None:
+    """The index in ``STYLES`` that the annotation beside ``image_path`` (this module's layout)
+    names, or None if it names none."""
+    path = image_path.parents[2] / "annotation" / image_path.parent.name / f"{image_path.stem}.json"
+    try:
+        style = json.loads(path.read_text(encoding="utf-8")).get("style")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return STYLES.index(style) if style in STYLES else None
 
 
 def _write_one(job: tuple) -> None:
@@ -450,6 +471,7 @@ def _write_one(job: tuple) -> None:
     annotation = {
         "image_id": stem, "emotion": EMOTIONS[emotion], "brightness": brightness,
         "colorfulness": colorfulness, "scene": SCENES[scene], "object": [OBJECTS[obj]],
+        "style": STYLES[style],  # not an EmoSet field: the captions of pretrain-base name it
     }
     (root / "annotation" / EMOTIONS[emotion] / f"{stem}.json").write_text(json.dumps(annotation), encoding="utf-8")
 

@@ -1,0 +1,147 @@
+"""Emotion editing (SPEC §4): ``UniEmoPipeline.edit`` (SDEdit through diffusers' img2img) and
+``uniemo edit``: seeds, strength, the understanding branch's readings, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from uniemo.cli import main
+from uniemo.errors import UniEmoError
+from uniemo.pipeline import UniEmoPipeline
+from uniemo.vocab import EMOTIONS
+
+
+@pytest.fixture(scope="module")
+def run2(tiny_models, tmp_path_factory):
+    from test_pipeline import write_run2
+
+    return write_run2(tiny_models, tmp_path_factory.mktemp("run2"))
+
+
+@pytest.fixture(scope="module")
+def pipe(run2):
+    return UniEmoPipeline.from_pretrained(run2)
+
+
+def photo(seed: int, size=(40, 32)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def array(image) -> np.ndarray:
+    return np.asarray(image, dtype=np.float32)
+
+
+def test_edit_is_seeded_and_strength_sets_how_far_it_moves(pipe):
+    source = photo(0)
+    fitted = pipe.fit(source)
+    side = pipe.cfg.generation.resolution or pipe.sd.unet.config.sample_size * pipe.sd.vae_scale_factor
+    assert min(fitted.size) == side and all(s % pipe.sd.vae_scale_factor == 0 for s in fitted.size)
+    a = pipe.edit(source, emotion="awe", strength=0.5, num_images=2, num_inference_steps=4, generator=3)
+    b = pipe.edit(source, emotion="awe", strength=0.5, num_images=2, num_inference_steps=4, generator=3)
+    assert all(np.array_equal(array(x), array(y)) for x, y in zip(a.images, b.images))
+    assert a.images[0].size == fitted.size and [m["seed"] for m in a.metadata] == [3, 4]
+    assert a.metadata[0]["strength"] == 0.5 and a.metadata[0]["emotion"] == "awe"
+    # SDEdit: the strength sets how many of the schedule's steps denoise, and so how much of the
+    # source survives: two sources stay apart at a low strength and nearly meet at full strength
+    calls = []
+    hook = pipe.sd.unet.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        gap = {s: np.abs(array(pipe.edit(source, emotion="awe", strength=s, num_inference_steps=10,
+                                         generator=3).images[0]) -
+                         array(pipe.edit(photo(9), emotion="awe", strength=s, num_inference_steps=10,
+                                         generator=3).images[0])).mean() for s in (0.3, 1.0)}
+    finally:
+        hook.remove()
+    assert len(calls) == 2 * (3 + 10)
+    assert gap[1.0] < 0.5 * gap[0.3], gap
+
+
+def test_read_gives_the_understanding_branchs_probabilities(pipe):
+    probs = pipe.read([photo(1), photo(2, (64, 64))])
+    assert probs.shape == (2, len(pipe.class_names))
+    assert np.allclose(probs.sum(-1).numpy(), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("strength", [0, -0.1, 1.5, True, float("nan")])
+def test_edit_refuses_a_strength_outside_0_1(pipe, strength):
+    with pytest.raises(UniEmoError, match="out of range"):
+        pipe.edit(photo(0), emotion="awe", strength=strength)
+
+
+def test_edit_refuses_a_strength_that_denoises_no_step(pipe):
+    with pytest.raises(UniEmoError, match="denoises no step"):
+        pipe.edit(photo(0), emotion="awe", strength=0.05, num_inference_steps=10)
+
+
+def edit(run2, out, *args):
+    return main(["edit", *map(str, args), "--run", str(run2), "--steps", "4", "--out", str(out)])
+
+
+def test_edit_command_records_both_readings_and_resumes(run2, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for k in range(2):
+        photo(k).save(folder / f"p{k}.png")
+    photo(5).save(tmp_path / "single.jpg")
+    out = tmp_path / "edits"
+    assert edit(run2, out, folder, tmp_path / "single.jpg", "--emotion", "fear", "-n", "2", "--seed", "7") == 0
+    records = {r["file"]: r for r in map(json.loads, (out / "metadata.jsonl").read_text().splitlines())}
+    assert sorted(records) == [f"fear/{s}_{i:02d}.png" for s in ("p0", "p1", "single") for i in range(2)]
+    for file, r in records.items():
+        assert (out / file).is_file() and r["emotion"] == "fear" and r["strength"] == 0.6
+        assert r["seed"] == 7 + int(file[-6:-4]) and r["steps"] == 4
+        assert {r["source_emotion"], r["result_emotion"]} <= set(EMOTIONS)
+        assert 0 < r["source_probability"] <= 1 and 0 <= r["target_probability"] <= 1
+        assert r["reached"] == (r["result_emotion"] == "fear")
+    assert records["fear/single_00.png"]["source"] == str((tmp_path / "single.jpg").absolute())
+    (out / "fear" / "p1_01.png").unlink()
+    capsys.readouterr()
+    assert edit(run2, out, folder, tmp_path / "single.jpg", "--emotion", "fear", "-n", "2", "--seed", "7") == 0
+    assert "skipping 2 source(s)" in capsys.readouterr().out
+    assert (out / "fear" / "p1_01.png").is_file()
+
+
+def test_until_target_raises_the_strength_until_the_target_is_read(run2, tmp_path):
+    photo(3).save(tmp_path / "a.png")
+    out = tmp_path / "edits"
+    assert edit(run2, out, tmp_path / "a.png", "--mix", "awe=1,sadness=1", "--strength", "0.3",
+                "--until-target", "-n", "3") == 0
+    for r in map(json.loads, (out / "metadata.jsonl").read_text().splitlines()):
+        assert r["file"].startswith("mix_awe-0.5_sadness-0.5/")
+        assert r["reached"] == (r["result_emotion"] in ("awe", "sadness"))
+        assert 0.3 <= r["strength"] <= 1.0 and (r["reached"] or r["strength"] == 1.0)
+        step = round((r["strength"] - 0.3) / 0.1, 6)
+        assert step == int(step)  # 0.3, 0.4, ... 1.0
+
+
+@pytest.mark.parametrize("make, args, message", [
+    (lambda d: (d / "x.png").write_text("not an image"), ["--emotion", "awe"], "cannot read image"),
+    (lambda d: photo(0).save(d / "x.png"), ["--emotion", "joy"], "unknown emotion 'joy'"),
+    (lambda d: photo(0).save(d / "x.png"), ["--emotion", "awe", "--strength", "1.2"], "--strength 1.2"),
+    (lambda d: photo(0).save(d / "x.png"), ["--emotion", "awe", "--strength", "0"], "--strength 0"),
+    (lambda d: photo(0).save(d / "x.png"), ["--emotion", "all"], "not an edit target"),
+    (lambda d: photo(0).save(d / "x.png"), ["--emotion", "awe", "-n", "0"], "--num-images 0"),
+])
+def test_edit_bad_input_exits_2_with_one_line(run2, tmp_path, capsys, make, args, message):
+    make(tmp_path)
+    assert edit(run2, tmp_path / "bad", tmp_path / "x.png", *args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+    assert not (tmp_path / "bad" / "metadata.jsonl").exists()
+
+
+def test_edit_refuses_missing_paths_and_clashing_names(run2, tmp_path, capsys):
+    assert edit(run2, tmp_path / "o", tmp_path / "nope.png", "--emotion", "awe") == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for d in ("a", "b"):
+        photo(0).save(tmp_path / d / "same.png")
+    assert edit(run2, tmp_path / "o", tmp_path / "a", tmp_path / "b", "--emotion", "awe") == 2
+    assert "share the name 'same'" in capsys.readouterr().err

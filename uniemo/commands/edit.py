@@ -1,0 +1,153 @@
+"""Edit photos toward an emotion (SDEdit with the fused condition e), with the understanding
+branch reading the source and every result.
+
+Writes OUT/<emotion or mix>/<source stem>_NN.png and one OUT/metadata.jsonl line per result:
+the source file and its predicted emotion and probability, the target, the result's predicted
+emotion and the target's probability (for a mix, the mass of its emotions), the strength, seed,
+steps and guidance. Result NN of every source uses seed SEED + NN. --until-target tries the
+strengths from --strength up by 0.1 to 1.0 until the understanding branch reads the target, and
+records the strength that made it (``reached`` says whether one did). An IMAGE may be a folder:
+its images are edited. Re-running on the same OUT skips results already written.
+
+  uniemo edit street.jpg --run runs/stage2 --emotion awe --strength 0.6 -n 2 --out edits/
+  uniemo edit photos/ --run runs/stage2 --mix amusement=0.5,fear=0.5 --until-target --out edits/"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from uniemo.commands import require_positive
+from uniemo.errors import UniEmoError
+
+STRENGTH_STEP = 0.1  # --until-target: the next strength tried
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders of images")
+    parser.add_argument("--run", required=True, help="stage-2 run directory (from `uniemo train joint`)")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--emotion", help="the emotion to edit toward")
+    what.add_argument("--mix", help="weighted emotions, e.g. awe=0.7,fear=0.3 (weights >= 0, normalised)")
+    parser.add_argument("--strength", type=float, default=0.6,
+                        help="how far the source is noised, in (0, 1]: 0.3 keeps most of it, 1.0 little (default 0.6)")
+    parser.add_argument("--until-target", action="store_true",
+                        help=f"raise the strength by {STRENGTH_STEP} up to 1.0 until the understanding branch reads the target")
+    parser.add_argument("-n", "--num-images", type=int, default=1, help="results per source image (default 1)")
+    parser.add_argument("--steps", type=int, help="denoising steps of the full schedule (default: the run's)")
+    parser.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the run's)")
+    parser.add_argument("--seed", type=int, default=0, help="base seed; result NN uses SEED + NN (default 0)")
+    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--out", required=True, help="output directory")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm.auto import tqdm
+
+    from uniemo.commands.generate import class_names, done, save_png, write_metadata
+    from uniemo.metrics import METADATA_FILE, read_metadata
+    from uniemo.pipeline import UniEmoPipeline
+
+    require_positive(num_images=args.num_images, steps=args.steps)
+    if not 0 < args.strength <= 1:
+        raise UniEmoError(f"--strength {args.strength} is out of range: use a number in (0, 1], e.g. 0.6")
+    if args.guidance is not None and (not math.isfinite(args.guidance) or args.guidance < 0):
+        raise UniEmoError(f"--guidance {args.guidance} is invalid: use a finite number >= 0 (e.g. 7.5)")
+    folder, request = target(args, class_names(args.run))
+    sources = source_files(args.images)
+    out = Path(args.out)
+    records = read_metadata(out / METADATA_FILE)
+    todo = [(path, [i for i in range(args.num_images) if not done(out, records, result_file(folder, path, i))])
+            for path in sources]
+    todo = [(path, indices) for path, indices in todo if indices]
+    if len(todo) < len(sources):
+        print(f"skipping {len(sources) - len(todo)} source(s) already edited in {out}")
+    if not todo:
+        return 0
+    pipe = UniEmoPipeline.from_pretrained(args.run)
+    pipe.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    goal = [pipe.class_names.index(name) for name, w in request_weights(request).items() if w > 0]
+    for path, indices in tqdm(todo, desc="editing", unit="source"):
+        image = read_source(path)
+        before = pipe.read([image])[0]
+        for i in indices:
+            result, meta, after = edit_one(pipe, image, request, args, i, goal)
+            file = result_file(folder, path, i)
+            save_png(result, out / file)
+            records[file] = {"file": file, "source": str(path.absolute()),
+                             "source_emotion": pipe.class_names[int(before.argmax())],
+                             "source_probability": round(float(before.max()), 6),
+                             "result_emotion": pipe.class_names[int(after.argmax())],
+                             "target_probability": round(float(after[goal].sum()), 6),
+                             "reached": int(after.argmax()) in goal, **meta}
+        write_metadata(out / METADATA_FILE, records)
+    print(f"wrote {sum(len(ix) for _, ix in todo)} edit(s) to {out} ({len(records)} listed in {out / METADATA_FILE})")
+    return 0
+
+
+def edit_one(pipe, image, request: dict, args: argparse.Namespace, i: int, goal: list[int]):
+    """(result, metadata, understanding probabilities) of result ``i``: at --strength, or with
+    --until-target at the first strength the understanding branch reads as the target."""
+    strength = args.strength
+    while True:
+        out = pipe.edit(image, **request, strength=strength, num_images=1, num_inference_steps=args.steps,
+                        guidance_scale=args.guidance, generator=args.seed + i)
+        after = pipe.read(out.images)[0]
+        if not args.until_target or int(after.argmax()) in goal or strength >= 1.0:
+            return out.images[0], out.metadata[0], after
+        strength = min(1.0, round(strength + STRENGTH_STEP, 6))
+
+
+def target(args: argparse.Namespace, names: tuple[str, ...]) -> tuple[str, dict]:
+    """(output folder, pipeline request) of --emotion or --mix."""
+    from uniemo.commands.generate import plan
+
+    if args.emotion is not None and args.emotion.strip().lower() == "all":
+        raise UniEmoError("--emotion all is not an edit target: name one emotion, or a --mix")
+    return plan(args, names)[0]
+
+
+def request_weights(request: dict) -> dict[str, float]:
+    return request["mix"] if "mix" in request else {request["emotion"]: 1.0}
+
+
+def source_files(images: list[str]) -> list[Path]:
+    """The files named, and the images of the folders named (sorted), each checked readable; two
+    sources with one stem would write the same results, so they are refused."""
+    from uniemo.metrics import GRID_FILE, IMAGE_SUFFIXES
+
+    files = []
+    for name in images:
+        path = Path(name).expanduser()
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir()
+                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and p.name != GRID_FILE)
+            if not found:
+                raise UniEmoError(f"{path} holds no images ({', '.join(IMAGE_SUFFIXES)}): pass image files or a folder of them")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise UniEmoError(f"{path} does not exist: pass image files or folders of images")
+    stems = {}
+    for path in files:
+        read_source(path)  # an unreadable source stops the command before anything is written
+        if stems.setdefault(path.stem, path) != path:
+            raise UniEmoError(f"{stems[path.stem]} and {path} share the name {path.stem!r}, so their edits would "
+                              "overwrite each other: rename one or edit them into different --out folders")
+    return files
+
+
+def read_source(path: Path):
+    from uniemo.data import UNREADABLE, load_rgb
+
+    try:
+        return load_rgb(path)
+    except UNREADABLE as e:
+        raise UniEmoError(f"cannot read image {path} ({e}): pass a readable image file") from None
+
+
+def result_file(folder: str, source: Path, i: int) -> str:
+    return f"{folder}/{source.stem}_{i:02d}.png"
