@@ -62,6 +62,18 @@ def test_edit_is_seeded_and_strength_sets_how_far_it_moves(pipe):
     assert gap[1.0] < 0.5 * gap[0.3], gap
 
 
+def test_a_list_of_images_is_one_batch_with_the_same_results(pipe):
+    together = pipe.edit([photo(0), photo(1)], emotion="fear", strength=0.5, num_images=2, num_inference_steps=4,
+                         generator=5)
+    apart = [pipe.edit(photo(k), emotion="fear", strength=0.5, num_images=2, num_inference_steps=4, generator=5)
+             for k in (0, 1)]
+    assert [m["seed"] for m in together.metadata] == [5, 6, 5, 6]  # image-major; result i uses seed s + i
+    for got, expected in zip(together.images, apart[0].images + apart[1].images):
+        assert np.abs(array(got) - array(expected)).max() <= 2  # batched float rounding
+    with pytest.raises(UniEmoError, match="one size"):
+        pipe.edit([photo(0), photo(1, (32, 40))], emotion="fear")
+
+
 def test_read_gives_the_understanding_branchs_probabilities(pipe):
     probs = pipe.read([photo(1), photo(2, (64, 64))])
     assert probs.shape == (2, len(pipe.class_names))
@@ -136,9 +148,12 @@ def test_edit_bad_input_exits_2_with_one_line(run2, tmp_path, capsys, make, args
     assert not (tmp_path / "bad" / "metadata.jsonl").exists()
 
 
-def test_edit_refuses_missing_paths_and_clashing_names(run2, tmp_path, capsys):
+def test_edit_refuses_missing_paths_empty_folders_and_clashing_names(run2, tmp_path, capsys):
     assert edit(run2, tmp_path / "o", tmp_path / "nope.png", "--emotion", "awe") == 2
     assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert edit(run2, tmp_path / "o", tmp_path / "empty", "--emotion", "awe") == 2
+    assert "holds no images" in capsys.readouterr().err
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     for d in ("a", "b"):

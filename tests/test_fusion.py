@@ -117,19 +117,18 @@ def test_condition_loss_margin_pulls_e_toward_its_anchor():
     assert ident.condition_loss(onehot, labels, classifier, understanding)["cond_margin"] == 0
 
 
-def test_injection_changes_only_the_placeholder_row(sd):
+def test_injection_changes_the_placeholder_and_what_attends_to_it(sd):
     pipe, pid = sd
     te = pipe.text_encoder
     ids = fusion.tokenize(pipe.tokenizer, ["<emo> bench", "<emo> bench"])
-    e = torch.randn(2, te.config.hidden_size)
-    injected = fusion.inject(te.embeddings.token_embedding, ids, pid, e)
-    plain = te.embeddings.token_embedding(fusion.tokenize(pipe.tokenizer, ["a bench", "a bench"]))
-    differs = (injected != plain).any(-1)
-    assert differs[:, 1].all() and not differs[:, :1].any() and not differs[:, 2:].any()
-    assert torch.equal(injected[:, 1], e)
+    with torch.no_grad():
+        a, b = (fusion.condition_prompt(te, ids, pid, torch.randn(2, te.config.hidden_size)) for _ in range(2))
+    differs = (a != b).any(-1)
+    # causal attention: the start token comes before the placeholder, every later position sees it
+    assert not differs[:, 0].any() and differs[:, 1:].all()
 
 
-def test_encoding_from_embeds_matches_the_text_encoder(sd):
+def test_injecting_a_words_row_matches_the_text_encoder_on_that_word(sd):
     pipe, pid = sd
     te = pipe.text_encoder
     word_ids = fusion.tokenize(pipe.tokenizer, ["a bench", "a cup"])
@@ -156,8 +155,8 @@ def test_prompts_without_placeholder_and_bad_words_are_refused(sd):
     pipe, pid = sd
     te = pipe.text_encoder
     with pytest.raises(UniEmoError, match="placeholder"):
-        fusion.inject(te.embeddings.token_embedding, fusion.tokenize(pipe.tokenizer, ["a bench"]), pid,
-                      torch.zeros(1, te.config.hidden_size))
+        fusion.condition_prompt(te, fusion.tokenize(pipe.tokenizer, ["a bench"]), pid,
+                                torch.zeros(1, te.config.hidden_size))
     fusion.check_word(pipe.tokenizer, "bench", pid)
     for word in ("", "bench!", "<emo>"):
         with pytest.raises(UniEmoError, match="cannot be encoded"):

@@ -204,7 +204,7 @@ class UniEmoFusion(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# Injection through the text encoder's inputs_embeds
+# Injection at the placeholder token
 # ---------------------------------------------------------------------------------------------
 
 def add_placeholder(tokenizer, placeholder: str) -> int:
@@ -231,33 +231,30 @@ def check_word(tokenizer, word: str, placeholder_id: int) -> None:
         raise UniEmoError(f"object {word!r} cannot be encoded by the tokenizer: use plain words, e.g. bench, cup, room")
 
 
-def inject(token_embedding: nn.Embedding, input_ids: torch.Tensor, placeholder_id: int,
-           e: torch.Tensor) -> torch.Tensor:
-    """Token embeddings of ``input_ids`` (B,L) with the placeholder row replaced by e (B,W) per
-    sample: (B,L,W), differentiable to e; every other position is the table's own row."""
+def placeholder_positions(input_ids: torch.Tensor, placeholder_id: int) -> torch.Tensor:
+    """(B,L) bool: where each prompt holds the placeholder; a prompt without it is refused."""
     is_placeholder = input_ids == placeholder_id
     if not bool(is_placeholder.any(dim=1).all()):
         raise UniEmoError("every prompt must contain the placeholder token once; check fusion.placeholder")
-    rows = token_embedding(input_ids.masked_fill(is_placeholder, 0))
-    return torch.where(is_placeholder.unsqueeze(-1), e.to(rows.dtype).unsqueeze(1), rows)
-
-
-def encode_embeds(text_encoder, inputs_embeds: torch.Tensor) -> torch.Tensor:
-    """The CLIP text encoder run from token embeddings (positions added, causal mask, final
-    LayerNorm): the ``last_hidden_state`` Stable Diffusion conditions on, as ``text_encoder(ids)``
-    would give for the same rows. transformers' ``CLIPTextModel.forward`` takes only ids."""
-    from transformers.masking_utils import create_causal_mask
-
-    hidden = text_encoder.embeddings(inputs_embeds=inputs_embeds)
-    mask = create_causal_mask(config=text_encoder.config, inputs_embeds=hidden, attention_mask=None,
-                              past_key_values=None)
-    hidden = text_encoder.encoder(inputs_embeds=hidden, attention_mask=mask, is_causal=True).last_hidden_state
-    return text_encoder.final_layer_norm(hidden)
+    return is_placeholder
 
 
 def condition_prompt(text_encoder, input_ids: torch.Tensor, placeholder_id: int, e: torch.Tensor) -> torch.Tensor:
-    """prompt_embeds (B,L,W) for Stable Diffusion with e injected at the placeholder."""
+    """prompt_embeds (B,L,W) for Stable Diffusion with e injected at the placeholder (SPEC §2).
+
+    The text encoder runs on the prompt's ids as usual; a forward hook on its input-embedding
+    layer (the public ``get_input_embeddings``) swaps the placeholder's row for e per sample, so
+    positions, causal mask and layers are the model's own, and gradients reach e."""
     if input_ids.shape[0] == 1 and e.shape[0] > 1:
         input_ids = input_ids.expand(e.shape[0], -1)
-    embeds = inject(text_encoder.embeddings.token_embedding, input_ids.to(e.device), placeholder_id, e)
-    return encode_embeds(text_encoder, embeds)
+    input_ids = input_ids.to(e.device)
+    is_placeholder = placeholder_positions(input_ids, placeholder_id)
+
+    def swap(module, args, rows):
+        return torch.where(is_placeholder.unsqueeze(-1), e.to(rows.dtype).unsqueeze(1), rows)
+
+    handle = text_encoder.get_input_embeddings().register_forward_hook(swap)
+    try:  # the placeholder's id is not in the embedding table: look up row 0 there, then swap it
+        return text_encoder(input_ids=input_ids.masked_fill(is_placeholder, 0)).last_hidden_state
+    finally:
+        handle.remove()

@@ -209,22 +209,28 @@ class UniEmoPipeline:
     def edit(self, image, emotion: str | None = None, mix: dict[str, float] | None = None, strength: float = 0.6,
              num_images: int = 1, num_inference_steps: int | None = None, guidance_scale: float | None = None,
              generator: int | torch.Generator | None = None) -> UniEmoPipelineOutput:
-        """Emotion editing (SPEC §4; SDEdit, Meng et al. 2022): ``image`` (PIL) is fitted to the
-        run's resolution, encoded by the VAE, noised to ``strength`` of the schedule and denoised
-        with the fused condition e at the placeholder, by diffusers' img2img pipeline. Output i
-        uses seed s + i, as in generation; its metadata adds the strength."""
+        """Emotion editing (SPEC §4; SDEdit, Meng et al. 2022): ``image`` (a PIL image, or a list
+        of them that fit to one size, edited as one batch) is fitted to the run's resolution,
+        encoded by the VAE, noised to ``strength`` of the schedule and denoised with the fused
+        condition e at the placeholder, by diffusers' img2img pipeline. Result i of every image
+        uses seed s + i, as in generation; outputs are image-major, and their metadata adds the
+        strength."""
         weights, steps, guidance = self._request(emotion, mix, num_inference_steps, guidance_scale)
         check_positive(num_images=num_images)
         if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
             raise UniEmoError(f"strength={strength!r} is out of range: use a number in (0, 1], e.g. 0.6")
         if int(steps * strength) < 1:
             raise UniEmoError(f"strength {strength} of {steps} steps denoises no step: raise the strength or the steps")
-        source = self.fit(image)
-        seeds = [base_seed(generator) + i for i in range(num_images)]
+        sources = [self.fit(im) for im in (image if isinstance(image, (list, tuple)) else [image])]
+        if len({s.size for s in sources}) > 1:
+            raise UniEmoError("images edited in one call must fit to one size: edit images of other shapes apart")
+        base = base_seed(generator)
+        seeds = [base + i for _ in sources for i in range(num_images)]
         e, generators, infos = self.conditions(weights, seeds)
         prompt = self.prompt()
-        out = self.img2img(image=[source] * num_images, **self._embeds(prompt, e), strength=strength,
-                           num_inference_steps=steps, guidance_scale=guidance, generator=generators, output_type="pil")
+        out = self.img2img(image=[s for s in sources for _ in range(num_images)], **self._embeds(prompt, e),
+                           strength=strength, num_inference_steps=steps, guidance_scale=guidance,
+                           generator=generators, output_type="pil")
         metadata = [{**self._metadata(seed, weights, emotion, None, prompt, steps, guidance, info), "strength": strength}
                     for seed, info in zip(seeds, infos)]
         return UniEmoPipelineOutput(out.images, metadata)

@@ -57,47 +57,59 @@ def run(args: argparse.Namespace) -> int:
         raise UniEmoError(f"--guidance {args.guidance} is invalid: use a finite number >= 0 (e.g. 7.5)")
     folder, request = target(args, class_names(args.run))
     sources = source_files(args.images)
-    out = Path(args.out)
-    records = read_metadata(out / METADATA_FILE)
-    todo = [(path, [i for i in range(args.num_images) if not done(out, records, result_file(folder, path, i))])
+    out_dir = Path(args.out)
+    records = read_metadata(out_dir / METADATA_FILE)
+    todo = [(path, [i for i in range(args.num_images) if not done(out_dir, records, result_file(folder, path, i))])
             for path in sources]
     todo = [(path, indices) for path, indices in todo if indices]
     if len(todo) < len(sources):
-        print(f"skipping {len(sources) - len(todo)} source(s) already edited in {out}")
+        print(f"skipping {len(sources) - len(todo)} source(s) already edited in {out_dir}")
     if not todo:
         return 0
     pipe = UniEmoPipeline.from_pretrained(args.run)
     pipe.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     goal = [pipe.class_names.index(name) for name, w in request_weights(request).items() if w > 0]
-    for path, indices in tqdm(todo, desc="editing", unit="source"):
-        image = read_source(path)
-        before = pipe.read([image])[0]
-        for i in indices:
-            result, meta, after = edit_one(pipe, image, request, args, i, goal)
-            file = result_file(folder, path, i)
-            save_png(result, out / file)
-            records[file] = {"file": file, "source": str(path.absolute()),
-                             "source_emotion": pipe.class_names[int(before.argmax())],
-                             "source_probability": round(float(before.max()), 6),
-                             "result_emotion": pipe.class_names[int(after.argmax())],
-                             "target_probability": round(float(after[goal].sum()), 6),
-                             "reached": int(after.argmax()) in goal, **meta}
-        write_metadata(out / METADATA_FILE, records)
-    print(f"wrote {sum(len(ix) for _, ix in todo)} edit(s) to {out} ({len(records)} listed in {out / METADATA_FILE})")
+    images = {path: read_source(path) for path, _ in todo}
+    paths = list(images)
+    before = {path: probs for k in range(0, len(paths), 32)
+              for path, probs in zip(paths[k:k + 32], pipe.read([images[p] for p in paths[k:k + 32]]))}
+    pending = [(path, i) for path, indices in todo for i in indices]
+    strength = args.strength
+    with tqdm(total=len(pending), desc="editing", unit="edit") as bar:
+        while pending:
+            retry = []
+            for group in batches(pending, pipe, images):
+                i = group[0][1]
+                out = pipe.edit([images[path] for path, _ in group], **request, strength=strength,
+                                num_inference_steps=args.steps, guidance_scale=args.guidance, generator=args.seed + i)
+                for (path, _), result, meta, after in zip(group, out.images, out.metadata, pipe.read(out.images)):
+                    reached = int(after.argmax()) in goal
+                    if args.until_target and not reached and strength < 1.0:
+                        retry.append((path, i))
+                        continue
+                    file = result_file(folder, path, i)
+                    save_png(result, out_dir / file)
+                    records[file] = {"file": file, "source": str(path.absolute()),
+                                     "source_emotion": pipe.class_names[int(before[path].argmax())],
+                                     "source_probability": round(float(before[path].max()), 6),
+                                     "result_emotion": pipe.class_names[int(after.argmax())],
+                                     "target_probability": round(float(after[goal].sum()), 6),
+                                     "reached": reached, **meta}
+                    bar.update()
+                write_metadata(out_dir / METADATA_FILE, records)
+            pending, strength = retry, min(1.0, round(strength + STRENGTH_STEP, 6))
+    print(f"wrote {bar.n} edit(s) to {out_dir} ({len(records)} listed in {out_dir / METADATA_FILE})")
     return 0
 
 
-def edit_one(pipe, image, request: dict, args: argparse.Namespace, i: int, goal: list[int]):
-    """(result, metadata, understanding probabilities) of result ``i``: at --strength, or with
-    --until-target at the first strength the understanding branch reads as the target."""
-    strength = args.strength
-    while True:
-        out = pipe.edit(image, **request, strength=strength, num_images=1, num_inference_steps=args.steps,
-                        guidance_scale=args.guidance, generator=args.seed + i)
-        after = pipe.read(out.images)[0]
-        if not args.until_target or int(after.argmax()) in goal or strength >= 1.0:
-            return out.images[0], out.metadata[0], after
-        strength = min(1.0, round(strength + STRENGTH_STEP, 6))
+def batches(pending: list[tuple[Path, int]], pipe, images: dict, size: int = 8):
+    """Edits that run as one batch: the same result index (so the same seed) and the same fitted
+    size, at most ``size`` at a time."""
+    groups: dict = {}
+    for path, i in pending:
+        groups.setdefault((i, pipe.fit(images[path]).size), []).append((path, i))
+    for group in groups.values():
+        yield from (group[k:k + size] for k in range(0, len(group), size))
 
 
 def target(args: argparse.Namespace, names: tuple[str, ...]) -> tuple[str, dict]:

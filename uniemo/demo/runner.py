@@ -45,7 +45,7 @@ class DemoPlan:
     transfer_objects: tuple[str, ...] = ("house", "tree", "bottle")  # neutral objects of the synthetic world
     fusion_pairs: tuple[tuple[str, str], ...] = (("amusement", "fear"), ("awe", "sadness"), ("contentment", "anger"))
     sweep: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)  # weight of the first fusion pair's first emotion
-    edit_strength: float = 0.6  # the first strength --until-target tries
+    edit_strength: float = 0.8  # the first strength --until-target tries
 
     def pair_mixes(self) -> list[dict[str, float]]:
         """Every fusion pair at 0.5/0.5."""
@@ -64,7 +64,7 @@ class DemoPlan:
 
 PLANS = {
     "full": DemoPlan(num_images=4000, pretrain_args=(), stage1_epochs=3, stage2_steps=300,
-                     images_per_emotion=16, denoising_steps=25, feedback_per_emotion=32, stage3_epochs=2,
+                     images_per_emotion=16, denoising_steps=25, feedback_per_emotion=24, stage3_epochs=2,
                      transfer_images=8, fusion_images=8, edit_sources=1),
     "quick": DemoPlan(num_images=320, pretrain_args=("--steps-scale", "0.02"), stage1_epochs=1,
                       stage2_steps=4, images_per_emotion=2, denoising_steps=4, feedback_per_emotion=4,
@@ -131,10 +131,13 @@ def _evaluate_understanding(L: Layout, run: str, name: str) -> list:
             "--out", f"{L.metrics}/understanding-{name}.json"]
 
 
-def _evaluate_generation(L: Layout, images: str, out: str) -> list:
+def _evaluate_generation(L: Layout, images: str, out: str, *extra) -> list:
     """``out``: the report's path under OUT/metrics/."""
     return ["evaluate", "generation", "--images", images, "--real", L.data, "--clip", L.clip,
-            "--evaluator", L.evaluator, "--seed", L.seed, "--out", f"{L.metrics}/{out}"]
+            "--evaluator", L.evaluator, "--seed", L.seed, "--out", f"{L.metrics}/{out}", *extra]
+
+
+SMALL_FID_REFERENCE = ("--max-real", 50)  # transfer and edits: FID is not their figure, so 50 real images per emotion
 
 
 def _synth(L: Layout, out: str, *extra) -> list:
@@ -179,10 +182,10 @@ STEPS = (
           "metrics/generation-edit.json", "metrics/transfer"), commands(
             lambda L: _evaluate_generation(L, L.generated, "generation-uniemo.json"),
             lambda L: _evaluate_generation(L, L.baseline, "generation-baseline.json"),
-            lambda L: [_evaluate_generation(L, f"{L.transfer}/{o}", f"transfer/{o}.json")
+            lambda L: [_evaluate_generation(L, f"{L.transfer}/{o}", f"transfer/{o}.json", *SMALL_FID_REFERENCE)
                        for o in L.plan.transfer_objects],
             lambda L: _evaluate_generation(L, L.fusion, "generation-fusion.json"),
-            lambda L: _evaluate_generation(L, L.edits, "generation-edit.json"))),
+            lambda L: _evaluate_generation(L, L.edits, "generation-edit.json", *SMALL_FID_REFERENCE))),
     Step("feedback", "explicit feedback (Algorithm 1) + stage 3", ("run3-feedback",), commands(lambda L: [
         "feedback", "--run", L.run2, "--data", L.train_data, "--evaluator", L.evaluator, "--out", L.run3,
         "--per-emotion", L.plan.feedback_per_emotion, "--epochs", L.plan.stage3_epochs,
