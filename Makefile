@@ -1,8 +1,9 @@
 # Two entry points for a newcomer: `make demo` and `make test`.
-# The venv is rebuilt only when pyproject.toml changes (its hash is the stamp's name).
+# The venv is rebuilt only when pyproject.toml or constraints.txt changes (their hash is the stamp's name);
+# it gets the exact versions CI tested (constraints.txt).
 PYTHON ?= python3
 VENV := .venv
-SPEC_HASH := $(shell cat pyproject.toml | sha256sum | cut -c1-16)
+SPEC_HASH := $(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.installed-$(SPEC_HASH)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -10,10 +11,10 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 
 .PHONY: demo test test-slow install bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
-	$(VENV)/bin/python -m pip install -q -e '.[test]'
+	$(VENV)/bin/python -m pip install -q -c constraints.txt -e '.[test]'
 	rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)
