@@ -226,3 +226,36 @@ def test_inspect_alpha_prints_top_attributes(run2_dir, capsys):
     # the fixture's counts table: emotion k co-occurs only with scene k % 3 of (beach, cemetery, forest)
     scene_rows = {e: out.split(f"\n{e}\n")[1].splitlines()[0].split() for e in ("amusement", "awe", "contentment")}
     assert [scene_rows[e][:2] for e in scene_rows] == [["scene", "beach"], ["scene", "cemetery"], ["scene", "forest"]]
+
+
+def test_a_scheduler_swaps_the_diffusers_way_and_is_recorded(tiny_models, tmp_path):
+    from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
+
+    run = write_run2(tiny_models, tmp_path / "run2")
+    plain = UniEmoPipeline.from_pretrained(run)
+    unipc = UniEmoPipeline.from_pretrained(run, scheduler="UniPCMultistepScheduler")
+    assert isinstance(unipc.scheduler, UniPCMultistepScheduler)
+    assert unipc.scheduler.config.beta_schedule == plain.scheduler.config.beta_schedule  # same noise schedule
+    a = plain(emotion="awe", num_images=1, num_inference_steps=3, generator=0)
+    b = unipc(emotion="awe", num_images=1, num_inference_steps=3, generator=0)
+    assert not np.array_equal(pixels(a.images), pixels(b.images))
+    assert a.metadata[0]["scheduler"] == type(plain.scheduler).__name__ and b.metadata[0]["scheduler"] == "UniPCMultistepScheduler"
+    plain.scheduler = DPMSolverMultistepScheduler.from_config(plain.scheduler.config)
+    assert isinstance(plain.img2img.scheduler, DPMSolverMultistepScheduler)  # editing samples with it too
+    for name in ("NoSuchScheduler", "UniEmoPipeline", "StableDiffusionPipeline", "os.system"):
+        with pytest.raises(UniEmoError, match="unknown scheduler"):
+            UniEmoPipeline.from_pretrained(run, scheduler=name)
+
+
+def test_generate_takes_a_scheduler_and_a_dtype(run2_dir, tmp_path, capsys):
+    import json
+
+    out = tmp_path / "gen"
+    assert generate(run2_dir, out, "--emotion", "awe", "-n", "1", "--scheduler", "DPMSolverMultistepScheduler",
+                    "--dtype", "bf16") == 0
+    meta = json.loads((out / "metadata.jsonl").read_text())
+    assert meta["scheduler"] == "DPMSolverMultistepScheduler" and meta["dtype"] == "bfloat16"
+    capsys.readouterr()
+    assert generate(run2_dir, tmp_path / "bad", "--emotion", "awe", "--scheduler", "Nope") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown scheduler 'Nope'") and "\n" not in err

@@ -100,8 +100,11 @@ class UniEmoPipeline:
         self.class_names = tuple(understanding.class_names)
 
     @classmethod
-    def from_pretrained(cls, run_dir: str | Path, sd_path: str | Path | None = None, dtype=None) -> "UniEmoPipeline":
-        """Load a stage-2 run (``uniemo train joint``) and the Stable Diffusion it was trained with."""
+    def from_pretrained(cls, run_dir: str | Path, sd_path: str | Path | None = None, dtype=None,
+                        scheduler: str | None = None) -> "UniEmoPipeline":
+        """Load a stage-2 run (``uniemo train joint``) and the Stable Diffusion it was trained with,
+        its denoising modules in ``dtype`` (default float32) and sampling with ``scheduler`` (a
+        diffusers scheduler class name; default the SD's own)."""
         from uniemo.data import clip_transforms
         from uniemo.loading import load_sd
         from uniemo.understanding import UniEmoUnderstanding, load_attributes, load_image_processor
@@ -126,8 +129,11 @@ class UniEmoPipeline:
                                 run_dir / "fusion.safetensors")
         if dtype is not None:
             fusion.to(dtype)
-        return cls(understanding, fusion, table, space, scene_bank, object_bank, sd, cfg,
+        pipe = cls(understanding, fusion, table, space, scene_bank, object_bank, sd, cfg,
                    clip_transforms(load_image_processor(run_dir), train=False))
+        if scheduler is not None:
+            pipe.scheduler = scheduler_named(scheduler, sd.scheduler.config)
+        return pipe
 
     def to(self, device) -> "UniEmoPipeline":
         self.understanding.to(device)
@@ -138,6 +144,16 @@ class UniEmoPipeline:
     @property
     def device(self) -> torch.device:
         return self.sd.unet.device
+
+    @property
+    def scheduler(self):
+        """The sampler, swapped the diffusers way:
+        ``pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config)``."""
+        return self.sd.scheduler
+
+    @scheduler.setter
+    def scheduler(self, scheduler) -> None:
+        self.sd.scheduler = scheduler
 
     def prompt(self, object: str | None = None) -> str:
         """"<emo>" or, for emotion transfer, "<emo> <object>"."""
@@ -242,6 +258,7 @@ class UniEmoPipeline:
 
         if getattr(self, "_img2img", None) is None:
             self._img2img = StableDiffusionImg2ImgPipeline.from_pipe(self.sd)
+        self._img2img.scheduler = self.sd.scheduler  # a swapped sampler serves editing too
         return self._img2img
 
     def fit(self, image):
@@ -295,7 +312,23 @@ class UniEmoPipeline:
                 "alpha_object": per_emotion(info["alpha"].get("object")),
                 "matched_scene": per_emotion(info["matched"].get("scene")),
                 "matched_object": per_emotion(info["matched"].get("object")),
-                "prompt": prompt, "steps": steps, "guidance": guidance}
+                "prompt": prompt, "steps": steps, "guidance": guidance,
+                "scheduler": type(self.sd.scheduler).__name__, "dtype": str(self.sd.unet.dtype).removeprefix("torch.")}
+
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def scheduler_named(name: str, config):
+    """A diffusers scheduler of class ``name`` (e.g. "UniPCMultistepScheduler") made from the
+    noise schedule ``config`` of the one it replaces."""
+    import diffusers
+
+    cls = getattr(diffusers, name, None) if name.isidentifier() else None
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
+        raise UniEmoError(f"unknown scheduler {name!r}: use a diffusers scheduler class name, e.g. "
+                          "UniPCMultistepScheduler, DPMSolverMultistepScheduler or DDIMScheduler")
+    return cls.from_config(config)
 
 
 def base_seed(generator: int | torch.Generator | None) -> int:

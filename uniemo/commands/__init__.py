@@ -11,3 +11,22 @@ def require_positive(**options: int | None) -> None:
     for name, value in options.items():
         if value is not None and value < 1:
             raise UniEmoError(f"--{name.replace('_', '-')} {value} is invalid: use a positive integer")
+
+
+def add_sampling_arguments(parser) -> None:
+    """``--scheduler`` and ``--dtype``: how a stage-2 run samples (``generate``, ``edit``, ``feedback``)."""
+    parser.add_argument("--scheduler", metavar="NAME", help="a diffusers scheduler class, e.g. "
+                        "UniPCMultistepScheduler or DPMSolverMultistepScheduler (default: the SD's own)")
+    parser.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32",
+                        help="precision of the denoising modules (default fp32; fp16 or bf16 on a GPU)")
+
+
+def load_pipeline(args, device=None):
+    """The stage-2 run ``args.run`` as a ``UniEmoPipeline`` with the sampling arguments, on
+    ``device`` (default: --device, else cuda if available, else cpu)."""
+    import torch
+
+    from uniemo.pipeline import DTYPES, UniEmoPipeline
+
+    pipe = UniEmoPipeline.from_pretrained(args.run, dtype=DTYPES[args.dtype], scheduler=args.scheduler)
+    return pipe.to(device or getattr(args, "device", None) or ("cuda" if torch.cuda.is_available() else "cpu"))

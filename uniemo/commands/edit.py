@@ -18,7 +18,7 @@ import argparse
 import math
 from pathlib import Path
 
-from uniemo.commands import require_positive
+from uniemo.commands import add_sampling_arguments, load_pipeline, require_positive
 from uniemo.errors import UniEmoError
 
 STRENGTH_STEP = 0.1  # --until-target: the next strength tried
@@ -38,17 +38,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, help="denoising steps of the full schedule (default: the run's)")
     parser.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the run's)")
     parser.add_argument("--seed", type=int, default=0, help="base seed; result NN uses SEED + NN (default 0)")
+    add_sampling_arguments(parser)
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--out", required=True, help="output directory")
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
     from tqdm.auto import tqdm
 
     from uniemo.commands.generate import class_names, done, save_png, write_metadata
     from uniemo.metrics import METADATA_FILE, read_metadata
-    from uniemo.pipeline import UniEmoPipeline
 
     require_positive(num_images=args.num_images, steps=args.steps)
     if not 0 < args.strength <= 1:
@@ -66,8 +65,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"skipping {len(sources) - len(todo)} source(s) already edited in {out_dir}")
     if not todo:
         return 0
-    pipe = UniEmoPipeline.from_pretrained(args.run)
-    pipe.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    pipe = load_pipeline(args)
     goal = [pipe.class_names.index(name) for name, w in request_weights(request).items() if w > 0]
     images = {path: read_source(path) for path, _ in todo}
     paths = list(images)

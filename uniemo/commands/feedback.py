@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 
-from uniemo.commands import require_positive
+from uniemo.commands import add_sampling_arguments, require_positive
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, metavar="DENOISING_STEPS", help="denoising steps per image "
                         "(default: generation.num_inference_steps)")
     parser.add_argument("--generate-batch-size", type=int, default=8, help="images per pipeline call (default 8)")
+    add_sampling_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed of generation, the mix and training (default 0)")
     parser.add_argument("--resume", action="store_true", help="continue the stage-3 training in RUN3")
     parser.add_argument("--metrics", action="store_true", help="also measure the generated and the kept images")
@@ -59,13 +60,15 @@ def run(args: argparse.Namespace) -> int:
     from uniemo.commands.evaluate_generation import load_networks
     from uniemo.data import open_dataset
     from uniemo.feedback import explicit_feedback, feedback_table
+    from uniemo.pipeline import DTYPES
 
     cfg = feedback_config(args)
     real = open_dataset(args.data, args.dataset, "train")
     networks = load_networks(args, real)
     summary = explicit_feedback(Path(args.run), Path(args.data), Path(args.out), cfg, networks["evaluator"],
                                 networks["semantic"], kind=args.dataset, seed=args.seed, num_inference_steps=args.steps,
-                                generate_batch_size=args.generate_batch_size, resume=args.resume)
+                                generate_batch_size=args.generate_batch_size, resume=args.resume,
+                                dtype=DTYPES[args.dtype], scheduler=args.scheduler)
     print(feedback_table(summary) + f"wrote stage-3 run {args.out} and {Path(args.out) / 'feedback.json'}")
     if args.metrics:
         write_metrics(Path(args.out), real, networks, args.seed)

@@ -16,7 +16,7 @@ import json
 import math
 from pathlib import Path
 
-from uniemo.commands import require_positive
+from uniemo.commands import add_sampling_arguments, load_pipeline, require_positive
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,21 +30,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the run's)")
     parser.add_argument("--seed", type=int, default=0, help="base seed; image NNNN uses SEED + NNNN (default 0)")
     parser.add_argument("--batch-size", type=int, default=4, help="images per denoising batch (default 4)")
+    add_sampling_arguments(parser)
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--out", required=True, help="output directory")
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
     from tqdm.auto import tqdm
 
     from uniemo.metrics import METADATA_FILE, read_metadata
-    from uniemo.pipeline import UniEmoPipeline
 
     check_options(args)
     requests = plan(args, class_names(args.run))  # bad names and weights fail before any loading
-    pipe = UniEmoPipeline.from_pretrained(args.run)
-    pipe.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    pipe = load_pipeline(args)
     if args.object is not None:
         pipe.prompt(args.object)
     out = Path(args.out)
