@@ -70,6 +70,18 @@ class TrainState:
     batches: int = 0  # micro-batches summed into ``sums``
 
 
+def on_main(fn: Callable[[], Any]) -> Any:
+    """``fn()`` on the main process only (None on the others), then every process waits for it:
+    run files are written and results printed once under ``torchrun`` / ``accelerate launch``."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # as Accelerator reads it
+    result = fn() if state.is_main_process else None
+    state.wait_for_everyone()
+    return result
+
+
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The module inside a DDP / compiled wrapper."""
     while hasattr(model, "module") or hasattr(model, "_orig_mod"):
@@ -278,6 +290,7 @@ def _end_of_epoch(accelerator, prepared, state: TrainState, scheduler, evaluate,
                   batches_per_epoch, started) -> dict:
     """Evaluate on the validation split, call on_best when it improves, and build the metrics line."""
     line = {"epoch": round(state.epoch + state.batch_in_epoch / batches_per_epoch, 4), "step": state.step,
+            "processes": accelerator.num_processes,
             **{f"train_{k}": v / max(1, state.batches) for k, v in state.sums.items()},
             "lr": scheduler.get_last_lr()[0], "seconds": round(time.time() - started, 1)}
     state.sums, state.batches = {}, 0

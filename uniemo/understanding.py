@@ -422,16 +422,18 @@ def train_understanding(data_root: str | Path, out: str | Path, cfg, kind: str =
     best validation accuracy; val and test are evaluated at the end (test is never used to
     choose). ``init_from`` (a run directory) starts from that run's understanding weights
     instead of CLIP's: stage 3 "trains again" the stage-2 model. Returns {"val": report,
-    "test": report} for the splits that exist."""
+    "test": report} for the splits that exist on the main process, None on the others (with
+    several processes only the main one writes and evaluates)."""
     from uniemo.config import save_config
     from uniemo.data import clip_transforms, collate, open_dataset, split_exists
     from uniemo.io import write_json
     from uniemo.loading import load_clip
-    from uniemo.training import fit, param_groups
+    from uniemo.training import fit, on_main, param_groups
 
     out = Path(out)
     if (out / "config.yaml").is_file() and not resume:
         raise UniEmoError(f"{out} already holds a run: pass --resume to continue it, or choose a new --out")
+    on_main(lambda: None)  # every process has looked before the main one writes
     if cfg.clip_path is None:
         raise UniEmoError("no CLIP directory given: pass --clip DIR")
     clip = load_clip(cfg.clip_path)
@@ -450,10 +452,14 @@ def train_understanding(data_root: str | Path, out: str | Path, cfg, kind: str =
         weights = Path(init_from) / "model.safetensors"
         load_state_dict_checked(model, load_tensors(weights, "initial understanding weights"), weights)
     del clip.model.text_model  # the text tower's job ends with the attribute banks
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    clip.image_processor.save_pretrained(str(out))
-    save_attributes(out, scene_bank, object_bank)
+
+    def write_run_files() -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+        clip.image_processor.save_pretrained(str(out))
+        save_attributes(out, scene_bank, object_bank)
+
+    on_main(write_run_files)
 
     def evaluate(m):
         return {"val_top1": accuracy_on(m, splits["val"], cfg.stage1.batch_size)["top1"]} if "val" in splits else {}
@@ -461,7 +467,11 @@ def train_understanding(data_root: str | Path, out: str | Path, cfg, kind: str =
     fit(out, model, train_set, collate, stage1_step(scene_bank, object_bank), cfg.stage1,
         param_groups(model, cfg.stage1.optim, model.backbone), evaluate=evaluate if "val" in splits else None,
         on_best=lambda m, line: m.save_pretrained(out), resume=resume, desc="stage 1")
-    best = UniEmoUnderstanding.from_pretrained(out)
-    reports = {split: accuracy_on(best, ds, cfg.stage1.batch_size) for split, ds in splits.items()}
-    write_json(out / "eval.json", reports)
-    return reports
+
+    def final_evaluation() -> dict:
+        best = UniEmoUnderstanding.from_pretrained(out)
+        reports = {split: accuracy_on(best, ds, cfg.stage1.batch_size) for split, ds in splits.items()}
+        write_json(out / "eval.json", reports)
+        return reports
+
+    return on_main(final_evaluation)

@@ -55,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
         if value is not None:
             setattr(cfg.stage1, field, value)
     reports = train_understanding(args.data, out, cfg, kind=args.dataset, resume=args.resume)
+    if reports is None:  # not the main process: it has said everything
+        return 0
     print(f"wrote stage-1 run {out}")
     for split, report in reports.items():
         print(f"{split}: top-1 {report['top1']:.4f}" + (f", 2-class {report['binary']:.4f}" if "binary" in report else ""))
