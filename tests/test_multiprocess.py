@@ -1,5 +1,5 @@
-"""Several processes (issue 18): stage 1 under `torchrun` with 2 CPU ranks (gloo) shards the
-data, and only the main process evaluates, prints and writes the run."""
+"""Several processes (issue 18): stages 1 and 2 under `torchrun` with 2 CPU ranks (gloo) shard
+the data, and only the main process evaluates, prints and writes the run."""
 
 from __future__ import annotations
 
@@ -13,13 +13,19 @@ from pathlib import Path
 from uniemo.cli import main
 from uniemo.vocab import EMOTIONS
 
+ONE = [sys.executable, "-m", "uniemo.cli"]
+# "--": torchrun's own parser would otherwise take --run for its --run-path
+TWO = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "uniemo.cli", "--"]
+
+
+def _uniemo(launcher: list[str], *args) -> subprocess.CompletedProcess:
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([*launcher, *map(str, args)], env=env, capture_output=True, text=True, timeout=600)
+
 
 def _train(out: Path, launcher: list[str], tiny_models, tiny_emoset) -> subprocess.CompletedProcess:
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    command = [*launcher, "-m", "uniemo.cli", "train", "understand", "--data", str(tiny_emoset),
-               "--clip", str(tiny_models[0]), "--preset", "tiny", "--epochs", "1", "--batch-size", "8",
-               "--out", str(out)]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    return _uniemo(launcher, "train", "understand", "--data", tiny_emoset, "--clip", tiny_models[0], "--preset", "tiny",
+                   "--epochs", "1", "--batch-size", "8", "--out", out)
 
 
 def _metrics(run: Path) -> list[dict]:
@@ -27,9 +33,8 @@ def _metrics(run: Path) -> list[dict]:
 
 
 def test_stage1_on_two_processes_halves_the_steps_and_writes_once(tiny_models, tiny_emoset, tmp_path, capsys):
-    torchrun = str(Path(sys.executable).parent / "torchrun")
-    one = _train(tmp_path / "one", [sys.executable], tiny_models, tiny_emoset)
-    two = _train(tmp_path / "two", [torchrun, "--standalone", "--nproc_per_node", "2"], tiny_models, tiny_emoset)
+    one = _train(tmp_path / "one", ONE, tiny_models, tiny_emoset)
+    two = _train(tmp_path / "two", TWO, tiny_models, tiny_emoset)
     assert one.returncode == 0, one.stderr[-3000:]
     assert two.returncode == 0, two.stderr[-3000:]
     for said in ("wrote stage-1 run", "val: top-1", "test: top-1"):
@@ -43,3 +48,18 @@ def test_stage1_on_two_processes_halves_the_steps_and_writes_once(tiny_models, t
     assert main(["classify", "--run", str(tmp_path / "two"), str(image)]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith(f"{image}: ") and printed.split()[1] in EMOTIONS  # the run loads and classifies
+
+
+def test_stage2_on_two_processes_writes_a_run_that_generates(tiny_models, tiny_emoset, tmp_path):
+    from uniemo.pipeline import UniEmoPipeline
+
+    assert _train(tmp_path / "one", ONE, tiny_models, tiny_emoset).returncode == 0
+    two = _uniemo(TWO, "train", "joint", "--run", tmp_path / "one",
+                  "--sd", tiny_models[1], "--data", tiny_emoset, "--max-steps", "2", "--batch-size", "4",
+                  "--out", tmp_path / "two")
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("wrote stage-2 run") == 1 and two.stdout.count("test accuracy") == 1, two.stdout
+    assert _metrics(tmp_path / "two")[-1]["processes"] == 2
+    out = UniEmoPipeline.from_pretrained(tmp_path / "two")(emotion="awe", num_images=1, num_inference_steps=2,
+                                                           generator=0)
+    assert out.images[0].size[0] > 0 and out.metadata[0]["emotion"] == "awe"

@@ -327,18 +327,20 @@ def implicit_feedback(run1: str | Path, understanding, data_root, collate, batch
 
 def train_joint(run1: str | Path, data_root: str | Path, out: str | Path, cfg, resume: bool = False) -> dict:
     """Stage 2 end to end: P, L_joint training with the shared loop, emotion space, feedback figure.
-    Returns the implicit-feedback figures (also written to OUT/implicit_feedback.json)."""
+    Returns the implicit-feedback figures (also written to OUT/implicit_feedback.json) on the
+    main process, None on the others (only the main one writes and evaluates)."""
     from torch.utils.data import DataLoader
 
     from uniemo.config import save_config
     from uniemo.data import clip_transforms, open_dataset
     from uniemo.io import read_json, write_json
     from uniemo.loading import load_clip, load_sd
-    from uniemo.training import fit, param_groups
+    from uniemo.training import fit, on_main, param_groups
 
     out = Path(out)
     if out.is_dir() and any(out.iterdir()) and not resume:
         raise UniEmoError(f"{out} is not empty: pass --resume to continue it, or choose a new --out")
+    on_main(lambda: None)  # every process has looked before the main one writes
     if cfg.clip_path is None:
         raise UniEmoError(f"{run1}/config.yaml records no clip_path: stage 2 needs the CLIP directory of stage 1")
     clip, sd = load_clip(cfg.clip_path), load_sd(cfg.sd_path)
@@ -353,17 +355,22 @@ def train_joint(run1: str | Path, data_root: str | Path, out: str | Path, cfg, r
 
         loader = DataLoader(train_set, batch_size=batch, collate_fn=eval_collate)
         table = build_table(cfg.fusion.alpha_table, train_set, *load_attributes(run1), clip, loader, cfg.stage2.seed)
-        write_json(table_path, table.to_json())
-    save_config(cfg, out / "config.yaml")
+        on_main(lambda: write_json(table_path, table.to_json()))
+    on_main(lambda: save_config(cfg, out / "config.yaml"))
     model = build_joint_model(run1, sd, cfg, table)
     vae_size = cfg.generation.resolution or sd.unet.config.sample_size * sd.vae_scale_factor
     collate = JointCollate(clip_transforms(clip.image_processor, train=True), vae_size)
     groups = param_groups(model, cfg.stage2.optim, backbone=model.understanding.backbone)
     fit(out, model, train_set, collate, joint_step, cfg.stage2, groups, resume=resume, desc="joint")
-    device = next(model.parameters()).device
-    loader = DataLoader(train_set, batch_size=batch, collate_fn=eval_collate)
-    space = compute_emotion_space(model.understanding, loader, cfg.fusion.features, len(train_set.class_names), device)
-    save_stage2(out, model, space, cfg)
-    feedback = implicit_feedback(run1, model.understanding, data_root, eval_collate, batch, device)
-    write_json(out / "implicit_feedback.json", feedback)
-    return feedback
+
+    def finish() -> dict:
+        device = next(model.parameters()).device
+        loader = DataLoader(train_set, batch_size=batch, collate_fn=eval_collate)
+        space = compute_emotion_space(model.understanding, loader, cfg.fusion.features, len(train_set.class_names),
+                                      device)
+        save_stage2(out, model, space, cfg)
+        feedback = implicit_feedback(run1, model.understanding, data_root, eval_collate, batch, device)
+        write_json(out / "implicit_feedback.json", feedback)
+        return feedback
+
+    return on_main(finish)

@@ -54,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
         cfg.fusion.alpha_table = args.alpha_table
     cfg.sd_path = str(Path(args.sd).resolve())
     feedback = train_joint(args.run, args.data, args.out, cfg, resume=args.resume)
+    if feedback is None:  # not the main process: it has said everything
+        return 0
     print(f"wrote stage-2 run {args.out}")
     for split, acc in feedback.items():
         print(f"{split} accuracy: stage 1 {acc['run1']:.4f} -> stage 2 {acc['run2']:.4f}")
