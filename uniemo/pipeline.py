@@ -5,7 +5,9 @@ For every image: sample CLS / scene / object features from the emotion space N(m
 the requested emotion, pick α from the nearest scene / object attribute, fuse them into e,
 inject e at the placeholder token, and let Stable Diffusion's own denoising loop run on
 ``prompt_embeds`` with classifier-free guidance against the empty prompt. A mix of emotions
-(paper Fig. 10b) fuses e = Σ_k w_k e_k with normalised non-negative weights.
+(paper Fig. 10b) fuses e = Σ_k w_k e_k with normalised non-negative weights. ``edit`` turns a
+given photo toward an emotion (SDEdit with the same condition), and ``read`` gives the
+understanding branch's reading of any image.
 
 Seeds: image i of a call with seed s uses seed s + i for both its feature sample and its
 initial latents, so any image is reproduced alone from the seed in its metadata.
@@ -93,6 +95,7 @@ class UniEmoPipeline:
                  scene_bank, object_bank, sd_pipe, cfg: UniEmoConfig, transform=None):
         self.understanding, self.fusion = understanding.eval(), fusion.eval()
         self.transform = transform  # the understanding branch's image preprocessing (``read``)
+        self._img2img = None  # built on first use by ``edit``
         self.table, self.space, self.cfg = table, space, cfg
         self.scene_bank, self.object_bank = scene_bank, object_bank
         self.sd = sd_pipe
@@ -256,7 +259,7 @@ class UniEmoPipeline:
         """diffusers' ``StableDiffusionImg2ImgPipeline`` on this pipeline's components (shared, not copied)."""
         from diffusers import StableDiffusionImg2ImgPipeline
 
-        if getattr(self, "_img2img", None) is None:
+        if self._img2img is None:
             self._img2img = StableDiffusionImg2ImgPipeline.from_pipe(self.sd)
         self._img2img.scheduler = self.sd.scheduler  # a swapped sampler serves editing too
         return self._img2img
@@ -264,14 +267,14 @@ class UniEmoPipeline:
     def fit(self, image):
         """``image`` as RGB, scaled so that its short side is the run's resolution (by default the
         UNet's), each side a multiple of the VAE's downsampling factor (centre-cropped to it)."""
-        from PIL import ImageOps
+        from PIL import Image, ImageOps
 
         image = image.convert("RGB")
         factor = self.sd.vae_scale_factor
         size = self.cfg.generation.resolution or self.sd.unet.config.sample_size * factor
         scale = size / min(image.size)
         shape = tuple(max(factor, int(round(side * scale)) // factor * factor) for side in image.size)
-        return ImageOps.fit(image, shape, method=3)  # 3: bicubic
+        return ImageOps.fit(image, shape, method=Image.Resampling.BICUBIC)
 
     @torch.no_grad()
     def read(self, images: list) -> torch.Tensor:

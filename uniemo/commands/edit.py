@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     pipe = load_pipeline(args)
     goal = [pipe.class_names.index(name) for name, w in request_weights(request).items() if w > 0]
-    images = {path: read_source(path) for path, _ in todo}
+    images = {path: pipe.fit(read_source(path)) for path, _ in todo}  # held at the run's size, not the photo's
     paths = list(images)
     before = {path: probs for k in range(0, len(paths), 32)
               for path, probs in zip(paths[k:k + 32], pipe.read([images[p] for p in paths[k:k + 32]]))}
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     with tqdm(total=len(pending), desc="editing", unit="edit") as bar:
         while pending:
             retry = []
-            for group in batches(pending, pipe, images):
+            for group in batches(pending, images):
                 i = group[0][1]
                 out = pipe.edit([images[path] for path, _ in group], **request, strength=strength,
                                 num_inference_steps=args.steps, guidance_scale=args.guidance, generator=args.seed + i)
@@ -100,12 +100,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def batches(pending: list[tuple[Path, int]], pipe, images: dict, size: int = 8):
+def batches(pending: list[tuple[Path, int]], images: dict, size: int = 8):
     """Edits that run as one batch: the same result index (so the same seed) and the same fitted
     size, at most ``size`` at a time."""
     groups: dict = {}
     for path, i in pending:
-        groups.setdefault((i, pipe.fit(images[path]).size), []).append((path, i))
+        groups.setdefault((i, images[path].size), []).append((path, i))
     for group in groups.values():
         yield from (group[k:k + size] for k in range(0, len(group), size))
 
