@@ -1,5 +1,6 @@
 """Several processes (issue 18): stages 1 and 2 under `torchrun` with 2 CPU ranks (gloo) shard
-the data, and only the main process evaluates, prints and writes the run."""
+the data, and only the main process evaluates, prints and writes the run; `generate` shares its
+batches out and writes what one process writes."""
 
 from __future__ import annotations
 
@@ -63,3 +64,24 @@ def test_stage2_on_two_processes_writes_a_run_that_generates(tiny_models, tiny_e
     out = UniEmoPipeline.from_pretrained(tmp_path / "two")(emotion="awe", num_images=1, num_inference_steps=2,
                                                            generator=0)
     assert out.images[0].size[0] > 0 and out.metadata[0]["emotion"] == "awe"
+
+
+def test_generate_on_two_processes_writes_what_one_process_writes(tiny_models, tmp_path):
+    import numpy as np
+    from PIL import Image
+    from test_pipeline import write_run2
+
+    from uniemo.metrics import read_metadata
+
+    run = write_run2(tiny_models, tmp_path / "run2")
+    args = ["generate", "--run", run, "--emotion", "all", "-n", "3", "--batch-size", "2", "--steps", "2", "--seed", "4"]
+    one = _uniemo(ONE, *args, "--out", tmp_path / "one")
+    two = _uniemo(TWO, *args, "--out", tmp_path / "two")
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("wrote 24 image(s)") == 1, two.stdout
+    a, b = (read_metadata(tmp_path / d / "metadata.jsonl") for d in ("one", "two"))
+    assert len(a) == 24 and a == b  # same files, seeds and records
+    for file in a:
+        x, y = (np.asarray(Image.open(tmp_path / d / file), dtype=int) for d in ("one", "two"))
+        assert np.abs(x - y).max() <= 2, file
+    assert (tmp_path / "two" / "awe" / "grid.png").is_file()

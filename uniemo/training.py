@@ -70,13 +70,19 @@ class TrainState:
     batches: int = 0  # micro-batches summed into ``sums``
 
 
-def on_main(fn: Callable[[], Any]) -> Any:
-    """``fn()`` on the main process only (None on the others), then every process waits for it:
-    run files are written and results printed once under ``torchrun`` / ``accelerate launch``."""
+def processes():
+    """accelerate's ``PartialState`` of this run (its process index and count), made as
+    ``Accelerator`` makes it: ``ACCELERATE_USE_CPU`` selects several CPU processes (gloo)."""
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # as Accelerator reads it
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
+def on_main(fn: Callable[[], Any]) -> Any:
+    """``fn()`` on the main process only (None on the others), then every process waits for it:
+    run files are written and results printed once under ``torchrun`` / ``accelerate launch``."""
+    state = processes()
     result = fn() if state.is_main_process else None
     state.wait_for_everyone()
     return result

@@ -3,7 +3,9 @@
 Writes OUT/<emotion or mix>/NNNN.png, one OUT/metadata.jsonl line per image (file, seed,
 emotion or mix weights, object, alpha_scene, alpha_object, matched attributes, prompt, steps,
 guidance) and OUT/<folder>/grid.png. Image NNNN uses seed SEED + NNNN. Re-running on the same
-OUT skips images already written, so a killed run continues where it stopped.
+OUT skips images already written, so a killed run continues where it stopped. Under `torchrun`
+or `accelerate launch` the processes share the batches out, and the main process writes
+metadata.jsonl and the grids once at the end: the same files, seeds and records as one process.
 
   uniemo generate --run runs/stage2 --emotion awe -n 8 --out gen/
   uniemo generate --run runs/stage2 --emotion all --object bench -n 4 --out transfer/
@@ -36,9 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from accelerate.utils import gather_object
     from tqdm.auto import tqdm
 
     from uniemo.metrics import METADATA_FILE, read_metadata
+    from uniemo.training import on_main, processes
 
     check_options(args)
     requests = plan(args, class_names(args.run))  # bad names and weights fail before any loading
@@ -50,21 +54,34 @@ def run(args: argparse.Namespace) -> int:
     todo = [(folder, request, i) for folder, request in requests for i in range(args.num_images)
             if not done(out, records, f"{folder}/{i:04d}.png")]
     skipped = len(requests) * args.num_images - len(todo)
-    if skipped:
+    state = processes()
+    if skipped and state.is_main_process:
         print(f"skipping {skipped} image(s) already in {out}")
-    with tqdm(total=len(todo), desc="generating", unit="img") as bar:
-        for folder, request, indices in batches(todo, args.batch_size):
+    mine = list(batches(todo, args.batch_size))[state.process_index::state.num_processes]
+    written = {}
+    with tqdm(total=sum(len(b[2]) for b in mine), desc="generating", unit="img",
+              disable=not state.is_main_process) as bar:
+        for folder, request, indices in mine:
             result = pipe(**request, object=args.object, num_images=len(indices), num_inference_steps=args.steps,
                           guidance_scale=args.guidance, generator=args.seed + indices[0])
             for i, image, meta in zip(indices, result.images, result.metadata):
                 file = f"{folder}/{i:04d}.png"
                 save_png(image, out / file)
-                records[file] = {"file": file, **meta}
-            write_metadata(out / METADATA_FILE, records)
+                written[file] = {"file": file, **meta}
+            if state.num_processes == 1:  # one process: resumable as it goes
+                write_metadata(out / METADATA_FILE, {**records, **written})
             bar.update(len(indices))
-    for folder, _ in requests:
-        write_grid(out / folder, args.num_images)
-    print(f"wrote {len(todo)} image(s) to {out} ({len(records)} listed in {out / METADATA_FILE})")
+    parts = gather_object([written])  # every process's records, in process order
+
+    def finish() -> None:
+        for part in parts:
+            records.update(part)
+        write_metadata(out / METADATA_FILE, records)
+        for folder, _ in requests:
+            write_grid(out / folder, args.num_images)
+        print(f"wrote {len(todo)} image(s) to {out} ({len(records)} listed in {out / METADATA_FILE})")
+
+    on_main(finish)
     return 0
 
 
