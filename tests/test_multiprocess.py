@@ -85,3 +85,13 @@ def test_generate_on_two_processes_writes_what_one_process_writes(tiny_models, t
         x, y = (np.asarray(Image.open(tmp_path / d / file), dtype=int) for d in ("one", "two"))
         assert np.abs(x - y).max() <= 2, file
     assert (tmp_path / "two" / "awe" / "grid.png").is_file()
+
+
+def test_the_evaluator_on_two_processes_is_trained_and_written_once(tiny_models, tiny_emoset, tmp_path):
+    from uniemo.evaluator import Evaluator
+
+    two = _uniemo(TWO, "train", "evaluator", "--clip", tiny_models[0], "--data", tiny_emoset, "--epochs", "2",
+                  "--out", tmp_path / "eval")
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("wrote ") == 1, two.stdout
+    assert Evaluator.from_pretrained(tmp_path / "eval").class_names

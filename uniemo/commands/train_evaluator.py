@@ -26,11 +26,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from uniemo.errors import UniEmoError
     from uniemo.evaluator import train_evaluator
+    from uniemo.training import on_main
 
     if args.hidden < 0 or args.epochs < 1 or args.lr <= 0 or args.batch_size < 1:
         raise UniEmoError("--hidden must be >= 0, --epochs and --batch-size >= 1 and --lr > 0")
-    evaluator = train_evaluator(args.clip, args.data, args.out, kind=args.dataset, hidden=args.hidden,
-                                epochs=args.epochs, lr=args.lr, seed=args.seed, batch_size=args.batch_size)
+    evaluator = on_main(lambda: train_evaluator(args.clip, args.data, args.out, kind=args.dataset, hidden=args.hidden,
+                                                epochs=args.epochs, lr=args.lr, seed=args.seed,
+                                                batch_size=args.batch_size))
+    if evaluator is None:  # several processes: the probe is small, so the main one trains it alone
+        return 0
     accuracy = ", ".join(f"{split} {acc:.2%}" for split, acc in evaluator.config.accuracy.items())
     print(f"wrote {evaluator.name} to {args.out}: top-1 {accuracy}")
     return 0
