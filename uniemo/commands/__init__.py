@@ -13,6 +13,14 @@ def require_positive(**options: int | None) -> None:
             raise UniEmoError(f"--{name.replace('_', '-')} {value} is invalid: use a positive integer")
 
 
+def check_guidance(guidance: float | None) -> None:
+    """Refuse a given ``--guidance`` that is not a finite number >= 0."""
+    import math
+
+    if guidance is not None and (not math.isfinite(guidance) or guidance < 0):
+        raise UniEmoError(f"--guidance {guidance} is invalid: use a finite number >= 0 (e.g. 7.5)")
+
+
 def add_sampling_arguments(parser) -> None:
     """``--scheduler`` and ``--dtype``: how a stage-2 run samples (``generate``, ``edit``, ``feedback``)."""
     parser.add_argument("--scheduler", metavar="NAME", help="a diffusers scheduler class, e.g. "
@@ -21,12 +29,12 @@ def add_sampling_arguments(parser) -> None:
                         help="precision of the denoising modules (default fp32; fp16 or bf16 on a GPU)")
 
 
-def load_pipeline(args, device=None):
+def load_pipeline(args):
     """The stage-2 run ``args.run`` as a ``UniEmoPipeline`` with the sampling arguments, on
-    ``device`` (default: --device, else cuda if available, else cpu)."""
+    --device (default: cuda if available, else cpu)."""
     import torch
 
     from uniemo.pipeline import DTYPES, UniEmoPipeline
 
     pipe = UniEmoPipeline.from_pretrained(args.run, dtype=DTYPES[args.dtype], scheduler=args.scheduler)
-    return pipe.to(device or getattr(args, "device", None) or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return pipe.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -15,10 +15,9 @@ its images are edited. Re-running on the same OUT skips results already written.
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
-from uniemo.commands import add_sampling_arguments, load_pipeline, require_positive
+from uniemo.commands import add_sampling_arguments, check_guidance, load_pipeline, require_positive
 from uniemo.errors import UniEmoError
 
 STRENGTH_STEP = 0.1  # --until-target: the next strength tried
@@ -52,8 +51,7 @@ def run(args: argparse.Namespace) -> int:
     require_positive(num_images=args.num_images, steps=args.steps)
     if not 0 < args.strength <= 1:
         raise UniEmoError(f"--strength {args.strength} is out of range: use a number in (0, 1], e.g. 0.6")
-    if args.guidance is not None and (not math.isfinite(args.guidance) or args.guidance < 0):
-        raise UniEmoError(f"--guidance {args.guidance} is invalid: use a finite number >= 0 (e.g. 7.5)")
+    check_guidance(args.guidance)
     folder, request = target(args, class_names(args.run))
     sources = source_files(args.images)
     out_dir = Path(args.out)
@@ -124,8 +122,10 @@ def request_weights(request: dict) -> dict[str, float]:
 
 
 def source_files(images: list[str]) -> list[Path]:
-    """The files named, and the images of the folders named (sorted), each checked readable; two
-    sources with one stem would write the same results, so they are refused."""
+    """The files named, and the images of the folders named (sorted), each with a readable image
+    header (a file cut short inside its pixels is found when it is decoded, still before anything
+    is written); two sources with one stem would write the same results, so they are refused."""
+    from uniemo.data import check_image
     from uniemo.metrics import GRID_FILE, IMAGE_SUFFIXES
 
     files = []
@@ -143,7 +143,9 @@ def source_files(images: list[str]) -> list[Path]:
             raise UniEmoError(f"{path} does not exist: pass image files or folders of images")
     stems = {}
     for path in files:
-        read_source(path)  # an unreadable source stops the command before anything is written
+        reason = check_image(path)
+        if reason is not None:
+            raise UniEmoError(f"cannot read image {path} ({reason}): pass a readable image file")
         if stems.setdefault(path.stem, path) != path:
             raise UniEmoError(f"{stems[path.stem]} and {path} share the name {path.stem!r}, so their edits would "
                               "overwrite each other: rename one or edit them into different --out folders")

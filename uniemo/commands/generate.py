@@ -18,7 +18,7 @@ import json
 import math
 from pathlib import Path
 
-from uniemo.commands import add_sampling_arguments, load_pipeline, require_positive
+from uniemo.commands import add_sampling_arguments, check_guidance, load_pipeline, require_positive
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -93,8 +93,7 @@ def check_options(args: argparse.Namespace) -> None:
     if args.num_images > MAX_IMAGES_PER_EMOTION:
         raise UniEmoError(f"--num-images {args.num_images} is too large: use at most {MAX_IMAGES_PER_EMOTION:,} "
                           "per emotion in one call")
-    if args.guidance is not None and (not math.isfinite(args.guidance) or args.guidance < 0):
-        raise UniEmoError(f"--guidance {args.guidance} is invalid: use a finite number >= 0 (e.g. 7.5)")
+    check_guidance(args.guidance)
 
 
 def class_names(run: str) -> tuple[str, ...]:

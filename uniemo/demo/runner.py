@@ -200,19 +200,25 @@ STEPS = (
 )
 
 
+def test_images_by_emotion(L: Layout) -> dict[str, list[str]]:
+    """The test split's image paths per emotion, in the split's order."""
+    by_emotion: dict[str, list[str]] = {}
+    for emotion, path, *_ in read_json(Path(L.data) / "test.json", "split file"):
+        by_emotion.setdefault(emotion, []).append(str(Path(L.data) / path))
+    return by_emotion
+
+
 def test_images(L: Layout, count: int) -> list[str]:
     """The first test image of ``count`` different emotions."""
-    items = read_json(Path(L.data) / "test.json", "split file")
-    firsts = {emotion: path for emotion, path, *_ in reversed(items)}
-    return [str(Path(L.data) / firsts[e]) for e in EMOTIONS if e in firsts][:count]
+    by_emotion = test_images_by_emotion(L)
+    return [by_emotion[e][0] for e in EMOTIONS if e in by_emotion][:count]
 
 
 def edit_sources(L: Layout, emotion: str) -> list[str]:
     """The first ``plan.edit_sources`` test images of every emotion but ``emotion``: over the
     eight targets, every ordered pair of emotions is edited equally often."""
-    items = read_json(Path(L.data) / "test.json", "split file")
-    return [str(Path(L.data) / path) for other in EMOTIONS if other != emotion
-            for path in [p for e, p, *_ in items if e == other][:L.plan.edit_sources]]
+    by_emotion = test_images_by_emotion(L)
+    return [path for other in EMOTIONS if other != emotion for path in by_emotion.get(other, [])[:L.plan.edit_sources]]
 
 
 def generate_baseline(L: Layout) -> None:
