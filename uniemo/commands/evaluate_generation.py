@@ -3,9 +3,10 @@ emotion-transfer and emotion-fusion figures object_kept and mix_mass.
 
 --images is what `uniemo generate` writes: DIR/<emotion>/*.png, DIR/mix_<emotion>-<weight>_.../*.png
 for `--mix`, and DIR/metadata.jsonl with what each image was asked for; --real is the dataset
-whose images of each emotion are FID's reference. Every network comes from a local file: FID uses
-Inception-v3 (--inception, torch-fidelity's weights) or else CLIP image features (--clip);
-LPIPS needs torchvision AlexNet weights (--lpips-alex); Emo-A needs an evaluator from
+whose images of each emotion are FID's reference (their features are cached in the uniemo cache).
+Every network comes from a local file: FID uses Inception-v3 and LPIPS AlexNet, by default the
+weights `uniemo fetch-metrics` put in the cache (or --inception / --lpips-alex FILE); without
+Inception, FID uses CLIP image features (--clip). Emo-A needs an evaluator from
 `uniemo train evaluator`; Sem-C uses ResNet-50 Places365/ImageNet weights or else CLIP
 zero-shot over the dataset's scene and object names; Sem-D uses CLIP. These five need emotion
 folders. object_kept, for images whose metadata names an object (`generate --object`), is the
@@ -41,8 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def add_network_arguments(parser: argparse.ArgumentParser) -> None:
     """The metric networks, each from a local file (``load_networks`` reads them); shared with `feedback`."""
     parser.add_argument("--clip", metavar="DIR", help="local CLIP directory (default: the evaluator's CLIP)")
-    parser.add_argument("--inception", metavar="FILE", help="torch-fidelity Inception-v3 weights (.pth)")
-    parser.add_argument("--lpips-alex", metavar="FILE", help="torchvision AlexNet weights (.pth or .safetensors)")
+    parser.add_argument("--inception", metavar="FILE", default="auto",
+                        help="FID's Inception-v3 weights: a file (torch-fidelity's .pth or .safetensors), 'auto' "
+                             "(default: those `uniemo fetch-metrics` made, if any) or 'none' (FID on --clip)")
+    parser.add_argument("--lpips-alex", metavar="FILE", default="auto",
+                        help="AlexNet LPIPS weights: a file (torchvision AlexNet .pth or .safetensors), 'auto' "
+                             "(default: those `uniemo fetch-metrics` made, if any) or 'none'")
     parser.add_argument("--lpips-linear", metavar="FILE", help="LPIPS v0.1 AlexNet linear layers (default: lpips' copy)")
     parser.add_argument("--places365", metavar="FILE", help="ResNet-50 Places365 weights for Sem-C")
     parser.add_argument("--imagenet-resnet50", metavar="FILE", help="ResNet-50 ImageNet weights for Sem-C")
@@ -74,9 +79,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_networks(args, real) -> dict:
-    """The networks the user gave (and CLIP's fallbacks), keyed as ``evaluate_generation`` takes them."""
-    from uniemo import metrics
+def load_networks(args, real, distribution: bool = True) -> dict:
+    """The networks the user gave (and CLIP's fallbacks), keyed as ``evaluate_generation`` takes them;
+    FID's and LPIPS' only with ``distribution``."""
+    from uniemo import metric_nets, metrics
     from uniemo.evaluator import Evaluator
     from uniemo.loading import load_clip
 
@@ -87,6 +93,17 @@ def load_networks(args, real) -> dict:
     if not semantic and clip is not None:
         semantic = [metrics.ClipZeroShot(clip, names, label)
                     for names, label in ((real.scene_vocab, "scene"), (real.object_vocab, "object")) if names]
+    inception, alexnet = (_network_file(choice, package) if distribution else None for choice, package in
+                          ((args.inception, metric_nets.INCEPTION), (args.lpips_alex, metric_nets.LPIPS_ALEX)))
     return dict(clip=clip, evaluator=evaluator, semantic=semantic,
-                inception=metrics.InceptionEncoder(args.inception) if args.inception else None,
-                lpips=metrics.LpipsDistance(args.lpips_alex, args.lpips_linear) if args.lpips_alex else None)
+                inception=metrics.InceptionEncoder(inception) if inception else None,
+                lpips=metrics.LpipsDistance(alexnet, args.lpips_linear) if alexnet else None)
+
+
+def _network_file(choice: str, package):
+    """The weight file a --inception / --lpips-alex value names: 'auto' is the cache's, if there."""
+    from uniemo import metric_nets
+
+    if choice == "none":
+        return None
+    return metric_nets.cached(package) if choice == "auto" else choice

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = feedback_config(args)
     real = open_dataset(args.data, args.dataset, "train")
-    networks = load_networks(args, real)
+    networks = load_networks(args, real, distribution=args.metrics)
     summary = explicit_feedback(Path(args.run), Path(args.data), Path(args.out), cfg, networks["evaluator"],
                                 networks["semantic"], kind=args.dataset, seed=args.seed, num_inference_steps=args.steps,
                                 generate_batch_size=args.generate_batch_size, resume=args.resume,
