@@ -37,8 +37,8 @@ def main() -> None:
         raise SystemExit("run `uniemo fetch-metrics` first (make test and make demo do)")
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["UNIEMO_CACHE"] = tmp  # a cold feature cache, and nothing left behind
-        world = open_dataset(write_synthetic(Path(tmp) / "world", num_images=args.images * 10 // 7 + 80, size=64),
-                             kind="emoset", split="train")
+        size = (args.images + 8 * args.real_per_emotion) * 10 // 7 + 80  # the train split is 70%
+        world = open_dataset(write_synthetic(Path(tmp) / "world", num_images=size, size=64), kind="emoset", split="train")
         generated = [metrics.Generated(item.path, item.label) for item in world.items[:args.images]]
         world.items = metrics.sample_per_class(world.items[args.images:], args.real_per_emotion, seed=0)
         start = time.perf_counter()

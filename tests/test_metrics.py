@@ -326,7 +326,7 @@ def test_object_kept_and_mix_mass_end_to_end(tmp_path, tiny_models, tiny_emoset,
 
     out = tmp_path / "report.json"
     assert main(["evaluate", "generation", "--images", str(fake), "--real", str(tiny_emoset), "--clip", str(clip_dir),
-                 "--evaluator", str(emoset_evaluator), "--pairs", "2", "--out", str(out)]) == 0
+                 "--evaluator", str(emoset_evaluator), "--pairs", "2", "--inception", "none", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     m = report["metrics"]
     assert report["emotions"] == ["awe", "fear"]

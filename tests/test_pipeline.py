@@ -190,7 +190,7 @@ def test_generated_transfer_and_mix_are_evaluated(run2_dir, tmp_path, tiny_model
     assert generate(run2_dir, out, "--emotion", "awe", "--object", "bench", "-n", "2") == 0
     assert generate(run2_dir, out, "--mix", "awe=3,fear=1", "-n", "1") == 0
     assert main(["evaluate", "generation", "--images", str(out), "--real", str(tiny_emoset),
-                 "--clip", str(tiny_models[0]), "--out", str(report)]) == 0
+                 "--clip", str(tiny_models[0]), "--inception", "none", "--out", str(report)]) == 0
     report = json.loads(report.read_text())
     m = report["metrics"]
     assert report["emotions"] == ["awe"] and report["mixes"] == ["mix_awe-0.75_fear-0.25"]

@@ -46,6 +46,7 @@ class DemoPlan:
     fusion_pairs: tuple[tuple[str, str], ...] = (("amusement", "fear"), ("awe", "sadness"), ("contentment", "anger"))
     sweep: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)  # weight of the first fusion pair's first emotion
     edit_strength: float = 0.8  # the first strength --until-target tries
+    fid_real_per_emotion: int = 50  # FID's reference sample
 
     def pair_mixes(self) -> list[dict[str, float]]:
         """Every fusion pair at 0.5/0.5."""
@@ -69,7 +70,7 @@ PLANS = {
     "quick": DemoPlan(num_images=320, pretrain_args=("--steps-scale", "0.02"), stage1_epochs=1,
                       stage2_steps=4, images_per_emotion=2, denoising_steps=4, feedback_per_emotion=4,
                       stage3_epochs=1, transfer_images=1, fusion_images=2, edit_sources=1, transfer_objects=("house",),
-                      fusion_pairs=(("amusement", "fear"),), sweep=(0.0, 1.0)),
+                      fusion_pairs=(("amusement", "fear"),), sweep=(0.0, 1.0), fid_real_per_emotion=10),
 }
 
 
@@ -137,11 +138,11 @@ def _evaluate_generation(L: Layout, images: str, out: str, *extra) -> list:
             "--evaluator", L.evaluator, "--seed", L.seed, "--out", f"{L.metrics}/{out}", *extra]
 
 
-# FID's reference: 50 real images per emotion (Inception-v3 runs at 10 images/s on 2 CPU cores; the
-# features are cached, so the baseline reuses UniEmo's). Transfer, fusion and edits are not measured
-# by FID: they keep CLIP's.
-FID_REFERENCE = ("--max-real", 50)
-CLIP_FID = (*FID_REFERENCE, "--inception", "none")
+def _fid_reference(L: Layout, inception: bool = True) -> tuple:
+    """FID's reference: a sample of real images per emotion (Inception-v3 takes 20 images/s on 2 CPU
+    cores; the features are cached, so the baseline reuses UniEmo's). Transfer, fusion and edits
+    are not measured by FID, so they keep CLIP's (``inception=False``)."""
+    return ("--max-real", L.plan.fid_real_per_emotion, *(() if inception else ("--inception", "none")))
 
 
 def _synth(L: Layout, out: str, *extra) -> list:
@@ -184,12 +185,12 @@ STEPS = (
     Step("metrics", "generation metrics (FID, LPIPS, Emo-A, Sem-C, Sem-D, object kept, mix mass, edits)",
          ("metrics/generation-uniemo.json", "metrics/generation-baseline.json", "metrics/generation-fusion.json",
           "metrics/generation-edit.json", "metrics/transfer"), commands(
-            lambda L: _evaluate_generation(L, L.generated, "generation-uniemo.json", *FID_REFERENCE),
-            lambda L: _evaluate_generation(L, L.baseline, "generation-baseline.json", *FID_REFERENCE),
-            lambda L: [_evaluate_generation(L, f"{L.transfer}/{o}", f"transfer/{o}.json", *CLIP_FID)
+            lambda L: _evaluate_generation(L, L.generated, "generation-uniemo.json", *_fid_reference(L)),
+            lambda L: _evaluate_generation(L, L.baseline, "generation-baseline.json", *_fid_reference(L)),
+            lambda L: [_evaluate_generation(L, f"{L.transfer}/{o}", f"transfer/{o}.json", *_fid_reference(L, False))
                        for o in L.plan.transfer_objects],
-            lambda L: _evaluate_generation(L, L.fusion, "generation-fusion.json", *CLIP_FID),
-            lambda L: _evaluate_generation(L, L.edits, "generation-edit.json", *CLIP_FID))),
+            lambda L: _evaluate_generation(L, L.fusion, "generation-fusion.json", *_fid_reference(L, False)),
+            lambda L: _evaluate_generation(L, L.edits, "generation-edit.json", *_fid_reference(L, False)))),
     Step("feedback", "explicit feedback (Algorithm 1) + stage 3", ("run3-feedback",), commands(lambda L: [
         "feedback", "--run", L.run2, "--data", L.train_data, "--evaluator", L.evaluator, "--out", L.run3,
         "--per-emotion", L.plan.feedback_per_emotion, "--epochs", L.plan.stage3_epochs,
