@@ -14,7 +14,8 @@ SCENES = ["beach", "forest", "cemetery"]
 OBJECTS = ["dog", "cake", "skull", "balloon"]
 
 
-def build_joint(tiny_models, fusion_cfg: FusionConfig | None = None, seed: int = 0) -> joint.JointModel:
+def build_joint(tiny_models, fusion_cfg: FusionConfig | None = None, seed: int = 0,
+                checkpointing: bool = False) -> joint.JointModel:
     """A tiny stage-2 model: understanding on the fixture's CLIP vision tower + the fixture's SD."""
     from transformers import CLIPVisionModel
 
@@ -35,7 +36,7 @@ def build_joint(tiny_models, fusion_cfg: FusionConfig | None = None, seed: int =
         object_bank.names, table_from_counts(labels, labels % 4, 4, 8), method="counts")
     fusion = UniEmoFusion(fusion_cfg or FusionConfig(), vision_dim=vision.config.hidden_size,
                           text_dim=sd.text_encoder.config.hidden_size, head_hidden=32)
-    diffusion = joint.FrozenDiffusion(sd, "<emo>")
+    diffusion = joint.FrozenDiffusion(sd, "<emo>", gradient_checkpointing=checkpointing)
     return joint.JointModel(understanding, fusion, diffusion, scene_bank, object_bank, table)
 
 
@@ -158,6 +159,21 @@ def test_a_few_joint_steps_reduce_the_joint_loss_on_a_fixed_batch(tiny_models):
     after, after_logs = evaluate()
     assert after < 0.9 * before
     assert after_logs["loss_cond"] < before_logs["loss_cond"]
+
+
+def test_unet_gradient_checkpointing_keeps_the_loss_and_the_gradients(tiny_models):
+    """``fusion.unet_gradient_checkpointing`` trades time for memory; L_joint and its gradients stay."""
+    results = []
+    for checkpointing in (False, True):
+        m = build_joint(tiny_models, checkpointing=checkpointing).train()
+        torch.manual_seed(5)
+        loss, _ = m(make_batch(2, seed=1))
+        loss.backward()
+        results.append((loss.detach(), [p.grad for p in m.fusion.parameters() if p.grad is not None]))
+        assert m.diffusion.unet.is_gradient_checkpointing == checkpointing
+    (plain, plain_grads), (checkpointed, checkpointed_grads) = results
+    assert plain_grads and torch.allclose(plain, checkpointed)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain_grads, checkpointed_grads))
 
 
 def test_emotion_space_matches_direct_statistics_and_round_trips(model, tmp_path):

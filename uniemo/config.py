@@ -70,6 +70,9 @@ class FusionConfig:
     mapper_hidden: int | None = None  # None = the text encoder's width
     placeholder: str = "<emo>"
     object_prompt_p: float = 0.0  # stage 2: share of samples prompted "<emo> <their object>" (transfer)
+    # stage 2: recompute the frozen UNet's activations in the backward pass (L_diff's gradient to e
+    # runs back through the UNet, so its activations are otherwise kept): less memory, more time
+    unet_gradient_checkpointing: bool = False
     joint_weights: list[float] = field(default_factory=lambda: [0.3, 0.3, 0.4])  # L_U, L_cond, L_diff
 
 

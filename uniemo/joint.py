@@ -27,13 +27,15 @@ SPACE_FEATURES = ("cls", "scene", "object", "patch")
 class FrozenDiffusion(nn.Module):
     """The frozen parts of Stable Diffusion and L_diff. Always in eval mode, no parameter trains."""
 
-    def __init__(self, sd_pipe, placeholder: str, object_prompt_p: float = 0.0):
+    def __init__(self, sd_pipe, placeholder: str, object_prompt_p: float = 0.0, gradient_checkpointing: bool = False):
         from diffusers import DDPMScheduler
 
         super().__init__()
         self.vae, self.text_encoder, self.unet = sd_pipe.vae, sd_pipe.text_encoder, sd_pipe.unet
         self.tokenizer, self.placeholder, self.object_prompt_p = sd_pipe.tokenizer, placeholder, object_prompt_p
         self.requires_grad_(False)
+        if gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
         self.noise_scheduler = DDPMScheduler.from_config(sd_pipe.scheduler.config)
         self.placeholder_id = add_placeholder(sd_pipe.tokenizer, placeholder)
         self.register_buffer("prompt_ids", tokenize(sd_pipe.tokenizer, [placeholder]), persistent=False)
@@ -244,8 +246,9 @@ def build_joint_model(run1: str | Path, sd_pipe, cfg, table: CorrelationTable) -
     understanding = UniEmoUnderstanding.from_pretrained(run1)
     scene_bank, object_bank = load_attributes(run1)
     fusion = UniEmoFusion.for_models(cfg.fusion, understanding, sd_pipe.text_encoder)
-    return JointModel(understanding, fusion, FrozenDiffusion(sd_pipe, cfg.fusion.placeholder, cfg.fusion.object_prompt_p),
-                      scene_bank, object_bank, table)
+    diffusion = FrozenDiffusion(sd_pipe, cfg.fusion.placeholder, cfg.fusion.object_prompt_p,
+                                cfg.fusion.unet_gradient_checkpointing)
+    return JointModel(understanding, fusion, diffusion, scene_bank, object_bank, table)
 
 
 @torch.no_grad()

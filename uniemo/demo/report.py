@@ -272,7 +272,7 @@ def _generation(layout, summary: dict, figures: Path) -> Section:
     return Section("Generation (stage 2, paper §III-B)", [
         Table(["method", *[label for _, label in METRICS]], rows, "Table IV shape: generation metrics"),
         f"Networks behind this run's numbers — {networks}. FID compares {n} generated images per emotion "
-        "with 50 real ones: at so few samples FID is biased upward and not comparable with the paper's in "
+        f"with {layout.plan.fid_real_per_emotion} real ones: at so few samples FID is biased upward and not comparable with the paper's in "
         "absolute terms (the paper uses thousands); the comparison that holds is UniEmo against the baseline.",
         Table(["emotion", "FID UniEmo", "FID baseline", "LPIPS UniEmo", "LPIPS baseline"], per_rows,
               "FID and LPIPS per emotion"),

@@ -1,0 +1,207 @@
+"""GPU check of the path past one CPU (issue 18): one command, random weights at full size.
+
+1. Stage 1, training images/s for vit-b32 and vit-l14: UniEmoUnderstanding (L_U) against plain
+   CLIPVisionModel + linear-head fine-tuning, same batch, bf16 autocast on a GPU.
+2. Stage 2, one L_joint step (SD 1.5 size, 512 px): s/step and peak memory at batch 8 and 16,
+   with the frozen UNet's gradient checkpointing off and on (``fusion.unet_gradient_checkpointing``).
+3. Generation s/image (SD 1.5, 512 px, 25 steps, fp16 on a GPU): UniEmoPipeline against
+   diffusers' StableDiffusionPipeline with the same components.
+4. Data loading images/s from a folder of 512-px JPEGs (EmoSet format) with num_workers 0/4/8.
+
+Prints one table and writes JSON. ``--tiny`` runs tiny models at small sizes on any device, so
+CI runs the whole script (tests/test_bench_gpu.py) and it cannot rot.
+
+    python benchmarks/bench_gpu.py [--tiny] [--json bench_gpu.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from bench_pipeline import build
+
+from uniemo.config import UnderstandingConfig, preset
+from uniemo.data import clip_transforms, collate, open_dataset
+from uniemo.demo import foundation
+from uniemo.demo.synth import write_synthetic
+from uniemo.joint import FrozenDiffusion, JointModel
+from uniemo.pipeline import UniEmoPipeline
+from uniemo.understanding import AttributeBank, UniEmoUnderstanding, stage1_step
+
+
+@dataclass(frozen=True)
+class Sizes:
+    clip_presets: tuple[str | None, ...]  # None: the tiny CLIP
+    sd_preset: str | None
+    stage1_batch: int
+    stage2_batches: tuple[int, ...]
+    generation_batch: int
+    steps: int
+    image_size: int  # of the JPEG folder
+    images: int
+    workers: tuple[int, ...]
+    repeats: int
+
+
+FULL = Sizes(("vit-b32", "vit-l14"), "sd15", 64, (8, 16), 8, 25, 512, 512, (0, 4, 8), 5)
+TINY = Sizes((None,), None, 4, (2,), 2, 2, 64, 48, (0, 2), 2)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: torch.device, repeats: int) -> tuple[float, float | None]:
+    """(seconds per call after one warm-up call, peak GPU memory in GiB; None on CPU)."""
+    fn()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    sync(device)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    return (time.perf_counter() - start) / repeats, peak
+
+
+def autocast(device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def training_step(model, loss_fn, batch, device):
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+
+    def step():
+        with autocast(device):
+            loss = loss_fn(model, batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step
+
+
+def bench_stage1(sizes: Sizes, device: torch.device) -> list[dict]:
+    from transformers import CLIPModel, CLIPVisionModel
+
+    rows = []
+    for name in sizes.clip_presets:
+        config = foundation.clip_config(name, vocab_size=300)
+        clip = CLIPModel(config)
+        embeddings = torch.nn.functional.normalize(torch.randn(2, config.projection_dim), dim=-1)
+        banks = [AttributeBank(names, embeddings) for names in (["beach", "forest"], ["dog", "cup"])]
+        size, b = config.vision_config.image_size, sizes.stage1_batch
+        batch = {"pixel_values": torch.randn(b, 3, size, size, device=device), "label": torch.arange(b, device=device) % 8,
+                 "scene": ["beach"] * b, "object": ["dog"] * b}
+        ours = UniEmoUnderstanding(clip.vision_model, UnderstandingConfig(), config.projection_dim).to(device).train()
+        step = stage1_step(*banks)
+        plain = torch.nn.ModuleDict({"vision": CLIPVisionModel(config.vision_config),
+                                     "head": torch.nn.Linear(config.vision_config.hidden_size, 8)}).to(device).train()
+
+        def plain_loss(m, batch):
+            pooled = m["vision"](pixel_values=batch["pixel_values"]).pooler_output
+            return torch.nn.functional.cross_entropy(m["head"](pooled), batch["label"])
+
+        for label, model, loss_fn in (("UniEmo stage 1", ours, lambda m, x: step(m, x)[0]),
+                                      ("CLIPVisionModel + linear", plain, plain_loss)):
+            seconds, peak = timed(training_step(model, loss_fn, batch, device), device, sizes.repeats)
+            rows.append({"part": "stage 1", "what": f"{label}, {name or 'tiny'}, batch {b}",
+                         "value": b / seconds, "unit": "img/s", "peak_gib": peak})
+    return rows
+
+
+def bench_stage2(understanding, fusion, table, banks, sd, sizes: Sizes, device: torch.device) -> list[dict]:
+    model = JointModel(understanding, fusion, FrozenDiffusion(sd, "<emo>"), *banks, table).to(device).train()
+    size = understanding.backbone.config.image_size
+    resolution = sd.unet.config.sample_size * sd.vae_scale_factor
+    rows = []
+    for b in sizes.stage2_batches:
+        batch = {"pixel_values": torch.randn(b, 3, size, size, device=device),
+                 "label": torch.arange(b, device=device) % 8, "vae_pixels": torch.rand(b, 3, resolution, resolution, device=device) * 2 - 1,
+                 "scene": ["beach"] * b, "object": ["dog"] * b}
+        for checkpointing in (False, True):
+            (sd.unet.enable_gradient_checkpointing if checkpointing else sd.unet.disable_gradient_checkpointing)()
+            what = f"L_joint step, {resolution} px, batch {b}, UNet checkpointing {'on' if checkpointing else 'off'}"
+            try:
+                seconds, peak = timed(training_step(model, lambda m, x: m(x)[0], batch, device), device, sizes.repeats)
+                rows.append({"part": "stage 2", "what": what, "value": seconds, "unit": "s/step", "peak_gib": peak})
+            except torch.cuda.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                rows.append({"part": "stage 2", "what": what, "value": None, "unit": "out of memory", "peak_gib": None})
+    sd.unet.disable_gradient_checkpointing()
+    return rows
+
+
+def bench_generation(understanding, fusion, table, space, banks, sd, sizes: Sizes, device: torch.device) -> list[dict]:
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    sd.to(device, dtype)
+    fusion.to(dtype)
+    pipe = UniEmoPipeline(understanding, fusion, table, space, *banks, sd, preset("vit-b32")).to(device)
+    b, steps = sizes.generation_batch, sizes.steps
+    runs = {"UniEmoPipeline": lambda: pipe(emotion="awe", num_images=b, num_inference_steps=steps, generator=0),
+            "StableDiffusionPipeline": lambda: sd(prompt=["a photo of a dog"] * b, num_inference_steps=steps,
+                                                  generator=torch.Generator(device).manual_seed(0))}
+    rows = []
+    for label, run in runs.items():
+        seconds, peak = timed(run, device, sizes.repeats)
+        rows.append({"part": "generation", "what": f"{label}, {steps} steps, {str(dtype)[6:]}, batch {b}",
+                     "value": seconds / b, "unit": "s/image", "peak_gib": peak})
+    return rows
+
+
+def bench_loading(sizes: Sizes) -> list[dict]:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = write_synthetic(Path(tmp) / "world", num_images=sizes.images * 10 // 7 + 16, size=sizes.image_size)
+        from transformers import CLIPImageProcessor
+
+        dataset = open_dataset(root, split="train", transform=clip_transforms(CLIPImageProcessor(), train=True))
+        for workers in sizes.workers:
+            loader = torch.utils.data.DataLoader(dataset, batch_size=32, num_workers=workers, collate_fn=collate)
+            start = time.perf_counter()
+            n = sum(len(batch["label"]) for batch in loader)
+            rows.append({"part": "data", "what": f"{sizes.image_size}-px JPEGs, num_workers {workers}",
+                         "value": n / (time.perf_counter() - start), "unit": "img/s", "peak_gib": None})
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| part | what | value | peak GPU memory |", "|---|---|---:|---:|"]
+    for r in rows:
+        value = r["unit"] if r["value"] is None else f"{r['value']:.3g} {r['unit']}"
+        peak = "—" if r["peak_gib"] is None else f"{r['peak_gib']:.1f} GiB"
+        lines.append(f"| {r['part']} | {r['what']} | {value} | {peak} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="tiny models and sizes (CI, any device)")
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    args = parser.parse_args(argv)
+    sizes = TINY if args.tiny else FULL
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    rows = bench_stage1(sizes, device)
+    understanding, fusion, table_, space, banks, sd = build(sizes.clip_presets[0], sizes.sd_preset, query_len=32)
+    understanding, fusion = understanding.to(device), fusion.to(device)
+    sd.to(device)
+    rows += bench_stage2(understanding, fusion, table_, banks, sd, sizes, device)
+    rows += bench_generation(understanding.eval(), fusion.eval(), table_, space, banks, sd, sizes, device)
+    rows += bench_loading(sizes)
+    device_name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    print(f"bench_gpu ({'tiny' if args.tiny else 'full size'}, {device_name}, torch {torch.__version__})\n" + table(rows))
+    if args.json:
+        args.json.write_text(json.dumps({"device": device_name, "tiny": args.tiny, "rows": rows}, indent=2) + "\n")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

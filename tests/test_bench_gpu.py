@@ -1,0 +1,26 @@
+"""Issue 18: the GPU check runs end to end at the tiny size, so it cannot rot before a GPU runs it."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def test_bench_gpu_tiny_prints_every_part_and_writes_json(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    bench = importlib.import_module("bench_gpu")
+    rows = bench.main(["--tiny", "--json", str(tmp_path / "bench.json")])
+    parts = [r["part"] for r in rows]
+    assert parts == ["stage 1"] * 2 + ["stage 2"] * 2 + ["generation"] * 2 + ["data"] * 2
+    assert all(r["value"] > 0 for r in rows)
+    assert {r["what"].split(",")[0] for r in rows if r["part"] == "generation"} == {"UniEmoPipeline",
+                                                                                   "StableDiffusionPipeline"}
+    assert any("checkpointing on" in r["what"] for r in rows) and any("checkpointing off" in r["what"] for r in rows)
+    written = json.loads((tmp_path / "bench.json").read_text())
+    assert written["tiny"] is True and written["rows"] == json.loads(json.dumps(rows))
+    assert "| stage 2 |" in capsys.readouterr().out
+    sys.modules.pop("bench_gpu", None)
