@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from uniemo.cli import main
 from uniemo.vocab import EMOTIONS
 
@@ -64,6 +66,22 @@ def test_stage2_on_two_processes_writes_a_run_that_generates(tiny_models, tiny_e
     out = UniEmoPipeline.from_pretrained(tmp_path / "two")(emotion="awe", num_images=1, num_inference_steps=2,
                                                            generator=0)
     assert out.images[0].size[0] > 0 and out.metadata[0]["emotion"] == "awe"
+
+
+def test_stage2_is_bit_exact_from_one_process_to_the_next(tiny_models, tiny_emoset, tmp_path):
+    """Same run 1, same seed, two processes: the same weights, bit for bit. The mappers' initial
+    weights used to come from the process's unseeded RNG (building the alpha table forks the RNG
+    and restores it), so every run of stage 2 differed."""
+    from safetensors.torch import load_file
+
+    assert _train(tmp_path / "run1", ONE, tiny_models, tiny_emoset).returncode == 0
+    for name in ("a", "b"):
+        done = _uniemo(ONE, "train", "joint", "--run", tmp_path / "run1", "--sd", tiny_models[1], "--data", tiny_emoset,
+                       "--max-steps", "2", "--batch-size", "4", "--seed", "3", "--out", tmp_path / name)
+        assert done.returncode == 0, done.stderr[-3000:]
+    for weights in ("fusion.safetensors", "model.safetensors", "emotion_space.safetensors"):
+        a, b = (load_file(tmp_path / run / weights) for run in ("a", "b"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), weights
 
 
 def test_generate_on_two_processes_writes_what_one_process_writes(tiny_models, tmp_path):

@@ -360,6 +360,7 @@ def train_joint(run1: str | Path, data_root: str | Path, out: str | Path, cfg, r
         table = build_table(cfg.fusion.alpha_table, train_set, *load_attributes(run1), clip, loader, cfg.stage2.seed)
         on_main(lambda: write_json(table_path, table.to_json()))
     on_main(lambda: save_config(cfg, out / "config.yaml"))
+    torch.manual_seed(cfg.stage2.seed)  # the mappers' initial weights: the same in every process and run
     model = build_joint_model(run1, sd, cfg, table)
     vae_size = cfg.generation.resolution or sd.unet.config.sample_size * sd.vae_scale_factor
     collate = JointCollate(clip_transforms(clip.image_processor, train=True), vae_size)
