@@ -1,6 +1,6 @@
 """Several processes (issue 18): stages 1 and 2 under `torchrun` with 2 CPU ranks (gloo) shard
-the data, and only the main process evaluates, prints and writes the run; `generate` shares its
-batches out and writes what one process writes."""
+the data, and only the main process evaluates, prints and writes the run; `generate` and
+`feedback` share their images out and write what one process writes."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 import torch
+
+from test_feedback import feedback_argv, setup  # noqa: F401 (a fixture)
 
 from uniemo.cli import main
 from uniemo.vocab import EMOTIONS
@@ -113,3 +115,23 @@ def test_the_evaluator_on_two_processes_is_trained_and_written_once(tiny_models,
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("wrote ") == 1, two.stdout
     assert Evaluator.from_pretrained(tmp_path / "eval").class_names
+
+
+def test_feedback_on_two_processes_generates_and_keeps_what_one_process_does(setup, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    argv = ("--criteria", "emo-a", "--proportion", "0.1")
+    one = _uniemo(ONE, *feedback_argv(setup, tmp_path / "one", *argv))
+    two = _uniemo(TWO, *feedback_argv(setup, tmp_path / "two", *argv))
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("kept 24 of 40") == 1 and two.stdout.count("wrote stage-3 run") == 1, two.stdout
+    generated = [sorted((run / "generated" / "image").rglob("*.png")) for run in (tmp_path / "one", tmp_path / "two")]
+    assert len(generated[0]) == 40 and [p.name for p in generated[0]] == [p.name for p in generated[1]]
+    for a, b in zip(*generated):
+        assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b))), a.name
+    selections = [(run / "generated" / "train.json").read_text() for run in (tmp_path / "one", tmp_path / "two")]
+    assert selections[0] == selections[1]
+    assert json.loads((tmp_path / "two" / "feedback.json").read_text())["kept"] == 24
+    assert _metrics(tmp_path / "two")[-1]["processes"] == 2

@@ -107,20 +107,21 @@ def generate_images(pipe, out: Path, class_names: Sequence[str], per_emotion: in
     """Generate ``per_emotion`` images of every emotion into the EmoSet layout under ``out``
     (``image/<emotion>/<name>.png`` and ``annotation/<emotion>/<name>.json`` carrying the scene and
     object the pipeline matched, plus its metadata). Images whose annotation already exists are
-    skipped, so a killed run continues where it stopped; under ``accelerate launch`` each process
-    takes its share of the missing images."""
-    from accelerate import PartialState
+    skipped, so a killed run continues where it stopped. Under ``torchrun`` / ``accelerate
+    launch`` the batches are shared out round-robin: each keeps the seed it has in one process,
+    so the images are the ones a single process writes."""
+    from uniemo.training import processes
 
     todo = [(i, k) for i, emotion in enumerate(class_names) for k in range(per_emotion)
             if not (out / "annotation" / emotion / f"{image_name(emotion, k)}.json").is_file()]
-    state = PartialState()
-    with state.split_between_processes(todo) as mine:
-        for i, ks in tqdm(_consecutive_batches(mine, batch_size), desc="generate", disable=not state.is_main_process):
-            emotion = class_names[i]
-            result = pipe(emotion=emotion, num_images=len(ks), generator=image_seed(seed, i, ks[0]),
-                          batch_size=len(ks), num_inference_steps=num_inference_steps)
-            for k, image, meta in zip(ks, result.images, result.metadata):
-                _save_generated(out, emotion, image_name(emotion, k), image, meta)
+    state = processes()
+    mine = _consecutive_batches(todo, batch_size)[state.process_index::state.num_processes]
+    for i, ks in tqdm(mine, desc="generate", disable=not state.is_main_process):
+        emotion = class_names[i]
+        result = pipe(emotion=emotion, num_images=len(ks), generator=image_seed(seed, i, ks[0]),
+                      batch_size=len(ks), num_inference_steps=num_inference_steps)
+        for k, image, meta in zip(ks, result.images, result.metadata):
+            _save_generated(out, emotion, image_name(emotion, k), image, meta)
     state.wait_for_everyone()
 
 
@@ -302,7 +303,7 @@ def understanding_accuracy(run: Path, data_root: Path, kind: str, batch_size: in
 def explicit_feedback(run2: Path, data_root: Path, out: Path, cfg, evaluator, semantic: Sequence,
                       kind: str = "emoset", seed: int = 0, num_inference_steps: int | None = None,
                       generate_batch_size: int = 8, resume: bool = False, dtype=None,
-                      scheduler: str | None = None) -> dict:
+                      scheduler: str | None = None) -> dict | None:
     """Algorithm 1 end to end, then stage 3 (paper §III-C):
 
     1. ``cfg.feedback.per_emotion`` images per emotion from RUN2 into ``OUT/generated`` (skipping
@@ -315,11 +316,14 @@ def explicit_feedback(run2: Path, data_root: Path, out: Path, cfg, evaluator, se
        set mixed with the kept images at ``cfg.feedback.proportion`` (stage-1 settings, ``cfg.stage1``);
     5. ``OUT/feedback.json``: accuracy before (RUN2) and after (RUN3), kept count, actual proportion.
 
-    Returns the contents of ``feedback.json``."""
+    Under ``torchrun`` / ``accelerate launch`` the processes share step 1 and train step 4
+    together; the main process alone scores, selects and writes. Returns the contents of
+    ``feedback.json`` (None on the other processes)."""
     from uniemo.data import clip_transforms, open_dataset
     from uniemo.io import write_json
     from uniemo.metrics import default_device
     from uniemo.pipeline import UniEmoPipeline
+    from uniemo.training import on_main
     from uniemo.understanding import load_image_processor, train_understanding
 
     settings = cfg.feedback
@@ -335,19 +339,27 @@ def explicit_feedback(run2: Path, data_root: Path, out: Path, cfg, evaluator, se
     transform = clip_transforms(load_image_processor(run2), train=True)
     real = open_dataset(data_root, kind, "train", transform)
     images = list_generated(generated, class_names, settings.per_emotion)
-    scores = score_generated(generated, images, evaluator, semantic)
-    kept = write_selection(generated, images, scores, settings.criteria, settings.eta, settings.delta,
-                           vocabulary_info(real))
-    if not kept:
-        raise UniEmoError(f"none of the {len(images)} generated images lies in the [{settings.eta:g}%, "
-                          f"{settings.delta:g}%) window of every criterion: raise --per-emotion or widen the window")
+
+    def select() -> int:
+        scores = score_generated(generated, images, evaluator, semantic)
+        kept = write_selection(generated, images, scores, settings.criteria, settings.eta, settings.delta,
+                               vocabulary_info(real))
+        if not kept:
+            raise UniEmoError(f"none of the {len(images)} generated images lies in the [{settings.eta:g}%, "
+                              f"{settings.delta:g}%) window of every criterion: raise --per-emotion or widen the "
+                              "window")
+        return len(kept)
+
+    kept = on_main(select)  # the other processes read the selection from disk
     mix = build_mix(real, generated, settings.proportion, seed, transform)
-    before = understanding_accuracy(run2, data_root, kind, cfg.stage1.batch_size)
+    before = on_main(lambda: understanding_accuracy(run2, data_root, kind, cfg.stage1.batch_size))
     after = train_understanding(data_root, out, cfg, kind, resume=resume, train_set=mix, init_from=run2)
+    if after is None:  # not the main process
+        return None
     summary = {
         "run2": str(run2), "run3": str(out), "data": str(data_root), "dataset": kind,
         "criteria": list(settings.criteria), "eta": settings.eta, "delta": settings.delta,
-        "per_emotion": settings.per_emotion, "generated": len(images), "kept": len(kept),
+        "per_emotion": settings.per_emotion, "generated": len(images), "kept": kept,
         "mixed_in": mix.num_generated, "real": mix.num_real, "proportion_asked": settings.proportion,
         "proportion": mix.proportion, "seed": seed, "initial_weights": f"{run2} (stage 2)",
         "accuracy": {split: {"before": before[split]["top1"], "after": after[split]["top1"]} for split in after},

@@ -69,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
                                 networks["semantic"], kind=args.dataset, seed=args.seed, num_inference_steps=args.steps,
                                 generate_batch_size=args.generate_batch_size, resume=args.resume,
                                 dtype=DTYPES[args.dtype], scheduler=args.scheduler)
+    if summary is None:  # not the main process of several
+        return 0
     print(feedback_table(summary) + f"wrote stage-3 run {args.out} and {Path(args.out) / 'feedback.json'}")
     if args.metrics:
         write_metrics(Path(args.out), real, networks, args.seed)
