@@ -31,11 +31,12 @@ def train_clip_tokenizer(texts: Iterable[str], vocab_size: int = 1000, max_lengt
 
 
 def _numbered(trained: dict[str, int], merges: list[tuple[str, str]]) -> dict[str, int]:
-    """Token ids in a fixed order: special tokens, single symbols (sorted), merged tokens in merge
-    order, then every character as a word end (so any lowercase word can be encoded). The
-    trainer's own ids depend on hash-map order and change from one process to the next, which
-    would make the same seed train a different CLIP."""
-    merged = list(dict.fromkeys("".join(pair) for pair in merges))
+    """Token ids in a fixed order: special tokens, single symbols, merged tokens, each sorted by
+    text, then every character as a word end (so any lowercase word can be encoded). The
+    trainer's own ids depend on hash-map order, and so does the order of merges of equal count,
+    both changing from one process to the next: numbered by either, the same seed would train a
+    different CLIP, or give a word outside the captions (an emotion word) other token ids."""
+    merged = sorted(set("".join(pair) for pair in merges))
     symbols = sorted(set(trained) - set(SPECIALS) - set(merged))
     ordered = list(dict.fromkeys([*SPECIALS, *symbols, *merged, *(ch + "</w>" for ch in ALPHABET)]))
     return {token: i for i, token in enumerate(ordered)}
