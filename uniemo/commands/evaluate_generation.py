@@ -102,8 +102,6 @@ def load_networks(args, real, distribution: bool = True) -> dict:
 
 def _network_file(choice: str, package):
     """The weight file a --inception / --lpips-alex value names: 'auto' is the cache's, if there."""
-    from uniemo import metric_nets
-
     if choice == "none":
         return None
-    return metric_nets.cached(package) if choice == "auto" else choice
+    return package.cached() if choice == "auto" else choice

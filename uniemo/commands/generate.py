@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from uniemo.metrics import METADATA_FILE, read_metadata
-    from uniemo.training import on_main, processes
+    from uniemo.training import my_batches, on_main, processes
 
     check_options(args)
     requests = plan(args, class_names(args.run))  # bad names and weights fail before any loading
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     state = processes()
     if skipped and state.is_main_process:
         print(f"skipping {skipped} image(s) already in {out}")
-    mine = list(batches(todo, args.batch_size))[state.process_index::state.num_processes]
+    mine = my_batches(batches(todo, args.batch_size), state)
     written = {}
     with tqdm(total=sum(len(b[2]) for b in mine), desc="generating", unit="img",
               disable=not state.is_main_process) as bar:
