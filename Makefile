@@ -9,12 +9,12 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: demo test test-slow install metric-weights bench clean
+.PHONY: demo test test-slow serve install metric-weights bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
-	$(VENV)/bin/python -m pip install -q -c constraints.txt -e '.[test]'
+	$(VENV)/bin/python -m pip install -q -c constraints.txt -e '.[test,serve]'
 	rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)
@@ -28,6 +28,10 @@ demo: $(STAMP) metric-weights
 
 test: $(STAMP) metric-weights
 	$(VENV)/bin/python -m pytest -q $(ARGS)
+
+# The browser app on the demo's models (after `make demo`): http://127.0.0.1:7860
+serve: $(STAMP)
+	$(VENV)/bin/uniemo serve $(ARGS)
 
 test-slow: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m slow $(ARGS)

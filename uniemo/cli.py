@@ -30,6 +30,7 @@ COMMANDS: list[tuple[tuple[str, ...], str]] = [
     (("evaluate", "understanding"), "evaluate_understanding"),
     (("classify",), "classify"),
     (("feedback",), "feedback"),
+    (("serve",), "serve"),
 ]
 
 GROUP_HELP = {

@@ -65,6 +65,21 @@ def attention_png(image, maps: dict, path: str | Path, title: str = "") -> None:
     _save(fig, path)
 
 
+def attention_overlay(image, grid, size: int = 256):
+    """A PIL image: ``image`` (H, W, 3 in [0, 1]) at ``size`` px with one attention map (grid x grid)
+    upsampled over it in the jet colour map, half transparent (the app's view of paper Fig. 9)."""
+    import matplotlib
+    import numpy as np
+    from PIL import Image
+
+    base = Image.fromarray((np.asarray(image) * 255).round().astype(np.uint8)).resize((size, size), Image.BILINEAR)
+    grid = np.asarray(grid, dtype=np.float32)
+    grid = (grid - grid.min()) / max(float(grid.max() - grid.min()), 1e-12)
+    heat = Image.fromarray((grid * 255).round().astype(np.uint8)).resize((size, size), Image.BILINEAR)
+    colours = matplotlib.colormaps["jet"](np.asarray(heat) / 255.0)[..., :3]
+    return Image.blend(base, Image.fromarray((colours * 255).round().astype(np.uint8)), 0.5)
+
+
 def image_table_png(cells: list[list], row_labels: list[str], path: str | Path, col_labels: list[str] | None = None,
                     captions: list[list[str]] | None = None, title: str = "") -> None:
     """A labelled grid of images: ``cells[r][c]`` is a PIL image or None (left blank)."""

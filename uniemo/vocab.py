@@ -23,3 +23,11 @@ def to_binary(emotion: int) -> int:
 def normalise_attribute(name: str) -> str:
     """'bakery/shop' -> 'bakery shop', 'Alarm clock' -> 'alarm clock': the text we encode."""
     return " ".join(name.replace("_", " ").replace("/", " ").lower().split())
+
+# (valence, arousal) of each emotion word on the 1-9 scales of Warriner, Kuperman & Brysbaert
+# (2013), "Norms of valence, arousal, and dominance for 13,915 English lemmas", Behavior Research
+# Methods 45:1191-1207: columns V.Mean.Sum and A.Mean.Sum of the noun naming each EmoSet emotion.
+VALENCE_AROUSAL = {
+    "amusement": (7.00, 4.82), "awe": (6.85, 3.83), "contentment": (6.62, 4.60), "excitement": (7.62, 6.21),
+    "anger": (2.50, 5.93), "disgust": (3.32, 5.00), "fear": (2.93, 6.14), "sadness": (2.40, 2.81),
+}

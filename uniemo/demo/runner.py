@@ -98,6 +98,13 @@ def commands(*lines: Callable[["Layout"], list[list[str]] | list[str]]) -> Calla
     return run
 
 
+PATHS = {"data": "data", "foundation": "foundation", "clip": "foundation/clip", "sd": "foundation/sd",
+         "run1": "run1-understanding", "run2": "run2-joint", "run3": "run3-feedback",
+         "evaluator": "evaluator", "generated": "generated", "baseline": "baseline",
+         "transfer": "transfer", "fusion": "fusion", "edits": "edits", "metrics": "metrics",
+         "explain": "explain"}
+
+
 @dataclass(frozen=True)
 class Layout:
     """Where every step reads and writes, under the demo's output directory."""
@@ -107,14 +114,9 @@ class Layout:
     seed: int
 
     def __getattr__(self, name: str) -> str:
-        paths = {"data": "data", "foundation": "foundation", "clip": "foundation/clip", "sd": "foundation/sd",
-                 "run1": "run1-understanding", "run2": "run2-joint", "run3": "run3-feedback",
-                 "evaluator": "evaluator", "generated": "generated", "baseline": "baseline",
-                 "transfer": "transfer", "fusion": "fusion", "edits": "edits", "metrics": "metrics",
-                 "explain": "explain"}
-        if name not in paths:
+        if name not in PATHS:
             raise AttributeError(name)
-        return str(self.out / paths[name])
+        return str(self.out / PATHS[name])
 
     @property
     def train_data(self) -> str:
