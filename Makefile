@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: demo test test-slow serve install metric-weights bench clean
+.PHONY: demo test test-slow serve mutation install metric-weights bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,26 @@ test: $(STAMP) metric-weights
 # The browser app on the demo's models (after `make demo`): http://127.0.0.1:7860
 serve: $(STAMP)
 	$(VENV)/bin/uniemo serve $(ARGS)
+
+# Mutation testing (docs/TESTING.md; not in CI): mutmut changes one thing at a time in the
+# functions that carry the paper's equations and runs the unit tests that reach each function.
+# `.venv/bin/mutmut results` lists the survivors, `.venv/bin/mutmut show NAME` shows one.
+EQUATIONS := understanding.x*attribute_contrastive_loss understanding.x*UniEmoUnderstanding*forward \
+  understanding.x*UniEmoUnderstanding*loss understanding.x*InteractiveBlock*forward \
+  understanding.x*InteractiveLayer*forward understanding.x*CrossAttention*forward \
+  fusion.x*table_from_counts fusion.x*match_alpha fusion.x*UniEmoFusion*forward fusion.x*condition_loss \
+  fusion.x*condition_prompt fusion.x*token_norm \
+  joint.x*FrozenDiffusion*loss joint.x*JointModel*condition joint.x*JointModel*forward \
+  joint.x*EmotionSpace*from_sums joint.x*EmotionSpace*draw joint.x*EmotionSpace*at joint.x*compute_emotion_space \
+  feedback.x*descending_ranks feedback.x*window_bounds feedback.x*rank_window feedback.x*filter_images \
+  feedback.x*mix_count feedback.x*mix_plan \
+  pipeline.x*UniEmoPipeline*conditions pipeline.x*normalise_weights \
+  metrics.x*top1_accuracy metrics.x*confusion_matrix metrics.x*per_class_accuracy metrics.x*binary_accuracy \
+  metrics.x*frechet_distance metrics.x*sample_pairs metrics.x*semantic_diversity metrics.x*semantic_clarity \
+  metrics.x*target_probability metrics.x*object_kept metrics.x*edit_fidelity metrics.x*mix_mass \
+  evaluator.x*EmotionProbe*forward evaluator.x*fit_probe
+mutation: $(STAMP)
+	$(VENV)/bin/mutmut run $(foreach f,$(EQUATIONS),'uniemo.$(f)__mutmut_*')
 
 test-slow: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m slow $(ARGS)

@@ -83,7 +83,7 @@ def screenshot(url: str, image: str, path: str) -> None:
         page.goto(url)
         page.set_input_files("#understand-image input[type=file]", image)
         page.click("#classify")
-        page.locator("#attention img").nth(1).wait_for(timeout=30_000)
+        page.locator("#attention img").nth(2).wait_for(timeout=30_000)
         page.screenshot(path=path, full_page=True)
         browser.close()
 

@@ -86,8 +86,11 @@ def test_classify_reads_probabilities_binary_matches_and_attention(studio, tmp_p
         assert len(matched[kind]) == min(3, len(bank.names)) and set(matched[kind]) <= set(bank.names)
         scores = list(matched[kind].values())
         assert scores == sorted(scores, reverse=True)
-    assert [caption for _, caption in gallery] == ["scene query attention", "object query attention"]
-    assert gallery[0][0].size == (256, 256) and gallery[0][0].tobytes() != gallery[1][0].tobytes()
+    assert [caption for _, caption in gallery] == ["the view the model saw", "scene query attention",
+                                                    "object query attention"]
+    view, scene, obj = (np.asarray(image, dtype=np.float32) for image, _ in gallery)
+    assert view.shape == (256, 256, 3) and np.abs(scene - obj).mean() > 1  # two different maps over one view
+    assert np.abs((scene + obj) / 2 - view).mean() > 10  # each overlay is half heat map
 
 
 def test_a_16_bit_png_reads_like_its_8_bit_original(studio, tmp_path):
@@ -295,3 +298,27 @@ def test_a_port_in_use_is_a_one_line_error(studio):
         port = taken.getsockname()[1]
         with pytest.raises(UniEmoError, match=f"cannot serve on 127.0.0.1:{port} .*pass another --port"):
             serve(studio, port=port, block=False, quiet=True)
+
+
+def test_the_serve_command_serves_the_page_until_stopped(run2):
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "uniemo.cli", "serve", "--run", str(run2), "--port", str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, page = time.time() + 60, None
+        while page is None and time.time() < deadline and server.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1) as response:
+                    page = response.read().decode()
+            except OSError:
+                time.sleep(0.1)
+        assert page is not None and "\"title\":\"UniEmo\"" in page.replace(" ", "")
+    finally:
+        server.send_signal(signal.SIGINT)
+        out, _ = server.communicate(timeout=30)
+    assert f"serving {run2} at http://127.0.0.1:{port}" in out

@@ -61,7 +61,7 @@ def test_classify_a_bad_upload_and_generate_in_the_page(browser, app_url, tmp_pa
     page.click("#classify")
     expected = max(studio.classify(image)[0].items(), key=lambda kv: kv[1])[0]
     page.locator("#emotion h2").filter(has_text=expected).wait_for(timeout=30_000)
-    assert page.locator("#attention img").count() == 2
+    assert page.locator("#attention img").count() == 3
 
     (tmp_path / "broken.png").write_bytes(Path(image).read_bytes()[:200])
     page.locator("#understand-image button[aria-label='Clear']").first.click()

@@ -94,8 +94,8 @@ class Studio:
 
     def classify(self, image: str) -> tuple[dict, dict | None, dict, list]:
         """(emotion probabilities, positive/negative probabilities or None for a run whose classes
-        are not the 8 emotions, the matched scenes/objects {kind: {name: cosine}}, the gallery of
-        [(the view the model saw, caption), (attention overlay, caption), ...])."""
+        are not the 8 emotions, the matched scenes/objects {kind: {name: cosine}}, the gallery
+        [(the view the model saw, caption), (scene attention, caption), (object attention, caption)])."""
         from uniemo.plots import attention_overlay
 
         picture = self.load(image)
@@ -105,9 +105,10 @@ class Studio:
             out = self.model(pixels.to(self.device), output_attentions=explain)
         probs = dict(zip(self.class_names, out.logits.float().softmax(-1)[0].tolist()))
         view = (pixels[0] * self.std + self.mean).clamp(0, 1).permute(1, 2, 0).numpy()
-        gallery = [(attention_overlay(view, [[0.0]]), "the view the model saw")] if not explain else \
-            [(attention_overlay(view, out.attentions[kind][0].cpu()), f"{kind} query attention")
-             for kind in ("scene", "object")]
+        gallery = [(attention_overlay(view), "the view the model saw")]
+        if explain:
+            gallery += [(attention_overlay(view, out.attentions[kind][0].cpu()), f"{kind} query attention")
+                        for kind in ("scene", "object")]
         matched = {kind: self.matches(getattr(out, f"{kind}_embed")[0].cpu(), kind) for kind in self.banks} \
             if explain else {}
         return probs, self.binary(probs), matched, gallery
@@ -116,7 +117,7 @@ class Studio:
         """(gallery of (image, caption), metadata per image with the understanding branch's reading)."""
         pipe = self.generator()
         self.check_request(count, steps)
-        out = pipe(**self.parse_target(target), object=object.strip() or None, num_images=int(count),
+        out = pipe(**self.parse_target(target), object=(object or "").strip() or None, num_images=int(count),
                    num_inference_steps=int(steps), generator=self.seed(seed))
         return self.with_readings(out.images, out.metadata)
 
@@ -281,7 +282,7 @@ def build_app(studio: Studio):
                     binary = gr.Label(label="Positive / negative", elem_id="binary")
             button = gr.Button("Classify", variant="primary", elem_id="classify")
             matched = gr.JSON(label="Scene and object the expert queries matched (cosine)")
-            maps = gr.Gallery(label="Where the expert queries looked", columns=2, height="auto", object_fit="contain",
+            maps = gr.Gallery(label="Where the expert queries looked", columns=3, height="auto", object_fit="contain",
                               elem_id="attention")
             button.click(answered(studio.classify), image, [emotions, binary, matched, maps], api_name="classify",
                          **understand)

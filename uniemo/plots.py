@@ -65,14 +65,17 @@ def attention_png(image, maps: dict, path: str | Path, title: str = "") -> None:
     _save(fig, path)
 
 
-def attention_overlay(image, grid, size: int = 256):
-    """A PIL image: ``image`` (H, W, 3 in [0, 1]) at ``size`` px with one attention map (grid x grid)
-    upsampled over it in the jet colour map, half transparent (the app's view of paper Fig. 9)."""
+def attention_overlay(image, grid=None, size: int = 256):
+    """A PIL image: ``image`` (H, W, 3 in [0, 1]) at ``size`` px, with one attention map (grid x
+    grid) upsampled over it in the jet colour map, half transparent, if ``grid`` is given (the
+    app's view of paper Fig. 9)."""
     import matplotlib
     import numpy as np
     from PIL import Image
 
     base = Image.fromarray((np.asarray(image) * 255).round().astype(np.uint8)).resize((size, size), Image.BILINEAR)
+    if grid is None:
+        return base
     grid = np.asarray(grid, dtype=np.float32)
     grid = (grid - grid.min()) / max(float(grid.max() - grid.min()), 1e-12)
     heat = Image.fromarray((grid * 255).round().astype(np.uint8)).resize((size, size), Image.BILINEAR)

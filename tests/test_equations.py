@@ -1,0 +1,194 @@
+"""The method's equations on inputs small enough to compute by hand: each test pins numbers (a
+loss, a weight, a bound), so that a changed constant, operator or term fails it. These are the
+tests `make mutation` relies on first (docs/TESTING.md); every expected value is derived in the
+comment beside it."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from uniemo.config import FusionConfig
+from uniemo.feedback import descending_ranks, filter_images, mix_count, mix_plan, rank_window, window_bounds
+from uniemo.fusion import UniEmoFusion, match_alpha, table_from_counts
+from uniemo.joint import EmotionSpace
+from uniemo.metrics import (binary_accuracy, confusion_matrix, frechet_distance, per_class_accuracy,
+                            semantic_clarity, semantic_diversity, target_probability, top1_accuracy)
+from uniemo.understanding import AttributeBank, attribute_contrastive_loss
+
+
+# ---------------------------------------------------------------------------- eq. 4 and α
+
+
+def test_attribute_contrastive_loss_by_hand():
+    # two images carry names 0 and 2 of the bank; the candidates are those two names only.
+    # logits = embed @ text.T / 0.5 = [[2, 0], [0, 2]] -> CE = log(1 + e^-2) for each image
+    bank = AttributeBank(["a", "b", "c"], torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]]))
+    embed = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
+    loss = attribute_contrastive_loss(embed, torch.tensor([0, 2, -1]), bank, temperature=0.5)
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(-2)), abs=1e-6)
+    # a shared name is one candidate, not a negative: both images carry name 0 -> one logit each, CE 0
+    assert attribute_contrastive_loss(embed[:2], torch.tensor([0, 0]), bank, 0.5).item() == pytest.approx(0.0)
+    none = attribute_contrastive_loss(embed, torch.tensor([-1, -1, -1]), bank, 0.5)
+    assert none.item() == 0.0 and none.requires_grad is embed.requires_grad
+
+
+def test_counts_table_is_laplace_smoothed():
+    # attribute 0 on images of emotions 0, 0, 2; attribute 1 unseen; 3 emotions, smoothing 1:
+    # row 0 = ([2, 0, 1] + 1) / 6, row 1 = uniform
+    table = table_from_counts(torch.tensor([0, 0, 2, 1]), torch.tensor([0, 0, 0, -1]), vocab_size=2, num_classes=3)
+    assert torch.allclose(table, torch.tensor([[3 / 6, 1 / 6, 2 / 6], [1 / 3, 1 / 3, 1 / 3]]))
+    half = table_from_counts(torch.tensor([0]), torch.tensor([0]), 1, 2, smoothing=0.5)  # ([1, 0] + .5) / 2
+    assert torch.allclose(half, torch.tensor([[0.75, 0.25]]))
+
+
+def test_alpha_is_p_of_the_nearest_attribute_for_the_target_emotion():
+    # cosines: sample 0 is nearest to attribute 1 (0.6 vs 0.8), sample 1 to attribute 0 (0.98 vs 0.20)
+    bank = torch.tensor([[1.0, 0.0], [0.0, 2.0]])  # unnormalised on purpose
+    embed = torch.tensor([[0.3, 0.4], [5.0, 1.0]])
+    table = torch.tensor([[0.1, 0.9], [0.7, 0.3]])
+    alpha, best = match_alpha(embed, bank, table, torch.tensor([0, 1]))
+    assert best.tolist() == [1, 0]
+    assert alpha.tolist() == pytest.approx([0.7, 0.9])
+
+
+# ---------------------------------------------------------------------------- e and L_cond
+
+
+def identity_fusion(use_alpha=True, cond_loss="cond", token=2.0, margin=0.5) -> UniEmoFusion:
+    """Mappers M(x) = ReLU(x) (both layers identity), R = identity: e is computable by hand."""
+    cfg = FusionConfig(features=["cls", "scene", "object"], use_alpha=use_alpha, cond_loss=cond_loss, margin=margin,
+                       mapper_hidden=2)
+    fusion = UniEmoFusion(cfg, vision_dim=2, text_dim=2, head_hidden=2, token_norm=token)
+    with torch.no_grad():
+        for layer in [*(m[0] for m in fusion.mappers.values()), *(m[2] for m in fusion.mappers.values()),
+                      fusion.cond_proj]:
+            layer.weight.copy_(torch.eye(2))
+            layer.bias.zero_()
+    return fusion
+
+
+FEATURES = {"cls": torch.tensor([[1.0, 0.0]]), "scene": torch.tensor([[0.0, 1.0]]), "object": torch.tensor([[1.0, 1.0]])}
+ALPHAS = {"scene": torch.tensor([0.5]), "object": torch.tensor([0.25])}
+
+
+def test_fused_condition_by_hand():
+    # e = 2 · normalise(cls + 0.5 scene + 0.25 object) = 2 · normalise([1.25, 0.75])
+    e = identity_fusion()(FEATURES, ALPHAS)
+    assert e[0].tolist() == pytest.approx([2 * 1.25 / math.hypot(1.25, 0.75), 2 * 0.75 / math.hypot(1.25, 0.75)])
+    # the object named in the prompt: its term leaves e -> 2 · normalise([1, 0.5])
+    named = identity_fusion()(FEATURES, ALPHAS, torch.tensor([True]))
+    assert named[0].tolist() == pytest.approx([2 / math.hypot(1, 0.5), 1 / math.hypot(1, 0.5)])
+    # α off: every term weighs 1 -> 2 · normalise([2, 2])
+    plain = identity_fusion(use_alpha=False)(FEATURES, ALPHAS)
+    assert plain[0].tolist() == pytest.approx([math.sqrt(2), math.sqrt(2)])
+
+
+def classifier() -> nn.Linear:
+    head = nn.Linear(2, 3)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
+        head.bias.zero_()
+    return head
+
+
+def test_condition_loss_by_hand():
+    # e' = ReLU(R e) = [1, 0]; logits [2, 0, 1]; label 0: CE = log(1 + e^-2 + e^-1).
+    # hardest wrong emotion by the understanding logits [0, 1, 3]: 2; anchors w_0 = [1, 0],
+    # w_2 = [1, 1]/√2: margin = ReLU(0.5 − 1 + 1/√2)
+    e, labels, logits = torch.tensor([[1.0, 0.0]]), torch.tensor([0]), torch.tensor([[0.0, 1.0, 3.0]])
+    ce = math.log(1 + math.exp(-2) + math.exp(-1))
+    margin = 0.5 - 1 + 1 / math.sqrt(2)
+    out = identity_fusion().condition_loss(e, labels, classifier(), logits)
+    assert out["cond"].item() == pytest.approx(ce + margin, abs=1e-6)
+    assert out["cond_margin"].item() == pytest.approx(margin, abs=1e-6)
+    assert identity_fusion(cond_loss="ce").condition_loss(e, labels, classifier(), logits)["cond"].item() == \
+        pytest.approx(ce, abs=1e-6)
+    # with margin 0 the right anchor already wins by 1 − 1/√2 > 0, so the hinge is 0
+    assert identity_fusion(margin=0.0).condition_loss(e, labels, classifier(), logits)["cond_margin"].item() == 0.0
+
+
+# ---------------------------------------------------------------------------- the emotion space
+
+
+def test_emotion_space_mean_std_and_sampling_by_hand():
+    # emotion 0 saw the values 1 and 3: mean 2, population std 1; emotion 1 saw nothing
+    space = EmotionSpace.from_sums({"cls": torch.tensor([[4.0], [0.0]], dtype=torch.float64)},
+                                   {"cls": torch.tensor([[10.0], [0.0]], dtype=torch.float64)}, torch.tensor([2, 0]))
+    assert space.mean["cls"].tolist() == [[2.0], [0.0]] and space.std["cls"].tolist() == [[1.0], [0.0]]
+    assert space.at(0, {"cls": torch.tensor([1.5])})["cls"].tolist() == [3.5]  # 2 + 1 · 1.5
+    with pytest.raises(Exception, match="no training images"):
+        space.at(1, {"cls": torch.tensor([0.0])})
+    # draws are standard normal with the feature's width
+    z = torch.stack([space.draw(torch.Generator().manual_seed(s))["cls"] for s in range(4000)])
+    assert z.shape == (4000, 1) and abs(z.mean().item()) < 0.05 and abs(z.std().item() - 1) < 0.05
+
+
+# ---------------------------------------------------------------------------- Algorithm 1
+
+
+def test_rank_window_bounds_and_ties_by_hand():
+    assert window_bounds(10, 20, 80) == (2, 8) and window_bounds(10, 10, 90) == (1, 9)
+    assert window_bounds(7, 50, 100) == (3, 7)  # floor(3.5), floor(7)
+    assert window_bounds(10, 0, 70) == (0, 7)  # an exact multiple stays: floor(7 − tiny) would give 6
+    assert descending_ranks([3.0, 1.0, 3.0, 2.0]).tolist() == [0, 3, 1, 2]  # equal scores: first one first
+    assert rank_window([5, 4, 3, 2, 1], 20, 80).tolist() == [False, True, True, True, False]
+
+
+def test_filter_ranks_within_groups_and_intersects_criteria():
+    scores = {"emo-a": [4, 3, 2, 1, 40, 30, 20, 10], "sem-c": [1, 4, 3, 2, 10, 40, 30, 20]}
+    groups = [0, 0, 0, 0, 1, 1, 1, 1]
+    # each group of 4, window [25%, 75%) keeps ranks 1..2: emo-a keeps items 1, 2 and 5, 6;
+    # sem-c keeps items 2, 3 and 6, 7; both: 2 and 6
+    keep = filter_images(scores, ["emo-a", "sem-c"], 25, 75, groups)
+    assert keep.nonzero().flatten().tolist() == [2, 6]
+    assert filter_images(scores, ["emo-a"], 25, 75, groups).nonzero().flatten().tolist() == [1, 2, 5, 6]
+
+
+def test_mix_count_and_plan_by_hand():
+    assert mix_count(100, 0.2) == 25  # 0.2 · 100 / 0.8
+    assert mix_count(90, 0.1) == 10 and mix_count(100, 0.0) == 0
+    assert mix_plan(100, 10, 0.2) == (10, pytest.approx(10 / 110))  # fewer kept than asked: all of them
+    assert mix_plan(100, 40, 0.2) == (25, pytest.approx(0.2))
+    assert mix_plan(0, 0, 0.2) == (0, 0.0)
+
+
+# ---------------------------------------------------------------------------- metrics
+
+
+def test_accuracy_figures_by_hand():
+    preds, labels = torch.tensor([0, 1, 5, 4, 2, 6]), torch.tensor([0, 2, 5, 7, 2, 6])
+    assert top1_accuracy(preds, labels) == pytest.approx(4 / 6)
+    # 8 -> 2: (0,0) pos-pos, (1,2) pos-pos, (5,5), (4,7) neg-neg, (2,2), (6,6): all right
+    assert binary_accuracy(preds, labels) == 1.0
+    assert binary_accuracy(torch.tensor([0, 4]), torch.tensor([4, 4])) == 0.5
+    matrix = confusion_matrix(preds, labels, 8)
+    assert matrix[2].tolist() == [0, 1, 1, 0, 0, 0, 0, 0] and int(matrix.sum()) == 6  # rows: true class
+    recall = per_class_accuracy(preds, labels, 8)
+    assert recall[2] == 0.5 and recall[7] == 0.0 and recall[1] is None
+
+
+def test_frechet_distance_of_hand_made_sets():
+    # a = {(0,0), (2,0)}, b = {(0,1), (0,3)}: means (1,0) and (0,2) -> ‖Δμ‖² = 5; covariances
+    # S_a = diag(2, 0), S_b = diag(0, 2): traces 2 + 2, (S_a S_b)^½ = 0 -> FID = 9
+    a = torch.tensor([[0.0, 0.0], [2.0, 0.0]])
+    b = torch.tensor([[0.0, 1.0], [0.0, 3.0]])
+    assert frechet_distance(a, b) == pytest.approx(9.0, abs=1e-9)
+    # same spread along one axis: Tr S_a + Tr S_b − 2 Tr (S_a S_a)^½ = 0, only the means differ
+    assert frechet_distance(a, a + torch.tensor([0.0, 3.0])) == pytest.approx(9.0, abs=1e-9)
+    assert math.isnan(frechet_distance(a[:1], b))
+
+
+def test_semantic_metrics_by_hand():
+    features = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0]])
+    # pairs (0,1): (4 + 0)/2 = 2; (0,2): (0 + 16)/2 = 8 -> Sem-D = 5
+    assert semantic_diversity(features, [(0, 1), (0, 2)]) == pytest.approx(5.0)
+    assert math.isnan(semantic_diversity(features, []))
+    # Sem-C: per image, the max over classifiers of their top-1 probability
+    clarity = semantic_clarity([torch.tensor([[0.6, 0.4], [0.5, 0.5]]), torch.tensor([[0.2, 0.3, 0.5], [0.9, 0.05, 0.05]])])
+    assert clarity.tolist() == pytest.approx([0.6, 0.9])
+    probs = torch.tensor([[0.1, 0.9], [0.7, 0.3]])
+    assert target_probability(probs, [1, 1]).tolist() == pytest.approx([0.9, 0.3])
