@@ -32,6 +32,8 @@ def test_attribute_contrastive_loss_by_hand():
     assert loss.item() == pytest.approx(math.log(1 + math.exp(-2)), abs=1e-6)
     # a shared name is one candidate, not a negative: both images carry name 0 -> one logit each, CE 0
     assert attribute_contrastive_loss(embed[:2], torch.tensor([0, 0]), bank, 0.5).item() == pytest.approx(0.0)
+    in_float64 = attribute_contrastive_loss(embed.double(), torch.tensor([0, 2, -1]), bank, temperature=0.5)
+    assert in_float64.dtype == torch.float64 and in_float64.item() == pytest.approx(loss.item())
     none = attribute_contrastive_loss(embed, torch.tensor([-1, -1, -1]), bank, 0.5)
     assert none.item() == 0.0 and none.requires_grad is embed.requires_grad
 
@@ -48,11 +50,67 @@ def test_counts_table_is_laplace_smoothed():
 def test_alpha_is_p_of_the_nearest_attribute_for_the_target_emotion():
     # cosines: sample 0 is nearest to attribute 1 (0.6 vs 0.8), sample 1 to attribute 0 (0.98 vs 0.20)
     bank = torch.tensor([[1.0, 0.0], [0.0, 2.0]])  # unnormalised on purpose
-    embed = torch.tensor([[0.3, 0.4], [5.0, 1.0]])
     table = torch.tensor([[0.1, 0.9], [0.7, 0.3]])
-    alpha, best = match_alpha(embed, bank, table, torch.tensor([0, 1]))
+    alpha, best = match_alpha(torch.tensor([[0.3, 0.4], [5.0, 1.0]]), bank, table, torch.tensor([0, 1]))
     assert best.tolist() == [1, 0]
     assert alpha.tolist() == pytest.approx([0.7, 0.9])
+    # cosine, not dot product: [0.8, 0.6] is nearer in angle to [0.6, 0.8] (0.96) than to [5, 0] (0.8),
+    # though its dot product with [5, 0] is larger (4 vs 0.96)
+    long_row = torch.tensor([[5.0, 0.0], [0.6, 0.8]])
+    assert match_alpha(torch.tensor([[0.8, 0.6]]), long_row, table, torch.tensor([0]))[1].tolist() == [1]
+
+
+def test_understanding_loss_is_the_weighted_sum_of_its_terms():
+    # L_U = w_S L_S + w_O L_O + w_cls L_cls, weights (0.2, 0.3, 0.5), temperature 1. L_S: scene
+    # embeddings equal to their names' -> logits [1, 0] -> log(1 + e^-1); L_O: zero embeddings ->
+    # equal logits -> log 2; L_cls: zero logits over 2 classes -> log 2
+    from types import SimpleNamespace
+
+    from uniemo.config import UnderstandingConfig
+    from uniemo.understanding import UniEmoUnderstanding, UnderstandingOutput
+
+    bank = AttributeBank(["x", "y"], torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    cfg = UnderstandingConfig(loss_weights=[0.2, 0.3, 0.5], temperature=1.0)
+    out = UnderstandingOutput(logits=torch.zeros(2, 2), cls=None, scene=None, object=None,
+                              scene_embed=torch.tensor([[1.0, 0.0], [0.0, 1.0]]),
+                              object_embed=torch.tensor([[0.0, 0.0], [0.0, 0.0]]))
+    terms = UniEmoUnderstanding.loss(SimpleNamespace(cfg=cfg), out, torch.tensor([0, 1]), torch.tensor([0, 1]),
+                                     torch.tensor([0, 1]), bank, bank)
+    scene = math.log(1 + math.exp(-1))  # logits [1, 0] for the right name
+    assert terms["scene"].item() == pytest.approx(scene) and terms["object"].item() == pytest.approx(math.log(2))
+    assert terms["total"].item() == pytest.approx(0.2 * scene + 0.3 * math.log(2) + 0.5 * math.log(2))
+
+
+def frozen_layer(dim: int, attended: float, ffn: float):
+    """An InteractiveLayer whose attention adds ``attended`` and whose FFN adds ``ffn`` to every channel."""
+    from uniemo.understanding import InteractiveLayer
+
+    layer = InteractiveLayer(dim, heads=1)
+    with torch.no_grad():
+        layer.attn.out_proj.weight.zero_()
+        layer.attn.out_proj.bias.fill_(attended)
+        layer.ffn[2].weight.zero_()
+        layer.ffn[2].bias.fill_(ffn)
+    return layer
+
+
+def test_interactive_layer_and_block_are_residual_with_beta_by_hand():
+    from uniemo.understanding import InteractiveBlock
+
+    queries, patches = torch.randn(3, 2, 4), torch.randn(3, 5, 4)
+    # eq. 2, one layer: Q + A(LN Q, LN T) + F(LN(Q + A)) with A ≡ 0.5, F ≡ 0.25
+    out, weights = frozen_layer(4, 0.5, 0.25)(queries, patches)
+    assert torch.allclose(out, queries + 0.75) and weights is None
+    # eq. 3 over two such layers: Q^ = Q + β (Q + 2 · 0.75), β = 0.1 per channel
+    block = InteractiveBlock(4, heads=1, layers=2, beta_init=0.1)
+    block.layers = nn.ModuleList([frozen_layer(4, 0.5, 0.25), frozen_layer(4, 0.5, 0.25)])
+    refined, attention = block(queries, patches)
+    assert torch.allclose(refined, queries + 0.1 * (queries + 1.5)) and attention is None
+    # the attention returned is the mean over layers of each layer's map, per image (3 images, 2 layers);
+    # layer 2 reads Q + 0.75, whose LayerNorm (hence map) equals Q's
+    _, attention = block(queries, patches, return_weights=True)
+    maps = [layer(queries, patches, True)[1].mean(dim=(1, 2)) for layer in block.layers]
+    assert attention.shape == (3, 5) and torch.allclose(attention, (maps[0] + maps[1]) / 2)
 
 
 # ---------------------------------------------------------------------------- e and L_cond
@@ -96,35 +154,56 @@ def classifier() -> nn.Linear:
 
 
 def test_condition_loss_by_hand():
-    # e' = ReLU(R e) = [1, 0]; logits [2, 0, 1]; label 0: CE = log(1 + e^-2 + e^-1).
+    # sample 0: e' = ReLU(R e) = [1, 0]; logits [2, 0, 1]; label 0: CE = log(1 + e^-2 + e^-1);
     # hardest wrong emotion by the understanding logits [0, 1, 3]: 2; anchors w_0 = [1, 0],
-    # w_2 = [1, 1]/√2: margin = ReLU(0.5 − 1 + 1/√2)
-    e, labels, logits = torch.tensor([[1.0, 0.0]]), torch.tensor([0]), torch.tensor([[0.0, 1.0, 3.0]])
-    ce = math.log(1 + math.exp(-2) + math.exp(-1))
-    margin = 0.5 - 1 + 1 / math.sqrt(2)
+    # w_2 = [1, 1]/√2: margin ReLU(0.5 − 1 + 1/√2).
+    # sample 1: e' = [2, 2]; logits [4, 2, 4]; label 1: CE = log(1 + 2e^2); wrong by [5, 0, 1]: 0;
+    # cos(e', w_1) = cos(e', w_0) = 1/√2: margin ReLU(0.5 − 1/√2 + 1/√2) = 0.5
+    e, labels = torch.tensor([[1.0, 0.0], [2.0, 2.0]]), torch.tensor([0, 1])
+    logits = torch.tensor([[0.0, 1.0, 3.0], [5.0, 0.0, 1.0]])
+    ce = (math.log(1 + math.exp(-2) + math.exp(-1)) + math.log(1 + 2 * math.exp(2))) / 2
+    margin = (0.5 - 1 + 1 / math.sqrt(2) + 0.5) / 2
     out = identity_fusion().condition_loss(e, labels, classifier(), logits)
     assert out["cond"].item() == pytest.approx(ce + margin, abs=1e-6)
     assert out["cond_margin"].item() == pytest.approx(margin, abs=1e-6)
     assert identity_fusion(cond_loss="ce").condition_loss(e, labels, classifier(), logits)["cond"].item() == \
         pytest.approx(ce, abs=1e-6)
-    # with margin 0 the right anchor already wins by 1 − 1/√2 > 0, so the hinge is 0
+    # with margin 0 the right anchor wins or ties for both samples, so the hinge is 0
     assert identity_fusion(margin=0.0).condition_loss(e, labels, classifier(), logits)["cond_margin"].item() == 0.0
+
+
+def test_fused_condition_per_sample_and_in_the_features_dtype():
+    # three samples (more than the width 2, so a wrong broadcast cannot pass): only sample 1 names
+    # its object; α arrives in float64 and e must stay in the features' float32
+    features = {k: v.repeat(3, 1) for k, v in FEATURES.items()}
+    alphas = {k: v.double().repeat(3) for k, v in ALPHAS.items()}
+    e = identity_fusion()(features, alphas, torch.tensor([False, True, False]))
+    assert e.dtype == torch.float32
+    full, named = torch.tensor([1.25, 0.75]), torch.tensor([1.0, 0.5])
+    assert torch.allclose(e, 2 * torch.stack([full / full.norm(), named / named.norm(), full / full.norm()]))
 
 
 # ---------------------------------------------------------------------------- the emotion space
 
 
 def test_emotion_space_mean_std_and_sampling_by_hand():
-    # emotion 0 saw the values 1 and 3: mean 2, population std 1; emotion 1 saw nothing
-    space = EmotionSpace.from_sums({"cls": torch.tensor([[4.0], [0.0]], dtype=torch.float64)},
-                                   {"cls": torch.tensor([[10.0], [0.0]], dtype=torch.float64)}, torch.tensor([2, 0]))
-    assert space.mean["cls"].tolist() == [[2.0], [0.0]] and space.std["cls"].tolist() == [[1.0], [0.0]]
-    assert space.at(0, {"cls": torch.tensor([1.5])})["cls"].tolist() == [3.5]  # 2 + 1 · 1.5
-    with pytest.raises(Exception, match="no training images"):
-        space.at(1, {"cls": torch.tensor([0.0])})
-    # draws are standard normal with the feature's width
+    # emotion 0 saw the values 1 and 5: mean 3, population std sqrt(13 − 9) = 2; emotion 1 saw
+    # only 4: mean 4, std 0; emotion 2 saw nothing
+    space = EmotionSpace.from_sums({"cls": torch.tensor([[6.0], [4.0], [0.0]], dtype=torch.float64)},
+                                   {"cls": torch.tensor([[26.0], [16.0], [0.0]], dtype=torch.float64)},
+                                   torch.tensor([2, 1, 0]))
+    assert space.mean["cls"].tolist() == [[3.0], [4.0], [0.0]] and space.std["cls"].tolist() == [[2.0], [0.0], [0.0]]
+    assert space.at(0, {"cls": torch.tensor([1.5])})["cls"].tolist() == [6.0]  # 3 + 2 · 1.5
+    with pytest.raises(Exception, match="emotion 2 had no training images, so it has no emotion space; "
+                                        "train on data that covers it"):
+        space.at(2, {"cls": torch.tensor([0.0])})
+    # draws are standard normal with the feature's width, and a seed gives the same draw
     z = torch.stack([space.draw(torch.Generator().manual_seed(s))["cls"] for s in range(4000)])
     assert z.shape == (4000, 1) and abs(z.mean().item()) < 0.05 and abs(z.std().item() - 1) < 0.05
+    torch.manual_seed(123)
+    assert space.draw(torch.Generator().manual_seed(7))["cls"].item() == torch.randn(1, generator=torch.Generator()
+                                                                                      .manual_seed(7)).item()
+    assert space.draw(torch.Generator().manual_seed(7))["cls"].item() == space.draw(torch.Generator().manual_seed(7))["cls"].item()
 
 
 # ---------------------------------------------------------------------------- Algorithm 1
@@ -136,6 +215,31 @@ def test_rank_window_bounds_and_ties_by_hand():
     assert window_bounds(10, 0, 70) == (0, 7)  # an exact multiple stays: floor(7 − tiny) would give 6
     assert descending_ranks([3.0, 1.0, 3.0, 2.0]).tolist() == [0, 3, 1, 2]  # equal scores: first one first
     assert rank_window([5, 4, 3, 2, 1], 20, 80).tolist() == [False, True, True, True, False]
+
+
+def test_the_default_window_is_20_to_80_percent_and_ties_keep_their_order():
+    scores = torch.arange(100, 0, -1).tolist()  # rank i for item i
+    assert rank_window(scores).nonzero().flatten().tolist() == list(range(20, 80))
+    assert filter_images({"emo-a": scores}, ["emo-a"]).nonzero().flatten().tolist() == list(range(20, 80))
+    assert filter_images({"emo-a": scores}, ["emo-a"], 10, 50).nonzero().flatten().tolist() == list(range(10, 50))
+    # scores are ranked in float64: a difference of 1e-12 (lost in float32) decides the order
+    assert filter_images({"emo-a": [1.0, 1.0 + 1e-12]}, ["emo-a"], 0, 50).tolist() == [False, True]
+    ties = [1.0, 2.0, 1.0, 2.0, 1.0, 3.0, 1.0] * 3000  # large enough that an unstable sort reorders ties
+    ranks = descending_ranks(ties)
+    for value in (3.0, 2.0, 1.0):
+        positions = [i for i, v in enumerate(ties) if v == value]
+        assert ranks[positions].tolist() == sorted(ranks[positions].tolist())
+
+
+def test_filter_refuses_no_criterion_and_an_unknown_one_in_words():
+    from uniemo.errors import UniEmoError
+
+    with pytest.raises(UniEmoError) as caught:
+        filter_images({"emo-a": [1.0]}, [])
+    assert str(caught.value) == "no filter criteria: choose one or more of emo-a, sem-c"
+    with pytest.raises(UniEmoError) as caught:
+        filter_images({"emo-a": [1.0], "sem-c": [1.0]}, ["clarity"])
+    assert str(caught.value) == "no 'clarity' scores to filter by: choose from emo-a, sem-c"
 
 
 def test_filter_ranks_within_groups_and_intersects_criteria():
@@ -154,6 +258,7 @@ def test_mix_count_and_plan_by_hand():
     assert mix_plan(100, 10, 0.2) == (10, pytest.approx(10 / 110))  # fewer kept than asked: all of them
     assert mix_plan(100, 40, 0.2) == (25, pytest.approx(0.2))
     assert mix_plan(0, 0, 0.2) == (0, 0.0)
+    assert mix_plan(5, 10, 0.5) == (5, 0.5)  # as many generated as real images
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -169,6 +274,7 @@ def test_accuracy_figures_by_hand():
     assert matrix[2].tolist() == [0, 1, 1, 0, 0, 0, 0, 0] and int(matrix.sum()) == 6  # rows: true class
     recall = per_class_accuracy(preds, labels, 8)
     assert recall[2] == 0.5 and recall[7] == 0.0 and recall[1] is None
+    assert math.isnan(top1_accuracy(torch.tensor([]), torch.tensor([]))) and top1_accuracy([3], [3]) == 1.0
 
 
 def test_frechet_distance_of_hand_made_sets():
@@ -188,7 +294,47 @@ def test_semantic_metrics_by_hand():
     assert semantic_diversity(features, [(0, 1), (0, 2)]) == pytest.approx(5.0)
     assert math.isnan(semantic_diversity(features, []))
     # Sem-C: per image, the max over classifiers of their top-1 probability
-    clarity = semantic_clarity([torch.tensor([[0.6, 0.4], [0.5, 0.5]]), torch.tensor([[0.2, 0.3, 0.5], [0.9, 0.05, 0.05]])])
-    assert clarity.tolist() == pytest.approx([0.6, 0.9])
+    clarity = semantic_clarity([torch.tensor([[0.6, 0.4], [0.5, 0.5], [0.7, 0.3]]),
+                                torch.tensor([[0.2, 0.3, 0.5], [0.9, 0.05, 0.05], [0.4, 0.3, 0.3]])])
+    assert clarity.tolist() == pytest.approx([0.6, 0.9, 0.7])
     probs = torch.tensor([[0.1, 0.9], [0.7, 0.3]])
     assert target_probability(probs, [1, 1]).tolist() == pytest.approx([0.9, 0.3])
+
+
+def test_pairs_for_sem_d_are_all_pairs_or_exactly_the_number_asked():
+    from uniemo.metrics import sample_pairs
+
+    labels = [0, 0, 0, 0, 1, 1]  # emotion 0: 4 images, 6 pairs; emotion 1: 2 images, 1 pair
+    every = [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+    assert sample_pairs(labels, 7, seed=0) == {0: every, 1: [(4, 5)]}
+    assert sample_pairs(labels, 6, seed=0)[0] == every
+    five = sample_pairs(labels, 5, seed=0)[0]
+    assert len(five) == 5 and set(five) < set(every)
+
+
+# ---------------------------------------------------------------------------- the weights of a mix
+
+
+def test_mix_weights_are_normalised_and_checked():
+    from uniemo.errors import UniEmoError
+    from uniemo.pipeline import normalise_weights
+    from uniemo.vocab import EMOTIONS
+
+    assert normalise_weights({" AWE ": 3, "fear": 1, "anger": 0}, EMOTIONS) == {"awe": 0.75, "fear": 0.25}
+    assert normalise_weights({"sadness": 2.5}, EMOTIONS) == {"sadness": 1.0}
+    assert normalise_weights({"awe": 0.5}, EMOTIONS) == {"awe": 1.0}  # a total under 1 is scaled up
+    for mix, message in [
+        ({}, "mix must be a non-empty mapping emotion -> weight, e.g. {'awe': 0.7, 'fear': 0.3}"),
+        ([("awe", 1)], "mix must be a non-empty mapping emotion -> weight, e.g. {'awe': 0.7, 'fear': 0.3}"),
+        ({"awe": -1}, "weight -1 for 'awe' is invalid: weights must be finite and >= 0"),
+        ({"awe": True}, "weight True for 'awe' is invalid: weights must be finite and >= 0"),
+        ({"awe": "1"}, "weight '1' for 'awe' is invalid: weights must be finite and >= 0"),
+        ({"awe": math.inf}, "weight inf for 'awe' is invalid: weights must be finite and >= 0"),
+        ({"awe": 1e308, "fear": 1e308}, "mix weights {'awe': 1e+308, 'fear': 1e+308} are too large to add up: "
+                                        "use weights like awe=0.7,fear=0.3"),
+        ({"awe": 0, "fear": 0.0}, "all mix weights are zero: give at least one emotion a positive weight"),
+        ({"joy": 1}, "unknown emotion 'joy': choose one of " + ", ".join(EMOTIONS)),
+    ]:
+        with pytest.raises(UniEmoError) as caught:
+            normalise_weights(mix, EMOTIONS)
+        assert str(caught.value) == message

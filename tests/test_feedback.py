@@ -179,6 +179,7 @@ def run3(setup):
     return out
 
 
+@pytest.mark.e2e
 def test_feedback_writes_a_run3_that_loads_and_classifies(run3, setup):
     import json
 
@@ -213,6 +214,7 @@ def test_feedback_writes_a_run3_that_loads_and_classifies(run3, setup):
     assert max((after[k] - before[k]).abs().max().item() for k in after) < 0.02
 
 
+@pytest.mark.e2e
 def test_the_mix_holds_the_proportion(run3, setup):
     import json
 
@@ -234,6 +236,7 @@ def test_the_mix_holds_the_proportion(run3, setup):
     assert again.items == mix.items and other.items != mix.items  # the subset is seeded
 
 
+@pytest.mark.e2e
 def test_too_few_kept_uses_all_and_reports_the_actual_share(setup):
     from uniemo.data import open_dataset
     from uniemo.feedback import build_mix, generate_images, list_generated, vocabulary_info, write_selection
@@ -249,6 +252,7 @@ def test_too_few_kept_uses_all_and_reports_the_actual_share(setup):
     assert mix.proportion == pytest.approx(24 / (len(real) + 24))
 
 
+@pytest.mark.e2e
 def test_rerun_skips_generated_images_and_resume_is_required(run3, setup, capsys):
     from uniemo.cli import main
 
@@ -268,6 +272,7 @@ def test_rerun_skips_generated_images_and_resume_is_required(run3, setup, capsys
     assert all(p.stat().st_mtime_ns == stamps[p] for p in images if p != removed)  # the rest skipped
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("extra, needle", [
     (["--eta", "80", "--delta", "20"], "eta < delta"),
     (["--delta", "120"], "eta < delta"),

@@ -107,6 +107,7 @@ def test_lpips_rejects_a_file_that_is_not_alexnet(tmp_path):
         metrics.LpipsDistance(tmp_path / "x.safetensors")
 
 
+@pytest.mark.e2e
 def test_inception_path_gives_zero_fid_on_identical_sets(tmp_path):
     from unittest import mock
 
@@ -147,6 +148,7 @@ def test_resnet_classifier_returns_probabilities(tmp_path):
     assert probs.shape == (2, 365) and probs.sum(-1).tolist() == pytest.approx([1.0, 1.0], abs=1e-5)
 
 
+@pytest.mark.e2e
 def test_evaluate_generation_cli_end_to_end(tmp_path, tiny_models, tiny_emoset, alexnet_file):
     """Generated images that ARE the real training images of two emotions: CLIP-feature FID of
     each emotion is 0; LPIPS runs on random AlexNet; the report names every network."""
@@ -182,6 +184,7 @@ def test_evaluate_generation_cli_end_to_end(tmp_path, tiny_models, tiny_emoset, 
     assert "| awe |" in table and "| **all** |" in table and "clip zero-shot" in table
 
 
+@pytest.mark.e2e
 def test_sem_d_is_emogens_mean_squared_difference_of_unnormalised_clip_features(tiny_models, tiny_emoset):
     from uniemo.data import open_dataset
     from uniemo.loading import load_clip
@@ -286,6 +289,7 @@ def _write_generated(root, items, folder, records, **record) -> list:
     return paths
 
 
+@pytest.mark.e2e
 def test_object_kept_and_mix_mass_end_to_end(tmp_path, tiny_models, tiny_emoset, emoset_evaluator):
     """Transfer: each image asks for the object CLIP's zero-shot top-1 names for it, except one
     that asks for a word no image shows: object_kept is 6/7 overall, 3/4 for awe. Fusion: the mass
@@ -369,6 +373,7 @@ def test_object_kept_and_mix_mass_end_to_end(tmp_path, tiny_models, tiny_emoset,
     assert "mix_anger-0.7_sadness-0.3 (2 images): weights anger 0.7, sadness 0.3" in table
 
 
+@pytest.mark.e2e
 def test_mix_folders_alone_with_an_evaluator_give_mix_mass_and_mark_the_rest_not_applicable(
         tmp_path, tiny_emoset, emoset_evaluator):
     import json

@@ -115,9 +115,8 @@ def match_alpha(embed: torch.Tensor, bank_embeds: torch.Tensor, table: torch.Ten
     """α for each sample: a* = argmax_a cos(embed, T(a)), α = P[a*][y] (SPEC §2). ``embed`` is the
     projected query (B,P), ``bank_embeds`` the attribute text embeddings (V,P). Returns (α (B,),
     a* (B,)); no gradient flows through α."""
-    with torch.no_grad():
-        sims = F.normalize(embed.float(), dim=-1) @ F.normalize(bank_embeds.float(), dim=-1).T
-        best = sims.argmax(dim=-1)
+    with torch.no_grad():  # the query's own norm scales its row of cosines only: argmax needs the bank's
+        best = (embed.float() @ F.normalize(bank_embeds.float(), dim=-1).T).argmax(dim=-1)
         return table.to(embed.device)[best, emotion.to(embed.device)], best
 
 
