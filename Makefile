@@ -37,6 +37,7 @@ serve: $(STAMP)
 # functions that carry the paper's equations and runs the unit tests that reach each function.
 # `.venv/bin/mutmut results` lists the survivors, `.venv/bin/mutmut show NAME` shows one.
 EQUATIONS := understanding.x*attribute_contrastive_loss understanding.x*UniEmoUnderstanding*loss \
+  understanding.x*UniEmoUnderstanding*forward understanding.x*CrossAttention*forward understanding.x*default_stages \
   understanding.x*InteractiveBlock*forward understanding.x*InteractiveLayer*forward \
   fusion.x*table_from_counts fusion.x*match_alpha fusion.x*UniEmoFusion*forward fusion.x*condition_loss \
   joint.x*EmotionSpace*from_sums joint.x*EmotionSpace*draw joint.x*EmotionSpace*at \

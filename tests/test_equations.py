@@ -338,3 +338,57 @@ def test_mix_weights_are_normalised_and_checked():
         with pytest.raises(UniEmoError) as caught:
             normalise_weights(mix, EMOTIONS)
         assert str(caught.value) == message
+
+
+# ---------------------------------------------------------------------------- eq. 1-3 as a chain
+
+
+def test_default_stages_split_the_layers_in_thirds():
+    from uniemo.understanding import default_stages
+
+    assert [default_stages(n, None) for n in (2, 3, 12, 24)] == [(1, 2), (1, 2), (4, 8), (8, 16)]
+    assert default_stages(12, [4, 12]) == (4, 12)  # the object stage may end at the last layer
+    with pytest.raises(Exception, match=r"need 1 <= L1 < L2 <= 12"):
+        default_stages(12, [8, 8])
+
+
+def test_without_queries_the_chain_is_clips_own_vision_tower():
+    # queries "none": CLS and the patch mean are exactly what CLIPVisionModel computes itself
+    from test_understanding import make_model
+
+    model = make_model("none")
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        out, reference = model(pixels), model.vision(pixel_values=pixels)
+    assert torch.allclose(out.cls, reference.pooler_output, atol=1e-5)
+    assert torch.allclose(out.patch, reference.last_hidden_state[:, 1:].mean(dim=1), atol=1e-5)
+    assert out.attentions is None and model(pixels, output_attentions=True).attentions is None
+
+
+@pytest.mark.parametrize("queries, object_enters_raw", [("multi-stage", True), ("single-step", False)])
+def test_object_queries_join_at_l1_raw_or_after_the_first_layers(queries, object_enters_raw):
+    # Fig. 6: multi-stage inserts the learned object queries at layer L1; single-step carries the
+    # ones that entered with the scene queries at layer 0 through layers 0..L1
+    from test_understanding import NUM_PATCHES, Q, make_model
+
+    model = make_model(queries)
+    seen = []
+    layer = model.vision.encoder.layers[model.stages[0]]
+    hook = layer.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    with torch.no_grad():
+        model(torch.randn(1, 3, 32, 32))
+    hook.remove()
+    entering = seen[0][0, 1 + NUM_PATCHES + Q:]
+    assert torch.allclose(entering, model.object_queries) is object_enters_raw
+
+
+def test_cross_attention_returns_weights_only_when_asked():
+    from uniemo.understanding import CrossAttention
+
+    attention = CrossAttention(8, heads=2)
+    x, context = torch.randn(1, 3, 8), torch.randn(1, 5, 8)
+    out, weights = attention(x, context)
+    explicit, weights_asked = attention(x, context, return_weights=True)
+    assert weights is None and weights_asked.shape == (1, 2, 3, 5)
+    assert torch.allclose(out, explicit, atol=1e-6)
+    assert torch.allclose(weights_asked.sum(-1), torch.ones(1, 2, 3))

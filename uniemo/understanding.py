@@ -180,7 +180,7 @@ class UniEmoUnderstanding(nn.Module):
         """Eqs. 1-3 through the whole chain, then the emotion head on CLS."""
         h = self.vision.pre_layrnorm(self.vision.embeddings(pixel_values))
         b, p = h.shape[0], h.shape[1]
-        attentions = {} if output_attentions else None
+        attentions = None
         if self.cfg.queries == "none":
             h = self._run_layers(h, 0, self.num_layers)
             scene = obj = h.new_zeros(b, h.shape[-1])
