@@ -45,7 +45,7 @@ EQUATIONS := understanding.x*attribute_contrastive_loss understanding.x*UniEmoUn
   feedback.x*mix_count feedback.x*mix_plan pipeline.x*normalise_weights \
   metrics.x*top1_accuracy metrics.x*confusion_matrix metrics.x*per_class_accuracy metrics.x*binary_accuracy \
   metrics.x*frechet_distance metrics.x*sample_pairs metrics.x*semantic_diversity metrics.x*semantic_clarity \
-  metrics.x*target_probability
+  metrics.x*target_probability metrics.x*mix_mass
 mutation: $(STAMP)
 	OMP_NUM_THREADS=1 $(VENV)/bin/mutmut run $(foreach f,$(EQUATIONS),'uniemo.$(f)__mutmut_*')
 	$(VENV)/bin/python benchmarks/mutation_score.py --survivors

@@ -392,3 +392,29 @@ def test_cross_attention_returns_weights_only_when_asked():
     assert weights is None and weights_asked.shape == (1, 2, 3, 5)
     assert torch.allclose(out, explicit, atol=1e-6)
     assert torch.allclose(weights_asked.sum(-1), torch.ones(1, 2, 3))
+
+
+def test_mix_mass_by_hand():
+    # an evaluator whose probabilities are the features themselves, over 3 emotions; folder 1 is a
+    # 50/50 mix of a and b: mass = mean over its 2 images of p_a + p_b = (0.9 + 0.5) / 2 = 0.7;
+    # folder 2 is a sweep point with b at weight 0: mass = mean p_a = (0.2 + 0.6) / 2 = 0.4;
+    # folder 3 holds one image of b alone: mass 0.8
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from uniemo.metrics import Generated, GeneratedSet, mix_mass
+
+    evaluator = SimpleNamespace(class_names=("a", "b", "c"), name="identity", proba_from_features=lambda f: f)
+    half, sweep = {"a": 0.5, "b": 0.5}, {"a": 1.0, "b": 0.0}
+    images = [Generated(Path("mix_a-0.5_b-0.5/0.png"), None, half), Generated(Path("mix_a-1_b-0/0.png"), None, sweep),
+              Generated(Path("mix_a-0.5_b-0.5/1.png"), None, half), Generated(Path("mix_a-1_b-0/1.png"), None, sweep),
+              Generated(Path("mix_b-1/0.png"), None, {"b": 1.0})]
+    probs = torch.tensor([[0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.1, 0.4, 0.5], [0.6, 0.1, 0.3], [0.1, 0.8, 0.1]])
+    result = mix_mass(GeneratedSet(images, evaluator=probs), evaluator)
+    first, second = result["per_mix"]["mix_a-0.5_b-0.5"], result["per_mix"]["mix_a-1_b-0"]
+    assert first["mass"] == pytest.approx(0.7) and second["mass"] == pytest.approx(0.4)
+    assert first["mean_probability"] == pytest.approx({"a": 0.35, "b": 0.35, "c": 0.3})
+    assert second["mean_probability"] == pytest.approx({"a": 0.4, "b": 0.4, "c": 0.2})
+    assert first["weights"] == half and first["images"] == second["images"] == 2
+    assert result["per_mix"]["mix_b-1"]["mass"] == pytest.approx(0.8)
+    assert result["all"] == pytest.approx((0.7 + 0.4 + 0.8) / 3) and result["network"] == "identity"
