@@ -33,9 +33,10 @@ def studio(run2):
 
 
 def photo(path, seed: int = 0, size=(48, 40), mode="RGB"):
-    rng = np.random.default_rng(seed)
-    image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
-    image.convert(mode).save(path)
+    """test_edit's random photo, saved to ``path`` in ``mode``."""
+    from test_edit import photo as random_photo
+
+    random_photo(seed, size).convert(mode).save(path)
     return str(path)
 
 

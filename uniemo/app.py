@@ -80,14 +80,14 @@ class Studio:
             self.pipe = UniEmoPipeline.from_pretrained(self.run_dir).to(self.device)
             for pipeline in (self.pipe.sd, self.pipe.img2img):  # no progress bars in the server's log
                 pipeline.set_progress_bar_config(disable=True)
-            self.model = self.pipe.understanding
+            self.model, banks = self.pipe.understanding, (self.pipe.scene_bank, self.pipe.object_bank)
         else:
             self.pipe = None
             self.model = UniEmoUnderstanding.from_pretrained(self.run_dir).to(self.device)
-        processor = load_image_processor(self.run_dir)
-        self.transform = clip_transforms(processor, train=False)
-        self.mean, self.std = (torch.tensor(v).view(3, 1, 1) for v in (processor.image_mean, processor.image_std))
-        self.banks = dict(zip(("scene", "object"), load_attributes(self.run_dir)))
+            banks = load_attributes(self.run_dir)
+        self.processor = load_image_processor(self.run_dir)
+        self.transform = clip_transforms(self.processor, train=False)
+        self.banks = dict(zip(("scene", "object"), banks))
         self.class_names = tuple(self.model.class_names)
 
     # ------------------------------------------------------------------ the three actions
@@ -96,6 +96,7 @@ class Studio:
         """(emotion probabilities, positive/negative probabilities or None for a run whose classes
         are not the 8 emotions, the matched scenes/objects {kind: {name: cosine}}, the gallery
         [(the view the model saw, caption), (scene attention, caption), (object attention, caption)])."""
+        from uniemo.data import model_view
         from uniemo.plots import attention_overlay
 
         picture = self.load(image)
@@ -104,7 +105,7 @@ class Studio:
         with torch.no_grad():
             out = self.model(pixels.to(self.device), output_attentions=explain)
         probs = dict(zip(self.class_names, out.logits.float().softmax(-1)[0].tolist()))
-        view = (pixels[0] * self.std + self.mean).clamp(0, 1).permute(1, 2, 0).numpy()
+        view = model_view(pixels[0], self.processor)
         gallery = [(attention_overlay(view), "the view the model saw")]
         if explain:
             gallery += [(attention_overlay(view, out.attentions[kind][0].cpu()), f"{kind} query attention")

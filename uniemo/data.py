@@ -433,6 +433,12 @@ def clip_transforms(image_processor, train: bool):
                        v2.Normalize(mean=list(image_processor.image_mean), std=list(image_processor.image_std))])
 
 
+def model_view(pixels: torch.Tensor, image_processor):
+    """What the model saw: pixels (3, H, W) of ``clip_transforms`` undone to (H, W, 3) in [0, 1]."""
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in (image_processor.image_mean, image_processor.image_std))
+    return (pixels.cpu() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+
+
 def _field(value, key: str):
     """``value[key]`` for a dict, ``value.key`` for transformers' ``SizeDict``; None if absent."""
     return value.get(key) if isinstance(value, dict) else getattr(value, key, None)

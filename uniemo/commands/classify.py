@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from uniemo.data import UNREADABLE, clip_transforms, load_rgb
+    from uniemo.data import UNREADABLE, clip_transforms, load_rgb, model_view
     from uniemo.errors import UniEmoError
     from uniemo.plots import attention_png
     from uniemo.understanding import UniEmoUnderstanding, load_image_processor
@@ -35,7 +35,6 @@ def run(args: argparse.Namespace) -> int:
                           "drop --explain")
     processor = load_image_processor(args.run)
     transform = clip_transforms(processor, train=False)
-    mean, std = (torch.tensor(v).view(3, 1, 1) for v in (processor.image_mean, processor.image_std))
     for path in args.images:
         try:
             image = load_rgb(path)
@@ -50,8 +49,7 @@ def run(args: argparse.Namespace) -> int:
                   "probabilities": {name: round(float(p), 6) for name, p in zip(model.class_names, probs)}}
         if explain:
             png = Path(args.explain) / f"{Path(path).stem}_attention.png"
-            crop = (pixels[0] * std + mean).clamp(0, 1)  # the view the model saw
-            attention_png(crop.permute(1, 2, 0).numpy(), {k: v[0].numpy() for k, v in out.attentions.items()}, png,
+            attention_png(model_view(pixels[0], processor), {k: v[0].numpy() for k, v in out.attentions.items()}, png,
                           title=f"{result['emotion']} ({float(probs[top]):.2f})")
             result["explain"] = str(png)
         if args.json:
