@@ -40,8 +40,8 @@ def array(image) -> np.ndarray:
 def test_edit_is_seeded_and_strength_sets_how_far_it_moves(pipe):
     source = photo(0)
     fitted = pipe.fit(source)
-    side = pipe.cfg.generation.resolution or pipe.sd.unet.config.sample_size * pipe.sd.vae_scale_factor
-    assert min(fitted.size) == side and all(s % pipe.sd.vae_scale_factor == 0 for s in fitted.size)
+    side = pipe.cfg.generation.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    assert min(fitted.size) == side and all(s % pipe.vae_scale_factor == 0 for s in fitted.size)
     a = pipe.edit(source, emotion="awe", strength=0.5, num_images=2, num_inference_steps=4, generator=3)
     b = pipe.edit(source, emotion="awe", strength=0.5, num_images=2, num_inference_steps=4, generator=3)
     assert all(np.array_equal(array(x), array(y)) for x, y in zip(a.images, b.images))
@@ -50,7 +50,7 @@ def test_edit_is_seeded_and_strength_sets_how_far_it_moves(pipe):
     # SDEdit: the strength sets how many of the schedule's steps denoise, and so how much of the
     # source survives: two sources stay apart at a low strength and nearly meet at full strength
     calls = []
-    hook = pipe.sd.unet.register_forward_hook(lambda *_: calls.append(1))
+    hook = pipe.unet.register_forward_hook(lambda *_: calls.append(1))
     try:
         gap = {s: np.abs(array(pipe.edit(source, emotion="awe", strength=s, num_inference_steps=10,
                                          generator=3).images[0]) -

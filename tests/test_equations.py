@@ -120,7 +120,7 @@ def identity_fusion(use_alpha=True, cond_loss="cond", token=2.0, margin=0.5) -> 
     """Mappers M(x) = ReLU(x) (both layers identity), R = identity: e is computable by hand."""
     cfg = FusionConfig(features=["cls", "scene", "object"], use_alpha=use_alpha, cond_loss=cond_loss, margin=margin,
                        mapper_hidden=2)
-    fusion = UniEmoFusion(cfg, vision_dim=2, text_dim=2, head_hidden=2, token_norm=token)
+    fusion = UniEmoFusion(cfg, vision_dim=2, text_dims=2, head_hidden=2, token_norms=token)
     with torch.no_grad():
         for layer in [*(m[0] for m in fusion.mappers.values()), *(m[2] for m in fusion.mappers.values()),
                       fusion.cond_proj]:

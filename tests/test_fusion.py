@@ -69,7 +69,7 @@ def test_table_json_round_trip_and_top():
 
 def _fusion(token_norm=1.0, **kw):
     torch.manual_seed(0)
-    return fusion.UniEmoFusion(FusionConfig(**kw), vision_dim=8, text_dim=6, head_hidden=5, token_norm=token_norm)
+    return fusion.UniEmoFusion(FusionConfig(**kw), vision_dim=8, text_dims=6, head_hidden=5, token_norms=token_norm)
 
 
 def test_fused_condition_weights_scene_and_object_by_alpha_at_the_token_scale():
@@ -122,7 +122,7 @@ def test_injection_changes_the_placeholder_and_what_attends_to_it(sd):
     te = pipe.text_encoder
     ids = fusion.tokenize(pipe.tokenizer, ["<emo> bench", "<emo> bench"])
     with torch.no_grad():
-        a, b = (fusion.condition_prompt(te, ids, pid, torch.randn(2, te.config.hidden_size)) for _ in range(2))
+        a, b = (fusion.inject(te, ids, pid, torch.randn(2, te.config.hidden_size)).last_hidden_state for _ in range(2))
     differs = (a != b).any(-1)
     # causal attention: the start token comes before the placeholder, every later position sees it
     assert not differs[:, 0].any() and differs[:, 1:].all()
@@ -135,7 +135,7 @@ def test_injecting_a_words_row_matches_the_text_encoder_on_that_word(sd):
     with torch.no_grad():
         e = te.embeddings.token_embedding(word_ids[:, 1])
         expected = te(word_ids).last_hidden_state
-        got = fusion.condition_prompt(te, fusion.tokenize(pipe.tokenizer, ["<emo> bench", "<emo> cup"]), pid, e)
+        got = fusion.inject(te, fusion.tokenize(pipe.tokenizer, ["<emo> bench", "<emo> cup"]), pid, e).last_hidden_state
     assert torch.allclose(got, expected, atol=1e-5)
 
 
@@ -143,7 +143,7 @@ def test_condition_is_differentiable_through_the_frozen_text_encoder(sd):
     pipe, pid = sd
     te = pipe.text_encoder.requires_grad_(False)
     e = torch.randn(3, te.config.hidden_size, requires_grad=True)
-    out = fusion.condition_prompt(te, fusion.tokenize(pipe.tokenizer, ["<emo>"]), pid, e)
+    out = fusion.inject(te, fusion.tokenize(pipe.tokenizer, ["<emo>"]), pid, e).last_hidden_state
     assert out.shape[0] == 3
     # a random readout: sum(LayerNorm(x)) alone is constant in x when the norm's weights are uniform
     (out[1] * torch.randn_like(out[1])).sum().backward()
@@ -155,8 +155,8 @@ def test_prompts_without_placeholder_and_bad_words_are_refused(sd):
     pipe, pid = sd
     te = pipe.text_encoder
     with pytest.raises(UniEmoError, match="placeholder"):
-        fusion.condition_prompt(te, fusion.tokenize(pipe.tokenizer, ["a bench"]), pid,
-                                torch.zeros(1, te.config.hidden_size))
+        fusion.inject(te, fusion.tokenize(pipe.tokenizer, ["a bench"]), pid,
+                      torch.zeros(1, te.config.hidden_size))
     fusion.check_word(pipe.tokenizer, "bench", pid)
     for word in ("", "bench!", "<emo>"):
         with pytest.raises(UniEmoError, match="cannot be encoded"):

@@ -35,7 +35,7 @@ def build_joint(tiny_models, fusion_cfg: FusionConfig | None = None, seed: int =
         scene_bank.names, table_from_counts(labels, labels % 3, 3, 8),
         object_bank.names, table_from_counts(labels, labels % 4, 4, 8), method="counts")
     fusion = UniEmoFusion(fusion_cfg or FusionConfig(), vision_dim=vision.config.hidden_size,
-                          text_dim=sd.text_encoder.config.hidden_size, head_hidden=32)
+                          text_dims=sd.text_encoder.config.hidden_size, head_hidden=32)
     diffusion = joint.FrozenDiffusion(sd, "<emo>", gradient_checkpointing=checkpointing)
     return joint.JointModel(understanding, fusion, diffusion, scene_bank, object_bank, table)
 
@@ -66,13 +66,13 @@ def test_gradients_reach_mappers_and_queries_but_not_frozen_diffusion(model):
     assert model.understanding.object_queries.grad.abs().sum() > 0
     assert model.understanding.emotion_head[-1].weight.grad.abs().sum() > 0
     d = model.diffusion
-    for part in (d.unet, d.vae, d.text_encoder):
+    for part in (d.unet, d.vae, d.text_encoders):
         assert all(p.grad is None and not p.requires_grad for p in part.parameters())
-    assert not d.unet.training and not d.text_encoder.training  # frozen parts stay in eval mode
+    assert not d.unet.training and not d.text_encoders[0].training  # frozen parts stay in eval mode
 
 
 def test_diffusion_loss_alone_sends_gradient_to_e(model):
-    e = torch.randn(2, model.diffusion.text_encoder.config.hidden_size, requires_grad=True)
+    e = torch.randn(2, model.diffusion.text_encoders[0].config.hidden_size, requires_grad=True)
     torch.manual_seed(0)
     model.diffusion.loss(e, make_batch(2)["vae_pixels"]).backward()
     assert e.grad.abs().sum() > 0
@@ -83,16 +83,16 @@ def test_transfer_prompts_name_the_image_object_at_the_configured_rate(tiny_mode
 
     sd = load_sd(tiny_models[1])
     objects = ["balloon", None, "cake"] * 100
-    plain, named = joint.FrozenDiffusion(sd, "<emo>").prompt_ids_for(objects)
+    (plain,), named = joint.FrozenDiffusion(sd, "<emo>").prompt_ids_for(objects)
     assert (plain == plain[0]).all() and not named.any()
     always = joint.FrozenDiffusion(sd, "<emo>", object_prompt_p=1.0)
-    ids, named = always.prompt_ids_for(objects[:3])
+    (ids,), named = always.prompt_ids_for(objects[:3])
     texts = sd.tokenizer.batch_decode(ids)
     assert [t.replace(" ", "").replace("<|endoftext|>", "").replace("<|startoftext|>", "") for t in texts] == [
         "<emo>balloon", "<emo>", "<emo>cake"]
     assert named.tolist() == [True, False, True]
     torch.manual_seed(0)
-    half, named = joint.FrozenDiffusion(sd, "<emo>", object_prompt_p=0.5).prompt_ids_for(objects)
+    (half,), named = joint.FrozenDiffusion(sd, "<emo>", object_prompt_p=0.5).prompt_ids_for(objects)
     assert torch.equal((half != plain).any(dim=1), named)
     assert not named[1::3].any()  # an image without an object keeps the plain prompt
     assert 0.4 < named[0::3].float().mean() < 0.6
@@ -100,7 +100,7 @@ def test_transfer_prompts_name_the_image_object_at_the_configured_rate(tiny_mode
 
 def test_a_named_object_leaves_the_object_term_out_of_e():
     cfg = FusionConfig(use_alpha=False)
-    fusion = UniEmoFusion(cfg, vision_dim=8, text_dim=6, head_hidden=4)
+    fusion = UniEmoFusion(cfg, vision_dim=8, text_dims=6, head_hidden=4)
     torch.manual_seed(0)
     feats = {k: torch.randn(2, 8) for k in ("cls", "scene", "object")}
     named = fusion(feats, None, torch.tensor([True, False]))

@@ -62,7 +62,7 @@ def test_batch_size_does_not_change_images(pipe):
 def test_metadata_describes_each_image(pipe):
     out = pipe(emotion="sadness", object="bench", num_images=2, num_inference_steps=2, guidance_scale=3.0,
                generator=0)
-    size = pipe.sd.unet.config.sample_size * pipe.sd.vae_scale_factor
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     assert all(im.size == (size, size) for im in out.images)
     for m in out.metadata:
         assert m["emotion"] == "sadness" and m["mix"] is None and m["object"] == "bench"
@@ -75,7 +75,7 @@ def test_metadata_describes_each_image(pipe):
 
 
 def test_conditions_are_at_the_scale_of_the_text_encoders_words(pipe):
-    words = pipe.sd.text_encoder.embeddings.token_embedding.weight.norm(dim=-1)
+    words = pipe.text_encoder.get_input_embeddings().weight.norm(dim=-1)
     e, _, _ = pipe.conditions({"awe": 1.0}, [0, 1, 2])
     assert torch.allclose(e.norm(dim=-1), words.mean().expand(3), rtol=1e-4)
     assert words.min() <= e.norm(dim=-1).min() and e.norm(dim=-1).max() <= words.max()
@@ -241,7 +241,8 @@ def test_a_scheduler_swaps_the_diffusers_way_and_is_recorded(tiny_models, tmp_pa
     assert not np.array_equal(pixels(a.images), pixels(b.images))
     assert a.metadata[0]["scheduler"] == type(plain.scheduler).__name__ and b.metadata[0]["scheduler"] == "UniPCMultistepScheduler"
     plain.scheduler = DPMSolverMultistepScheduler.from_config(plain.scheduler.config)
-    assert isinstance(plain.img2img.scheduler, DPMSolverMultistepScheduler)  # editing samples with it too
+    for img2img in (False, True):  # generation and editing sample with it
+        assert isinstance(plain.denoiser(img2img).scheduler, DPMSolverMultistepScheduler)
     for name in ("NoSuchScheduler", "UniEmoPipeline", "StableDiffusionPipeline", "os.system"):
         with pytest.raises(UniEmoError, match="unknown scheduler"):
             UniEmoPipeline.from_pretrained(run, scheduler=name)

@@ -78,8 +78,7 @@ class Studio:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if all((self.run_dir / f).is_file() for f in STAGE2_FILES):
             self.pipe = UniEmoPipeline.from_pretrained(self.run_dir).to(self.device)
-            for pipeline in (self.pipe.sd, self.pipe.img2img):  # no progress bars in the server's log
-                pipeline.set_progress_bar_config(disable=True)
+            self.pipe.set_progress_bar_config(disable=True)  # no progress bars in the server's log
             self.model, banks = self.pipe.understanding, (self.pipe.scene_bank, self.pipe.object_bank)
         else:
             self.pipe = None

@@ -101,6 +101,7 @@ class UniEmoConfig:
     preset: str = "vit-b32"
     clip_path: str | None = None
     sd_path: str | None = None
+    sd_layout: str | None = None  # "sd15" | "sdxl": the SD the run was trained with (`train joint` records it)
     image_size: int = 224
     understanding: UnderstandingConfig = field(default_factory=UnderstandingConfig)
     stage1: TrainConfig = field(default_factory=TrainConfig)
@@ -125,6 +126,14 @@ SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block
                  block_out_channels=[320, 640, 1280, 1280], cross_attention_dim=768, attention_head_dim=8,
                  down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
                  up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"])
+# stabilityai/stable-diffusion-xl-base-1.0's UNet: 2.6 B parameters, 128 x 128 latents (1024 px)
+SDXL_UNET = dict(sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,
+                 block_out_channels=[320, 640, 1280], cross_attention_dim=2048, attention_head_dim=[5, 10, 20],
+                 transformer_layers_per_block=[1, 2, 10], use_linear_projection=True,
+                 addition_embed_type="text_time", addition_time_embed_dim=256,
+                 projection_class_embeddings_input_dim=2816,  # pooled 1280 + 6 size numbers x 256
+                 down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+                 up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"])
 
 
 def _tiny() -> UniEmoConfig:

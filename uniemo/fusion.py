@@ -18,10 +18,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.modeling_utils import ModuleUtilsMixin  # .device and .dtype, as diffusers pipelines expect
 
 from uniemo.config import FusionConfig
 from uniemo.errors import UniEmoError
@@ -116,7 +118,7 @@ def match_alpha(embed: torch.Tensor, bank_embeds: torch.Tensor, table: torch.Ten
     projected query (B,P), ``bank_embeds`` the attribute text embeddings (V,P). Returns (α (B,),
     a* (B,)); no gradient flows through α."""
     with torch.no_grad():  # the query's own norm scales its row of cosines only: argmax needs the bank's
-        best = (embed.float() @ F.normalize(bank_embeds.float(), dim=-1).T).argmax(dim=-1)
+        best = (embed.float() @ F.normalize(bank_embeds.to(embed.device).float(), dim=-1).T).argmax(dim=-1)
         return table.to(embed.device)[best, emotion.to(embed.device)], best
 
 
@@ -131,17 +133,20 @@ class Mapper(nn.Sequential):
         super().__init__(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
 
 
-class UniEmoFusion(nn.Module):
+class UniEmoFusion(ModuleUtilsMixin, nn.Module):
     """The mappers M_cls, M_scene, M_object (+ M_patch for the Table V ablation) and the
     back-projection that lets L_cond read ``e`` with the emotion head's classifier.
 
-    ``e`` is rescaled to ``token_norm``, the mean norm of the frozen text encoder's token
-    embeddings. Nothing else bounds its scale, and L_cond's cross-entropy falls as ``e`` grows:
+    ``e`` is rescaled to the mean norm of the frozen text encoder's token embeddings. For SD XL,
+    ``e`` spans both text encoders' token widths (768 + 1280): one mapper per feature whose
+    output is split, each part rescaled to its own encoder's token norm (``widths``,
+    ``token_norms``). Nothing else bounds its scale, and L_cond's cross-entropy falls as ``e`` grows:
     left free, e reached norms of 5-16 against 0.19 for real tokens in the embedded default, the
     text encoder saturated, and L_diff stayed flat (docs/DECISIONS.md). The direction of ``e``
     carries the condition; α still weighs the three mapped features inside it."""
 
-    def __init__(self, cfg: FusionConfig, vision_dim: int, text_dim: int, head_hidden: int, token_norm: float = 1.0):
+    def __init__(self, cfg: FusionConfig, vision_dim: int, text_dims: int | Sequence[int], head_hidden: int,
+                 token_norms: float | Sequence[float] = 1.0):
         super().__init__()
         unknown = sorted(set(cfg.features) - set(FEATURES))
         if unknown or "cls" not in cfg.features:
@@ -149,20 +154,23 @@ class UniEmoFusion(nn.Module):
         if cfg.cond_loss not in ("cond", "ce"):
             raise UniEmoError(f"fusion.cond_loss {cfg.cond_loss!r} is invalid: choose cond or ce")
         self.cfg = cfg
-        hidden = cfg.mapper_hidden or text_dim
-        self.mappers = nn.ModuleDict({name: Mapper(vision_dim, hidden, text_dim) for name in cfg.features})
-        self.cond_proj = nn.Linear(text_dim, head_hidden)
-        self.register_buffer("token_norm", torch.tensor(float(token_norm)), persistent=False)
+        self.widths = [text_dims] if isinstance(text_dims, int) else list(text_dims)
+        norms = [token_norms] * len(self.widths) if isinstance(token_norms, (int, float)) else list(token_norms)
+        width = sum(self.widths)
+        hidden = cfg.mapper_hidden or width
+        self.mappers = nn.ModuleDict({name: Mapper(vision_dim, hidden, width) for name in cfg.features})
+        self.cond_proj = nn.Linear(width, head_hidden)
+        self.register_buffer("token_norms", torch.tensor(norms, dtype=torch.float32), persistent=False)
 
     @classmethod
-    def for_models(cls, cfg: FusionConfig, understanding, text_encoder) -> "UniEmoFusion":
-        """The fusion between an understanding model and a (frozen) SD text encoder."""
-        return cls(cfg, understanding.vision.config.hidden_size, text_encoder.config.hidden_size,
-                   understanding.cfg.head_hidden, token_norm(text_encoder))
+    def for_models(cls, cfg: FusionConfig, understanding, prompts: "PromptEncoder") -> "UniEmoFusion":
+        """The fusion between an understanding model and a (frozen) SD's text encoder(s)."""
+        return cls(cfg, understanding.vision.config.hidden_size, prompts.widths, understanding.cfg.head_hidden,
+                   prompts.token_norms())
 
     def forward(self, features: dict[str, torch.Tensor], alphas: dict[str, torch.Tensor] | None = None,
                 object_named: torch.Tensor | None = None) -> torch.Tensor:
-        """e = Σ_f α_f · M_f(feature_f) over the configured features, rescaled to ``token_norm``;
+        """e = Σ_f α_f · M_f(feature_f) over the configured features, rescaled to the token norm;
         α = 1 for cls and patch, and for every feature when ``use_alpha`` is off. Where
         ``object_named`` (B,) is true the prompt names the object ("<emo> house", emotion
         transfer): the object term is left out, as the word carries the object."""
@@ -174,7 +182,9 @@ class UniEmoFusion(nn.Module):
             if name == "object" and object_named is not None:
                 mapped = torch.where(object_named.to(mapped.device).unsqueeze(-1), 0.0, mapped)
             e = e + mapped
-        return self.token_norm.to(e.dtype) * F.normalize(e, dim=-1)
+        parts = e.split(self.widths, dim=-1)
+        return torch.cat([norm.to(e.dtype) * F.normalize(part, dim=-1) for norm, part in zip(self.token_norms, parts)],
+                         dim=-1)
 
     def condition_loss(self, e: torch.Tensor, labels: torch.Tensor, classifier: nn.Linear,
                        understanding_logits: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -214,7 +224,7 @@ def add_placeholder(tokenizer, placeholder: str) -> int:
 
 def token_norm(text_encoder) -> float:
     """Mean L2 norm of the text encoder's token-embedding rows: the scale of a word to it."""
-    return float(text_encoder.embeddings.token_embedding.weight.detach().float().norm(dim=-1).mean())
+    return float(text_encoder.get_input_embeddings().weight.detach().float().norm(dim=-1).mean())
 
 
 def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
@@ -238,8 +248,8 @@ def placeholder_positions(input_ids: torch.Tensor, placeholder_id: int) -> torch
     return is_placeholder
 
 
-def condition_prompt(text_encoder, input_ids: torch.Tensor, placeholder_id: int, e: torch.Tensor) -> torch.Tensor:
-    """prompt_embeds (B,L,W) for Stable Diffusion with e injected at the placeholder (SPEC §2).
+def inject(text_encoder, input_ids: torch.Tensor, placeholder_id: int, e: torch.Tensor, **kwargs):
+    """The text encoder's output for ``input_ids`` with e injected at the placeholder (SPEC §2).
 
     The text encoder runs on the prompt's ids as usual; a forward hook on its input-embedding
     layer (the public ``get_input_embeddings``) swaps the placeholder's row for e per sample, so
@@ -254,6 +264,73 @@ def condition_prompt(text_encoder, input_ids: torch.Tensor, placeholder_id: int,
 
     handle = text_encoder.get_input_embeddings().register_forward_hook(swap)
     try:  # the placeholder's id is not in the embedding table: look up row 0 there, then swap it
-        return text_encoder(input_ids=input_ids.masked_fill(is_placeholder, 0)).last_hidden_state
+        return text_encoder(input_ids=input_ids.masked_fill(is_placeholder, 0), **kwargs)
     finally:
         handle.remove()
+
+
+class PromptEncoder:
+    """Stable Diffusion's prompt encoding with e at the placeholder, for both layouts.
+
+    SD 1.5: one text encoder; ``prompt_embeds`` is its last hidden state. SD XL: two (CLIP-L,
+    width 768, and OpenCLIP-bigG with projection, width 1280); ``prompt_embeds`` concatenates
+    both encoders' penultimate hidden states (2048) and ``pooled_prompt_embeds`` is the second
+    encoder's projected end-of-text embedding, as diffusers' SD XL pipeline encodes a prompt.
+    e spans all encoders' widths; each gets its own part, so the pooled embedding depends on e
+    through the second encoder. The keys of the returned dicts are the SD pipelines' own."""
+
+    def __init__(self, tokenizers: Sequence, text_encoders: Sequence, placeholder: str, zero_negative: bool = False):
+        self.tokenizers, self.text_encoders = list(tokenizers), list(text_encoders)
+        self.placeholder_ids = [add_placeholder(t, placeholder) for t in self.tokenizers]
+        self.zero_negative = zero_negative  # SD XL's ``force_zeros_for_empty_prompt``
+
+    @classmethod
+    def of(cls, parts, placeholder: str) -> "PromptEncoder":
+        """The prompt encoder of a diffusers SD pipeline (or anything with its component names)."""
+        second = getattr(parts, "text_encoder_2", None)
+        if second is None:
+            return cls([parts.tokenizer], [parts.text_encoder], placeholder)
+        return cls([parts.tokenizer, parts.tokenizer_2], [parts.text_encoder, second], placeholder,
+                   bool(getattr(parts.config, "force_zeros_for_empty_prompt", False)))
+
+    @property
+    def xl(self) -> bool:
+        return len(self.text_encoders) == 2
+
+    @property
+    def widths(self) -> list[int]:
+        return [encoder.config.hidden_size for encoder in self.text_encoders]
+
+    def token_norms(self) -> list[float]:
+        return [token_norm(encoder) for encoder in self.text_encoders]
+
+    def ids(self, prompts: list[str]) -> list[torch.Tensor]:
+        """Token ids of ``prompts``, one tensor per tokenizer."""
+        return [tokenize(tokenizer, prompts) for tokenizer in self.tokenizers]
+
+    def check_word(self, word: str) -> None:
+        for tokenizer, placeholder_id in zip(self.tokenizers, self.placeholder_ids):
+            check_word(tokenizer, word, placeholder_id)
+
+    def __call__(self, ids: list[torch.Tensor], e: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The prompts' embeddings with e (B, Σ widths) at the placeholder."""
+        parts = e.split(self.widths, dim=-1)
+        return self._embeds([inject(encoder, i, pid, part, output_hidden_states=self.xl) for encoder, i, pid, part
+                             in zip(self.text_encoders, ids, self.placeholder_ids, parts)])
+
+    @torch.no_grad()
+    def negative(self, batch: int, device) -> dict[str, torch.Tensor]:
+        """The unconditional embeddings for guidance: the empty prompt's, or zeros where the SD XL
+        model asks for them (``force_zeros_for_empty_prompt``), as its pipeline does."""
+        outs = [encoder(input_ids=i.to(device), output_hidden_states=self.xl)
+                for encoder, i in zip(self.text_encoders, self.ids([""]))]
+        embeds = self._embeds(outs)
+        if self.zero_negative:
+            embeds = {k: torch.zeros_like(v) for k, v in embeds.items()}
+        return {f"negative_{k}": v.expand(batch, *v.shape[1:]) for k, v in embeds.items()}
+
+    def _embeds(self, outs) -> dict[str, torch.Tensor]:
+        if not self.xl:
+            return {"prompt_embeds": outs[0].last_hidden_state}
+        return {"prompt_embeds": torch.cat([out.hidden_states[-2] for out in outs], dim=-1),
+                "pooled_prompt_embeds": outs[1].text_embeds}

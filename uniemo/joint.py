@@ -18,61 +18,68 @@ import torch.nn.functional as F
 from torch import nn
 
 from uniemo.errors import UniEmoError
-from uniemo.fusion import UniEmoFusion, CorrelationTable, condition_prompt, match_alpha, tokenize, add_placeholder
+from uniemo.fusion import CorrelationTable, PromptEncoder, UniEmoFusion, match_alpha
 from uniemo.io import load_tensors, save_tensors
 
 SPACE_FEATURES = ("cls", "scene", "object", "patch")
 
 
 class FrozenDiffusion(nn.Module):
-    """The frozen parts of Stable Diffusion and L_diff. Always in eval mode, no parameter trains."""
+    """The frozen parts of Stable Diffusion (1.5 or XL) and L_diff. Always in eval mode, no
+    parameter trains."""
 
     def __init__(self, sd_pipe, placeholder: str, object_prompt_p: float = 0.0, gradient_checkpointing: bool = False):
         from diffusers import DDPMScheduler
 
         super().__init__()
-        self.vae, self.text_encoder, self.unet = sd_pipe.vae, sd_pipe.text_encoder, sd_pipe.unet
-        self.tokenizer, self.placeholder, self.object_prompt_p = sd_pipe.tokenizer, placeholder, object_prompt_p
+        self.vae, self.unet = sd_pipe.vae, sd_pipe.unet
+        self.prompts = PromptEncoder.of(sd_pipe, placeholder)
+        self.text_encoders = nn.ModuleList(self.prompts.text_encoders)  # moved, frozen and in eval mode with the rest
+        self.placeholder, self.object_prompt_p = placeholder, object_prompt_p
         self.requires_grad_(False)
         if gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
         self.noise_scheduler = DDPMScheduler.from_config(sd_pipe.scheduler.config)
-        self.placeholder_id = add_placeholder(sd_pipe.tokenizer, placeholder)
-        self.register_buffer("prompt_ids", tokenize(sd_pipe.tokenizer, [placeholder]), persistent=False)
+        self.prompt_ids = self.prompts.ids([placeholder])
         self.eval()
 
     def train(self, mode: bool = True) -> "FrozenDiffusion":
         return super().train(False)
 
-    def prompt_ids_for(self, objects: list[str | None]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token ids of "<emo>" per sample or, with probability ``object_prompt_p`` where the
-        image's object is known, of the transfer prompt "<emo> <object>", and which samples got
-        it (B,) bool: e then learns to carry what the object word does not, so "<emo> house" at
-        generation is a prompt stage 2 has seen."""
+    def prompt_ids_for(self, objects: list[str | None]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Token ids (one tensor per tokenizer) of "<emo>" per sample or, with probability
+        ``object_prompt_p`` where the image's object is known, of the transfer prompt
+        "<emo> <object>", and which samples got it (B,) bool: e then learns to carry what the
+        object word does not, so "<emo> house" at generation is a prompt stage 2 has seen."""
         named = (torch.rand(len(objects)) < self.object_prompt_p) & torch.tensor([bool(o) for o in objects])
         if not named.any():
-            return self.prompt_ids.expand(len(objects), -1), named
+            return self.prompt_ids, named
         prompts = [f"{self.placeholder} {o}" if n else self.placeholder for o, n in zip(objects, named.tolist())]
-        return tokenize(self.tokenizer, prompts).to(self.prompt_ids.device), named
-
-    def prompt_embeds(self, e: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
-        return condition_prompt(self.text_encoder, self.prompt_ids if ids is None else ids, self.placeholder_id, e)
+        return self.prompts.ids(prompts), named
 
     @torch.no_grad()
     def encode_latents(self, vae_pixels: torch.Tensor) -> torch.Tensor:
         vae_pixels = vae_pixels.to(self.vae.dtype)
         return self.vae.encode(vae_pixels).latent_dist.sample() * self.vae.config.scaling_factor
 
-    def loss(self, e: torch.Tensor, vae_pixels: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+    def loss(self, e: torch.Tensor, vae_pixels: torch.Tensor, ids: list[torch.Tensor] | None = None) -> torch.Tensor:
         """L_diff = E‖ε − ε_θ(z_t, t, c(e))‖² (or the v-target for v-prediction schedulers), with
-        the prompt ``ids`` ("<emo>" if None; see ``prompt_ids_for``)."""
+        the prompt ``ids`` ("<emo>" if None; see ``prompt_ids_for``). SD XL's UNet also gets the
+        pooled embedding and its size conditioning: the training images are resized and
+        centre-cropped to the resolution, so original and target size are it, the crop (0, 0)."""
         latents = self.encode_latents(vae_pixels)
         noise = torch.randn_like(latents)
         steps = self.noise_scheduler.config.num_train_timesteps
         t = torch.randint(0, steps, (latents.shape[0],), device=latents.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
-        cond = self.prompt_embeds(e.to(self.text_encoder.dtype), ids)
-        pred = self.unet(noisy, t, encoder_hidden_states=cond).sample
+        cond = self.prompts(self.prompt_ids if ids is None else ids, e.to(self.text_encoders[0].dtype))
+        added = None
+        if self.prompts.xl:
+            height, width = vae_pixels.shape[-2:]
+            time_ids = torch.tensor([height, width, 0, 0, height, width], device=latents.device)
+            added = {"text_embeds": cond["pooled_prompt_embeds"],
+                     "time_ids": time_ids.to(cond["prompt_embeds"].dtype).expand(len(latents), -1)}
+        pred = self.unet(noisy, t, encoder_hidden_states=cond["prompt_embeds"], added_cond_kwargs=added).sample
         if self.noise_scheduler.config.prediction_type == "v_prediction":
             target = self.noise_scheduler.get_velocity(latents, noise, t)
         else:
@@ -245,9 +252,9 @@ def build_joint_model(run1: str | Path, sd_pipe, cfg, table: CorrelationTable) -
 
     understanding = UniEmoUnderstanding.from_pretrained(run1)
     scene_bank, object_bank = load_attributes(run1)
-    fusion = UniEmoFusion.for_models(cfg.fusion, understanding, sd_pipe.text_encoder)
     diffusion = FrozenDiffusion(sd_pipe, cfg.fusion.placeholder, cfg.fusion.object_prompt_p,
                                 cfg.fusion.unet_gradient_checkpointing)
+    fusion = UniEmoFusion.for_models(cfg.fusion, understanding, diffusion.prompts)
     return JointModel(understanding, fusion, diffusion, scene_bank, object_bank, table)
 
 
@@ -337,7 +344,7 @@ def train_joint(run1: str | Path, data_root: str | Path, out: str | Path, cfg, r
     from uniemo.config import save_config
     from uniemo.data import clip_transforms, open_dataset
     from uniemo.io import read_json, write_json
-    from uniemo.loading import load_clip, load_sd
+    from uniemo.loading import SD_NAMES, load_clip, load_sd, sd_layout
     from uniemo.training import fit, on_main, param_groups
 
     out = Path(out)
@@ -347,6 +354,8 @@ def train_joint(run1: str | Path, data_root: str | Path, out: str | Path, cfg, r
     if cfg.clip_path is None:
         raise UniEmoError(f"{run1}/config.yaml records no clip_path: stage 2 needs the CLIP directory of stage 1")
     clip, sd = load_clip(cfg.clip_path), load_sd(cfg.sd_path)
+    cfg.sd_layout = sd_layout(sd)
+    on_main(lambda: print(f"found {SD_NAMES[cfg.sd_layout]} in {cfg.sd_path}"))
     train_set = open_dataset(data_root, "emoset", "train")
     eval_collate = JointCollate(clip_transforms(clip.image_processor, train=False))
     batch = cfg.stage2.batch_size

@@ -1,6 +1,6 @@
 """Load the foundation models a user brings, from local directories in the Hugging Face
 layout, never from the network (``local_files_only=True``): a CLIP model (vision tower,
-text tower, tokenizer, image processor) and a Stable-Diffusion-1.5-layout pipeline."""
+text tower, tokenizer, image processor) and a Stable Diffusion 1.5 or XL pipeline."""
 
 from __future__ import annotations
 
@@ -51,7 +51,8 @@ def _read_config(path: Path, name: str, what: str) -> dict:
 
 
 CLIP_WHAT = "a Hugging Face CLIP directory (config.json with model_type 'clip', weights, tokenizer, preprocessor_config.json)"
-SD_WHAT = "a diffusers Stable Diffusion directory (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)"
+SD_WHAT = ("a diffusers Stable Diffusion 1.5 or XL directory (model_index.json, unet/, vae/, text_encoder/, "
+           "tokenizer/, scheduler/; SD XL also text_encoder_2/, tokenizer_2/)")
 
 
 def load_clip(path: str | Path, dtype=None) -> CLIPBundle:
@@ -75,21 +76,42 @@ def load_clip(path: str | Path, dtype=None) -> CLIPBundle:
     return CLIPBundle(model.eval(), tokenizer, processor, str(path))
 
 
+SD_LAYOUTS = {"StableDiffusionPipeline": "sd15", "StableDiffusionImg2ImgPipeline": "sd15",
+              "StableDiffusionXLPipeline": "sdxl", "StableDiffusionXLImg2ImgPipeline": "sdxl"}
+SD_NAMES = {"sd15": "Stable Diffusion 1.5", "sdxl": "Stable Diffusion XL"}
+SD_PARTS = {"sd15": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
+            "sdxl": ("unet", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler")}
+
+
+def sd_layout(pipe) -> str:
+    """"sdxl" for a pipeline with a second text encoder, else "sd15"."""
+    return "sd15" if getattr(pipe, "text_encoder_2", None) is None else "sdxl"
+
+
 def load_sd(path: str | Path, dtype=None):
-    """Load a ``StableDiffusionPipeline`` (SD 1.5 layout) from a local directory, safety checker off."""
-    from diffusers import StableDiffusionPipeline
+    """Load a ``StableDiffusionPipeline`` (SD 1.5 layout, safety checker off) or a
+    ``StableDiffusionXLPipeline`` (SD XL layout, watermarker off) from a local directory; which
+    one is read from its ``model_index.json``."""
+    import diffusers
     from safetensors import SafetensorError
 
     quiet_hf()
     path = _require_dir(path, SD_WHAT)
-    _read_config(path, "model_index.json", SD_WHAT)
-    for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+    index = _read_config(path, "model_index.json", SD_WHAT)
+    name = index.get("_class_name")
+    if name not in SD_LAYOUTS:
+        raise UniEmoError(f"{path}/model_index.json names {name!r}: expected {SD_WHAT}")
+    layout = SD_LAYOUTS[name]
+    for sub in SD_PARTS[layout]:
         if not (path / sub).is_dir():
             raise UniEmoError(f"no {sub}/ in {path}: expected {SD_WHAT}")
+    if layout == "sdxl":
+        cls, extra = diffusers.StableDiffusionXLPipeline, {"add_watermarker": False}
+    else:
+        cls, extra = diffusers.StableDiffusionPipeline, {"safety_checker": None, "requires_safety_checker": False,
+                                                         "feature_extractor": None}
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(
-            path, local_files_only=True, torch_dtype=dtype, safety_checker=None,
-            requires_safety_checker=False, feature_extractor=None)
+        pipe = cls.from_pretrained(path, local_files_only=True, torch_dtype=dtype, **extra)
     except (OSError, ValueError, SafetensorError) as e:
         raise UniEmoError(f"could not load Stable Diffusion from {path}: {str(e).splitlines()[0]}") from None
     pipe.set_progress_bar_config(disable=True)

@@ -3,8 +3,9 @@
 
 For every image: sample CLS / scene / object features from the emotion space N(mean, std) of
 the requested emotion, pick α from the nearest scene / object attribute, fuse them into e,
-inject e at the placeholder token, and let Stable Diffusion's own denoising loop run on
-``prompt_embeds`` with classifier-free guidance against the empty prompt. A mix of emotions
+inject e at the placeholder token, and let Stable Diffusion's own denoising loop (1.5 or XL)
+run on the prompt embeddings with classifier-free guidance against the empty prompt (zeros for
+an SD XL whose config asks for them, as diffusers does). A mix of emotions
 (paper Fig. 10b) fuses e = Σ_k w_k e_k with normalised non-negative weights. ``edit`` turns a
 given photo toward an emotion (SDEdit with the same condition), and ``read`` gives the
 understanding branch's reading of any image.
@@ -12,7 +13,7 @@ understanding branch's reading of any image.
 Seeds: image i of a call with seed s uses seed s + i for both its feature sample and its
 initial latents, so any image is reproduced alone from the seed in its metadata.
 
-    pipe = UniEmoPipeline.from_pretrained("runs/stage2")
+    pipe = UniEmoPipeline.from_pretrained("runs/stage2", torch_dtype=torch.float16).to("cuda")
     out = pipe(emotion="awe", object="bench", num_images=4, generator=0)
     out.images[0].save("awe.png"); out.metadata[0]["alpha_scene"]
 """
@@ -29,12 +30,16 @@ import torch
 
 from uniemo.config import UniEmoConfig, load_config
 from uniemo.errors import UniEmoError
-from uniemo.fusion import (CorrelationTable, UniEmoFusion, add_placeholder, check_word, condition_prompt,
-                           match_alpha, tokenize)
+from diffusers import DiffusionPipeline
+
+from uniemo.fusion import CorrelationTable, PromptEncoder, UniEmoFusion, match_alpha
 from uniemo.io import load_state_dict_checked, load_tensors, read_json
 from uniemo.joint import EmotionSpace
 
 STAGE2_FILES = ("config.yaml", "fusion.safetensors", "alpha_table.json", "emotion_space.safetensors")
+SD_PARTS = ("vae", "text_encoder", "tokenizer", "unet", "scheduler", "text_encoder_2", "tokenizer_2")
+DENOISERS = {"sd15": ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"),  # text-to-image, image-to-image
+             "sdxl": ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline")}
 MAX_IMAGES_PER_EMOTION = 100_000  # per command call: its to-do list stays small in memory
 
 
@@ -88,28 +93,56 @@ def emotion_key(name: Any, class_names: tuple[str, ...]) -> str:
     return key
 
 
-class UniEmoPipeline:
-    """Understanding-guided emotional generation with a frozen Stable Diffusion pipeline."""
+@dataclass
+class Stage2Contents:
+    """What a stage-2 run holds besides models: its config, the α table P, the emotion space,
+    the attribute banks and the understanding branch's image transform (for ``read``)."""
 
-    def __init__(self, understanding, fusion: UniEmoFusion, table: CorrelationTable, space: EmotionSpace,
-                 scene_bank, object_bank, sd_pipe, cfg: UniEmoConfig, transform=None):
-        self.understanding, self.fusion = understanding.eval(), fusion.eval()
-        self.transform = transform  # the understanding branch's image preprocessing (``read``)
-        self._img2img = None  # built on first use by ``edit``
-        self.table, self.space, self.cfg = table, space, cfg
-        self.scene_bank, self.object_bank = scene_bank, object_bank
-        self.sd = sd_pipe
-        self.placeholder_id = add_placeholder(sd_pipe.tokenizer, cfg.fusion.placeholder)
+    cfg: UniEmoConfig
+    table: CorrelationTable
+    space: EmotionSpace
+    scene_bank: Any
+    object_bank: Any
+    transform: Any = None
+
+
+class UniEmoPipeline(DiffusionPipeline):
+    """Understanding-guided emotional generation with a frozen Stable Diffusion 1.5 or XL.
+
+    A diffusers ``DiffusionPipeline``: the SD's components and the run's understanding branch
+    and mappers are registered, so ``.to()``, ``enable_model_cpu_offload()``,
+    ``set_progress_bar_config`` and scheduler swaps work as on any diffusers pipeline. The
+    denoising loop is diffusers' own SD (XL) pipeline, built on these components for each call."""
+
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->unet->vae"
+    _optional_components = ["text_encoder_2", "tokenizer_2"]
+    # the understanding branch and the mappers are called through their submodules: they stay on the device
+    _exclude_from_cpu_offload = ["understanding", "fusion"]
+
+    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, understanding, fusion: UniEmoFusion,
+                 text_encoder_2=None, tokenizer_2=None, contents: Stage2Contents | None = None,
+                 force_zeros_for_empty_prompt: bool = False):
+        super().__init__()
+        if contents is None:
+            raise UniEmoError("UniEmoPipeline needs a stage-2 run: load one with UniEmoPipeline.from_pretrained(RUN)")
+        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+                              understanding=understanding.eval(), fusion=fusion.eval(), text_encoder_2=text_encoder_2,
+                              tokenizer_2=tokenizer_2)
+        self.register_to_config(force_zeros_for_empty_prompt=force_zeros_for_empty_prompt)
+        self.cfg, self.table, self.space = contents.cfg, contents.table, contents.space
+        self.scene_bank, self.object_bank, self.transform = contents.scene_bank, contents.object_bank, contents.transform
+        self.prompts = PromptEncoder.of(self, contents.cfg.fusion.placeholder)
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.class_names = tuple(understanding.class_names)
 
     @classmethod
-    def from_pretrained(cls, run_dir: str | Path, sd_path: str | Path | None = None, dtype=None,
+    def from_pretrained(cls, run_dir: str | Path, sd_path: str | Path | None = None, torch_dtype=None,
                         scheduler: str | None = None) -> "UniEmoPipeline":
-        """Load a stage-2 run (``uniemo train joint``) and the Stable Diffusion it was trained with,
-        its denoising modules in ``dtype`` (default float32) and sampling with ``scheduler`` (a
-        diffusers scheduler class name; default the SD's own)."""
+        """Load a stage-2 run (``uniemo train joint``) and the Stable Diffusion (1.5 or XL) it was
+        trained with, the SD's modules and the mappers in ``torch_dtype`` (default float32),
+        sampling with ``scheduler`` (a diffusers scheduler class name; default the SD's own)."""
         from uniemo.data import clip_transforms
-        from uniemo.loading import load_sd
+        from uniemo.loading import SD_NAMES, load_sd, sd_layout
         from uniemo.understanding import UniEmoUnderstanding, load_attributes, load_image_processor
 
         run_dir = Path(run_dir)
@@ -121,48 +154,52 @@ class UniEmoPipeline:
         sd_path = sd_path or cfg.sd_path
         if sd_path is None:
             raise UniEmoError(f"{run_dir}/config.yaml records no sd_path: pass the Stable Diffusion directory")
+        sd = load_sd(sd_path, dtype=torch_dtype)
+        if cfg.sd_layout is not None and sd_layout(sd) != cfg.sd_layout:
+            raise UniEmoError(f"{run_dir} was trained with {SD_NAMES.get(cfg.sd_layout, cfg.sd_layout)} but {sd_path} holds "
+                              f"{SD_NAMES[sd_layout(sd)]}: pass the Stable Diffusion directory the run was trained with")
         understanding = UniEmoUnderstanding.from_pretrained(run_dir)
-        scene_bank, object_bank = load_attributes(run_dir)
-        table = CorrelationTable.from_json(read_json(run_dir / "alpha_table.json", "alpha table"),
-                                           run_dir / "alpha_table.json")
-        space = EmotionSpace.load(run_dir / "emotion_space.safetensors")
-        sd = load_sd(sd_path, dtype=dtype)
-        fusion = UniEmoFusion.for_models(cfg.fusion, understanding, sd.text_encoder)
+        fusion = UniEmoFusion.for_models(cfg.fusion, understanding, PromptEncoder.of(sd, cfg.fusion.placeholder))
         load_state_dict_checked(fusion, load_tensors(run_dir / "fusion.safetensors", "fusion weights"),
                                 run_dir / "fusion.safetensors")
-        if dtype is not None:
-            fusion.to(dtype)
-        pipe = cls(understanding, fusion, table, space, scene_bank, object_bank, sd, cfg,
-                   clip_transforms(load_image_processor(run_dir), train=False))
+        if torch_dtype is not None:
+            fusion.to(torch_dtype)
+        table = CorrelationTable.from_json(read_json(run_dir / "alpha_table.json", "alpha table"),
+                                           run_dir / "alpha_table.json")
+        contents = Stage2Contents(cfg, table, EmotionSpace.load(run_dir / "emotion_space.safetensors"),
+                                  *load_attributes(run_dir), clip_transforms(load_image_processor(run_dir), train=False))
+        parts = {name: module for name, module in sd.components.items() if name in SD_PARTS}
+        pipe = cls(**parts, understanding=understanding, fusion=fusion, contents=contents,
+                   force_zeros_for_empty_prompt=bool(sd.config.get("force_zeros_for_empty_prompt", False)))
         if scheduler is not None:
             pipe.scheduler = scheduler_named(scheduler, sd.scheduler.config)
         return pipe
 
-    def to(self, device) -> "UniEmoPipeline":
-        self.understanding.to(device)
-        self.fusion.to(device)
-        self.sd.to(device)
-        return self
-
     @property
-    def device(self) -> torch.device:
-        return self.sd.unet.device
+    def layout(self) -> str:
+        """"sd15" or "sdxl": which Stable Diffusion this pipeline runs."""
+        return "sd15" if self.text_encoder_2 is None else "sdxl"
 
-    @property
-    def scheduler(self):
-        """The sampler, swapped the diffusers way:
-        ``pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config)``."""
-        return self.sd.scheduler
+    def denoiser(self, img2img: bool = False):
+        """diffusers' own SD (XL) text-to-image or image-to-image pipeline on this pipeline's
+        current components (shared, not copied), with its progress-bar settings."""
+        import diffusers
 
-    @scheduler.setter
-    def scheduler(self, scheduler) -> None:
-        self.sd.scheduler = scheduler
+        cls = getattr(diffusers, DENOISERS[self.layout][img2img])
+        parts = {name: getattr(self, name) for name in SD_PARTS if getattr(self, name) is not None}
+        if self.layout == "sdxl":
+            extra = {"force_zeros_for_empty_prompt": self.config.force_zeros_for_empty_prompt, "add_watermarker": False}
+        else:
+            extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+        pipe = cls(**parts, **extra)
+        pipe.set_progress_bar_config(**getattr(self, "_progress_bar_config", {}))
+        return pipe
 
     def prompt(self, object: str | None = None) -> str:
         """"<emo>" or, for emotion transfer, "<emo> <object>"."""
         if object is None:
             return self.cfg.fusion.placeholder
-        check_word(self.sd.tokenizer, object, self.placeholder_id)
+        self.prompts.check_word(object)
         return f"{self.cfg.fusion.placeholder} {object.strip()}"
 
     @torch.no_grad()
@@ -178,7 +215,7 @@ class UniEmoPipeline:
         for name, weight in weights.items():
             k = self.class_names.index(name)
             samples = [self.space.at(k, z) for z in noise]
-            feats = {f: torch.stack([s[f] for s in samples]).to(self.device, self.fusion.cond_proj.weight.dtype)
+            feats = {f: torch.stack([s[f] for s in samples]).to(self._execution_device, self.fusion.cond_proj.weight.dtype)
                      for f in self.fusion.cfg.features}
             alphas = self._alphas(feats, k, infos, name)
             e = e + weight * self.fusion(feats, alphas, named)
@@ -213,15 +250,17 @@ class UniEmoPipeline:
         height, width = height or size, width or size
         base = base_seed(generator)
         prompt = self.prompt(object)
+        denoiser = self.denoiser()
         images, metadata = [], []
         for start in range(0, num_images, batch):
             seeds = [base + i for i in range(start, min(start + batch, num_images))]
             e, generators, infos = self.conditions(weights, seeds, object is not None)
-            out = self.sd(**self._embeds(prompt, e), num_inference_steps=steps, guidance_scale=guidance,
-                          generator=generators, height=height, width=width, output_type="pil")
+            out = denoiser(**self._embeds(prompt, e), num_inference_steps=steps, guidance_scale=guidance,
+                           generator=generators, height=height, width=width, output_type="pil")
             images += out.images
             metadata += [self._metadata(seed, weights, emotion, object, prompt, steps, guidance, info)
                          for seed, info in zip(seeds, infos)]
+        self.maybe_free_model_hooks()
         return UniEmoPipelineOutput(images, metadata)
 
     @torch.no_grad()
@@ -247,22 +286,13 @@ class UniEmoPipeline:
         seeds = [base + i for _ in sources for i in range(num_images)]
         e, generators, infos = self.conditions(weights, seeds)
         prompt = self.prompt()
-        out = self.img2img(image=[s for s in sources for _ in range(num_images)], **self._embeds(prompt, e),
-                           strength=strength, num_inference_steps=steps, guidance_scale=guidance,
-                           generator=generators, output_type="pil")
+        out = self.denoiser(img2img=True)(
+            image=[s for s in sources for _ in range(num_images)], **self._embeds(prompt, e), strength=strength,
+            num_inference_steps=steps, guidance_scale=guidance, generator=generators, output_type="pil")
+        self.maybe_free_model_hooks()
         metadata = [{**self._metadata(seed, weights, emotion, None, prompt, steps, guidance, info), "strength": strength}
                     for seed, info in zip(seeds, infos)]
         return UniEmoPipelineOutput(out.images, metadata)
-
-    @property
-    def img2img(self):
-        """diffusers' ``StableDiffusionImg2ImgPipeline`` on this pipeline's components (shared, not copied)."""
-        from diffusers import StableDiffusionImg2ImgPipeline
-
-        if self._img2img is None:
-            self._img2img = StableDiffusionImg2ImgPipeline.from_pipe(self.sd)
-        self._img2img.scheduler = self.sd.scheduler  # a swapped sampler serves editing too
-        return self._img2img
 
     def fit(self, image):
         """``image`` as RGB, scaled so that its short side is the run's resolution (by default the
@@ -270,8 +300,8 @@ class UniEmoPipeline:
         from PIL import Image, ImageOps
 
         image = image.convert("RGB")
-        factor = self.sd.vae_scale_factor
-        size = self.cfg.generation.resolution or self.sd.unet.config.sample_size * factor
+        factor = self.vae_scale_factor
+        size = self.cfg.generation.resolution or self.unet.config.sample_size * factor
         scale = size / min(image.size)
         shape = tuple(max(factor, int(round(side * scale)) // factor * factor) for side in image.size)
         return ImageOps.fit(image, shape, method=Image.Resampling.BICUBIC)
@@ -279,7 +309,8 @@ class UniEmoPipeline:
     @torch.no_grad()
     def read(self, images: list) -> torch.Tensor:
         """The understanding branch's emotion probabilities (N, classes) of PIL images."""
-        pixels = torch.stack([self.transform(image.convert("RGB")) for image in images]).to(self.device)
+        pixels = torch.stack([self.transform(image.convert("RGB")) for image in images])
+        pixels = pixels.to(self._execution_device, next(self.understanding.parameters()).dtype)
         return self.understanding(pixels).logits.float().softmax(-1).cpu()
 
     def _request(self, emotion, mix, steps, guidance) -> tuple[dict[str, float], int, float]:
@@ -297,11 +328,8 @@ class UniEmoPipeline:
 
     def _embeds(self, prompt: str, e: torch.Tensor) -> dict[str, torch.Tensor]:
         """The prompt's embeddings with e at the placeholder, and the empty prompt's (guidance)."""
-        encoder = self.sd.text_encoder
-        ids = tokenize(self.sd.tokenizer, [prompt]).to(self.device)
-        negative = encoder(tokenize(self.sd.tokenizer, [""]).to(self.device))[0]
-        return {"prompt_embeds": condition_prompt(encoder, ids, self.placeholder_id, e.to(encoder.dtype)),
-                "negative_prompt_embeds": negative.expand(len(e), -1, -1)}
+        e = e.to(self.text_encoder.dtype)
+        return {**self.prompts(self.prompts.ids([prompt]), e), **self.prompts.negative(len(e), e.device)}
 
     def _metadata(self, seed, weights, emotion, object, prompt, steps, guidance, info) -> dict[str, Any]:
         def per_emotion(values: dict | None):
@@ -316,7 +344,7 @@ class UniEmoPipeline:
                 "matched_scene": per_emotion(info["matched"].get("scene")),
                 "matched_object": per_emotion(info["matched"].get("object")),
                 "prompt": prompt, "steps": steps, "guidance": guidance,
-                "scheduler": type(self.sd.scheduler).__name__, "dtype": str(self.sd.unet.dtype).removeprefix("torch.")}
+                "scheduler": type(self.scheduler).__name__, "dtype": str(self.unet.dtype).removeprefix("torch.")}
 
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.modeling_utils import ModuleUtilsMixin  # .device and .dtype, as diffusers pipelines expect
 
 from uniemo.config import UnderstandingConfig, from_dict, load_config, to_dict
 from uniemo.errors import UniEmoError
@@ -132,7 +133,7 @@ def default_stages(num_layers: int, stages: list[int] | None) -> tuple[int, int]
     return l1, l2
 
 
-class UniEmoUnderstanding(nn.Module):
+class UniEmoUnderstanding(ModuleUtilsMixin, nn.Module):
     """UniEmo's understanding branch around a ``CLIPVisionModel`` (paper §III-A)."""
 
     def __init__(self, vision_model, cfg: UnderstandingConfig, text_dim: int, class_names=None):

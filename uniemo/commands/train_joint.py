@@ -17,7 +17,7 @@ from uniemo.commands import require_positive
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, help="stage-1 run directory (from `uniemo train understand`)")
-    parser.add_argument("--sd", required=True, help="Stable Diffusion directory (diffusers layout)")
+    parser.add_argument("--sd", required=True, help="Stable Diffusion 1.5 or XL directory (diffusers layout)")
     parser.add_argument("--data", required=True, help="EmoSet-format dataset root")
     parser.add_argument("--out", required=True, help="stage-2 run directory to write")
     parser.add_argument("--config", help="YAML with overrides of the run's config (e.g. fusion: {use_alpha: false})")

@@ -1,5 +1,5 @@
 """Build foundation models in the Hugging Face layouts a real user downloads: a CLIP
-directory (``CLIPModel`` + tokenizer + image processor) and a Stable-Diffusion-1.5-layout
+directory (``CLIPModel`` + tokenizer + image processor) and a Stable Diffusion 1.5 or XL
 directory. Used with random weights by the tests and benchmarks (any size, up to the paper's),
 and as the starting point that ``uniemo pretrain-base`` trains for the embedded default."""
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from uniemo.config import CLIP_ARCHITECTURES, SD15_UNET
+from uniemo.config import CLIP_ARCHITECTURES, SD15_UNET, SDXL_UNET
 
 SPECIALS = ["<|startoftext|>", "<|endoftext|>"]
 ALPHABET = list("abcdefghijklmnopqrstuvwxyz0123456789")
@@ -91,18 +91,24 @@ def save_clip(out: str | Path, model, tokenizer, image_size: int) -> Path:
 
 def unet_config(cross_attention_dim: int, preset: str | None = None, sample_size: int = 16,
                 channels: Sequence[int] = (32, 64), attention_at: Sequence[bool] = (True, False),
-                mid_block: bool = True) -> dict:
-    """The SD 1.5 UNet config (``preset='sd15'``) or a tiny one with the same block types, one
-    level per entry of ``channels``, with (cross-)attention at the levels ``attention_at`` marks
-    and, unless ``mid_block`` is False, SD's cross-attention middle block."""
+                mid_block: bool = True, pooled_dim: int | None = None) -> dict:
+    """The SD 1.5 or SD XL UNet config (``preset`` 'sd15' or 'sdxl') or a tiny one with the same
+    block types, one level per entry of ``channels``, with (cross-)attention at the levels
+    ``attention_at`` marks and, unless ``mid_block`` is False, SD's cross-attention middle block.
+    With ``pooled_dim`` the tiny UNet takes SD XL's added conditions (a pooled text embedding of
+    that width and the 6 size numbers)."""
     if preset == "sd15":
         return dict(SD15_UNET, cross_attention_dim=cross_attention_dim)
+    if preset == "sdxl":
+        return dict(SDXL_UNET)
+    xl = {} if pooled_dim is None else dict(addition_embed_type="text_time", addition_time_embed_dim=8,
+                                            projection_class_embeddings_input_dim=pooled_dim + 6 * 8)
     down = ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention_at]
     up = ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention_at)]
     return dict(sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=1,
                 block_out_channels=list(channels), cross_attention_dim=cross_attention_dim, attention_head_dim=4,
                 norm_num_groups=8, down_block_types=down, up_block_types=up,
-                mid_block_type="UNetMidBlock2DCrossAttn" if mid_block else None)
+                mid_block_type="UNetMidBlock2DCrossAttn" if mid_block else None, **xl)
 
 
 def vae_config(preset: str | None = None, channels: Sequence[int] = (32, 64, 64), sample_size: int = 64,
@@ -119,25 +125,34 @@ def vae_config(preset: str | None = None, channels: Sequence[int] = (32, 64, 64)
                 mid_block_add_attention=mid_attention)
 
 
-def save_sd(out: str | Path, text_encoder, tokenizer, unet, vae, scheduler=None) -> Path:
-    """Write a Stable-Diffusion-1.5-layout directory (no safety checker, no feature extractor)."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+def save_sd(out: str | Path, text_encoder, tokenizer, unet, vae, scheduler=None, text_encoder_2=None) -> Path:
+    """Write a Stable Diffusion 1.5 directory (no safety checker, no feature extractor) or, with
+    ``text_encoder_2`` (its tokenizer: ``tokenizer``), an SD XL one with SD XL's Euler sampler."""
+    from diffusers import (DDIMScheduler, EulerDiscreteScheduler, StableDiffusionPipeline,
+                           StableDiffusionXLPipeline)
 
-    scheduler = scheduler or DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                           clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    betas = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1)
+    if text_encoder_2 is not None:
+        pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                         tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet,
+                                         scheduler=scheduler or EulerDiscreteScheduler(**betas),
+                                         add_watermarker=False)
+    else:
+        scheduler = scheduler or DDIMScheduler(**betas, clip_sample=False, set_alpha_to_one=False)
+        pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                       scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
     pipe.save_pretrained(out, safe_serialization=True)
     return Path(out)
 
 
 def build_random(out: str | Path, texts: Iterable[str], clip_preset: str | None = None,
-                 sd_preset: str | None = None, image_size: int = 64, seed: int = 0) -> tuple[Path, Path]:
-    """Random-weight CLIP and SD directories (``out/clip``, ``out/sd``) sharing one text tower."""
+                 sd_preset: str | None = None, image_size: int = 64, seed: int = 0, xl: bool = False) -> tuple[Path, Path]:
+    """Random-weight CLIP and SD directories (``out/clip``, ``out/sd``) sharing one text tower;
+    with ``xl`` a tiny SD XL (a second, narrower text encoder with projection)."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPModel, CLIPTextModel
+    from transformers import CLIPModel, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
     tokenizer = train_clip_tokenizer(texts, vocab_size=400)
@@ -146,9 +161,16 @@ def build_random(out: str | Path, texts: Iterable[str], clip_preset: str | None 
         image_size = CLIP_ARCHITECTURES[clip_preset]["image_size"]
     clip = CLIPModel(clip_config(clip_preset, vocab_size=len(tokenizer), image_size=image_size))
     clip_dir = save_clip(Path(out) / "clip", clip, tokenizer, image_size)
-    text_encoder = CLIPTextModel(clip.config.text_config)
+    text_config = clip.config.text_config
+    text_encoder = CLIPTextModel(text_config)
     text_encoder.load_state_dict(clip.text_model.state_dict())
-    unet = UNet2DConditionModel(**unet_config(clip.config.text_config.hidden_size, sd_preset))
+    second = None
+    if xl:
+        second = CLIPTextModelWithProjection(text_config.__class__(**{
+            **text_config.to_dict(), "hidden_size": 48, "intermediate_size": 192, "projection_dim": 40}))
+    width = text_config.hidden_size + (0 if second is None else second.config.hidden_size)
+    pooled = None if second is None else second.config.projection_dim
+    unet = UNet2DConditionModel(**unet_config(width, sd_preset, pooled_dim=pooled))
     vae = AutoencoderKL(**vae_config(sd_preset))
-    sd_dir = save_sd(Path(out) / "sd", text_encoder, tokenizer, unet, vae)
+    sd_dir = save_sd(Path(out) / "sd", text_encoder, tokenizer, unet, vae, text_encoder_2=second)
     return clip_dir, sd_dir
