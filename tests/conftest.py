@@ -60,6 +60,15 @@ def tiny_models(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_xl_models(tmp_path_factory):
+    """(clip_dir, sd_xl_dir): the same tiny CLIP and a tiny SD XL (two text encoders, the UNet's
+    added conditions) in the diffusers layout."""
+    from uniemo.demo.foundation import build_random
+
+    return build_random(tmp_path_factory.mktemp("foundation_xl"), CAPTIONS, xl=True)
+
+
+@pytest.fixture(scope="session")
 def tiny_emoset(tmp_path_factory):
     """A small synthetic dataset in EmoSet's on-disk format (real loader, real JPEGs)."""
     from uniemo.demo.synth import write_synthetic

@@ -35,7 +35,8 @@ def build_joint(tiny_models, fusion_cfg: FusionConfig | None = None, seed: int =
         scene_bank.names, table_from_counts(labels, labels % 3, 3, 8),
         object_bank.names, table_from_counts(labels, labels % 4, 4, 8), method="counts")
     fusion = UniEmoFusion(fusion_cfg or FusionConfig(), vision_dim=vision.config.hidden_size,
-                          text_dims=sd.text_encoder.config.hidden_size, head_hidden=32)
+                          text_dims=[te.config.hidden_size for te in (sd.text_encoder, getattr(sd, "text_encoder_2", None))
+                                     if te is not None], head_hidden=32)
     diffusion = joint.FrozenDiffusion(sd, "<emo>", gradient_checkpointing=checkpointing)
     return joint.JointModel(understanding, fusion, diffusion, scene_bank, object_bank, table)
 
@@ -248,7 +249,7 @@ def test_train_joint_command_writes_a_usable_stage2_run(tiny_models, tiny_emoset
             "--out", str(run2), "--max-steps", "2", "--batch-size", "8", "--alpha-table", "counts"]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "val accuracy: stage 1" in printed
+    assert "val accuracy: stage 1" in printed and f"found Stable Diffusion 1.5 in {tiny_models[1]}" in printed
     for name in ("fusion.safetensors", "alpha_table.json", "emotion_space.safetensors", "model.safetensors",
                  "attributes.json", "config.yaml", "metrics.jsonl", "implicit_feedback.json"):
         assert (run2 / name).is_file(), name

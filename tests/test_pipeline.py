@@ -248,6 +248,28 @@ def test_a_scheduler_swaps_the_diffusers_way_and_is_recorded(tiny_models, tmp_pa
             UniEmoPipeline.from_pretrained(run, scheduler=name)
 
 
+def test_it_is_a_diffusers_pipeline_with_its_habits(tiny_models, tmp_path, capsys):
+    from diffusers import DiffusionPipeline
+
+    pipe = UniEmoPipeline.from_pretrained(write_run2(tiny_models, tmp_path / "run2"))
+    assert isinstance(pipe, DiffusionPipeline) and pipe.layout == "sd15"
+    assert {"vae", "text_encoder", "tokenizer", "unet", "scheduler", "understanding", "fusion"} <= set(pipe.components)
+    capsys.readouterr()
+    pipe(emotion="awe", num_images=1, num_inference_steps=2, generator=0)
+    assert "2/2" in capsys.readouterr().err  # the denoising loop's progress bar
+    pipe.set_progress_bar_config(disable=True)
+    reference = pipe(emotion="awe", num_images=1, num_inference_steps=2, generator=0)
+    pipe.edit(reference.images[0], emotion="fear", strength=1.0, num_inference_steps=2, generator=0)
+    assert capsys.readouterr().err == ""
+    assert pipe.to(torch.bfloat16) is pipe
+    assert {m.dtype for m in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.understanding, pipe.fusion)} == {torch.bfloat16}
+    half = pipe(emotion="awe", num_images=1, num_inference_steps=2, generator=0)
+    assert half.metadata[0]["dtype"] == "bfloat16" and pipe.read(half.images).dtype == torch.float32
+    assert np.abs(pixels(half.images).astype(int) - pixels(reference.images)).mean() < 8  # the same image, coarser
+    with pytest.raises(UniEmoError, match="needs a stage-2 run"):
+        UniEmoPipeline(**pipe.components)
+
+
 def test_generate_takes_a_scheduler_and_a_dtype(run2_dir, tmp_path, capsys):
     import json
 
