@@ -5,13 +5,17 @@
 2. Stage 2, one L_joint step (SD 1.5 size, 512 px): s/step and peak memory at batch 8 and 16,
    with the frozen UNet's gradient checkpointing off and on (``fusion.unet_gradient_checkpointing``).
 3. Generation s/image (SD 1.5, 512 px, 25 steps, fp16 on a GPU): UniEmoPipeline against
-   diffusers' StableDiffusionPipeline with the same components.
+   diffusers' StableDiffusionPipeline with the same components, and UniEmoPipeline with
+   ``enable_model_cpu_offload()`` (GPU only).
+
+``--xl`` does 2 and 3 with SD XL (1024 px, its two text encoders; stage 2 at batch 1 and 4)
+against StableDiffusionXLPipeline.
 4. Data loading images/s from a folder of 512-px JPEGs (EmoSet format) with num_workers 0/4/8.
 
 Prints one table and writes JSON. ``--tiny`` runs tiny models at small sizes on any device, so
 CI runs the whole script (tests/test_bench_gpu.py) and it cannot rot.
 
-    python benchmarks/bench_gpu.py [--tiny] [--json bench_gpu.json]
+    python benchmarks/bench_gpu.py [--tiny] [--xl] [--json bench_gpu.json]
 """
 
 from __future__ import annotations
@@ -24,14 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from bench_pipeline import build
+from bench_pipeline import build, uniemo_pipeline
 
 from uniemo.config import UnderstandingConfig, preset
 from uniemo.data import clip_transforms, collate, open_dataset
 from uniemo.demo import foundation
 from uniemo.demo.synth import write_synthetic
 from uniemo.joint import FrozenDiffusion, JointModel
-from uniemo.pipeline import UniEmoPipeline
 from uniemo.understanding import AttributeBank, UniEmoUnderstanding, stage1_step
 
 
@@ -50,6 +53,7 @@ class Sizes:
 
 
 FULL = Sizes(("vit-b32", "vit-l14"), "sd15", 64, (8, 16), 8, 25, 512, 512, (0, 4, 8), 5)
+FULL_XL = Sizes(("vit-l14",), "sdxl", 64, (1, 4), 2, 25, 512, 512, (0, 4, 8), 3)
 TINY = Sizes((None,), None, 4, (2,), 2, 2, 64, 48, (0, 2), 2)
 
 
@@ -143,11 +147,16 @@ def bench_generation(understanding, fusion, table, space, banks, sd, sizes: Size
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     sd.to(device, dtype)
     fusion.to(dtype)
-    pipe = UniEmoPipeline(understanding, fusion, table, space, *banks, sd, preset("vit-b32")).to(device)
+    pipe = uniemo_pipeline(understanding, fusion, table, space, banks, sd, preset("vit-b32")).to(device)
     b, steps = sizes.generation_batch, sizes.steps
     runs = {"UniEmoPipeline": lambda: pipe(emotion="awe", num_images=b, num_inference_steps=steps, generator=0),
-            "StableDiffusionPipeline": lambda: sd(prompt=["a photo of a dog"] * b, num_inference_steps=steps,
-                                                  generator=torch.Generator(device).manual_seed(0))}
+            type(sd).__name__: lambda: sd(prompt=["a photo of a dog"] * b, num_inference_steps=steps,
+                                          generator=torch.Generator(device).manual_seed(0))}
+    if device.type == "cuda":
+        offloaded = uniemo_pipeline(understanding, fusion, table, space, banks, sd, preset("vit-b32"))
+        offloaded.enable_model_cpu_offload()
+        runs["UniEmoPipeline with model CPU offload"] = lambda: offloaded(emotion="awe", num_images=b,
+                                                                          num_inference_steps=steps, generator=0)
     rows = []
     for label, run in runs.items():
         seconds, peak = timed(run, device, sizes.repeats)
@@ -184,22 +193,24 @@ def table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny models and sizes (CI, any device)")
+    parser.add_argument("--xl", action="store_true", help="stage 2 and generation with SD XL")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args(argv)
-    sizes = TINY if args.tiny else FULL
+    sizes = TINY if args.tiny else FULL_XL if args.xl else FULL
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     rows = bench_stage1(sizes, device)
-    understanding, fusion, table_, space, banks, sd = build(sizes.clip_presets[0], sizes.sd_preset, query_len=32)
+    understanding, fusion, table_, space, banks, sd = build(sizes.clip_presets[0], sizes.sd_preset, query_len=32,
+                                                            xl=args.xl)
     understanding, fusion = understanding.to(device), fusion.to(device)
     sd.to(device)
     rows += bench_stage2(understanding, fusion, table_, banks, sd, sizes, device)
     rows += bench_generation(understanding.eval(), fusion.eval(), table_, space, banks, sd, sizes, device)
     rows += bench_loading(sizes)
     device_name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    print(f"bench_gpu ({'tiny' if args.tiny else 'full size'}, {device_name}, torch {torch.__version__})\n" + table(rows))
+    print(f"bench_gpu ({'tiny' if args.tiny else 'full size'}{', SD XL' if args.xl else ''}, {device_name}, torch {torch.__version__})\n" + table(rows))
     if args.json:
-        args.json.write_text(json.dumps({"device": device_name, "tiny": args.tiny, "rows": rows}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"device": device_name, "tiny": args.tiny, "xl": args.xl, "rows": rows}, indent=2) + "\n")
     return rows
 
 

@@ -174,10 +174,10 @@ def test_requests_out_of_bounds_are_refused(studio, call, message):
 def test_an_understanding_only_run_classifies_and_refuses_to_generate(run2, tmp_path):
     import shutil
 
-    from uniemo.pipeline import STAGE2_FILES
+    from uniemo.rundir import STAGE2
 
     run3 = tmp_path / "run3"  # what stage 3 writes: the understanding branch without the fusion files
-    shutil.copytree(run2, run3, ignore=lambda d, names: [n for n in names if n in STAGE2_FILES[1:]])
+    shutil.copytree(run2, run3, ignore=lambda d, names: [n for n in names if n in [f.name for f in STAGE2[1:]]])
     only = Studio(run3)
     assert only.pipe is None and sum(only.classify(photo(tmp_path / "a.png"))[0].values()) == pytest.approx(1.0)
     with pytest.raises(UniEmoError, match="not a stage-2 run"):

@@ -7,20 +7,23 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def test_bench_gpu_tiny_prints_every_part_and_writes_json(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("xl", [False, True])
+def test_bench_gpu_tiny_prints_every_part_and_writes_json(tmp_path, capsys, monkeypatch, xl):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     bench = importlib.import_module("bench_gpu")
-    rows = bench.main(["--tiny", "--json", str(tmp_path / "bench.json")])
+    rows = bench.main(["--tiny", "--json", str(tmp_path / "bench.json"), *(["--xl"] if xl else [])])
     parts = [r["part"] for r in rows]
     assert parts == ["stage 1"] * 2 + ["stage 2"] * 2 + ["generation"] * 2 + ["data"] * 2
     assert all(r["value"] > 0 for r in rows)
-    assert {r["what"].split(",")[0] for r in rows if r["part"] == "generation"} == {"UniEmoPipeline",
-                                                                                   "StableDiffusionPipeline"}
+    plain = "StableDiffusionXLPipeline" if xl else "StableDiffusionPipeline"
+    assert {r["what"].split(",")[0] for r in rows if r["part"] == "generation"} == {"UniEmoPipeline", plain}
     assert any("checkpointing on" in r["what"] for r in rows) and any("checkpointing off" in r["what"] for r in rows)
     written = json.loads((tmp_path / "bench.json").read_text())
-    assert written["tiny"] is True and written["rows"] == json.loads(json.dumps(rows))
+    assert written["tiny"] is True and written["xl"] is xl and written["rows"] == json.loads(json.dumps(rows))
     assert "| stage 2 |" in capsys.readouterr().out
     sys.modules.pop("bench_gpu", None)

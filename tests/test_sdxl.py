@@ -82,7 +82,7 @@ def test_guidance_is_against_what_diffusers_uses_for_an_empty_negative_prompt(xl
     encoder.zero_negative = zeros
     xl.register_to_config(force_zeros_for_empty_prompt=zeros)
     with torch.no_grad():
-        got = encoder.negative(2, "cpu")
+        got = encoder.negative(encoder(encoder.ids(["<emo>", "<emo>"]), torch.randn(2, 112)))
         _, negative, _, negative_pooled = xl.encode_prompt("a bench", device="cpu", num_images_per_prompt=2)
     assert torch.allclose(got["negative_prompt_embeds"], negative, atol=1e-6)
     assert torch.allclose(got["negative_pooled_prompt_embeds"], negative_pooled, atol=1e-6)
@@ -171,3 +171,25 @@ def test_a_run_refuses_the_other_layout(xl_run2, tiny_models):
 
     with pytest.raises(UniEmoError, match="trained with Stable Diffusion XL but .* holds Stable Diffusion 1.5"):
         UniEmoPipeline.from_pretrained(xl_run2, sd_path=tiny_models[1])
+
+
+@pytest.mark.slow
+def test_full_size_sdxl_unet_forward_in_bf16():
+    """SD XL's UNet at full size (2.6 B parameters), random weights, one forward at its native
+    1024 px; peak memory and time: benchmarks/bench_pipeline.py --full-xl, docs/BENCHMARKS.md."""
+    from diffusers import UNet2DConditionModel
+
+    from uniemo.config import SDXL_UNET
+
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        unet = UNet2DConditionModel(**SDXL_UNET).eval()
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert 2.5e9 < sum(p.numel() for p in unet.parameters()) < 2.6e9
+    added = {"text_embeds": torch.randn(1, 1280, dtype=torch.bfloat16),
+             "time_ids": torch.tensor([[1024.0, 1024, 0, 0, 1024, 1024]], dtype=torch.bfloat16)}
+    with torch.no_grad():
+        out = unet(torch.randn(1, 4, 128, 128, dtype=torch.bfloat16), torch.tensor([500]),
+                   encoder_hidden_states=torch.randn(1, 77, 2048, dtype=torch.bfloat16), added_cond_kwargs=added).sample
+    assert out.shape == (1, 4, 128, 128) and torch.isfinite(out).all()

@@ -71,12 +71,13 @@ class Studio:
 
     def __init__(self, run_dir: str | Path, limits: Limits = Limits(), device: str | None = None):
         from uniemo.data import clip_transforms
-        from uniemo.pipeline import STAGE2_FILES, UniEmoPipeline
+        from uniemo.pipeline import UniEmoPipeline
+        from uniemo.rundir import STAGE2, RunDir
         from uniemo.understanding import UniEmoUnderstanding, load_attributes, load_image_processor
 
         self.run_dir, self.limits = Path(run_dir), limits
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if all((self.run_dir / f).is_file() for f in STAGE2_FILES):
+        if not RunDir(self.run_dir).missing(STAGE2):
             self.pipe = UniEmoPipeline.from_pretrained(self.run_dir).to(self.device)
             self.pipe.set_progress_bar_config(disable=True)  # no progress bars in the server's log
             self.model, banks = self.pipe.understanding, (self.pipe.scene_bank, self.pipe.object_bank)

@@ -319,15 +319,16 @@ class PromptEncoder:
                              in zip(self.text_encoders, ids, self.placeholder_ids, parts)])
 
     @torch.no_grad()
-    def negative(self, batch: int, device) -> dict[str, torch.Tensor]:
-        """The unconditional embeddings for guidance: the empty prompt's, or zeros where the SD XL
-        model asks for them (``force_zeros_for_empty_prompt``), as its pipeline does."""
-        outs = [encoder(input_ids=i.to(device), output_hidden_states=self.xl)
-                for encoder, i in zip(self.text_encoders, self.ids([""]))]
-        embeds = self._embeds(outs)
+    def negative(self, positive: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The unconditional embeddings for guidance, shaped like ``positive``: the empty
+        prompt's, or zeros where the SD XL model asks for them (``force_zeros_for_empty_prompt``),
+        as its pipeline does."""
         if self.zero_negative:
-            embeds = {k: torch.zeros_like(v) for k, v in embeds.items()}
-        return {f"negative_{k}": v.expand(batch, *v.shape[1:]) for k, v in embeds.items()}
+            return {f"negative_{k}": torch.zeros_like(v) for k, v in positive.items()}
+        device = positive["prompt_embeds"].device
+        embeds = self._embeds([encoder(input_ids=i.to(device), output_hidden_states=self.xl)
+                               for encoder, i in zip(self.text_encoders, self.ids([""]))])
+        return {f"negative_{k}": v.expand_as(positive[k]) for k, v in embeds.items()}
 
     def _embeds(self, outs) -> dict[str, torch.Tensor]:
         if not self.xl:

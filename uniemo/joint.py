@@ -20,6 +20,7 @@ from torch import nn
 from uniemo.errors import UniEmoError
 from uniemo.fusion import CorrelationTable, PromptEncoder, UniEmoFusion, match_alpha
 from uniemo.io import load_tensors, save_tensors
+from uniemo.rundir import RunDir
 
 SPACE_FEATURES = ("cls", "scene", "object", "patch")
 
@@ -298,13 +299,13 @@ def save_stage2(run_dir: str | Path, model: JointModel, space: EmotionSpace, cfg
     from uniemo.io import write_json
     from uniemo.understanding import save_attributes
 
-    run_dir = Path(run_dir)
     model.understanding.save_pretrained(run_dir)
     save_attributes(run_dir, model.scene_bank, model.object_bank)
-    save_tensors(run_dir / "fusion.safetensors", model.fusion.state_dict())
-    write_json(run_dir / "alpha_table.json", model.table.to_json())
-    space.save(run_dir / "emotion_space.safetensors")
-    save_config(cfg, run_dir / "config.yaml")
+    run = RunDir(run_dir)
+    save_tensors(run.fusion, model.fusion.state_dict())
+    write_json(run.alpha_table, model.table.to_json())
+    space.save(run.emotion_space)
+    save_config(cfg, run.config)
 
 
 @torch.no_grad()
@@ -359,7 +360,7 @@ def train_joint(run1: str | Path, data_root: str | Path, out: str | Path, cfg, r
     train_set = open_dataset(data_root, "emoset", "train")
     eval_collate = JointCollate(clip_transforms(clip.image_processor, train=False))
     batch = cfg.stage2.batch_size
-    table_path = out / "alpha_table.json"
+    table_path = RunDir(out).alpha_table
     if resume and table_path.is_file():
         table = CorrelationTable.from_json(read_json(table_path, "alpha table"), table_path)
     else:
@@ -368,7 +369,7 @@ def train_joint(run1: str | Path, data_root: str | Path, out: str | Path, cfg, r
         loader = DataLoader(train_set, batch_size=batch, collate_fn=eval_collate)
         table = build_table(cfg.fusion.alpha_table, train_set, *load_attributes(run1), clip, loader, cfg.stage2.seed)
         on_main(lambda: write_json(table_path, table.to_json()))
-    on_main(lambda: save_config(cfg, out / "config.yaml"))
+    on_main(lambda: save_config(cfg, RunDir(out).config))
     torch.manual_seed(cfg.stage2.seed)  # the mappers' initial weights: the same in every process and run
     model = build_joint_model(run1, sd, cfg, table)
     vae_size = cfg.generation.resolution or sd.unet.config.sample_size * sd.vae_scale_factor
@@ -383,7 +384,7 @@ def train_joint(run1: str | Path, data_root: str | Path, out: str | Path, cfg, r
                                       device)
         save_stage2(out, model, space, cfg)
         feedback = implicit_feedback(run1, model.understanding, data_root, eval_collate, batch, device)
-        write_json(out / "implicit_feedback.json", feedback)
+        write_json(RunDir(out).implicit_feedback, feedback)
         return feedback
 
     return on_main(finish)

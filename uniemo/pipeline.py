@@ -35,8 +35,8 @@ from diffusers import DiffusionPipeline
 from uniemo.fusion import CorrelationTable, PromptEncoder, UniEmoFusion, match_alpha
 from uniemo.io import load_state_dict_checked, load_tensors, read_json
 from uniemo.joint import EmotionSpace
+from uniemo.rundir import STAGE2, RunDir
 
-STAGE2_FILES = ("config.yaml", "fusion.safetensors", "alpha_table.json", "emotion_space.safetensors")
 SD_PARTS = ("vae", "text_encoder", "tokenizer", "unet", "scheduler", "text_encoder_2", "tokenizer_2")
 DENOISERS = {"sd15": ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"),  # text-to-image, image-to-image
              "sdxl": ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline")}
@@ -145,12 +145,12 @@ class UniEmoPipeline(DiffusionPipeline):
         from uniemo.loading import SD_NAMES, load_sd, sd_layout
         from uniemo.understanding import UniEmoUnderstanding, load_attributes, load_image_processor
 
-        run_dir = Path(run_dir)
-        missing = [f for f in STAGE2_FILES if not (run_dir / f).is_file()]
-        if not run_dir.is_dir() or missing:
+        run = RunDir(run_dir)
+        missing = run.missing(STAGE2)
+        if not run.root.is_dir() or missing:
             raise UniEmoError(f"{run_dir} is not a stage-2 run (missing {', '.join(missing) or 'directory'}): "
                               "make one with `uniemo train joint`")
-        cfg = load_config(run_dir / "config.yaml")
+        cfg = load_config(run.config)
         sd_path = sd_path or cfg.sd_path
         if sd_path is None:
             raise UniEmoError(f"{run_dir}/config.yaml records no sd_path: pass the Stable Diffusion directory")
@@ -160,20 +160,23 @@ class UniEmoPipeline(DiffusionPipeline):
                               f"{SD_NAMES[sd_layout(sd)]}: pass the Stable Diffusion directory the run was trained with")
         understanding = UniEmoUnderstanding.from_pretrained(run_dir)
         fusion = UniEmoFusion.for_models(cfg.fusion, understanding, PromptEncoder.of(sd, cfg.fusion.placeholder))
-        load_state_dict_checked(fusion, load_tensors(run_dir / "fusion.safetensors", "fusion weights"),
-                                run_dir / "fusion.safetensors")
+        load_state_dict_checked(fusion, load_tensors(run.fusion, "fusion weights"), run.fusion)
         if torch_dtype is not None:
             fusion.to(torch_dtype)
-        table = CorrelationTable.from_json(read_json(run_dir / "alpha_table.json", "alpha table"),
-                                           run_dir / "alpha_table.json")
-        contents = Stage2Contents(cfg, table, EmotionSpace.load(run_dir / "emotion_space.safetensors"),
+        table = CorrelationTable.from_json(read_json(run.alpha_table, "alpha table"), run.alpha_table)
+        contents = Stage2Contents(cfg, table, EmotionSpace.load(run.emotion_space),
                                   *load_attributes(run_dir), clip_transforms(load_image_processor(run_dir), train=False))
-        parts = {name: module for name, module in sd.components.items() if name in SD_PARTS}
-        pipe = cls(**parts, understanding=understanding, fusion=fusion, contents=contents,
-                   force_zeros_for_empty_prompt=bool(sd.config.get("force_zeros_for_empty_prompt", False)))
+        pipe = cls.from_parts(sd, understanding, fusion, contents)
         if scheduler is not None:
             pipe.scheduler = scheduler_named(scheduler, sd.scheduler.config)
         return pipe
+
+    @classmethod
+    def from_parts(cls, sd_pipe, understanding, fusion: UniEmoFusion, contents: Stage2Contents) -> "UniEmoPipeline":
+        """A pipeline on a loaded diffusers SD (XL) pipeline's components (shared, not copied)."""
+        parts = {name: module for name, module in sd_pipe.components.items() if name in SD_PARTS}
+        return cls(**parts, understanding=understanding, fusion=fusion, contents=contents,
+                   force_zeros_for_empty_prompt=bool(sd_pipe.config.get("force_zeros_for_empty_prompt", False)))
 
     @property
     def layout(self) -> str:
@@ -215,7 +218,7 @@ class UniEmoPipeline(DiffusionPipeline):
         for name, weight in weights.items():
             k = self.class_names.index(name)
             samples = [self.space.at(k, z) for z in noise]
-            feats = {f: torch.stack([s[f] for s in samples]).to(self._execution_device, self.fusion.cond_proj.weight.dtype)
+            feats = {f: torch.stack([s[f] for s in samples]).to(self.fusion.device, self.fusion.dtype)
                      for f in self.fusion.cfg.features}
             alphas = self._alphas(feats, k, infos, name)
             e = e + weight * self.fusion(feats, alphas, named)
@@ -310,7 +313,7 @@ class UniEmoPipeline(DiffusionPipeline):
     def read(self, images: list) -> torch.Tensor:
         """The understanding branch's emotion probabilities (N, classes) of PIL images."""
         pixels = torch.stack([self.transform(image.convert("RGB")) for image in images])
-        pixels = pixels.to(self._execution_device, next(self.understanding.parameters()).dtype)
+        pixels = pixels.to(self.understanding.device, self.understanding.dtype)
         return self.understanding(pixels).logits.float().softmax(-1).cpu()
 
     def _request(self, emotion, mix, steps, guidance) -> tuple[dict[str, float], int, float]:
@@ -329,7 +332,8 @@ class UniEmoPipeline(DiffusionPipeline):
     def _embeds(self, prompt: str, e: torch.Tensor) -> dict[str, torch.Tensor]:
         """The prompt's embeddings with e at the placeholder, and the empty prompt's (guidance)."""
         e = e.to(self.text_encoder.dtype)
-        return {**self.prompts(self.prompts.ids([prompt]), e), **self.prompts.negative(len(e), e.device)}
+        positive = self.prompts(self.prompts.ids([prompt]), e)
+        return {**positive, **self.prompts.negative(positive)}
 
     def _metadata(self, seed, weights, emotion, object, prompt, steps, guidance, info) -> dict[str, Any]:
         def per_emotion(values: dict | None):

@@ -54,6 +54,7 @@ import torch
 from uniemo.config import OptimConfig, TrainConfig
 from uniemo.errors import UniEmoError
 from uniemo.io import load_state_dict_checked, load_tensors, read_json, save_tensors, write_json
+from uniemo.rundir import RunDir
 
 CHECKPOINT = "last"
 
@@ -193,7 +194,7 @@ def fit(run_dir: str | Path, model: torch.nn.Module, train_set, collate_fn, step
     _check_config(cfg, len(train_set))
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_root = run_dir / "checkpoints"
+    ckpt_root = RunDir(run_dir).checkpoints
     accelerator = Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision),
                               gradient_accumulation_steps=cfg.grad_accum)
     torch.manual_seed(cfg.seed)
@@ -212,7 +213,7 @@ def fit(run_dir: str | Path, model: torch.nn.Module, train_set, collate_fn, step
     state = TrainState()
     if resume:
         state = load_checkpoint(ckpt_root, model, optimizer, scheduler, accelerator.process_index)
-        _truncate_metrics(run_dir / "metrics.jsonl", state.step)
+        _truncate_metrics(RunDir(run_dir).metrics, state.step)
     elif _checkpoint_dir(ckpt_root) is not None:
         raise UniEmoError(f"{run_dir} already holds a training checkpoint: pass --resume to continue it, "
                           "or choose a new output directory")
@@ -257,7 +258,7 @@ def fit(run_dir: str | Path, model: torch.nn.Module, train_set, collate_fn, step
         line = _end_of_epoch(accelerator, prepared, state, scheduler, evaluate, on_best, best_metric, best_mode,
                              batches_per_epoch, started)
         if accelerator.is_main_process:
-            with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            with open(RunDir(run_dir).metrics, "a", encoding="utf-8") as f:
                 f.write(json.dumps(line) + "\n")
         history.append(line)
         save_checkpoint(ckpt_root, accelerator, prepared, optimizer, scheduler, state)

@@ -39,6 +39,7 @@ from transformers.modeling_utils import ModuleUtilsMixin  # .device and .dtype, 
 from uniemo.config import UnderstandingConfig, from_dict, load_config, to_dict
 from uniemo.errors import UniEmoError
 from uniemo.io import load_state_dict_checked, load_tensors, read_json, save_tensors, write_json
+from uniemo.rundir import RunDir
 from uniemo.vocab import EMOTIONS, normalise_attribute
 
 QUERY_MODES = ("none", "single-step", "multi-stage")
@@ -233,10 +234,10 @@ class UniEmoUnderstanding(ModuleUtilsMixin, nn.Module):
     def save_pretrained(self, run_dir: str | Path) -> None:
         """Write vision_config.json, understanding.json and model.safetensors into ``run_dir``."""
         run_dir = Path(run_dir)
-        write_json(run_dir / "vision_config.json", self.vision.config.to_dict())
-        write_json(run_dir / "understanding.json", {
+        write_json(RunDir(run_dir).vision_config, self.vision.config.to_dict())
+        write_json(RunDir(run_dir).understanding, {
             "config": to_dict(self.cfg), "text_dim": self.text_dim, "class_names": list(self.class_names)})
-        save_tensors(run_dir / "model.safetensors", self.state_dict())
+        save_tensors(RunDir(run_dir).weights, self.state_dict())
 
     @classmethod
     def from_pretrained(cls, run_dir: str | Path) -> UniEmoUnderstanding:
@@ -246,10 +247,11 @@ class UniEmoUnderstanding(ModuleUtilsMixin, nn.Module):
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise UniEmoError(f"{run_dir} is not a directory: expected a run made by `uniemo train understand`")
-        if (run_dir / "config.yaml").is_file():
-            load_config(run_dir / "config.yaml")  # refuses a run of a newer uniemo, or a malformed config
-        meta = read_json(run_dir / "understanding.json", "understanding config (a run made by `uniemo train understand`)")
-        vision_cfg = read_json(run_dir / "vision_config.json", "CLIP vision config")
+        run = RunDir(run_dir)
+        if run.config.is_file():
+            load_config(run.config)  # refuses a run of a newer uniemo, or a malformed config
+        meta = read_json(run.understanding, "understanding config (a run made by `uniemo train understand`)")
+        vision_cfg = read_json(run.vision_config, "CLIP vision config")
         try:
             cfg = from_dict(UnderstandingConfig, meta["config"], where=f"{run_dir}/understanding.json")
             text_dim, class_names = int(meta["text_dim"]), meta["class_names"]
@@ -258,8 +260,7 @@ class UniEmoUnderstanding(ModuleUtilsMixin, nn.Module):
             raise UniEmoError(f"{run_dir}: understanding.json / vision_config.json are malformed ({e}); "
                               "re-run `uniemo train understand`") from None
         model = cls(vision, cfg, text_dim, class_names)
-        load_state_dict_checked(model, load_tensors(run_dir / "model.safetensors", "model weights"),
-                                run_dir / "model.safetensors")
+        load_state_dict_checked(model, load_tensors(run.weights, "model weights"), run.weights)
         return model.eval()
 
 
@@ -319,15 +320,15 @@ class AttributeBank:
 def save_attributes(run_dir: str | Path, scene: AttributeBank, obj: AttributeBank) -> None:
     """RUN/attributes.json (names) + RUN/attributes.safetensors (embeddings)."""
     run_dir = Path(run_dir)
-    save_tensors(run_dir / "attributes.safetensors", {"scene": scene.embeds, "object": obj.embeds})
-    write_json(run_dir / "attributes.json", {"scene": scene.names, "object": obj.names})
+    save_tensors(RunDir(run_dir).attribute_embeds, {"scene": scene.embeds, "object": obj.embeds})
+    write_json(RunDir(run_dir).attribute_names, {"scene": scene.names, "object": obj.names})
 
 
 def load_attributes(run_dir: str | Path) -> tuple[AttributeBank, AttributeBank]:
     """(scene bank, object bank) saved with a run."""
     run_dir = Path(run_dir)
-    names = read_json(run_dir / "attributes.json", "attribute names")
-    embeds = load_tensors(run_dir / "attributes.safetensors", "attribute embeddings")
+    names = read_json(RunDir(run_dir).attribute_names, "attribute names")
+    embeds = load_tensors(RunDir(run_dir).attribute_embeds, "attribute embeddings")
     banks = []
     for kind in ("scene", "object"):
         if kind not in names or kind not in embeds or len(names[kind]) != embeds[kind].shape[0]:
@@ -407,8 +408,8 @@ def load_image_processor(run_dir: str | Path):
 
     run_dir = Path(run_dir)
     source = run_dir
-    if not (run_dir / "preprocessor_config.json").is_file():
-        clip_path = load_config(run_dir / "config.yaml").clip_path
+    if not RunDir(run_dir).image_processor.is_file():
+        clip_path = load_config(RunDir(run_dir).config).clip_path
         if clip_path is None or not (Path(clip_path) / "preprocessor_config.json").is_file():
             raise UniEmoError(f"no preprocessor_config.json in {run_dir} or in the CLIP directory it records: "
                               "expected a run made by `uniemo train understand`")
@@ -432,7 +433,7 @@ def train_understanding(data_root: str | Path, out: str | Path, cfg, kind: str =
     from uniemo.training import fit, on_main, param_groups
 
     out = Path(out)
-    if (out / "config.yaml").is_file() and not resume:
+    if RunDir(out).config.is_file() and not resume:
         raise UniEmoError(f"{out} already holds a run: pass --resume to continue it, or choose a new --out")
     on_main(lambda: None)  # every process has looked before the main one writes
     if cfg.clip_path is None:
@@ -450,13 +451,13 @@ def train_understanding(data_root: str | Path, out: str | Path, cfg, kind: str =
     model = UniEmoUnderstanding(clip.model.vision_model, cfg.understanding, clip.model.config.projection_dim,
                                 train_set.class_names)
     if init_from is not None:
-        weights = Path(init_from) / "model.safetensors"
+        weights = RunDir(init_from).weights
         load_state_dict_checked(model, load_tensors(weights, "initial understanding weights"), weights)
     del clip.model.text_model  # the text tower's job ends with the attribute banks
 
     def write_run_files() -> None:
         out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
+        save_config(cfg, RunDir(out).config)
         clip.image_processor.save_pretrained(str(out))
         save_attributes(out, scene_bank, object_bank)
 
@@ -472,7 +473,7 @@ def train_understanding(data_root: str | Path, out: str | Path, cfg, kind: str =
     def final_evaluation() -> dict:
         best = UniEmoUnderstanding.from_pretrained(out)
         reports = {split: accuracy_on(best, ds, cfg.stage1.batch_size) for split, ds in splits.items()}
-        write_json(out / "eval.json", reports)
+        write_json(RunDir(out).eval, reports)
         return reports
 
     return on_main(final_evaluation)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 
 from uniemo.commands import add_sampling_arguments, require_positive
+from uniemo.rundir import RunDir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,13 +81,11 @@ def run(args: argparse.Namespace) -> int:
 def feedback_config(args: argparse.Namespace):
     """RUN2's config (RUN3's own when resuming) with the command line's feedback and stage-3
     settings; invalid values are one-line errors."""
-    from pathlib import Path
-
     from uniemo.config import load_config
     from uniemo.feedback import check_settings
 
-    own = Path(args.out) / "config.yaml"
-    cfg = load_config(own if args.resume and own.is_file() else Path(args.run) / "config.yaml")
+    own = RunDir(args.out).config
+    cfg = load_config(own if args.resume and own.is_file() else RunDir(args.run).config)
     require_positive(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, steps=args.steps,
                      generate_batch_size=args.generate_batch_size)
     for field, value in (("per_emotion", args.per_emotion), ("eta", args.eta), ("delta", args.delta),
@@ -109,7 +108,7 @@ def write_metrics(out, real, networks, seed: int) -> None:
     from uniemo.data import open_dataset
     from uniemo.io import write_json, write_text
 
-    generated = out / "generated"
+    generated = RunDir(out).generated
     sets = {"generated": metrics.read_generated(generated / "image", real.class_names),
             "kept": [metrics.Generated(item.path, item.label)
                      for item in open_dataset(generated, "emoset", "train").items]}

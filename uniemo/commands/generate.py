@@ -19,6 +19,7 @@ import math
 from pathlib import Path
 
 from uniemo.commands import add_sampling_arguments, check_guidance, load_pipeline, require_positive
+from uniemo.rundir import RunDir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -99,7 +100,7 @@ def check_options(args: argparse.Namespace) -> None:
 def class_names(run: str) -> tuple[str, ...]:
     from uniemo.io import read_json
 
-    meta = read_json(Path(run) / "understanding.json", "run config (a run made by `uniemo train joint`)")
+    meta = read_json(RunDir(run).understanding, "run config (a run made by `uniemo train joint`)")
     return tuple(meta.get("class_names", ()))
 
 

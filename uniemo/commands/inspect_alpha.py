@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from uniemo.commands import require_positive
+from uniemo.rundir import RunDir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,13 +17,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from uniemo.fusion import CorrelationTable
     from uniemo.io import read_json
 
     require_positive(top=args.top)
-    path = Path(args.run) / "alpha_table.json"
+    path = RunDir(args.run).alpha_table
     table = CorrelationTable.from_json(read_json(path, "alpha table (a run made by `uniemo train joint`)"), path)
     print(f"emotional correlation table ({table.method}): {len(table.scene_names)} scenes, "
           f"{len(table.object_names)} objects")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 
 from uniemo.commands import require_positive
+from uniemo.rundir import RunDir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from uniemo.config import load_config, merge, read_yaml
     from uniemo.joint import train_joint
 
-    cfg = load_config(Path(args.run) / "config.yaml")
+    cfg = load_config(RunDir(args.run).config)
     if args.config:
         cfg = merge(cfg, read_yaml(args.config, "config overrides"), where=args.config)
     require_positive(max_steps=args.max_steps, batch_size=args.batch_size)

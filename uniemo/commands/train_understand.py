@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 
 from uniemo.commands import require_positive
+from uniemo.rundir import RunDir
 
 DATASETS = ("emoset", "fi", "emotionroi", "twitter1", "twitter2", "folder")
 
@@ -41,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     if args.resume:
-        cfg = load_config(out / "config.yaml")
+        cfg = load_config(RunDir(out).config)
     else:
         if args.clip is None:
             raise UniEmoError("--clip DIR is required: the local CLIP directory to start from")

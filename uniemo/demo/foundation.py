@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from uniemo.config import CLIP_ARCHITECTURES, SD15_UNET, SDXL_UNET
+from uniemo.config import CLIP_ARCHITECTURES, SD15_UNET, SDXL_TEXT_ENCODER_2, SDXL_UNET
 
 SPECIALS = ["<|startoftext|>", "<|endoftext|>"]
 ALPHABET = list("abcdefghijklmnopqrstuvwxyz0123456789")
@@ -111,6 +111,16 @@ def unet_config(cross_attention_dim: int, preset: str | None = None, sample_size
                 mid_block_type="UNetMidBlock2DCrossAttn" if mid_block else None, **xl)
 
 
+def text_encoder_2(text_config, preset: str | None = None):
+    """SD XL's second text encoder, a ``CLIPTextModelWithProjection`` on the tokenizer of
+    ``text_config``: full size (``preset='sdxl'``) or tiny (narrower than the first: width 48,
+    pooled width 40), random weights."""
+    from transformers import CLIPTextModelWithProjection
+
+    size = SDXL_TEXT_ENCODER_2 if preset == "sdxl" else dict(hidden_size=48, intermediate_size=192, projection_dim=40)
+    return CLIPTextModelWithProjection(text_config.__class__(**{**text_config.to_dict(), **size}))
+
+
 def vae_config(preset: str | None = None, channels: Sequence[int] = (32, 64, 64), sample_size: int = 64,
                mid_attention: bool = True) -> dict:
     """SD's VAE config (8x down-sampling) or a tiny one, one level per entry of ``channels`` (3 levels: 4x);
@@ -152,7 +162,7 @@ def build_random(out: str | Path, texts: Iterable[str], clip_preset: str | None 
     with ``xl`` a tiny SD XL (a second, narrower text encoder with projection)."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPModel, CLIPTextModel, CLIPTextModelWithProjection
+    from transformers import CLIPModel, CLIPTextModel
 
     torch.manual_seed(seed)
     tokenizer = train_clip_tokenizer(texts, vocab_size=400)
@@ -164,10 +174,7 @@ def build_random(out: str | Path, texts: Iterable[str], clip_preset: str | None 
     text_config = clip.config.text_config
     text_encoder = CLIPTextModel(text_config)
     text_encoder.load_state_dict(clip.text_model.state_dict())
-    second = None
-    if xl:
-        second = CLIPTextModelWithProjection(text_config.__class__(**{
-            **text_config.to_dict(), "hidden_size": 48, "intermediate_size": 192, "projection_dim": 40}))
+    second = text_encoder_2(text_config) if xl else None
     width = text_config.hidden_size + (0 if second is None else second.config.hidden_size)
     pooled = None if second is None else second.config.projection_dim
     unet = UNet2DConditionModel(**unet_config(width, sd_preset, pooled_dim=pooled))

@@ -12,6 +12,7 @@ from PIL import Image
 from uniemo.config import load_config
 from uniemo.io import read_json, write_json
 from uniemo.demo.html import Figure, Section, Table, write_report
+from uniemo.rundir import RunDir
 from uniemo.vocab import EMOTIONS, normalise_attribute
 
 THIS_RUN = "this run (synthetic world, tiny models)"
@@ -89,7 +90,7 @@ def world_figures(layout) -> dict:
     scene and object (the largest entry of its row of P, and for which emotion)."""
     from uniemo.demo import synth
 
-    table = read_json(Path(layout.run2) / "alpha_table.json")
+    table = read_json(RunDir(layout.run2).alpha_table)
     neutral = {"scene": set(synth.NEUTRAL_SCENES), "object": set(synth.NEUTRAL_OBJECTS)}
     alpha = {kind: {name: {"alpha": max(row), "emotion": table["emotions"][row.index(max(row))],
                            "neutral": any(name == normalise_attribute(n) for n in neutral[kind])}
@@ -236,7 +237,7 @@ def _understanding(layout, summary: dict, figures: Path) -> Section:
         Figure(figures / "stage1_curves.png", "Stage 1: loss, training accuracy and validation accuracy per epoch"),
         Figure(Path(layout.metrics) / "understanding-stage1.png", "Stage 1 confusion matrix (test split)"),
         Figure(figures / "stage2_curves.png", "Stage 2: the three terms of L_joint (eq. 10), weighted L_U/L_cond/L_diff = "
-               + "/".join(f"{w:g}" for w in load_config(Path(layout.run2) / "config.yaml").fusion.joint_weights)),
+               + "/".join(f"{w:g}" for w in load_config(RunDir(layout.run2).config).fusion.joint_weights)),
         *[Figure(p, f"Expert-query attention (paper Fig. 9): {p.stem}") for p in explain],
     ])
 

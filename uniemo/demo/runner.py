@@ -21,6 +21,7 @@ from typing import Callable
 
 from uniemo.errors import UniEmoError
 from uniemo.io import read_json, write_json
+from uniemo.rundir import RunDir
 from uniemo.vocab import EMOTIONS
 
 
@@ -238,7 +239,7 @@ def generate_baseline(L: Layout) -> None:
 
     pipe = load_sd(L.sd)
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    guidance = load_config(Path(L.run2) / "config.yaml").generation.guidance_scale  # as UniEmo's images
+    guidance = load_config(RunDir(L.run2).config).generation.guidance_scale  # as UniEmo's images
     for k, emotion in enumerate(EMOTIONS):
         images = pipe([emotion] * L.plan.images_per_emotion, num_inference_steps=L.plan.denoising_steps,
                       guidance_scale=guidance, height=size, width=size,
