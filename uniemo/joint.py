@@ -353,7 +353,7 @@ def train_joint(run1: str | Path, data_root: str | Path, out: str | Path, cfg, r
         raise UniEmoError(f"{out} is not empty: pass --resume to continue it, or choose a new --out")
     on_main(lambda: None)  # every process has looked before the main one writes
     if cfg.clip_path is None:
-        raise UniEmoError(f"{run1}/config.yaml records no clip_path: stage 2 needs the CLIP directory of stage 1")
+        raise UniEmoError(f"{RunDir(run1).config} records no clip_path: stage 2 needs the CLIP directory of stage 1")
     clip, sd = load_clip(cfg.clip_path), load_sd(cfg.sd_path)
     cfg.sd_layout = sd_layout(sd)
     on_main(lambda: print(f"found {SD_NAMES[cfg.sd_layout]} in {cfg.sd_path}"))

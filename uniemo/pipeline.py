@@ -27,11 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from diffusers import DiffusionPipeline
 
 from uniemo.config import UniEmoConfig, load_config
 from uniemo.errors import UniEmoError
-from diffusers import DiffusionPipeline
-
 from uniemo.fusion import CorrelationTable, PromptEncoder, UniEmoFusion, match_alpha
 from uniemo.io import load_state_dict_checked, load_tensors, read_json
 from uniemo.joint import EmotionSpace
@@ -134,6 +133,7 @@ class UniEmoPipeline(DiffusionPipeline):
         self.prompts = PromptEncoder.of(self, contents.cfg.fusion.placeholder)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.class_names = tuple(understanding.class_names)
+        self.progress_bar_settings: dict = {}
 
     @classmethod
     def from_pretrained(cls, run_dir: str | Path, sd_path: str | Path | None = None, torch_dtype=None,
@@ -153,7 +153,7 @@ class UniEmoPipeline(DiffusionPipeline):
         cfg = load_config(run.config)
         sd_path = sd_path or cfg.sd_path
         if sd_path is None:
-            raise UniEmoError(f"{run_dir}/config.yaml records no sd_path: pass the Stable Diffusion directory")
+            raise UniEmoError(f"{run.config} records no sd_path: pass the Stable Diffusion directory")
         sd = load_sd(sd_path, dtype=torch_dtype)
         if cfg.sd_layout is not None and sd_layout(sd) != cfg.sd_layout:
             raise UniEmoError(f"{run_dir} was trained with {SD_NAMES.get(cfg.sd_layout, cfg.sd_layout)} but {sd_path} holds "
@@ -195,8 +195,13 @@ class UniEmoPipeline(DiffusionPipeline):
         else:
             extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
         pipe = cls(**parts, **extra)
-        pipe.set_progress_bar_config(**getattr(self, "_progress_bar_config", {}))
+        pipe.set_progress_bar_config(**self.progress_bar_settings)
         return pipe
+
+    def set_progress_bar_config(self, **kwargs) -> None:
+        """As diffusers' (e.g. ``disable=True``), for the denoising loop of every later call."""
+        super().set_progress_bar_config(**kwargs)
+        self.progress_bar_settings = dict(kwargs)
 
     def prompt(self, object: str | None = None) -> str:
         """"<emo>" or, for emotion transfer, "<emo> <object>"."""
