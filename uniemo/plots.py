@@ -46,23 +46,9 @@ def confusion_matrix_png(confusion, class_names, path: str | Path, title: str = 
 
 
 def attention_png(image, maps: dict, path: str | Path, title: str = "") -> None:
-    """The image, then each attention map (grid x grid) upsampled and overlaid on it."""
-    import numpy as np
-
-    plt = _pyplot()
-    image = np.asarray(image)
-    fig, axes = plt.subplots(1, 1 + len(maps), figsize=(3.2 * (1 + len(maps)), 3.4))
-    axes[0].imshow(image)
-    axes[0].set_title(title)
-    for ax, (name, grid) in zip(axes[1:], maps.items()):
-        grid = np.asarray(grid, dtype=float)
-        ax.imshow(image)
-        ax.imshow(grid, cmap="jet", alpha=0.5, interpolation="bilinear",
-                  extent=(0, image.shape[1], image.shape[0], 0))
-        ax.set_title(f"{name} query attention")
-    for ax in axes:
-        ax.axis("off")
-    _save(fig, path)
+    """The image, then each attention map (grid x grid) overlaid on it (``attention_overlay``)."""
+    cells = [[attention_overlay(image)] + [attention_overlay(image, grid) for grid in maps.values()]]
+    image_table_png(cells, [title], path, col_labels=["image", *(f"{name} query attention" for name in maps)])
 
 
 def attention_overlay(image, grid=None, size: int = 256):
