@@ -40,6 +40,7 @@ EQUATIONS := understanding.x*attribute_contrastive_loss understanding.x*UniEmoUn
   understanding.x*UniEmoUnderstanding*forward understanding.x*CrossAttention*forward understanding.x*default_stages \
   understanding.x*InteractiveBlock*forward understanding.x*InteractiveLayer*forward \
   fusion.x*table_from_counts fusion.x*match_alpha fusion.x*UniEmoFusion*forward fusion.x*condition_loss \
+  fusion.x*UniEmoFusion*__init__ joint.x*FrozenDiffusion*loss joint.x*JointModel*forward \
   joint.x*EmotionSpace*from_sums joint.x*EmotionSpace*draw joint.x*EmotionSpace*at \
   feedback.x*descending_ranks feedback.x*window_bounds feedback.x*rank_window feedback.x*filter_images \
   feedback.x*mix_count feedback.x*mix_plan pipeline.x*normalise_weights \

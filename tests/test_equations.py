@@ -145,6 +145,22 @@ def test_fused_condition_by_hand():
     assert plain[0].tolist() == pytest.approx([math.sqrt(2), math.sqrt(2)])
 
 
+def test_sdxl_condition_is_split_and_scaled_per_text_encoder_by_hand():
+    # widths [1, 1] (a tiny SD XL: two encoders), token norms 3 and 5; mapped sum [1.25, -0.75]:
+    # each part normalised on its own: [3 · 1.25/|1.25|, 5 · -0.75/|-0.75|] = [3, -5]
+    cfg = FusionConfig(features=["cls", "scene", "object"], mapper_hidden=2)
+    fusion = UniEmoFusion(cfg, vision_dim=2, text_dims=[1, 1], head_hidden=2, token_norms=[3.0, 5.0])
+    assert fusion.widths == [1, 1] and fusion.cond_proj.in_features == 2
+    with torch.no_grad():
+        for mapper in fusion.mappers.values():
+            mapper[0].weight.copy_(torch.eye(2))
+            mapper[2].weight.copy_(torch.tensor([[1.0, 0.0], [0.0, -1.0]]))
+            mapper[0].bias.zero_()
+            mapper[2].bias.zero_()
+    e = fusion(FEATURES, ALPHAS)
+    assert e[0].tolist() == pytest.approx([3.0, -5.0])
+
+
 def classifier() -> nn.Linear:
     head = nn.Linear(2, 3)
     with torch.no_grad():
@@ -418,3 +434,58 @@ def test_mix_mass_by_hand():
     assert first["weights"] == half and first["images"] == second["images"] == 2
     assert result["per_mix"]["mix_b-1"]["mass"] == pytest.approx(0.8)
     assert result["all"] == pytest.approx((0.7 + 0.4 + 0.8) / 3) and result["network"] == "identity"
+
+
+# ---------------------------------------------------------------------------- L_diff and L_joint (eq. 10)
+
+
+@pytest.fixture(scope="module")
+def joint_model(tiny_models):
+    from test_joint import build_joint
+
+    return build_joint(tiny_models)
+
+
+def test_joint_loss_is_the_weighted_sum_of_its_three_terms(joint_model):
+    # eq. 10 with weights that tell the terms apart: L = 0.1 L_U + 0.2 L_cond + 0.7 L_diff
+    from test_joint import make_batch
+
+    weights = joint_model.fusion.cfg.joint_weights
+    joint_model.fusion.cfg.joint_weights = [0.1, 0.2, 0.7]
+    try:
+        torch.manual_seed(0)
+        loss, logs = joint_model.eval()(make_batch(3))
+    finally:
+        joint_model.fusion.cfg.joint_weights = weights
+    expected = 0.1 * logs["loss_u"] + 0.2 * logs["loss_cond"] + 0.7 * logs["loss_diff"]
+    assert min(logs["loss_u"], logs["loss_cond"], logs["loss_diff"]) > 0
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_diffusion_loss_by_hand(tiny_models, prediction):
+    # L_diff = mean (ε_θ(z_t, t, c(e)) − target)², z_t = √ᾱ_t z_0 + √(1 − ᾱ_t) ε, t ~ U{0, …, T−1};
+    # target ε, or v = √ᾱ_t ε − √(1 − ᾱ_t) z_0; the draws in the loss's order: z_0, ε, t
+    from diffusers import DDIMScheduler
+
+    from uniemo.joint import FrozenDiffusion
+    from uniemo.loading import load_sd
+
+    sd = load_sd(tiny_models[1])
+    sd.scheduler = DDIMScheduler.from_config(sd.scheduler.config, prediction_type=prediction)
+    diffusion = FrozenDiffusion(sd, "<emo>")
+    e = torch.randn(2, sd.text_encoder.config.hidden_size)
+    pixels = torch.rand(2, 3, 64, 64) * 2 - 1
+    torch.manual_seed(3)
+    got = diffusion.loss(e, pixels)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        z0 = sd.vae.encode(pixels).latent_dist.sample() * sd.vae.config.scaling_factor
+        noise = torch.randn_like(z0)
+        t = torch.randint(0, 1000, (2,))
+        abar = diffusion.noise_scheduler.alphas_cumprod[t].view(2, 1, 1, 1)
+        zt = abar.sqrt() * z0 + (1 - abar).sqrt() * noise
+        cond = diffusion.prompts(diffusion.prompts.ids(["<emo>"]), e)["prompt_embeds"]
+        pred = sd.unet(zt, t, encoder_hidden_states=cond).sample
+        target = noise if prediction == "epsilon" else abar.sqrt() * noise - (1 - abar).sqrt() * z0
+    assert got.item() == pytest.approx(((pred - target) ** 2).mean().item(), rel=1e-5)
