@@ -22,6 +22,8 @@ from __future__ import annotations
 import functools
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -329,15 +331,21 @@ def serve(studio: Studio, host: str = "127.0.0.1", port: int = 7860, block: bool
     app.queue(max_size=studio.limits.queue_size, default_concurrency_limit=1)
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                               font_mono=["ui-monospace", "monospace"])  # no web fonts from the internet
-    try:  # Ctrl+C may come while launch still runs, before gradio's own wait would catch it
+    stop = threading.Event()
+    try:  # Ctrl+C may come while launch still runs, before the handlers below are in place
         try:
             app.launch(server_name=host, server_port=port, share=False, ssr_mode=False, show_error=True, theme=theme,
                        prevent_thread_lock=True, quiet=quiet, footer_links=["api"], mcp_server=False, pwa=False,
                        enable_monitoring=False, max_file_size="50mb")
         except OSError as e:
             raise UniEmoError(f"cannot serve on {host}:{port} ({e}): pass another --port") from None
-        while block:
-            time.sleep(0.1)
+        if block:  # our own handlers: the server's libraries had left Ctrl+C without effect (measured)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: stop.set())
+            while not stop.is_set():
+                time.sleep(0.1)
     except KeyboardInterrupt:
+        pass
+    if block:
         app.close(verbose=False)
     return app
