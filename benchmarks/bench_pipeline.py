@@ -35,28 +35,6 @@ from uniemo.understanding import AttributeBank, UniEmoUnderstanding
 WORDS = ["a photo of a bench in a forest", "a dog on a beach", "a cup in a room", "a skull in a desert"]
 
 
-def build_sd(text_config, tokenizer, sd_preset: str | None, xl: bool):
-    """A random SD 1.5 or SD XL pipeline in memory (full size with ``sd_preset``)."""
-    from diffusers import (AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, StableDiffusionPipeline,
-                           StableDiffusionXLPipeline, UNet2DConditionModel)
-    from transformers import CLIPTextModel
-
-    text_encoder = CLIPTextModel(text_config)
-    vae = AutoencoderKL(**foundation.vae_config("sd15" if sd_preset else None))
-    betas = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1)
-    if not xl:
-        unet = UNet2DConditionModel(**foundation.unet_config(text_config.hidden_size, sd_preset))
-        return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                       scheduler=DDIMScheduler(**betas, clip_sample=False, set_alpha_to_one=False),
-                                       safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    second = foundation.text_encoder_2(text_config, sd_preset)
-    unet = UNet2DConditionModel(**foundation.unet_config(text_config.hidden_size + second.config.hidden_size,
-                                                         sd_preset, pooled_dim=second.config.projection_dim))
-    return StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=second, tokenizer=tokenizer,
-                                     tokenizer_2=tokenizer, unet=unet, scheduler=EulerDiscreteScheduler(**betas),
-                                     add_watermarker=False)
-
-
 def build(clip_preset: str | None, sd_preset: str | None, query_len: int, xl: bool = False):
     """Random models in memory: (understanding, fusion, table, space, banks, sd pipeline)."""
     torch.manual_seed(0)
@@ -67,7 +45,7 @@ def build(clip_preset: str | None, sd_preset: str | None, query_len: int, xl: bo
         text_config = foundation.clip_config("vit-l14", vocab_size=len(tokenizer)).text_config
     else:
         text_config = clip.config.text_config
-    sd = build_sd(text_config, tokenizer, sd_preset, xl)
+    sd = foundation.random_sd(text_config, tokenizer, sd_preset, xl)
     sd.set_progress_bar_config(disable=True)
 
     ucfg = UnderstandingConfig(query_len=query_len)

@@ -329,8 +329,9 @@ def explicit_feedback(run2: Path, data_root: Path, out: Path, cfg, evaluator, se
 
     settings = cfg.feedback
     check_settings(settings)
-    out, generated = Path(out), RunDir(out).generated
-    if RunDir(out).config.is_file() and not resume:
+    run = RunDir(out)
+    out, generated = Path(out), run.generated
+    if run.config.is_file() and not resume:
         raise UniEmoError(f"{out} already holds a stage-3 run: pass --resume to continue it, or choose a new --out")
     pipe = UniEmoPipeline.from_pretrained(run2, torch_dtype=dtype, scheduler=scheduler).to(default_device())
     class_names = pipe.class_names
@@ -365,7 +366,7 @@ def explicit_feedback(run2: Path, data_root: Path, out: Path, cfg, evaluator, se
         "proportion": mix.proportion, "seed": seed, "initial_weights": f"{run2} (stage 2)",
         "accuracy": {split: {"before": before[split]["top1"], "after": after[split]["top1"]} for split in after},
     }
-    write_json(RunDir(out).feedback, summary)
+    write_json(run.feedback, summary)
     return summary
 
 

@@ -73,7 +73,7 @@ class FrozenDiffusion(nn.Module):
         steps = self.noise_scheduler.config.num_train_timesteps
         t = torch.randint(0, steps, (latents.shape[0],), device=latents.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
-        cond = self.prompts(self.prompt_ids if ids is None else ids, e.to(self.text_encoders[0].dtype))
+        cond = self.prompts(self.prompt_ids if ids is None else ids, e)
         added = None
         if self.prompts.xl:
             height, width = vae_pixels.shape[-2:]

@@ -34,9 +34,10 @@ from uniemo.errors import UniEmoError
 from uniemo.fusion import CorrelationTable, PromptEncoder, UniEmoFusion, match_alpha
 from uniemo.io import load_state_dict_checked, load_tensors, read_json
 from uniemo.joint import EmotionSpace
+from uniemo.loading import SD_PARTS
 from uniemo.rundir import STAGE2, RunDir
 
-SD_PARTS = ("vae", "text_encoder", "tokenizer", "unet", "scheduler", "text_encoder_2", "tokenizer_2")
+COMPONENTS = SD_PARTS["sdxl"]  # the SD components of either layout (SD 1.5's are a subset)
 DENOISERS = {"sd15": ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"),  # text-to-image, image-to-image
              "sdxl": ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline")}
 MAX_IMAGES_PER_EMOTION = 100_000  # per command call: its to-do list stays small in memory
@@ -174,7 +175,7 @@ class UniEmoPipeline(DiffusionPipeline):
     @classmethod
     def from_parts(cls, sd_pipe, understanding, fusion: UniEmoFusion, contents: Stage2Contents) -> "UniEmoPipeline":
         """A pipeline on a loaded diffusers SD (XL) pipeline's components (shared, not copied)."""
-        parts = {name: module for name, module in sd_pipe.components.items() if name in SD_PARTS}
+        parts = {name: module for name, module in sd_pipe.components.items() if name in COMPONENTS}
         return cls(**parts, understanding=understanding, fusion=fusion, contents=contents,
                    force_zeros_for_empty_prompt=bool(sd_pipe.config.get("force_zeros_for_empty_prompt", False)))
 
@@ -189,7 +190,7 @@ class UniEmoPipeline(DiffusionPipeline):
         import diffusers
 
         cls = getattr(diffusers, DENOISERS[self.layout][img2img])
-        parts = {name: getattr(self, name) for name in SD_PARTS if getattr(self, name) is not None}
+        parts = {name: getattr(self, name) for name in COMPONENTS if getattr(self, name) is not None}
         if self.layout == "sdxl":
             extra = {"force_zeros_for_empty_prompt": self.config.force_zeros_for_empty_prompt, "add_watermarker": False}
         else:
@@ -336,7 +337,6 @@ class UniEmoPipeline(DiffusionPipeline):
 
     def _embeds(self, prompt: str, e: torch.Tensor) -> dict[str, torch.Tensor]:
         """The prompt's embeddings with e at the placeholder, and the empty prompt's (guidance)."""
-        e = e.to(self.text_encoder.dtype)
         positive = self.prompts(self.prompts.ids([prompt]), e)
         return {**positive, **self.prompts.negative(positive)}
 

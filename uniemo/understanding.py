@@ -233,11 +233,11 @@ class UniEmoUnderstanding(ModuleUtilsMixin, nn.Module):
 
     def save_pretrained(self, run_dir: str | Path) -> None:
         """Write vision_config.json, understanding.json and model.safetensors into ``run_dir``."""
-        run_dir = Path(run_dir)
-        write_json(RunDir(run_dir).vision_config, self.vision.config.to_dict())
-        write_json(RunDir(run_dir).understanding, {
+        run = RunDir(run_dir)
+        write_json(run.vision_config, self.vision.config.to_dict())
+        write_json(run.understanding, {
             "config": to_dict(self.cfg), "text_dim": self.text_dim, "class_names": list(self.class_names)})
-        save_tensors(RunDir(run_dir).weights, self.state_dict())
+        save_tensors(run.weights, self.state_dict())
 
     @classmethod
     def from_pretrained(cls, run_dir: str | Path) -> UniEmoUnderstanding:
@@ -319,16 +319,16 @@ class AttributeBank:
 
 def save_attributes(run_dir: str | Path, scene: AttributeBank, obj: AttributeBank) -> None:
     """RUN/attributes.json (names) + RUN/attributes.safetensors (embeddings)."""
-    run_dir = Path(run_dir)
-    save_tensors(RunDir(run_dir).attribute_embeds, {"scene": scene.embeds, "object": obj.embeds})
-    write_json(RunDir(run_dir).attribute_names, {"scene": scene.names, "object": obj.names})
+    run = RunDir(run_dir)
+    save_tensors(run.attribute_embeds, {"scene": scene.embeds, "object": obj.embeds})
+    write_json(run.attribute_names, {"scene": scene.names, "object": obj.names})
 
 
 def load_attributes(run_dir: str | Path) -> tuple[AttributeBank, AttributeBank]:
     """(scene bank, object bank) saved with a run."""
-    run_dir = Path(run_dir)
-    names = read_json(RunDir(run_dir).attribute_names, "attribute names")
-    embeds = load_tensors(RunDir(run_dir).attribute_embeds, "attribute embeddings")
+    run = RunDir(run_dir)
+    names = read_json(run.attribute_names, "attribute names")
+    embeds = load_tensors(run.attribute_embeds, "attribute embeddings")
     banks = []
     for kind in ("scene", "object"):
         if kind not in names or kind not in embeds or len(names[kind]) != embeds[kind].shape[0]:
@@ -408,8 +408,9 @@ def load_image_processor(run_dir: str | Path):
 
     run_dir = Path(run_dir)
     source = run_dir
-    if not RunDir(run_dir).image_processor.is_file():
-        clip_path = load_config(RunDir(run_dir).config).clip_path
+    run = RunDir(run_dir)
+    if not run.image_processor.is_file():
+        clip_path = load_config(run.config).clip_path
         if clip_path is None or not (Path(clip_path) / "preprocessor_config.json").is_file():
             raise UniEmoError(f"no preprocessor_config.json in {run_dir} or in the CLIP directory it records: "
                               "expected a run made by `uniemo train understand`")

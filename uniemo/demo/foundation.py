@@ -123,9 +123,10 @@ def text_encoder_2(text_config, preset: str | None = None):
 
 def vae_config(preset: str | None = None, channels: Sequence[int] = (32, 64, 64), sample_size: int = 64,
                mid_attention: bool = True) -> dict:
-    """SD's VAE config (8x down-sampling) or a tiny one, one level per entry of ``channels`` (3 levels: 4x);
-    without ``mid_attention`` the tiny one is purely convolutional, so it can train on crops."""
-    if preset == "sd15":
+    """SD's VAE config (8x down-sampling; ``preset`` 'sd15' or 'sdxl', the same architecture) or a
+    tiny one, one level per entry of ``channels`` (3 levels: 4x); without ``mid_attention`` the
+    tiny one is purely convolutional, so it can train on crops."""
+    if preset in ("sd15", "sdxl"):
         return dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
                     block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,
                     up_block_types=["UpDecoderBlock2D"] * 4)
@@ -135,25 +136,43 @@ def vae_config(preset: str | None = None, channels: Sequence[int] = (32, 64, 64)
                 mid_block_add_attention=mid_attention)
 
 
-def save_sd(out: str | Path, text_encoder, tokenizer, unet, vae, scheduler=None, text_encoder_2=None) -> Path:
-    """Write a Stable Diffusion 1.5 directory (no safety checker, no feature extractor) or, with
+def sd_pipeline(text_encoder, tokenizer, unet, vae, scheduler=None, text_encoder_2=None):
+    """A Stable Diffusion 1.5 pipeline in memory (no safety checker, no feature extractor) or, with
     ``text_encoder_2`` (its tokenizer: ``tokenizer``), an SD XL one with SD XL's Euler sampler."""
     from diffusers import (DDIMScheduler, EulerDiscreteScheduler, StableDiffusionPipeline,
                            StableDiffusionXLPipeline)
 
     betas = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1)
     if text_encoder_2 is not None:
-        pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+        return StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
                                          tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet,
                                          scheduler=scheduler or EulerDiscreteScheduler(**betas),
                                          add_watermarker=False)
-    else:
-        scheduler = scheduler or DDIMScheduler(**betas, clip_sample=False, set_alpha_to_one=False)
-        pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                       scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                       requires_safety_checker=False)
-    pipe.save_pretrained(out, safe_serialization=True)
+    scheduler = scheduler or DDIMScheduler(**betas, clip_sample=False, set_alpha_to_one=False)
+    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+
+
+def save_sd(out: str | Path, text_encoder, tokenizer, unet, vae, scheduler=None, text_encoder_2=None) -> Path:
+    """Write ``sd_pipeline(...)`` as a diffusers directory."""
+    sd_pipeline(text_encoder, tokenizer, unet, vae, scheduler, text_encoder_2).save_pretrained(out, safe_serialization=True)
     return Path(out)
+
+
+def random_sd(text_config, tokenizer, sd_preset: str | None = None, xl: bool = False, text_encoder=None):
+    """A random-weight SD 1.5 (with ``xl``: SD XL) pipeline in memory on ``tokenizer``, its first
+    text encoder ``text_encoder`` or a new one of ``text_config``; full size with ``sd_preset``
+    ('sd15' / 'sdxl'), else tiny."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    text_encoder = text_encoder or CLIPTextModel(text_config)
+    second = text_encoder_2(text_config, sd_preset) if xl else None
+    width = text_config.hidden_size + (0 if second is None else second.config.hidden_size)
+    pooled = None if second is None else second.config.projection_dim
+    unet = UNet2DConditionModel(**unet_config(width, sd_preset, pooled_dim=pooled))
+    return sd_pipeline(text_encoder, tokenizer, unet, AutoencoderKL(**vae_config(sd_preset)), text_encoder_2=second)
 
 
 def build_random(out: str | Path, texts: Iterable[str], clip_preset: str | None = None,
@@ -161,7 +180,6 @@ def build_random(out: str | Path, texts: Iterable[str], clip_preset: str | None 
     """Random-weight CLIP and SD directories (``out/clip``, ``out/sd``) sharing one text tower;
     with ``xl`` a tiny SD XL (a second, narrower text encoder with projection)."""
     import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPModel, CLIPTextModel
 
     torch.manual_seed(seed)
@@ -171,13 +189,8 @@ def build_random(out: str | Path, texts: Iterable[str], clip_preset: str | None 
         image_size = CLIP_ARCHITECTURES[clip_preset]["image_size"]
     clip = CLIPModel(clip_config(clip_preset, vocab_size=len(tokenizer), image_size=image_size))
     clip_dir = save_clip(Path(out) / "clip", clip, tokenizer, image_size)
-    text_config = clip.config.text_config
-    text_encoder = CLIPTextModel(text_config)
+    text_encoder = CLIPTextModel(clip.config.text_config)
     text_encoder.load_state_dict(clip.text_model.state_dict())
-    second = text_encoder_2(text_config) if xl else None
-    width = text_config.hidden_size + (0 if second is None else second.config.hidden_size)
-    pooled = None if second is None else second.config.projection_dim
-    unet = UNet2DConditionModel(**unet_config(width, sd_preset, pooled_dim=pooled))
-    vae = AutoencoderKL(**vae_config(sd_preset))
-    sd_dir = save_sd(Path(out) / "sd", text_encoder, tokenizer, unet, vae, text_encoder_2=second)
+    sd_dir = Path(out) / "sd"
+    random_sd(clip.config.text_config, tokenizer, sd_preset, xl, text_encoder).save_pretrained(sd_dir, safe_serialization=True)
     return clip_dir, sd_dir
