@@ -332,20 +332,17 @@ def serve(studio: Studio, host: str = "127.0.0.1", port: int = 7860, block: bool
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                               font_mono=["ui-monospace", "monospace"])  # no web fonts from the internet
     stop = threading.Event()
-    try:  # Ctrl+C may come while launch still runs, before the handlers below are in place
-        try:
-            app.launch(server_name=host, server_port=port, share=False, ssr_mode=False, show_error=True, theme=theme,
-                       prevent_thread_lock=True, quiet=quiet, footer_links=["api"], mcp_server=False, pwa=False,
-                       enable_monitoring=False, max_file_size="50mb")
-        except OSError as e:
-            raise UniEmoError(f"cannot serve on {host}:{port} ({e}): pass another --port") from None
-        if block:  # our own handlers: the server's libraries had left Ctrl+C without effect (measured)
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, lambda *_: stop.set())
-            while not stop.is_set():
-                time.sleep(0.1)
-    except KeyboardInterrupt:
-        pass
+    if block:  # before launch: a Ctrl+C raised inside launch could be lost there (measured), one that sets this is not
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+    try:
+        app.launch(server_name=host, server_port=port, share=False, ssr_mode=False, show_error=True, theme=theme,
+                   prevent_thread_lock=True, quiet=quiet, footer_links=["api"], mcp_server=False, pwa=False,
+                   enable_monitoring=False, max_file_size="50mb")
+    except OSError as e:
+        raise UniEmoError(f"cannot serve on {host}:{port} ({e}): pass another --port") from None
     if block:
+        while not stop.is_set():
+            time.sleep(0.1)
         app.close(verbose=False)
     return app
