@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from test_feedback import feedback_argv, setup  # noqa: F401 (a fixture)
@@ -37,14 +38,22 @@ def _metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_stage1_on_two_processes_halves_the_steps_and_writes_once(tiny_models, tiny_emoset, tmp_path, capsys):
-    one = _train(tmp_path / "one", ONE, tiny_models, tiny_emoset)
+@pytest.fixture(scope="module")
+def run1(tiny_models, tiny_emoset, tmp_path_factory):
+    """One stage-1 run by one process: the reference of the stage-1 test and the start of stage 2."""
+    out = tmp_path_factory.mktemp("run1") / "one"
+    done = _train(out, ONE, tiny_models, tiny_emoset)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, done
+
+
+def test_stage1_on_two_processes_halves_the_steps_and_writes_once(run1, tiny_models, tiny_emoset, tmp_path, capsys):
+    ran, one = run1
     two = _train(tmp_path / "two", TWO, tiny_models, tiny_emoset)
-    assert one.returncode == 0, one.stderr[-3000:]
     assert two.returncode == 0, two.stderr[-3000:]
     for said in ("wrote stage-1 run", "val: top-1", "test: top-1"):
         assert one.stdout.count(said) == 1 and two.stdout.count(said) == 1, (said, two.stdout)
-    single, double = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    single, double = _metrics(ran), _metrics(tmp_path / "two")
     assert len(double) == 1 and double[0]["processes"] == 2 and single[0]["processes"] == 1
     assert double[0]["step"] == math.ceil(single[0]["step"] / 2)  # each rank sees half of every epoch
     assert json.loads((tmp_path / "two" / "eval.json").read_text())["test"]["top1"] >= 0
@@ -55,11 +64,10 @@ def test_stage1_on_two_processes_halves_the_steps_and_writes_once(tiny_models, t
     assert printed.startswith(f"{image}: ") and printed.split()[1] in EMOTIONS  # the run loads and classifies
 
 
-def test_stage2_on_two_processes_writes_a_run_that_generates(tiny_models, tiny_emoset, tmp_path):
+def test_stage2_on_two_processes_writes_a_run_that_generates(run1, tiny_models, tiny_emoset, tmp_path):
     from uniemo.pipeline import UniEmoPipeline
 
-    assert _train(tmp_path / "one", ONE, tiny_models, tiny_emoset).returncode == 0
-    two = _uniemo(TWO, "train", "joint", "--run", tmp_path / "one",
+    two = _uniemo(TWO, "train", "joint", "--run", run1[0],
                   "--sd", tiny_models[1], "--data", tiny_emoset, "--max-steps", "2", "--batch-size", "4",
                   "--out", tmp_path / "two")
     assert two.returncode == 0, two.stderr[-3000:]
@@ -70,17 +78,24 @@ def test_stage2_on_two_processes_writes_a_run_that_generates(tiny_models, tiny_e
     assert out.images[0].size[0] > 0 and out.metadata[0]["emotion"] == "awe"
 
 
-def test_stage2_is_bit_exact_from_one_process_to_the_next(tiny_models, tiny_emoset, tmp_path):
-    """Same run 1, same seed, two processes: the same weights, bit for bit. The mappers' initial
-    weights used to come from the process's unseeded RNG (building the alpha table forks the RNG
-    and restores it), so every run of stage 2 differed."""
+def test_stage2_is_bit_exact_from_one_process_to_the_next(run1, tiny_models, tiny_emoset, tmp_path):
+    """Same run 1, same seed: the same weights, bit for bit, from a fresh process and from this one
+    (whose global RNG has been drawn from by every test before). The mappers' initial weights used
+    to come from the process's unseeded RNG (building the alpha table forks the RNG and restores
+    it), so every run of stage 2 differed."""
     from safetensors.torch import load_file
 
-    assert _train(tmp_path / "run1", ONE, tiny_models, tiny_emoset).returncode == 0
-    for name in ("a", "b"):
-        done = _uniemo(ONE, "train", "joint", "--run", tmp_path / "run1", "--sd", tiny_models[1], "--data", tiny_emoset,
-                       "--max-steps", "2", "--batch-size", "4", "--seed", "3", "--out", tmp_path / name)
-        assert done.returncode == 0, done.stderr[-3000:]
+    argv = ["train", "joint", "--run", run1[0], "--sd", tiny_models[1], "--data", tiny_emoset,
+            "--max-steps", "2", "--batch-size", "4", "--seed", "3", "--out"]
+    done = _uniemo(ONE, *argv, tmp_path / "a")
+    assert done.returncode == 0, done.stderr[-3000:]
+    torch.rand(7)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the subprocess (OMP_NUM_THREADS=1): sums split over threads round differently
+    try:
+        assert main([*map(str, argv), str(tmp_path / "b")]) == 0
+    finally:
+        torch.set_num_threads(threads)
     for weights in ("fusion.safetensors", "model.safetensors", "emotion_space.safetensors"):
         a, b = (load_file(tmp_path / run / weights) for run in ("a", "b"))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), weights

@@ -216,8 +216,9 @@ def test_tokenizer_ids_are_the_same_in_every_process():
               "from uniemo.vocab import EMOTIONS; "
               "t = pb.train_tokenizer(pb.Captions.build(list(SCENES), list(OBJECTS)), pb.PretrainConfig()); "
               "print(json.dumps([t.get_vocab(), [t(e).input_ids for e in EMOTIONS]], sort_keys=True))")
-    outputs = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
-               for _ in range(6)}
+    runs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) for _ in range(6)]
+    outputs = {run.communicate(timeout=120)[0] for run in runs}
+    assert all(run.returncode == 0 for run in runs)
     assert len(outputs) == 1
 
 
