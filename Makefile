@@ -42,15 +42,19 @@ EQUATIONS := understanding.x*attribute_contrastive_loss understanding.x*UniEmoUn
   understanding.x*UniEmoUnderstanding*forward understanding.x*CrossAttention*forward understanding.x*default_stages \
   understanding.x*InteractiveBlock*forward understanding.x*InteractiveLayer*forward \
   fusion.x*table_from_counts fusion.x*match_alpha fusion.x*UniEmoFusion*forward fusion.x*condition_loss \
-  fusion.x*UniEmoFusion*__init__ joint.x*FrozenDiffusion*loss joint.x*JointModel*forward \
+  fusion.x*UniEmoFusion*__init__ joint.x*FrozenDiffusion*loss joint.x*JointModel*forward joint.x*JointModel*condition \
   joint.x*EmotionSpace*from_sums joint.x*EmotionSpace*draw joint.x*EmotionSpace*at \
   feedback.x*descending_ranks feedback.x*window_bounds feedback.x*rank_window feedback.x*filter_images \
   feedback.x*mix_count feedback.x*mix_plan pipeline.x*normalise_weights \
   metrics.x*top1_accuracy metrics.x*confusion_matrix metrics.x*per_class_accuracy metrics.x*binary_accuracy \
   metrics.x*frechet_distance metrics.x*sample_pairs metrics.x*semantic_diversity metrics.x*semantic_clarity \
-  metrics.x*target_probability metrics.x*mix_mass
+  metrics.x*target_probability metrics.x*mix_mass metrics.x*object_kept metrics.x*edit_fidelity \
+  joint.x*compute_emotion_space pipeline.x*UniEmoPipeline*conditions \
+  evaluator.x*EmotionProbe*forward evaluator.x*fit_probe evaluator.x*Evaluator*proba_from_features
+# The data loaders are mutated whole: their score is reported beside the equations', not in it.
+LOADERS := data.x*
 mutation: $(STAMP)
-	OMP_NUM_THREADS=1 $(VENV)/bin/mutmut run $(foreach f,$(EQUATIONS),'uniemo.$(f)__mutmut_*')
+	OMP_NUM_THREADS=1 $(VENV)/bin/mutmut run $(foreach f,$(EQUATIONS) $(LOADERS),'uniemo.$(f)__mutmut_*')
 	$(VENV)/bin/python benchmarks/mutation_score.py --survivors
 
 test-slow: $(STAMP)

@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/mutation_score.py [--survivors]
 
 Reads `mutmut results --all true` (run after `make mutation`, in the repository root) and counts,
-for the functions the Makefile's EQUATIONS names: killed (a test failed, or the mutant ran past
-its time limit), survived, and no tests. Score = killed / (killed + survived + no tests)."""
+for the functions the Makefile's EQUATIONS names (then, apart, its LOADERS): killed (a test
+failed, or the mutant ran past its time limit), survived, and no tests.
+Score = killed / (killed + survived + no tests)."""
 
 from __future__ import annotations
 
@@ -19,9 +20,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def equation_patterns() -> list[str]:
+def patterns(variable: str) -> list[str]:
+    """The mutant names a Makefile variable (a list of function patterns) stands for."""
     makefile = (ROOT / "Makefile").read_text()
-    names = re.search(r"EQUATIONS := (.*?)\nmutation:", makefile, re.S).group(1).replace("\\\n", " ").split()
+    names = re.search(rf"^{variable} := (.*?)\n(?=[#A-Za-z])", makefile, re.S | re.M).group(1).replace("\\\n", " ").split()
     return [f"uniemo.{name}__mutmut_*" for name in names]
 
 
@@ -35,8 +37,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--survivors", action="store_true", help="list the surviving mutants")
     args = parser.parse_args()
-    patterns = equation_patterns()
-    chosen = [(name, status) for name, status in results() if any(fnmatch.fnmatch(name, p) for p in patterns)]
+    everything = results()
+    for title, variable in (("the equations", "EQUATIONS"), ("the data loaders", "LOADERS")):
+        chosen = [(name, status) for name, status in everything if any(fnmatch.fnmatch(name, p) for p in patterns(variable))]
+        print(f"{title} ({variable}):")
+        table(chosen)
+        if args.survivors:
+            for name, status in chosen:
+                if status not in ("killed", "timeout"):
+                    print(f"{status}: {name}")
+        print()
+
+
+def table(chosen: list[tuple[str, str]]) -> None:
     by_module: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for name, status in chosen:
         verdict = "killed" if status in ("killed", "timeout") else status
@@ -47,10 +60,6 @@ def main() -> None:
         total += counts
         print(row(module, counts))
     print(row("all", total))
-    if args.survivors:
-        for name, status in chosen:
-            if status not in ("killed", "timeout"):
-                print(f"{status}: {name}")
 
 
 def row(module: str, counts: collections.Counter) -> str:

@@ -161,6 +161,17 @@ def test_sdxl_condition_is_split_and_scaled_per_text_encoder_by_hand():
     assert e[0].tolist() == pytest.approx([3.0, -5.0])
 
 
+def test_fusion_checks_its_features_and_keeps_the_token_scale_out_of_its_weights():
+    # without token_norms, e has unit norm per encoder; the scale is the SD's, never saved with the mappers
+    cfg = FusionConfig(features=["cls", "scene", "object"], mapper_hidden=2)
+    fusion = UniEmoFusion(cfg, vision_dim=2, text_dims=2, head_hidden=2)
+    assert fusion(FEATURES, ALPHAS).norm(dim=-1).tolist() == pytest.approx([1.0])
+    assert "token_norms" not in fusion.state_dict() and fusion.token_norms.dtype == torch.float32
+    for features in (["cls", "colour"], ["scene", "object"]):
+        with pytest.raises(Exception, match=r"fusion.features .* is invalid: use 'cls' plus any of scene, object, patch"):
+            UniEmoFusion(FusionConfig(features=features), vision_dim=2, text_dims=2, head_hidden=2)
+
+
 def classifier() -> nn.Linear:
     head = nn.Linear(2, 3)
     with torch.no_grad():
@@ -220,6 +231,32 @@ def test_emotion_space_mean_std_and_sampling_by_hand():
     assert space.draw(torch.Generator().manual_seed(7))["cls"].item() == torch.randn(1, generator=torch.Generator()
                                                                                       .manual_seed(7)).item()
     assert space.draw(torch.Generator().manual_seed(7))["cls"].item() == space.draw(torch.Generator().manual_seed(7))["cls"].item()
+
+
+def test_emotion_space_is_accumulated_per_emotion_over_batches_by_hand():
+    """compute_emotion_space over two batches of a stand-in understanding model that returns the
+    pixels as features: emotion 0 sees cls 1 and 5 (mean 3, population std 2), emotion 2 sees
+    4 and 4 and 7 (mean 5, std sqrt(27 − 25)), emotion 1 nothing."""
+    from types import SimpleNamespace
+
+    from uniemo.joint import compute_emotion_space
+
+    class Echo(nn.Module):
+        def forward(self, pixels):
+            return SimpleNamespace(cls=pixels, scene=-2 * pixels, object=None)
+
+    echo = Echo().train()
+    batches = [{"pixel_values": torch.tensor([[1.0], [4.0]]), "label": torch.tensor([0, 2])},
+               {"pixel_values": torch.tensor([[5.0], [4.0], [7.0]]), "label": torch.tensor([0, 2, 2])}]
+    space = compute_emotion_space(echo, batches, ("cls", "scene"), 3)
+    assert not echo.training  # read in eval mode
+    assert space.count.tolist() == [2, 0, 3]
+    assert space.mean["cls"].tolist() == [[3.0], [0.0], [5.0]] and space.mean["scene"].tolist() == [[-6.0], [0.0], [-10.0]]
+    assert torch.allclose(space.std["cls"], torch.tensor([[2.0], [0.0], [math.sqrt(2)]]))
+    assert torch.allclose(space.std["scene"], torch.tensor([[4.0], [0.0], [2 * math.sqrt(2)]]))
+    assert space.mean["cls"].dtype == torch.float32 and set(space.mean) == {"cls", "scene"}
+    with pytest.raises(Exception, match="gives no object feature"):
+        compute_emotion_space(echo, batches, ("cls", "object"), 3)
 
 
 # ---------------------------------------------------------------------------- Algorithm 1
@@ -460,6 +497,62 @@ def test_joint_loss_is_the_weighted_sum_of_its_three_terms(joint_model):
     expected = 0.1 * logs["loss_u"] + 0.2 * logs["loss_cond"] + 0.7 * logs["loss_diff"]
     assert min(logs["loss_u"], logs["loss_cond"], logs["loss_diff"]) > 0
     assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_joint_step_with_transfer_prompts_names_the_object_in_the_prompt_and_leaves_it_out_of_e(joint_model):
+    """With object_prompt_p = 1 every sample is prompted "<emo> <its object>" and e leaves out the
+    object term: L_diff is the loss of that e under those ids, in the forward's order of draws."""
+    from test_joint import make_batch
+
+    batch, diffusion = make_batch(3), joint_model.diffusion
+    p = diffusion.object_prompt_p
+    diffusion.object_prompt_p = 1.0
+    try:
+        torch.manual_seed(0)
+        _, logs = joint_model.eval()(batch)
+        torch.manual_seed(0)
+        with torch.no_grad():
+            out = joint_model.understanding(batch["pixel_values"])
+            ids, named = diffusion.prompt_ids_for(batch["object"])
+            e, _ = joint_model.condition(out, batch["label"], named)
+            l_diff = diffusion.loss(e, batch["vae_pixels"], ids)
+    finally:
+        diffusion.object_prompt_p = p
+    assert named.all() and torch.equal(ids[0], diffusion.prompts.ids([f"<emo> {o}" for o in batch["object"]])[0])
+    assert logs["loss_diff"] == pytest.approx(l_diff.item(), rel=1e-6)
+    with torch.no_grad():
+        e_plain, _ = joint_model.condition(out, batch["label"])
+    assert not torch.allclose(e, e_plain)
+    torch.manual_seed(0)
+    diffusion.prompt_ids_for(batch["object"])
+    with torch.no_grad():
+        assert diffusion.loss(e, batch["vae_pixels"]).item() != pytest.approx(l_diff.item(), rel=1e-6)  # ids matter
+
+
+def test_sdxl_diffusion_loss_by_hand(tiny_xl_models):
+    # SD XL's UNet also reads the pooled embedding of encoder 2 and the size conditioning
+    # (original size, crop top-left, target size) = (64, 64, 0, 0, 64, 64) for 64-px images
+    from uniemo.joint import FrozenDiffusion
+    from uniemo.loading import load_sd
+
+    sd = load_sd(tiny_xl_models[1])
+    diffusion = FrozenDiffusion(sd, "<emo>")
+    e = torch.randn(2, sum(diffusion.prompts.widths))
+    pixels = torch.rand(2, 3, 64, 64) * 2 - 1
+    torch.manual_seed(3)
+    got = diffusion.loss(e, pixels)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        z0 = sd.vae.encode(pixels).latent_dist.sample() * sd.vae.config.scaling_factor
+        noise = torch.randn_like(z0)
+        t = torch.randint(0, 1000, (2,))
+        abar = diffusion.noise_scheduler.alphas_cumprod[t].view(2, 1, 1, 1)
+        zt = abar.sqrt() * z0 + (1 - abar).sqrt() * noise
+        cond = diffusion.prompts(diffusion.prompts.ids(["<emo>"]), e)
+        added = {"text_embeds": cond["pooled_prompt_embeds"],
+                 "time_ids": torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]]).expand(2, -1)}
+        pred = sd.unet(zt, t, encoder_hidden_states=cond["prompt_embeds"], added_cond_kwargs=added).sample
+    assert got.item() == pytest.approx(((pred - noise) ** 2).mean().item(), rel=1e-5)
 
 
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])

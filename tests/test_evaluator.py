@@ -3,12 +3,17 @@ on crafted generated sets whose answer is known."""
 
 from __future__ import annotations
 
+import math
+from types import SimpleNamespace
+
 import pytest
 import torch
+from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 from PIL import Image
 
 from uniemo import metrics
-from uniemo.evaluator import Evaluator, fit_probe, train_evaluator
+from uniemo.evaluator import EmotionProbe, Evaluator, EvaluatorConfig, fit_probe, train_evaluator
 
 COLOURS = {"amusement": (230, 40, 40), "anger": (40, 40, 230)}
 
@@ -22,6 +27,71 @@ def _write_colour_images(root, per_class, seed):
             pixels = (torch.tensor(rgb) + noise).clamp(0, 255).byte().numpy()
             Image.fromarray(pixels).save(root / name / f"{i:03d}.png")
     return root
+
+
+def _probe_by_hand(hidden: int = 0) -> EmotionProbe:
+    probe = EmotionProbe(2, 2, hidden)
+    probe.mean.copy_(torch.tensor([1.0, 2.0]))
+    probe.std.copy_(torch.tensor([2.0, 4.0]))
+    return probe
+
+
+def test_probe_standardises_then_classifies_by_hand():
+    probe = _probe_by_hand()
+    with torch.no_grad():
+        probe.classifier.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 3.0]]))
+        probe.classifier.bias.copy_(torch.tensor([0.5, -0.5]))
+    # (5, 6) standardised: ((5 − 1)/2, (6 − 2)/4) = (2, 1); logits (2 + 0.5, 3 − 0.5)
+    assert probe(torch.tensor([[5.0, 6.0]])).tolist() == [[2.5, 2.5]]
+    assert probe(torch.tensor([[1.0, 10.0]])).tolist() == [[0.5, 5.5]]
+    mlp = _probe_by_hand(hidden=3)
+    with torch.no_grad():
+        mlp.classifier[0].weight.copy_(torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]]))
+        mlp.classifier[0].bias.zero_()
+        mlp.classifier[2].weight.copy_(torch.ones(2, 3))
+        mlp.classifier[2].bias.copy_(torch.tensor([0.0, 1.0]))
+    # standardised (2, 1) → hidden ReLU(2, −2, 1) = (2, 0, 1) → 3 and 4
+    assert mlp(torch.tensor([[5.0, 6.0]])).tolist() == [[3.0, 4.0]]
+
+
+def test_fit_probe_standardises_with_the_training_features():
+    features = torch.tensor([[1.0, 5.0, 2.0], [3.0, 5.0, 4.0], [8.0, 5.0, 0.0]])
+    probe, history = fit_probe(features, torch.tensor([0, 1, 1]), 2, epochs=3, seed=0)
+    assert probe.mean.tolist() == [4.0, 5.0, 2.0]
+    assert torch.allclose(probe.std, torch.tensor([math.sqrt(13), 1e-6, 2.0]))  # unbiased; a constant column: 1e-6
+    assert len(history) == 3 and not probe.training
+    single, _ = fit_probe(features[:1], torch.tensor([0]), 2, epochs=1)
+    assert single.mean.tolist() == [1.0, 5.0, 2.0] and single.std.tolist() == [1.0, 1.0, 1.0]
+
+
+def test_fit_probe_takes_one_step_per_minibatch_of_a_seeded_permutation():
+    """Five samples in minibatches of two: three steps an epoch; with lr 0 and no weight decay
+    nothing moves, and the seed fixes the order (and so the weights) of a real fit."""
+    features, labels = torch.randn(5, 4, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 0, 1, 1])
+    steps = []
+    hook = register_optimizer_step_post_hook(lambda optimizer, *_: steps.append(type(optimizer)))
+    try:
+        frozen, _ = fit_probe(features, labels, 2, epochs=2, lr=0.0, weight_decay=0.0, batch_size=2, seed=3)
+    finally:
+        hook.remove()
+    assert steps == [torch.optim.AdamW] * 6
+    torch.manual_seed(3)
+    assert torch.equal(frozen.classifier.weight, nn.Linear(4, 2).weight)  # the seed also draws the initial weights
+    a, b = (fit_probe(features, labels, 2, epochs=2, batch_size=2, seed=s)[0].classifier.weight for s in (1, 2))
+    assert not torch.equal(a, b)
+
+
+def test_probabilities_are_the_softmax_of_the_probe():
+    probe = _probe_by_hand()
+    with torch.no_grad():
+        probe.classifier.weight.copy_(torch.eye(2))
+        probe.classifier.bias.zero_()
+    encoder = SimpleNamespace(device=torch.device("cpu"), name="features")
+    evaluator = Evaluator(EvaluatorConfig("clip", 2, ["a", "b"]), probe, encoder)
+    # standardised (2, 1) and (0, 0): softmax(2, 1) = (e/(e + 1), 1/(e + 1)), softmax(0, 0) = (½, ½)
+    probs = evaluator.proba_from_features(torch.tensor([[5.0, 6.0], [1.0, 2.0]]))
+    assert torch.allclose(probs, torch.tensor([[math.e / (math.e + 1), 1 / (math.e + 1)], [0.5, 0.5]]))
+    assert evaluator.name == "evaluator linear probe on features" and evaluator.class_names == ("a", "b")
 
 
 def test_fit_probe_learns_a_separable_toy_set():

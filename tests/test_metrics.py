@@ -417,3 +417,68 @@ def test_object_kept_and_mix_mass_without_their_networks_are_not_computed(tmp_pa
     assert m["mix_mass"] == {"network": None, "all": None, "per_mix": {}, "note": metrics.NOT_GIVEN["mix_mass"]}
     assert "--clip" in m["object_kept"]["note"] and "--evaluator" in m["mix_mass"]["note"]
     assert "\n| emotion | n | Obj-K ↑ | Mix-M ↑ |\n" in out.with_suffix(".md").read_text()
+
+
+@pytest.fixture(scope="module")
+def clip_encoder(tiny_models):
+    from uniemo.loading import load_clip
+
+    return metrics.ClipImageEncoder(load_clip(tiny_models[0]), torch.device("cpu"))
+
+
+CLASSES = ("amusement", "awe", "fear")
+
+
+def test_object_kept_by_hand(clip_encoder, tmp_path):
+    """Features made equal (up to scale) to the text embedding of a chosen word are read as that
+    word: four images ask for house, house, tree and a word outside the vocabulary, and show
+    house, tree, tree and that word: 3 of 4 kept; amusement ½, awe 1, the mix 1."""
+    from uniemo.metrics import Generated, GeneratedSet, object_kept
+
+    vocab = ["House", "Tree", "Cake"]
+    names = ["house", "tree", "cake", "balloon"]
+    text = metrics.ClipZeroShot(clip_encoder, names, "object").text
+    shown = [0, 1, 1, 3]
+    images = [Generated(tmp_path / "amusement" / "0.png", 0, object="house"),
+              Generated(tmp_path / "amusement" / "1.png", 0, object="house"),
+              Generated(tmp_path / "awe" / "0.png", 1, object="tree"),
+              Generated(tmp_path / "mix_awe-0.5_fear-0.5" / "0.png", None, mix={"awe": 0.5, "fear": 0.5}, object="balloon")]
+    kept = object_kept(GeneratedSet(images, clip_raw=torch.tensor([3.0, 0.5, 2.0, 1.0])[:, None] * text[shown]),
+                       clip_encoder, vocab, CLASSES)
+    assert kept["all"] == 0.75 and kept["images"] == 4
+    assert kept["per_emotion"] == {"amusement": 0.5, "awe": 1.0, "mix_awe-0.5_fear-0.5": 1.0}
+    assert kept["per_object"] == {"house": 0.5, "tree": 1.0, "balloon": 1.0}
+    assert kept["network"] == f"clip zero-shot over 4 object names ({clip_encoder.clip.path})"
+
+
+def test_edit_fidelity_by_hand(clip_encoder, tmp_path):
+    """Three edits, read in batches of two: the first shows its source's own features (kept,
+    distance 0), the second another object's text embedding (not kept, 1 − cos by hand), the
+    third the text embedding of its source's top-1 object (kept)."""
+    from PIL import Image
+
+    from uniemo.metrics import Generated, GeneratedSet, edit_fidelity
+
+    vocab = ["House", "Tree", "Cake", "Fish"]
+    classifier = metrics.ClipZeroShot(clip_encoder, ["house", "tree", "cake", "fish"], "object")
+    sources = []
+    for i, rgb in enumerate([(250, 30, 30), (30, 250, 30), (30, 30, 250)]):
+        sources.append(tmp_path / f"source{i}.png")
+        Image.new("RGB", (32, 32), rgb).save(sources[-1])
+    source = clip_encoder([Image.open(p) for p in sources])
+    top1 = classifier.probs_from_features(source).argmax(-1).tolist()
+    other = (top1[1] + 1) % 4
+    edits = torch.stack([2 * source[0], classifier.text[other], 0.5 * classifier.text[top1[2]]])
+    images = [Generated(tmp_path / "awe" / "0.png", 1, source=sources[0]),
+              Generated(tmp_path / "awe" / "1.png", 1, source=sources[1]),
+              Generated(tmp_path / "fear" / "0.png", 2, source=sources[2])]
+    result = edit_fidelity(GeneratedSet(images, clip_raw=edits), clip_encoder, vocab, CLASSES, batch_size=2)
+    kept, distance = result["edit_kept"], result["edit_distance"]
+    assert kept["all"] == pytest.approx(2 / 3) and kept["per_emotion"] == {"awe": 0.5, "fear": 1.0}
+    assert kept["images"] == 3 and distance["images"] == 3
+    d = [0.0, 1 - float(classifier.text[other] @ source[1]), 1 - float(classifier.text[top1[2]] @ source[2])]
+    assert distance["per_emotion"]["awe"] == pytest.approx((d[0] + d[1]) / 2, abs=1e-5)
+    assert distance["per_emotion"]["fear"] == pytest.approx(d[2], abs=1e-5)
+    assert distance["all"] == pytest.approx(sum(d) / 3, abs=1e-5) and d[1] > 0.01
+    assert kept["network"] == f"clip zero-shot over 4 object names ({clip_encoder.clip.path})"
+    assert distance["network"] == clip_encoder.name

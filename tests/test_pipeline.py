@@ -93,6 +93,29 @@ def test_mix_fuses_weighted_conditions(pipe):
     assert set(m["alpha_scene"]) == {"awe", "fear"}
 
 
+def test_conditions_draw_one_point_per_seed_in_each_emotions_space_and_fuse_it(pipe):
+    """e of image i: the same standard-normal draw z_i (seed i) placed in each emotion's space
+    (mean + std·z), fused with that point's α, weighted and summed; transfer (object named)
+    leaves out the object term; the generators come back just after the draws."""
+    weights = {"awe": 0.25, "fear": 0.75}
+    e, generators, infos = pipe.conditions(weights, [5, 6], object_named=True)
+    plain, _, _ = pipe.conditions(weights, [5, 6])
+    assert not torch.allclose(e, plain) and e.shape == plain.shape and len(e) == 2
+    for i, seed in enumerate((5, 6)):
+        g = torch.Generator().manual_seed(seed)
+        z = pipe.space.draw(g)
+        assert torch.equal(generators[i].get_state(), g.get_state())
+        expected = 0
+        for name, w in weights.items():
+            k = EMOTIONS.index(name)
+            feats = {f: v[None] for f, v in pipe.space.at(k, z).items()}
+            alphas = {kind: torch.tensor([infos[i]["alpha"][kind][name]]) for kind in ("scene", "object")}
+            with torch.no_grad():
+                expected = expected + w * pipe.fusion(feats, alphas, torch.tensor([True]))
+        assert torch.allclose(e[i], expected[0], atol=1e-5)
+        assert set(infos[i]["matched"]["scene"]) == set(weights)
+
+
 def test_bad_requests_are_one_line_errors(pipe):
     with pytest.raises(UniEmoError, match="unknown emotion 'joy'.*amusement"):
         pipe(emotion="joy", num_images=1)

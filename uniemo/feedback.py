@@ -333,7 +333,7 @@ def explicit_feedback(run2: Path, data_root: Path, out: Path, cfg, evaluator, se
     out, generated = Path(out), run.generated
     if run.config.is_file() and not resume:
         raise UniEmoError(f"{out} already holds a stage-3 run: pass --resume to continue it, or choose a new --out")
-    pipe = UniEmoPipeline.from_pretrained(run2, torch_dtype=dtype, scheduler=scheduler).to(default_device())
+    pipe = UniEmoPipeline.from_pretrained(run2, dtype=dtype, scheduler=scheduler).to(default_device())
     class_names = pipe.class_names
     generate_images(pipe, generated, class_names, settings.per_emotion, seed, generate_batch_size, num_inference_steps)
     del pipe

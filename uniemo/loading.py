@@ -111,7 +111,7 @@ def load_sd(path: str | Path, dtype=None):
         cls, extra = diffusers.StableDiffusionPipeline, {"safety_checker": None, "requires_safety_checker": False,
                                                          "feature_extractor": None}
     try:
-        pipe = cls.from_pretrained(path, local_files_only=True, torch_dtype=dtype, **extra)
+        pipe = cls.from_pretrained(path, local_files_only=True, dtype=dtype, **extra)
     except (OSError, ValueError, SafetensorError) as e:
         raise UniEmoError(f"could not load Stable Diffusion from {path}: {str(e).splitlines()[0]}") from None
     pipe.set_progress_bar_config(disable=True)

@@ -13,7 +13,7 @@ understanding branch's reading of any image.
 Seeds: image i of a call with seed s uses seed s + i for both its feature sample and its
 initial latents, so any image is reproduced alone from the seed in its metadata.
 
-    pipe = UniEmoPipeline.from_pretrained("runs/stage2", torch_dtype=torch.float16).to("cuda")
+    pipe = UniEmoPipeline.from_pretrained("runs/stage2", dtype=torch.float16).to("cuda")
     out = pipe(emotion="awe", object="bench", num_images=4, generator=0)
     out.images[0].save("awe.png"); out.metadata[0]["alpha_scene"]
 """
@@ -137,10 +137,10 @@ class UniEmoPipeline(DiffusionPipeline):
         self.progress_bar_settings: dict = {}
 
     @classmethod
-    def from_pretrained(cls, run_dir: str | Path, sd_path: str | Path | None = None, torch_dtype=None,
+    def from_pretrained(cls, run_dir: str | Path, sd_path: str | Path | None = None, dtype=None,
                         scheduler: str | None = None) -> "UniEmoPipeline":
         """Load a stage-2 run (``uniemo train joint``) and the Stable Diffusion (1.5 or XL) it was
-        trained with, the SD's modules and the mappers in ``torch_dtype`` (default float32),
+        trained with, the SD's modules and the mappers in ``dtype`` (default float32),
         sampling with ``scheduler`` (a diffusers scheduler class name; default the SD's own)."""
         from uniemo.data import clip_transforms
         from uniemo.loading import SD_NAMES, load_sd, sd_layout
@@ -155,15 +155,15 @@ class UniEmoPipeline(DiffusionPipeline):
         sd_path = sd_path or cfg.sd_path
         if sd_path is None:
             raise UniEmoError(f"{run.config} records no sd_path: pass the Stable Diffusion directory")
-        sd = load_sd(sd_path, dtype=torch_dtype)
+        sd = load_sd(sd_path, dtype=dtype)
         if cfg.sd_layout is not None and sd_layout(sd) != cfg.sd_layout:
             raise UniEmoError(f"{run_dir} was trained with {SD_NAMES.get(cfg.sd_layout, cfg.sd_layout)} but {sd_path} holds "
                               f"{SD_NAMES[sd_layout(sd)]}: pass the Stable Diffusion directory the run was trained with")
         understanding = UniEmoUnderstanding.from_pretrained(run_dir)
         fusion = UniEmoFusion.for_models(cfg.fusion, understanding, PromptEncoder.of(sd, cfg.fusion.placeholder))
         load_state_dict_checked(fusion, load_tensors(run.fusion, "fusion weights"), run.fusion)
-        if torch_dtype is not None:
-            fusion.to(torch_dtype)
+        if dtype is not None:
+            fusion.to(dtype)
         table = CorrelationTable.from_json(read_json(run.alpha_table, "alpha table"), run.alpha_table)
         contents = Stage2Contents(cfg, table, EmotionSpace.load(run.emotion_space),
                                   *load_attributes(run_dir), clip_transforms(load_image_processor(run_dir), train=False))
@@ -211,23 +211,23 @@ class UniEmoPipeline(DiffusionPipeline):
         self.prompts.check_word(object)
         return f"{self.cfg.fusion.placeholder} {object.strip()}"
 
-    @torch.no_grad()
     def conditions(self, weights: dict[str, float], seeds: list[int], object_named: bool = False):
         """Fused conditions e (B,W) for one seed each, the generators (positioned after the feature
         draws, ready for the latents) and each image's α / matched attributes per emotion. With
         ``object_named`` (emotion transfer) e leaves out the object term, as in stage 2."""
         generators = [torch.Generator().manual_seed(s) for s in seeds]
-        noise = [self.space.draw(g) for g in generators]
-        e = 0
-        infos = [{"alpha": {}, "matched": {}} for _ in seeds]
-        named = torch.full((len(seeds),), object_named)
-        for name, weight in weights.items():
-            k = self.class_names.index(name)
-            samples = [self.space.at(k, z) for z in noise]
-            feats = {f: torch.stack([s[f] for s in samples]).to(self.fusion.device, self.fusion.dtype)
-                     for f in self.fusion.cfg.features}
-            alphas = self._alphas(feats, k, infos, name)
-            e = e + weight * self.fusion(feats, alphas, named)
+        with torch.no_grad():  # not a decorator: mutmut skips decorated functions
+            noise = [self.space.draw(g) for g in generators]
+            e = 0
+            infos = [{"alpha": {}, "matched": {}} for _ in seeds]
+            named = torch.full((len(seeds),), object_named)
+            for name, weight in weights.items():
+                k = self.class_names.index(name)
+                samples = [self.space.at(k, z) for z in noise]
+                feats = {f: torch.stack([s[f] for s in samples]).to(self.fusion.device, self.fusion.dtype)
+                         for f in self.fusion.cfg.features}
+                alphas = self._alphas(feats, k, infos, name)
+                e = e + weight * self.fusion(feats, alphas, named)
         return e, generators, infos
 
     def _alphas(self, feats, emotion: int, infos, name: str) -> dict[str, torch.Tensor]:

@@ -36,5 +36,5 @@ def load_pipeline(args):
 
     from uniemo.pipeline import DTYPES, UniEmoPipeline
 
-    pipe = UniEmoPipeline.from_pretrained(args.run, torch_dtype=DTYPES[args.dtype], scheduler=args.scheduler)
+    pipe = UniEmoPipeline.from_pretrained(args.run, dtype=DTYPES[args.dtype], scheduler=args.scheduler)
     return pipe.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
