@@ -336,3 +336,73 @@ def test_the_real_emoset_info_json_gives_the_full_vocabularies(tmp_path):
     assert ds.class_names == EMOTIONS and len(ds.scene_vocab) == 254 and len(ds.object_vocab) == 409
     assert ds.scene_vocab[17] == "bakery shop" and ds.object_vocab[2] == "alarm clock"
     assert (ds.items[0].scene, ds.items[0].object) == ("bakery shop", "alarm clock")
+
+
+@pytest.mark.parametrize("mode, values, grey", [
+    ("I;16", [0, 32768, 65535], [0, 128, 255]),   # 16 bits: 65535 is white
+    ("I", [0, 100, 255], [0, 100, 255]),          # 32-bit ints within 0-255: already 8-bit values
+    ("I", [0, 256, 65535], [0, 1, 255]),          # above 255: 16-bit values
+    ("F", [0.0, 0.5, 1.0], [0, 128, 255]),        # floats within [0, 1]
+    ("F", [0.0, 2.0, 255.0], [0, 2, 255]),        # floats above 1: 8-bit values
+    ("F", [-5.0, 100.0, 300.0], [0, 0, 1]),       # above 255: 16-bit values, negatives clipped to 0
+    ("L", [7, 8, 9], [7, 8, 9]),
+])
+def test_deep_and_float_images_become_8_bit_grey_by_hand(mode, values, grey):
+    from uniemo.data import to_rgb
+
+    image = Image.fromarray(np.array([values], dtype={"I;16": np.uint16, "I": np.int32, "F": np.float32,
+                                                      "L": np.uint8}[mode]))
+    if mode == "I;16":
+        image = Image.frombytes("I;16", (3, 1), np.array(values, dtype="<u2").tobytes())
+    assert image.mode == mode
+    rgb = to_rgb(image)
+    assert rgb.mode == "RGB" and [rgb.getpixel((x, 0)) for x in range(3)] == [(g, g, g) for g in grey]
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "PA", "RGBa"])
+def test_transparency_is_composited_over_white_by_hand(mode):
+    from uniemo.data import to_rgb
+
+    # opaque black, half-transparent black (≈ half grey over white), fully transparent
+    rgba = Image.new("RGBA", (3, 1))
+    rgba.putdata([(0, 0, 0, 255), (0, 0, 0, 128), (0, 0, 0, 0)])
+    image = rgba.convert(mode)
+    assert image.mode == mode
+    pixels = [to_rgb(image).getpixel((x, 0)) for x in range(3)]
+    assert pixels[0] == (0, 0, 0) and pixels[2] == (255, 255, 255)
+    assert all(abs(c - 127) <= 2 for c in pixels[1])
+
+
+def test_a_palette_image_with_a_transparent_index_is_white_there():
+    from uniemo.data import to_rgb
+
+    image = Image.new("P", (2, 1))
+    image.putpalette([10, 20, 30, 200, 100, 50] + [0] * 762)
+    image.putdata([0, 1])
+    image.info["transparency"] = 1
+    assert [to_rgb(image).getpixel((x, 0)) for x in range(2)] == [(10, 20, 30), (255, 255, 255)]
+    del image.info["transparency"]
+    assert to_rgb(image).getpixel((1, 0)) == (200, 100, 50)
+
+
+def test_collate_stacks_tensors_and_keeps_names_as_lists():
+    batch = collate([{"pixel_values": torch.full((3, 2, 2), float(i)), "label": i + 4, "scene": s, "object": o,
+                      "index": 10 + i} for i, (s, o) in enumerate([("beach", None), (None, "house")])])
+    assert batch["pixel_values"].shape == (2, 3, 2, 2) and batch["pixel_values"][1].eq(1).all()
+    assert batch["label"].tolist() == [4, 5] and batch["label"].dtype == torch.long
+    assert batch["index"].tolist() == [10, 11] and batch["index"].dtype == torch.long
+    assert batch["scene"] == ["beach", None] and batch["object"] == [None, "house"]
+
+
+def test_model_view_undoes_the_normalisation_by_hand():
+    from types import SimpleNamespace
+
+    from uniemo.data import model_view
+
+    processor = SimpleNamespace(image_mean=[0.5, 0.25, 0.0], image_std=[0.5, 0.25, 2.0])
+    pixels = torch.tensor([1.0, -1.0, 0.25]).view(3, 1, 1).expand(3, 1, 2)
+    # channel c: pixels · std + mean = (1, 0, 0.5), clamped to [0, 1]; laid out (H, W, 3)
+    view = model_view(pixels * torch.tensor([1.0, 1.0, 2.0]).view(3, 1, 1), processor)
+    assert view.shape == (1, 2, 3) and view[0, 1].tolist() == pytest.approx([1.0, 0.0, 1.0])
+    assert model_view(torch.full((3, 1, 1), 5.0), processor).max() == 1.0
+    assert model_view(torch.full((3, 1, 1), -5.0), processor).min() == 0.0

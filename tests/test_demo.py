@@ -116,7 +116,16 @@ def test_a_broken_step_is_redone(quick_demo, capsys):
         png.unlink()
     assert main(["demo", "--quick", "--out", str(quick_demo)]) == 0
     assert list((quick_demo / "explain").glob("*.png"))
-    assert "expert-query attention maps on test images: " in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "expert-query attention maps on test images: " in printed and "(its output: logs/explain.log)" in printed
+    # what the step's commands print (a line per classified image) goes to its log, not the console
+    assert ".jpg: " in (quick_demo / "logs" / "explain.log").read_text() and ".jpg: " not in printed
+
+
+def test_the_console_shows_steps_and_a_summary_and_the_logs_hold_the_rest(quick_demo):
+    logs = {p.stem for p in (quick_demo / "logs").glob("*.log")}
+    assert {"stage1", "stage2", "metrics", "feedback"} <= logs
+    assert "wrote stage-1 run" in (quick_demo / "logs" / "stage1.log").read_text()
 
 
 def test_data_scarce_plan_trains_stages_on_the_scarce_split(tmp_path):

@@ -236,7 +236,7 @@ def test_emotion_space_mean_std_and_sampling_by_hand():
 def test_emotion_space_is_accumulated_per_emotion_over_batches_by_hand():
     """compute_emotion_space over two batches of a stand-in understanding model that returns the
     pixels as features: emotion 0 sees cls 1 and 5 (mean 3, population std 2), emotion 2 sees
-    4 and 4 and 7 (mean 5, std sqrt(27 − 25)), emotion 1 nothing."""
+    4 and 4 and 7 (mean 5, std sqrt(27 − 25)), emotions 1 and 3 nothing."""
     from types import SimpleNamespace
 
     from uniemo.joint import compute_emotion_space
@@ -248,15 +248,16 @@ def test_emotion_space_is_accumulated_per_emotion_over_batches_by_hand():
     echo = Echo().train()
     batches = [{"pixel_values": torch.tensor([[1.0], [4.0]]), "label": torch.tensor([0, 2])},
                {"pixel_values": torch.tensor([[5.0], [4.0], [7.0]]), "label": torch.tensor([0, 2, 2])}]
-    space = compute_emotion_space(echo, batches, ("cls", "scene"), 3)
+    space = compute_emotion_space(echo, batches, ("cls", "scene"), 4)
     assert not echo.training  # read in eval mode
-    assert space.count.tolist() == [2, 0, 3]
-    assert space.mean["cls"].tolist() == [[3.0], [0.0], [5.0]] and space.mean["scene"].tolist() == [[-6.0], [0.0], [-10.0]]
-    assert torch.allclose(space.std["cls"], torch.tensor([[2.0], [0.0], [math.sqrt(2)]]))
-    assert torch.allclose(space.std["scene"], torch.tensor([[4.0], [0.0], [2 * math.sqrt(2)]]))
+    assert space.count.tolist() == [2, 0, 3, 0] and space.count.dtype == torch.long
+    assert space.mean["cls"].tolist() == [[3.0], [0.0], [5.0], [0.0]]
+    assert space.mean["scene"].tolist() == [[-6.0], [0.0], [-10.0], [0.0]]
+    assert torch.allclose(space.std["cls"], torch.tensor([[2.0], [0.0], [math.sqrt(2)], [0.0]]))
+    assert torch.allclose(space.std["scene"], torch.tensor([[4.0], [0.0], [2 * math.sqrt(2)], [0.0]]))
     assert space.mean["cls"].dtype == torch.float32 and set(space.mean) == {"cls", "scene"}
     with pytest.raises(Exception, match="gives no object feature"):
-        compute_emotion_space(echo, batches, ("cls", "object"), 3)
+        compute_emotion_space(echo, batches, ("cls", "object"), 4)
 
 
 # ---------------------------------------------------------------------------- Algorithm 1
@@ -527,6 +528,34 @@ def test_joint_step_with_transfer_prompts_names_the_object_in_the_prompt_and_lea
     diffusion.prompt_ids_for(batch["object"])
     with torch.no_grad():
         assert diffusion.loss(e, batch["vae_pixels"]).item() != pytest.approx(l_diff.item(), rel=1e-6)  # ids matter
+
+
+def test_joint_condition_weighs_scene_and_object_by_their_alpha(joint_model):
+    """Stage 2's e: α of each image's nearest scene and object for its emotion (the table's rows
+    of that kind); a bank with no names (data without attribute annotations) gives α = 1."""
+    from test_joint import make_batch
+
+    from uniemo.joint import features_of
+    from uniemo.understanding import AttributeBank
+
+    batch, m = make_batch(3), joint_model
+    with torch.no_grad():
+        out = m.understanding.eval()(batch["pixel_values"])
+        e, alphas = m.condition(out, batch["label"])
+        expected = {kind: match_alpha(embed, bank.embeds, m.table.rows(kind)[1], batch["label"])[0]
+                    for kind, bank, embed in (("scene", m.scene_bank, out.scene_embed),
+                                              ("object", m.object_bank, out.object_embed))}
+        features = features_of(out, m.fusion.cfg.features)
+        assert alphas.keys() == expected.keys() and all(torch.equal(alphas[k], expected[k]) for k in alphas)
+        assert torch.allclose(e, m.fusion(features, expected)) and not torch.allclose(e, m.fusion(features))
+        scenes = m.scene_bank
+        m.scene_bank = AttributeBank([], torch.empty(0, scenes.embeds.shape[1]))
+        try:
+            _, without = m.condition(out, batch["label"])
+        finally:
+            m.scene_bank = scenes
+    assert without["scene"].tolist() == [1.0, 1.0, 1.0] and without["scene"].dtype == out.scene_embed.dtype
+    assert torch.equal(without["object"], expected["object"])
 
 
 def test_sdxl_diffusion_loss_by_hand(tiny_xl_models):

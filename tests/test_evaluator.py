@@ -81,6 +81,38 @@ def test_fit_probe_takes_one_step_per_minibatch_of_a_seeded_permutation():
     assert not torch.equal(a, b)
 
 
+def test_fit_probe_defaults_and_its_weight_decay():
+    """The defaults are lr 1e-2, weight decay 1e-4, minibatches of 256 and seed 0 (300 samples: two
+    minibatches, so 257 would split them otherwise); weight decay reaches the optimizer."""
+    features = torch.randn(300, 4, generator=torch.Generator().manual_seed(0))
+    labels = (features[:, 0] > 0).long()
+    default = fit_probe(features, labels, 2, epochs=2)[0].classifier.weight
+    spelled = fit_probe(features, labels, 2, epochs=2, lr=1e-2, weight_decay=1e-4, batch_size=256, seed=0)[0]
+    assert torch.equal(default, spelled.classifier.weight)
+    decayed, plain = (fit_probe(features, labels, 2, epochs=2, weight_decay=w)[0].classifier.weight for w in (5.0, 0.0))
+    assert not torch.allclose(decayed, plain)
+    assert isinstance(fit_probe(features, labels, 2, hidden=8, epochs=1)[0].classifier, nn.Sequential)
+    two, _ = fit_probe(features[:2], labels[:2], 2, epochs=1)
+    assert torch.allclose(two.std, features[:2].std(dim=0))  # two samples have a spread
+
+
+def test_fit_probe_minibatches_follow_a_permutation_drawn_from_the_seed():
+    from torch.nn.modules.module import register_module_forward_pre_hook
+
+    features = torch.arange(10.0)[:, None].repeat(1, 3)
+    seen = []
+    hook = register_module_forward_pre_hook(
+        lambda module, args: seen.append(args[0][:, 0].long().tolist()) if isinstance(module, EmotionProbe)
+        and module.training else None)
+    try:
+        fit_probe(features, torch.arange(10) % 2, 2, epochs=2, batch_size=4, seed=5)
+    finally:
+        hook.remove()
+    g = torch.Generator().manual_seed(5)
+    expected = [idx.tolist() for _ in range(2) for idx in torch.randperm(10, generator=g).split(4)]
+    assert seen == expected
+
+
 def test_probabilities_are_the_softmax_of_the_probe():
     probe = _probe_by_hand()
     with torch.no_grad():

@@ -103,7 +103,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
         image = Image.fromarray(np.clip(values / _full_scale(image.mode, values) * 255.0, 0, 255).round().astype(np.uint8))
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+    if image.mode in ("RGBA", "LA", "PA", "RGBa"):  # PIL cannot convert "La" at all; no file decodes to it
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")

@@ -13,6 +13,7 @@ A step without a marker (never run, or killed) has its outputs removed and runs 
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from dataclasses import dataclass
@@ -94,8 +95,8 @@ def commands(*lines: Callable[["Layout"], list[list[str]] | list[str]]) -> Calla
             for argv in produced if produced and isinstance(produced[0], list) else [produced]:
                 status = main([str(a) for a in argv])
                 if status:
-                    raise UniEmoError(f"demo step `uniemo {' '.join(argv[:2])}` failed (exit {status}); "
-                                      "fix what it printed above and re-run `uniemo demo` to continue from there")
+                    raise UniEmoError(f"demo step `uniemo {' '.join(argv[:2])}` failed (exit {status}); fix what it "
+                                      "printed (above, and in the step's log) and re-run `uniemo demo` to continue")
     return run
 
 
@@ -262,9 +263,12 @@ def run_steps(layout: Layout, log: Callable[[str], None] = print) -> dict[str, f
             continue
         for output in step.outputs:
             _remove(layout.out / output)
-        log(f"{prefix} ...")
+        log_file = layout.out / "logs" / f"{step.name}.log"
+        log(f"{prefix} ... (its output: {log_file.relative_to(layout.out)})")
         start = time.perf_counter()
-        step.run(layout)
+        log_file.parent.mkdir(exist_ok=True)
+        with open(log_file, "w") as text, contextlib.redirect_stdout(text):  # progress bars stay on stderr
+            step.run(layout)
         seconds[step.name] = time.perf_counter() - start
         write_json(marker, {"seconds": seconds[step.name]})
         log(f"{prefix}: {seconds[step.name]:.0f} s")
