@@ -406,3 +406,32 @@ def test_model_view_undoes_the_normalisation_by_hand():
     assert view.shape == (1, 2, 3) and view[0, 1].tolist() == pytest.approx([1.0, 0.0, 1.0])
     assert model_view(torch.full((3, 1, 1), 5.0), processor).max() == 1.0
     assert model_view(torch.full((3, 1, 1), -5.0), processor).min() == 0.0
+
+
+@pytest.mark.parametrize("per_class, held", [(3, 1), (10, 1), (30, 3)])
+def test_folder_splits_hold_out_a_tenth_for_val_and_test_by_hand(tmp_path, per_class, held):
+    root = _folder_dataset(tmp_path / "f", ["apple", "zebra"], per_class=per_class)
+    sizes = [len(open_dataset(root, "folder", s)) for s in ("train", "val", "test")]
+    assert sizes == [2 * (per_class - 2 * held), 2 * held, 2 * held]
+
+
+def test_a_class_of_two_images_is_all_training(tmp_path):
+    root = _folder_dataset(tmp_path / "f", ["apple", "zebra"], per_class=2)
+    assert len(open_dataset(root, "folder", "train")) == 4
+    with pytest.raises(UniEmoError, match="no usable images"):
+        open_dataset(root, "folder", "val")
+
+
+def test_folder_datasets_skip_hidden_folders_hidden_files_and_non_images_and_apply_the_transform(tmp_path):
+    root = _folder_dataset(tmp_path / "f", ["apple", "zebra"], per_class=3)
+    _save(root / ".cache" / "00.jpg", Image.new("RGB", (8, 8)))  # a hidden folder is no class
+    _save(root / "apple" / ".hidden.jpg", Image.new("RGB", (8, 8)))
+    (root / "apple" / "notes.txt").write_text("not an image")
+    (root / "apple" / "folder.jpg").mkdir()  # a folder with an image's name
+    (root / "README.md").write_text("a file beside the class folders")
+    ds = open_dataset(root, "folder", "train", transform=lambda image: image.size)
+    assert ds.class_names == ("apple", "zebra") and len(ds) == 2
+    assert ds[0]["pixel_values"] == (8, 8)  # the transform was applied
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UniEmoError, match=r"no class folders in .*: a folder dataset has one folder per class \(any names\)"):
+        open_dataset(tmp_path / "empty", "folder", "train")
