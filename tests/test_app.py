@@ -229,11 +229,18 @@ def server(run2):
     app.close()
 
 
-def submit_in_order(client, calls):
-    """Submit each call once the previous one is in the queue, so that arrival order is known."""
+def submit_in_order(url, calls):
+    """Submit each call once the previous one is in the queue, so that arrival order is known.
+
+    One client per call, as from as many users: calls of one client share one event stream, and
+    gradio_client 2.7 cancels a call submitted just as the server closes that stream because
+    the calls before it had finished (``CancelledError``, seen once in CI).
+    """
+    from gradio_client import Client
+
     jobs = []
     for args, api_name in calls:
-        job = client.submit(*args, api_name=api_name)
+        job = Client(url, verbose=False).submit(*args, api_name=api_name)
         deadline = time.time() + 30
         while job.status().code.name in ("STARTING", "JOINING_QUEUE") and time.time() < deadline:
             time.sleep(0.01)
@@ -242,16 +249,15 @@ def submit_in_order(client, calls):
 
 
 def test_16_classify_and_4_generate_at_once_complete_in_order_of_arrival(server, tmp_path):
-    from gradio_client import Client, handle_file
+    from gradio_client import handle_file
 
     url, handled = server
-    client = Client(url, verbose=False)
     handled.clear()
     images = [photo(tmp_path / f"img{i:02d}.png", seed=i) for i in range(16)]
     calls = [((handle_file(p),), "/classify") for p in images] + \
             [(("awe", "", seed, 2, 2), "/generate") for seed in range(4)]
     order = [calls[i] for i in (*range(0, 8), 16, 17, *range(8, 16), 18, 19)]  # the two queues interleaved
-    jobs = submit_in_order(client, order)
+    jobs = submit_in_order(url, order)
     results = [job.result(timeout=120) for job in jobs]
     assert all(len(r) == 4 for r, (_, api) in zip(results, order) if api == "/classify")
     assert all(len(r[1]) == 2 for r, (_, api) in zip(results, order) if api == "/generate")
