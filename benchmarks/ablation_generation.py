@@ -8,7 +8,7 @@ recorded alongside.
 
 Emo-A is measured by DEMO/evaluator, a probe on frozen tiny-CLIP image features trained by
 `uniemo train evaluator` and never seen by any generator. Per variant (b-e) and seed S:
-`uniemo train joint --run DEMO/run1-understanding --config OVERRIDES --max-steps N --seed S`
+`uniemo train joint --run DEMO/run1-understanding --config OVERRIDES --epochs E [--max-steps N] --seed S`
 (only fusion.features / use_alpha / cond_loss / joint_weights differ), `uniemo generate --emotion all -n K
 --steps T --seed S`, `uniemo evaluate generation --evaluator DEMO/evaluator --seed S`. The
 baseline (a) is `uniemo demo`'s own baseline step (uniemo.demo.runner.generate_baseline: the frozen SD,
@@ -25,9 +25,9 @@ as JSON (--out, default DEMO/ablations/generation.json) and Markdown (beside it)
   .venv/bin/python benchmarks/ablation_generation.py --demo /tmp/dq --max-steps 1 -n 2 --steps 2 --seeds 0   # smoke
 
 Time: per seed, 4 stage-2 runs plus 5 x (8 x K images at T denoising steps + metrics). At
-the defaults (K 16, T 25; stage 2 stops at its 2 epochs, 200 steps, before --max-steps 300)
-it took 15.6 min for 2 seeds on 2 idle CPU cores, about 1.5 min per variant and seed. The
-smoke test above: ~4 min per seed.
+K 16, T 25 and stage 2 at 2 epochs (200 steps) it took 15.6 min for 2 seeds on 2 idle CPU
+cores, about 1.5 min per variant and seed; the default is now the demo's 6 epochs, about 1.5
+min more per variant and seed. The smoke test above: ~4 min per seed.
 """
 
 from __future__ import annotations
@@ -62,8 +62,9 @@ METRICS = ("emo_a", "fid", "sem_c", "sem_d", "lpips")
 
 def parse_args() -> argparse.Namespace:
     parser = evidence_parser(__doc__, "DEMO/ablations/generation", "DEMO/ablations/generation.json")
-    parser.add_argument("--max-steps", type=int, default=FULL.stage2_steps,
-                        help=f"stage-2 optimizer steps (default {FULL.stage2_steps}, as the full demo)")
+    parser.add_argument("--epochs", type=int, default=FULL.stage2_epochs,
+                        help=f"stage-2 epochs (default {FULL.stage2_epochs}, as the full demo)")
+    parser.add_argument("--max-steps", type=int, help="stop every stage 2 after this many optimizer steps")
     parser.add_argument("-n", "--images-per-emotion", type=int, default=FULL.images_per_emotion,
                         help=f"images generated per emotion (default {FULL.images_per_emotion}, as the full demo)")
     parser.add_argument("--steps", type=int, default=FULL.denoising_steps,
@@ -89,7 +90,7 @@ def fusion_seed(args, variant: str, seed: int, work: Path) -> dict:
         d = args.demo
         train(run2, run2 / "implicit_feedback.json", "train", "joint", "--run", d / "run1-understanding",
               "--sd", d / "foundation" / "sd", "--data", d / "data", "--out", run2, "--config", overrides,
-              "--max-steps", args.max_steps, "--seed", seed)
+              "--epochs", args.epochs, *(("--max-steps", args.max_steps) if args.max_steps else ()), "--seed", seed)
         uniemo("generate", "--run", run2, "--emotion", "all", "-n", args.images_per_emotion,
                "--steps", args.steps, "--seed", seed, "--out", images)
     return evaluate(args, images, seed, report)
@@ -132,7 +133,8 @@ def markdown(result: dict) -> str:
 def footer(result: dict) -> str:
     """The settings under the table and the network behind every metric."""
     networks = result["rows"][0]["networks"]
-    return (f"\nseeds {result['seeds']}; stage 2: --max-steps {result['max_steps']} (or its epochs, if fewer); {result['images_per_emotion']} images "
+    return (f"\nseeds {result['seeds']}; stage 2: {result['epochs']} epochs"
+            f"{f', at most {cap} steps' if (cap := result['max_steps']) else ''}; {result['images_per_emotion']} images "
             f"per emotion, {result['denoising_steps']} denoising steps; std = sample standard deviation over seeds; "
             f"guidance: (a) {result['guidance']['baseline']}, (b-e) {result['guidance']['fusion']}"
             "\n\n" + "".join(f"- {m}: {networks[m] or 'not computed'}\n" for m in METRICS))
@@ -144,7 +146,7 @@ def main() -> None:
     out = args.out or args.demo / "ablations" / "generation.json"
     rows = [row(BASELINE, [baseline_seed(args, seed, work) for seed in args.seeds])]
     rows += [row(variant, [fusion_seed(args, variant, seed, work) for seed in args.seeds]) for variant in FUSION]
-    result = {"demo": str(args.demo), "seeds": args.seeds, "max_steps": args.max_steps,
+    result = {"demo": str(args.demo), "seeds": args.seeds, "epochs": args.epochs, "max_steps": args.max_steps,
               "images_per_emotion": args.images_per_emotion, "denoising_steps": args.steps,
               "guidance": {"baseline": f"the demo's run2-joint generation.guidance_scale, as in `uniemo demo` "
                                        f"({load_config(args.demo / 'run2-joint' / 'config.yaml').generation.guidance_scale})",

@@ -167,6 +167,7 @@ def test_a_run_of_an_older_major_version_still_loads(paths, tmp_path):
     ("train understand --data {data} --out {out}/a", "--clip DIR is required"),
     ("train understand --clip {clip}", "the following arguments are required: --data, --out"),
     ("train joint --run {run2} --sd {sd} --data {data} --out {out}/b --max-steps 0", "--max-steps 0 is invalid"),
+    ("train joint --run {run2} --sd {sd} --data {data} --out {out}/b --epochs 0", "--epochs 0 is invalid"),
     ("train joint --run {run2} --sd {sd} --data {data} --out {out}/b --batch-size -1", "--batch-size -1 is invalid"),
     ("train evaluator --clip {clip} --data {data} --out {out}/c --epochs 0", "--epochs and --batch-size >= 1"),
     ("train evaluator --clip {clip} --data {data} --out {out}/c --lr -1", "--lr > 0"),

@@ -267,6 +267,23 @@ def test_train_joint_command_writes_a_usable_stage2_run(tiny_models, tiny_emoset
     assert "--resume" in capsys.readouterr().err
 
 
+def test_train_joint_epochs_sets_its_length(tiny_models, tiny_emoset, tmp_path):
+    import json
+
+    from uniemo.cli import main
+    from uniemo.config import load_config
+    from uniemo.data import open_dataset
+
+    run1 = write_run1(tiny_models, tiny_emoset, tmp_path / "run1")
+    run2 = tmp_path / "run2"
+    assert main(["train", "joint", "--run", str(run1), "--sd", str(tiny_models[1]), "--data", str(tiny_emoset),
+                 "--out", str(run2), "--epochs", "3", "--batch-size", "64", "--alpha-table", "counts"]) == 0
+    per_epoch = -(-len(open_dataset(tiny_emoset, "emoset", "train")) // 64)
+    lines = [json.loads(line) for line in (run2 / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [per_epoch, 2 * per_epoch, 3 * per_epoch]
+    assert load_config(run2 / "config.yaml").stage2.epochs == 3
+
+
 def test_classifier_table_from_clip_features(tiny_models, tiny_emoset):
     from torch.utils.data import DataLoader
 

@@ -22,6 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="EmoSet-format dataset root")
     parser.add_argument("--out", required=True, help="stage-2 run directory to write")
     parser.add_argument("--config", help="YAML with overrides of the run's config (e.g. fusion: {use_alpha: false})")
+    parser.add_argument("--epochs", type=int, help="epochs (default: stage2.epochs)")
     parser.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     parser.add_argument("--batch-size", type=int, help="batch size (default: stage2.batch_size)")
     parser.add_argument("--seed", type=int, help="random seed (default: stage2.seed)")
@@ -39,18 +40,16 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(RunDir(args.run).config)
     if args.config:
         cfg = merge(cfg, read_yaml(args.config, "config overrides"), where=args.config)
-    require_positive(max_steps=args.max_steps, batch_size=args.batch_size)
+    require_positive(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size)
     if not 0.0 <= cfg.fusion.object_prompt_p <= 1.0:
         from uniemo.errors import UniEmoError
 
         raise UniEmoError(f"fusion.object_prompt_p {cfg.fusion.object_prompt_p} is out of range: "
                           "use a probability in [0, 1]")
-    if args.max_steps is not None:
-        cfg.stage2.max_steps = args.max_steps
-    if args.batch_size is not None:
-        cfg.stage2.batch_size = args.batch_size
-    if args.seed is not None:
-        cfg.stage2.seed = args.seed
+    for field, value in (("epochs", args.epochs), ("max_steps", args.max_steps), ("batch_size", args.batch_size),
+                         ("seed", args.seed)):
+        if value is not None:
+            setattr(cfg.stage2, field, value)
     if args.alpha_table is not None:
         cfg.fusion.alpha_table = args.alpha_table
     cfg.sd_path = str(Path(args.sd).resolve())

@@ -33,7 +33,7 @@ class DemoPlan:
     num_images: int
     pretrain_args: tuple[str, ...]
     stage1_epochs: int
-    stage2_steps: int
+    stage2_epochs: int  # the joint training's length: Emo-A rises with it (docs/BENCHMARKS.md)
     images_per_emotion: int
     denoising_steps: int
     feedback_per_emotion: int
@@ -66,11 +66,11 @@ class DemoPlan:
 
 
 PLANS = {
-    "full": DemoPlan(num_images=4000, pretrain_args=(), stage1_epochs=3, stage2_steps=300,
+    "full": DemoPlan(num_images=4000, pretrain_args=(), stage1_epochs=3, stage2_epochs=6,
                      images_per_emotion=16, denoising_steps=25, feedback_per_emotion=24, stage3_epochs=2,
                      transfer_images=8, fusion_images=8, edit_sources=1),
     "quick": DemoPlan(num_images=320, pretrain_args=("--steps-scale", "0.02"), stage1_epochs=1,
-                      stage2_steps=4, images_per_emotion=2, denoising_steps=4, feedback_per_emotion=4,
+                      stage2_epochs=1, images_per_emotion=2, denoising_steps=4, feedback_per_emotion=4,
                       stage3_epochs=1, transfer_images=1, fusion_images=2, edit_sources=1, transfer_objects=("house",),
                       fusion_pairs=(("amusement", "fear"),), sweep=(0.0, 1.0), fid_real_per_emotion=10),
 }
@@ -172,7 +172,7 @@ STEPS = (
         "--hidden", L.plan.evaluator_hidden, "--seed", L.seed])),
     Step("stage2", "stage 2: joint understanding + generation", ("run2-joint",), commands(lambda L: [
         "train", "joint", "--run", L.run1, "--sd", L.sd, "--data", L.train_data, "--out", L.run2,
-        "--max-steps", L.plan.stage2_steps, "--seed", L.seed])),
+        "--epochs", L.plan.stage2_epochs, "--seed", L.seed])),
     Step("generate", "generation: 8 emotions, transfer onto neutral objects, fusion of emotions",
          ("generated", "transfer", "fusion"), commands(
             lambda L: _generate(L, L.generated, "--emotion", "all"),
