@@ -26,7 +26,7 @@ as JSON (--out, default DEMO/ablations/generation.json) and Markdown (beside it)
 
 Time: per seed, 4 stage-2 runs plus 5 x (8 x K images at T denoising steps + metrics). At
 K 16, T 25 and stage 2 at 2 epochs (200 steps) it took 15.6 min for 2 seeds on 2 idle CPU
-cores, about 1.5 min per variant and seed; the default is now the demo's 6 epochs, about 1.5
+cores, about 1.5 min per variant and seed; the default is now the demo's 6 epochs, about 1.2
 min more per variant and seed. The smoke test above: ~4 min per seed.
 """
 
