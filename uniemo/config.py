@@ -48,7 +48,7 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 10
-    max_steps: int | None = None  # stops early when reached
+    max_steps: int | None = None  # a cap: stops early when reached; epochs still end the run
     batch_size: int = 128
     grad_accum: int = 1
     mixed_precision: str = "auto"  # auto | no | fp16 | bf16 (auto: bf16 on GPUs that have it)

@@ -43,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--proportion", type=float, help="share of kept images in the training mix (default 0.2)")
     parser.add_argument("--criteria", help="comma-separated filters, from emo-a,sem-c (default both)")
     parser.add_argument("--epochs", type=int, help="stage-3 epochs (default: stage1.epochs)")
-    parser.add_argument("--max-steps", type=int, help="stop stage 3 after this many optimizer steps")
+    parser.add_argument("--max-steps", type=int,
+                        help="stop stage 3 early after this many optimizer steps (a cap: --epochs still ends it)")
     parser.add_argument("--batch-size", type=int, help="stage-3 batch size (default: stage1.batch_size)")
     parser.add_argument("--steps", type=int, metavar="DENOISING_STEPS", help="denoising steps per image "
                         "(default: generation.num_inference_steps)")

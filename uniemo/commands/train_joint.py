@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="stage-2 run directory to write")
     parser.add_argument("--config", help="YAML with overrides of the run's config (e.g. fusion: {use_alpha: false})")
     parser.add_argument("--epochs", type=int, help="epochs (default: stage2.epochs)")
-    parser.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    parser.add_argument("--max-steps", type=int,
+                        help="stop early after this many optimizer steps (a cap: --epochs still ends the run)")
     parser.add_argument("--batch-size", type=int, help="batch size (default: stage2.batch_size)")
     parser.add_argument("--seed", type=int, help="random seed (default: stage2.seed)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last")

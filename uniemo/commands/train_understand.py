@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="vit-b32", help="named config (vit-b32, vit-b16, vit-l14, official, tiny)")
     parser.add_argument("--config", metavar="YAML", help="overrides on top of the preset")
     parser.add_argument("--epochs", type=int, help="epochs (default: stage1.epochs)")
-    parser.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    parser.add_argument("--max-steps", type=int,
+                        help="stop early after this many optimizer steps (a cap: --epochs still ends the run)")
     parser.add_argument("--batch-size", type=int, help="batch size per device (default: stage1.batch_size)")
     parser.add_argument("--seed", type=int, help="random seed (default: stage1.seed)")
     parser.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last")
