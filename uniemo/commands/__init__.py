@@ -13,6 +13,14 @@ def require_positive(**options: int | None) -> None:
             raise UniEmoError(f"--{name.replace('_', '-')} {value} is invalid: use a positive integer")
 
 
+def override(section, args, *names: str) -> None:
+    """Set on the config ``section`` each option in ``names`` that the user gave (not None):
+    ``override(cfg.stage2, args, "epochs", "seed")``; option and config field share the name."""
+    for name in names:
+        if (value := getattr(args, name)) is not None:
+            setattr(section, name, value)
+
+
 def check_guidance(guidance: float | None) -> None:
     """Refuse a given ``--guidance`` that is not a finite number >= 0."""
     import math

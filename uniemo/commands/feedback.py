@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 
-from uniemo.commands import add_sampling_arguments, require_positive
+from uniemo.commands import add_sampling_arguments, override, require_positive
 from uniemo.rundir import RunDir
 
 
@@ -89,16 +89,11 @@ def feedback_config(args: argparse.Namespace):
     cfg = load_config(own if args.resume and own.is_file() else RunDir(args.run).config)
     require_positive(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, steps=args.steps,
                      generate_batch_size=args.generate_batch_size)
-    for field, value in (("per_emotion", args.per_emotion), ("eta", args.eta), ("delta", args.delta),
-                         ("proportion", args.proportion)):
-        if value is not None:
-            setattr(cfg.feedback, field, value)
+    override(cfg.feedback, args, "per_emotion", "eta", "delta", "proportion")
     if args.criteria is not None:
         cfg.feedback.criteria = [c.strip().lower() for c in args.criteria.split(",") if c.strip()]
     check_settings(cfg.feedback)
-    for field, value in (("epochs", args.epochs), ("max_steps", args.max_steps), ("batch_size", args.batch_size)):
-        if value is not None:
-            setattr(cfg.stage1, field, value)
+    override(cfg.stage1, args, "epochs", "max_steps", "batch_size")
     cfg.stage1.seed = args.seed
     return cfg
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from uniemo.commands import require_positive
+from uniemo.commands import override, require_positive
 from uniemo.rundir import RunDir
 
 
@@ -47,12 +47,8 @@ def run(args: argparse.Namespace) -> int:
 
         raise UniEmoError(f"fusion.object_prompt_p {cfg.fusion.object_prompt_p} is out of range: "
                           "use a probability in [0, 1]")
-    for field, value in (("epochs", args.epochs), ("max_steps", args.max_steps), ("batch_size", args.batch_size),
-                         ("seed", args.seed)):
-        if value is not None:
-            setattr(cfg.stage2, field, value)
-    if args.alpha_table is not None:
-        cfg.fusion.alpha_table = args.alpha_table
+    override(cfg.stage2, args, "epochs", "max_steps", "batch_size", "seed")
+    override(cfg.fusion, args, "alpha_table")
     cfg.sd_path = str(Path(args.sd).resolve())
     feedback = train_joint(args.run, args.data, args.out, cfg, resume=args.resume)
     if feedback is None:  # not the main process: it has said everything

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from uniemo.commands import require_positive
+from uniemo.commands import override, require_positive
 from uniemo.rundir import RunDir
 
 DATASETS = ("emoset", "fi", "emotionroi", "twitter1", "twitter2", "folder")
@@ -52,10 +52,7 @@ def run(args: argparse.Namespace) -> int:
             cfg = merge(cfg, read_yaml(args.config, "config overrides"), where=args.config)
         cfg.clip_path = str(Path(args.clip).resolve())
     require_positive(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size)
-    for field, value in (("epochs", args.epochs), ("max_steps", args.max_steps), ("batch_size", args.batch_size),
-                         ("seed", args.seed)):
-        if value is not None:
-            setattr(cfg.stage1, field, value)
+    override(cfg.stage1, args, "epochs", "max_steps", "batch_size", "seed")
     reports = train_understanding(args.data, out, cfg, kind=args.dataset, resume=args.resume)
     if reports is None:  # not the main process: it has said everything
         return 0
