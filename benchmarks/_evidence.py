@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from uniemo.cli import main as uniemo_main
-from uniemo.io import write_json, write_text
+from uniemo.io import read_json, write_json, write_text
 from uniemo.training import _checkpoint_dir
 
 
@@ -54,6 +54,14 @@ def train(run: Path, done: Path, *argv: Any) -> None:
     elif run.exists():
         shutil.rmtree(run)
     uniemo(*argv)
+
+
+def stage1(demo: Path, run: Path, epochs: int, seed: int, *extra: Any) -> dict:
+    """A stage-1 run (`uniemo train understand --preset tiny`) on the demo's data and tiny CLIP,
+    trained now or earlier (see :func:`train`); returns the RUN/eval.json it wrote."""
+    train(run, run / "eval.json", "train", "understand", "--data", demo / "data", "--clip",
+          demo / "foundation" / "clip", "--out", run, "--preset", "tiny", "--epochs", epochs, "--seed", seed, *extra)
+    return read_json(run / "eval.json", "stage-1 evaluation")
 
 
 def summarise(values: list[float | None]) -> dict:

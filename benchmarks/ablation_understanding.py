@@ -26,10 +26,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from _evidence import evidence_parser, fmt_seeds, fmt_summary, publish, summarise, table, train, write_overrides
+from _evidence import evidence_parser, fmt_seeds, fmt_summary, publish, stage1, summarise, table, write_overrides
 
 from uniemo.demo.runner import PLANS
-from uniemo.io import read_json
 
 VARIANTS = ("multi-stage", "single-step", "none")
 
@@ -46,12 +45,8 @@ def stage1_run(args, variant: str, seed: int, work: Path) -> dict:
     """One stage-1 run of ``variant`` (or its earlier result); returns its eval.json."""
     run = work / variant / f"seed{seed}"
     overrides = write_overrides(work / variant / "overrides.yaml", {"understanding": {"queries": variant}})
-    argv = ["train", "understand", "--data", args.demo / "data", "--clip", args.demo / "foundation" / "clip",
-            "--out", run, "--preset", "tiny", "--config", overrides, "--epochs", args.epochs, "--seed", seed]
-    if args.max_steps is not None:
-        argv += ["--max-steps", args.max_steps]
-    train(run, run / "eval.json", *argv)
-    return read_json(run / "eval.json", "stage-1 evaluation")
+    cap = ("--max-steps", args.max_steps) if args.max_steps is not None else ()
+    return stage1(args.demo, run, args.epochs, seed, "--config", overrides, *cap)
 
 
 def markdown(result: dict) -> str:

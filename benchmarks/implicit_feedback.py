@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from _evidence import evidence_parser, fmt_seeds, fmt_summary, publish, summarise, table, train
+from _evidence import evidence_parser, fmt_seeds, fmt_summary, publish, stage1, summarise, table, train
 
 from uniemo.demo.runner import PLANS
 from uniemo.io import read_json
@@ -42,23 +42,16 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def stage1(args, run: Path, epochs: int, seed: int) -> float:
-    """Test top-1 of a stage-1 run of ``epochs`` (trained now, or earlier)."""
-    train(run, run / "eval.json", "train", "understand", "--data", args.demo / "data", "--clip",
-          args.demo / "foundation" / "clip", "--out", run, "--preset", "tiny", "--epochs", epochs, "--seed", seed)
-    return read_json(run / "eval.json", "stage-1 evaluation")["test"]["top1"]
-
-
 def seed_row(args, seed: int, work: Path) -> dict[str, float]:
     """The three arms' test top-1 for one seed."""
     home = work / f"seed{seed}"
     run1, run2 = home / "stage1", home / "stage2"
-    first = stage1(args, run1, args.stage1_epochs, seed)
+    first = stage1(args.demo, run1, args.stage1_epochs, seed)["test"]["top1"]
     train(run2, run2 / "implicit_feedback.json", "train", "joint", "--run", run1, "--sd",
           args.demo / "foundation" / "sd", "--data", args.demo / "data", "--out", run2,
           "--epochs", args.stage2_epochs, "--seed", seed)
     joint = read_json(run2 / "implicit_feedback.json", "implicit feedback")["test"]["run2"]
-    longer = stage1(args, home / "stage1-only", args.stage1_epochs + args.stage2_epochs, seed)
+    longer = stage1(args.demo, home / "stage1-only", args.stage1_epochs + args.stage2_epochs, seed)["test"]["top1"]
     return {"stage1": first, "stage2": joint, "stage1_only": longer}
 
 
