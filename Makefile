@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: demo test test-slow serve mutation install metric-weights bench clean
+.PHONY: demo test test-slow serve mutation evidence install metric-weights bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,11 @@ LOADERS := data.x*
 mutation: $(STAMP)
 	OMP_NUM_THREADS=1 $(VENV)/bin/mutmut run $(foreach f,$(EQUATIONS) $(LOADERS),'uniemo.$(f)__mutmut_*')
 	$(VENV)/bin/python benchmarks/mutation_score.py --survivors
+
+# The paper's claims measured again on the demo's world and models (after `make demo`; hours on a
+# 2-core CPU, each table alone <= 30 min; resumable): docs/EVIDENCE.md. TABLES="feedback" runs one.
+evidence: $(STAMP)
+	$(VENV)/bin/python benchmarks/evidence.py --demo demo-out $(if $(TABLES),--tables $(TABLES))
 
 test-slow: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m slow $(ARGS)

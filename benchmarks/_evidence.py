@@ -26,7 +26,26 @@ def evidence_parser(doc: str, work: str, out: str) -> argparse.ArgumentParser:
     parser.add_argument("--work", type=Path, help=f"where the runs go (default {work})")
     parser.add_argument("--out", type=Path, help=f"JSON to write (default {out})")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--train-per-emotion", type=int, metavar="N",
+                        help="train on the data-scarce split: N training images per emotion (same val and test)")
     return parser
+
+
+def training_data(demo: Path, train_per_emotion: int | None) -> Path:
+    """The dataset the runs train on: the demo's, or its data-scarce split, synthesised once into
+    DEMO/data-scarce-N from the demo's own world settings (same images, val and test; only N
+    training images per emotion listed)."""
+    if train_per_emotion is None:
+        return demo / "data"
+    out = demo / f"data-scarce-{train_per_emotion}"
+    if not out.is_dir():
+        plan = read_json(demo / ".steps" / "plan.json", "demo plan")
+        partial = out.with_name(out.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        uniemo("synth", partial, "--num-images", plan["num_images"], "--seed", plan["seed"],
+               "--label-noise", plan["label_noise"], "--train-per-emotion", train_per_emotion)
+        partial.rename(out)
+    return out
 
 
 def uniemo(*argv: Any) -> None:
@@ -56,12 +75,40 @@ def train(run: Path, done: Path, *argv: Any) -> None:
     uniemo(*argv)
 
 
-def stage1(demo: Path, run: Path, epochs: int, seed: int, *extra: Any) -> dict:
-    """A stage-1 run (`uniemo train understand --preset tiny`) on the demo's data and tiny CLIP,
-    trained now or earlier (see :func:`train`); returns the RUN/eval.json it wrote."""
-    train(run, run / "eval.json", "train", "understand", "--data", demo / "data", "--clip",
+def work_and_out(args: argparse.Namespace, name: str) -> tuple[Path, Path]:
+    """--work (default DEMO/ablations/NAME, NAME-scarceN on the data-scarce split) and --out
+    (default WORK.json)."""
+    scarce = f"-scarce{args.train_per_emotion}" if args.train_per_emotion else ""
+    work = args.work or args.demo / "ablations" / f"{name}{scarce}"
+    return work, args.out or work.with_suffix(".json")
+
+
+def data_note(train_per_emotion: int | None) -> str:
+    """Which training split a table's runs used, for its caption."""
+    if train_per_emotion:
+        return f"data-scarce split ({train_per_emotion} training images per emotion)"
+    return "full training split"
+
+
+def stage1(demo: Path, data: Path, run: Path, epochs: int, seed: int, *extra: Any) -> dict:
+    """A stage-1 run (`uniemo train understand --preset tiny`) on ``data`` from the demo's tiny
+    CLIP, trained now or earlier (see :func:`train`); returns the RUN/eval.json it wrote."""
+    train(run, run / "eval.json", "train", "understand", "--data", data, "--clip",
           demo / "foundation" / "clip", "--out", run, "--preset", "tiny", "--epochs", epochs, "--seed", seed, *extra)
     return read_json(run / "eval.json", "stage-1 evaluation")
+
+
+def joint_run(demo: Path, data: Path, seed: int, stage1_epochs: int, stage2_epochs: int,
+              train_per_emotion: int | None) -> tuple[Path, Path]:
+    """Stage 1 and stage 2 on ``data`` for one seed, trained now or earlier and shared by every
+    script that needs them (under DEMO/ablations/joint[-scarceN]/); returns (RUN1, RUN2)."""
+    scarce = f"-scarce{train_per_emotion}" if train_per_emotion else ""
+    home = demo / "ablations" / f"joint{scarce}" / f"e{stage1_epochs}+{stage2_epochs}" / f"seed{seed}"
+    run1, run2 = home / "stage1", home / "stage2"
+    stage1(demo, data, run1, stage1_epochs, seed)
+    train(run2, run2 / "implicit_feedback.json", "train", "joint", "--run", run1, "--sd", demo / "foundation" / "sd",
+          "--data", data, "--out", run2, "--epochs", stage2_epochs, "--seed", seed)
+    return run1, run2
 
 
 def summarise(values: list[float | None]) -> dict:

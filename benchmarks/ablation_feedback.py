@@ -1,17 +1,29 @@
-"""Evidence for explicit feedback (issue 5, paper Table VI): understanding accuracy on the test
-split without feedback vs with the kept images of Emo-A only, Sem-C only and both (rank window
-20-80%), mixed in at proportion 20%, for several seeds; mean ± sample standard deviation.
+"""Evidence for explicit feedback (paper Tables VI-VIII): test top-1 of understanding after
+stage 3 with the generated images each setting keeps, against the same stage-3 training on the
+real images alone, for several seeds; mean ± sample standard deviation, every seed, how many
+images were kept and the proportion of the mix they reached.
 
-"Without feedback" trains RUN2's understanding model again on the real training set alone, with
-the same settings as every feedback condition, so the comparison isolates the generated images
-(the accuracy of RUN2 itself is reported too). Each feedback condition is a `uniemo feedback`
-run; the images of a seed are generated once and hard-linked into the other conditions' runs.
+- Table VI, criteria: Emo-A only / Sem-C only / both, rank window [20%, 80%), proportion 20%.
+- Table VII, rank windows [0, 100), [10, 90), [20, 80), [50, 100) with both criteria.
+- Table VIII, proportions 5 / 10 / 20 / 30% with both criteria and [20%, 80%).
 
-Reads a `uniemo demo` output directory (data/, run2-joint/, evaluator/); writes every run under
---work and the table as JSON (--out) and Markdown (beside it).
+Per seed S the stage-1 and stage-2 runs are the evidence scripts' shared joint runs
+(_evidence.joint_run: `uniemo train understand` then `uniemo train joint`, on the demo's data or
+its data-scarce split, --train-per-emotion N, where generated images can matter). Every
+setting is one `uniemo feedback --run RUN2 --seed S` run; a seed's images are generated once and
+hard-linked into its other settings' runs, so all of them filter the very same images (a
+setting that repeats another, e.g. the paper's [20%, 80%) at 20%, is run once). "No feedback"
+trains RUN2's understanding model again on the real training set alone with the same stage-3
+settings, so the comparison isolates the generated images. Finished runs are reused.
 
-  .venv/bin/python benchmarks/ablation_feedback.py --demo demo-out
-  .venv/bin/python benchmarks/ablation_feedback.py --demo /tmp/tiny --per-emotion 4 --max-steps 2 --steps 2
+Reads a `uniemo demo` output directory (data/, foundation/, evaluator/); writes every run under
+--work (default DEMO/ablations/feedback[-scarceN]) and the tables as JSON (--out, default
+WORK.json) and Markdown (beside it).
+
+  .venv/bin/python benchmarks/ablation_feedback.py --demo demo-out --train-per-emotion 16
+  .venv/bin/python benchmarks/ablation_feedback.py --demo /tmp/dq --seeds 0 --per-emotion 4 --steps 2   # smoke
+
+Time: see docs/EVIDENCE.md for the budgets of the evidence run.
 """
 
 from __future__ import annotations
@@ -22,107 +34,131 @@ import shutil
 import statistics
 from pathlib import Path
 
-from _evidence import evidence_parser, publish, summarise, uniemo
+from _evidence import (data_note, evidence_parser, fmt_seeds, fmt_summary, joint_run, publish, summarise, table,
+                       training_data, uniemo, work_and_out)
+
 from uniemo.config import load_config
 from uniemo.data import clip_transforms, open_dataset
+from uniemo.demo.runner import PLANS
 from uniemo.io import read_json
 from uniemo.understanding import load_image_processor, train_understanding
 
-CONDITIONS = {"emo-a": "Emo-A only", "sem-c": "Sem-C only", "emo-a,sem-c": "Emo-A + Sem-C"}
+FULL = PLANS["full"]
+CRITERIA = {"emo-a": "Emo-A only", "sem-c": "Sem-C only", "emo-a,sem-c": "Emo-A + Sem-C"}
+PAPER = {"criteria": "emo-a,sem-c", "eta": 20.0, "delta": 80.0, "proportion": 0.2}  # the paper's setting
+WINDOWS = ((0.0, 100.0), (10.0, 90.0), (20.0, 80.0), (50.0, 100.0))
+PROPORTIONS = (0.05, 0.1, 0.2, 0.3)
+TABLES = {"criteria": "Table VI: criteria (window [20%, 80%), proportion 20%)",
+          "window": "Table VII: rank window (both criteria, proportion 20%)",
+          "proportion": "Table VIII: proportion (both criteria, window [20%, 80%))"}
+
+
+def settings() -> list[tuple[str, str, dict]]:
+    """(table, row name, feedback settings) for every row of the three tables."""
+    rows = [("criteria", label, {**PAPER, "criteria": c}) for c, label in CRITERIA.items()]
+    rows += [("window", f"[{eta:g}%, {delta:g}%)", {**PAPER, "eta": eta, "delta": delta}) for eta, delta in WINDOWS]
+    return rows + [("proportion", f"{p:.0%}", {**PAPER, "proportion": p}) for p in PROPORTIONS]
+
+
+def run_key(setting: dict) -> str:
+    """The folder of a setting's runs: equal settings share it."""
+    return "{criteria}_{eta:g}-{delta:g}_p{proportion:g}".format(**setting).replace(",", "+")
 
 
 def parse_args() -> argparse.Namespace:
-    parser = evidence_parser(__doc__, "DEMO/ablation-feedback", "WORK/ablation_feedback.json")
-    parser.add_argument("--per-emotion", type=int, help="images generated per emotion (default: RUN2's config)")
-    parser.add_argument("--proportion", type=float, default=0.2)
-    parser.add_argument("--eta", type=float, default=20.0)
-    parser.add_argument("--delta", type=float, default=80.0)
-    parser.add_argument("--epochs", type=int, default=3, help="stage-3 epochs (default 3, as the demo)")
-    parser.add_argument("--max-steps", type=int, help="stop every stage-3 training after this many steps")
-    parser.add_argument("--batch-size", type=int, help="stage-3 batch size (default: stage1.batch_size)")
+    parser = evidence_parser(__doc__, "DEMO/ablations/feedback[-scarceN]", "WORK.json")
+    parser.add_argument("--stage1-epochs", type=int, default=FULL.stage1_epochs)
+    parser.add_argument("--stage2-epochs", type=int, default=FULL.stage2_epochs)
+    parser.add_argument("--epochs", type=int, default=FULL.stage3_epochs, help="stage-3 epochs (default: the demo's)")
+    parser.add_argument("--per-emotion", type=int, default=FULL.feedback_per_emotion,
+                        help=f"images generated per emotion (default {FULL.feedback_per_emotion}, as the demo)")
     parser.add_argument("--steps", type=int, help="denoising steps (default: RUN2's config)")
     return parser.parse_args()
 
 
-def training_flags(args) -> list[str]:
-    flags = ["--epochs", args.epochs]
-    for flag, value in (("--max-steps", args.max_steps), ("--batch-size", args.batch_size)):
-        if value is not None:
-            flags += [flag, value]
-    return [str(f) for f in flags]
-
-
-def feedback_run(args, seed: int, criteria: str, out: Path) -> dict:
+def feedback_run(args, run2: Path, data: Path, seed: int, setting: dict, out: Path) -> dict:
     """One `uniemo feedback` run (or its earlier result); returns its feedback.json."""
     if not (out / "feedback.json").is_file():
-        argv = ["feedback", "--run", args.demo / "run2-joint", "--data", args.demo / "data",
-                "--evaluator", args.demo / "evaluator", "--out", out, "--criteria", criteria, "--seed", seed,
-                "--proportion", args.proportion, "--eta", args.eta, "--delta", args.delta, *training_flags(args)]
-        for flag, value in (("--per-emotion", args.per_emotion), ("--steps", args.steps)):
-            if value is not None:
-                argv += [flag, value]
-        uniemo(*argv)
-    return read_json(out / "feedback.json")
+        steps = ("--steps", args.steps) if args.steps is not None else ()
+        uniemo("feedback", "--run", run2, "--data", data, "--evaluator", args.demo / "evaluator", "--out", out,
+               "--criteria", setting["criteria"], "--eta", setting["eta"], "--delta", setting["delta"],
+               "--proportion", setting["proportion"], "--per-emotion", args.per_emotion, "--epochs", args.epochs,
+               "--seed", seed, *steps)
+    return read_json(out / "feedback.json", "feedback summary")
 
 
 def link_generated(source: Path, target: Path) -> None:
     """The images (and annotations) a seed already generated, hard-linked: `uniemo feedback`
-    skips them, so every condition filters the very same images."""
+    skips them, so every setting filters the very same images."""
     for part in ("image", "annotation"):
         if (source / part).is_dir() and not (target / part).exists():
             shutil.copytree(source / part, target / part, copy_function=os.link)
 
 
-def no_feedback_run(args, seed: int, out: Path) -> float:
+def no_feedback_run(args, run2: Path, data: Path, seed: int, out: Path) -> float:
     """RUN2 trained again on the real training set alone, exactly as stage 3 but without the mix."""
     if not (out / "eval.json").is_file():
-        run2, data = args.demo / "run2-joint", args.demo / "data"
         cfg = load_config(run2 / "config.yaml")
         cfg.stage1.epochs, cfg.stage1.seed = args.epochs, seed
-        for field, value in (("max_steps", args.max_steps), ("batch_size", args.batch_size)):
-            if value is not None:
-                setattr(cfg.stage1, field, value)
         real = open_dataset(data, "emoset", "train", clip_transforms(load_image_processor(run2), train=True))
         train_understanding(data, out, cfg, train_set=real, init_from=run2, resume=(out / "config.yaml").is_file())
-    return read_json(out / "eval.json")["test"]["top1"]
+    return read_json(out / "eval.json", "stage-3 evaluation")["test"]["top1"]
+
+
+def seed_results(args, data: Path, work: Path, seed: int) -> dict[str, dict]:
+    """Every setting's feedback.json for one seed, and the two arms without stage-3 images."""
+    _, run2 = joint_run(args.demo, data, seed, args.stage1_epochs, args.stage2_epochs, args.train_per_emotion)
+    home, first, done = work / f"seed{seed}", None, {}
+    for _, _, setting in settings():
+        key = run_key(setting)
+        if key not in done:
+            run3 = home / key
+            if first is not None:
+                link_generated(first / "generated", run3 / "generated")
+            done[key] = feedback_run(args, run2, data, seed, setting, run3)
+            first = first or run3
+    done["none"] = {"accuracy": {"test": {"after": no_feedback_run(args, run2, data, seed, home / "none")}}}
+    done["run2"] = {"accuracy": {"test": {"after": next(iter(done.values()))["accuracy"]["test"]["before"]}}}
+    return done
+
+
+def row(name: str, runs: list[dict]) -> dict:
+    """One table row over seeds: test top-1, and for feedback runs the kept count and proportion."""
+    entry = {"condition": name, "accuracy": summarise([r["accuracy"]["test"]["after"] for r in runs])}
+    if "kept" in runs[0]:
+        entry |= {"kept": [r["kept"] for r in runs], "proportion": [r["proportion"] for r in runs]}
+    return entry
 
 
 def markdown(result: dict) -> str:
-    lines = ["| condition | test top-1 (mean ± std) | per seed | kept | proportion |", "|---|---:|---|---:|---:|"]
-    for row in result["rows"]:
-        acc = row["accuracy"]
-        seeds = ", ".join(f"{v:.2%}" for v in acc["per_seed"])
-        kept = f"{statistics.fmean(row['kept']):.0f}" if row.get("kept") else "—"
-        share = f"{statistics.fmean(row['proportion']):.1%}" if row.get("proportion") else "—"
-        lines.append(f"| {row['condition']} | {acc['mean']:.2%} ± {acc['std']:.2%} | {seeds} | {kept} | {share} |")
-    return "\n".join(lines) + f"\n\nseeds {result['seeds']}; window [{result['eta']:g}%, {result['delta']:g}%), " \
-                              f"proportion asked {result['proportion']:.0%}\n"
+    parts = []
+    for name, title in TABLES.items():
+        rows = [[r["condition"], fmt_summary(r["accuracy"], ".2%"), fmt_seeds(r["accuracy"], ".2%"),
+                 f"{statistics.fmean(r['kept']):.0f}" if "kept" in r else "—",
+                 f"{statistics.fmean(r['proportion']):.1%}" if "proportion" in r else "—"]
+                for r in result["baselines"] + result["tables"][name]]
+        parts.append(f"### {title}\n\n" + table(["condition", "test top-1 (mean ± std)", "per seed", "kept",
+                                                  "proportion reached"], rows, "lrlrr"))
+    return "\n".join(parts) + f"\n{data_note(result['train_per_emotion'])}; seeds {result['seeds']}; stages 1/2/3 " \
+        f"{result['stage1_epochs']}/{result['stage2_epochs']}/{result['epochs']} epochs; {result['per_emotion']} " \
+        "images generated per emotion; std = sample standard deviation over seeds\n"
 
 
 def main() -> None:
     args = parse_args()
-    work = args.work or args.demo / "ablation-feedback"
-    out = args.out or work / "ablation_feedback.json"
-    rows = {"RUN2 (stage 2, no stage 3)": {"accuracy": []}, "no feedback (real only)": {"accuracy": []},
-            **{label: {"accuracy": [], "kept": [], "proportion": []} for label in CONDITIONS.values()}}
-    for seed in args.seeds:
-        first = None
-        for criteria, label in CONDITIONS.items():
-            run3 = work / f"seed{seed}" / criteria.replace(",", "+")
-            if first is not None:
-                link_generated(first / "generated", run3 / "generated")
-            summary = feedback_run(args, seed, criteria, run3)
-            first = first or run3
-            rows[label]["accuracy"].append(summary["accuracy"]["test"]["after"])
-            rows[label]["kept"].append(summary["kept"])
-            rows[label]["proportion"].append(summary["proportion"])
-        rows["RUN2 (stage 2, no stage 3)"]["accuracy"].append(summary["accuracy"]["test"]["before"])
-        rows["no feedback (real only)"]["accuracy"].append(no_feedback_run(args, seed, work / f"seed{seed}" / "none"))
-    result = {"demo": str(args.demo), "seeds": args.seeds, "eta": args.eta, "delta": args.delta,
-              "proportion": args.proportion, "epochs": args.epochs, "max_steps": args.max_steps,
-              "rows": [{"condition": name, **row, "accuracy": summarise(row["accuracy"])}
-                       for name, row in rows.items()]}
-    publish(out, result, "Explicit feedback ablation", markdown(result))
+    work, out = work_and_out(args, "feedback")
+    data = training_data(args.demo, args.train_per_emotion)
+    per_seed = [seed_results(args, data, work, seed) for seed in args.seeds]
+
+    tables = {name: [row(label, [seed[run_key(s)] for seed in per_seed]) for t, label, s in settings() if t == name]
+              for name in TABLES}
+    baselines = [row("RUN2 (stage 2, no stage 3)", [s["run2"] for s in per_seed]),
+                 row("no feedback (real images only)", [s["none"] for s in per_seed])]
+    result = {"demo": str(args.demo), "seeds": args.seeds, "train_per_emotion": args.train_per_emotion,
+              "stage1_epochs": args.stage1_epochs, "stage2_epochs": args.stage2_epochs, "epochs": args.epochs,
+              "per_emotion": args.per_emotion, "spread": "sample standard deviation over seeds",
+              "baselines": baselines, "tables": tables}
+    publish(out, result, "Explicit feedback ablation (paper Tables VI-VIII)", markdown(result))
 
 
 if __name__ == "__main__":

@@ -1,33 +1,35 @@
-"""Evidence for understanding-guided fusion (issue 4, paper Tables IV-V): Emo-A of generated
-images for (a) the base model prompted with the plain emotion word, (b) cls-only fusion
-(EmoGen-like), (c) cls + scene + object without α, (d) full UniEmo (cls + scene + object, α)
-at the run's joint weights, (e) the same with L_cond at the spec's weights 0.3/0.3/0.4 (the
-`tiny` preset trains without L_cond: docs/DECISIONS.md), for several seeds; mean ± sample
-standard deviation, and every seed. FID, Sem-C, Sem-D (and LPIPS when its weights exist) are
-recorded alongside.
+"""Evidence for understanding-guided fusion (paper Table V): Emo-A, FID, Sem-C, Sem-D (and LPIPS
+when its weights exist) of generated images, for several seeds; mean ± sample standard deviation
+and every seed. Two tables (--table):
+
+- `fusion`: the base model prompted with the emotion word, then the fused condition from cls;
+  cls + scene; cls + object; cls + scene + object; and the last three with α (UniEmo).
+- `cond`: the emotion-space constraint L_cond (CE + hard-negative margin, eq. 8) against plain
+  cross-entropy L_ce at a sweep of weights (the `tiny` preset trains without either:
+  docs/DECISIONS.md), with the weight taken from L_diff so that the weights still sum to 1.
 
 Emo-A is measured by DEMO/evaluator, a probe on frozen tiny-CLIP image features trained by
-`uniemo train evaluator` and never seen by any generator. Per variant (b-e) and seed S:
-`uniemo train joint --run DEMO/run1-understanding --config OVERRIDES --epochs E [--max-steps N] --seed S`
-(only fusion.features / use_alpha / cond_loss / joint_weights differ), `uniemo generate --emotion all -n K
---steps T --seed S`, `uniemo evaluate generation --evaluator DEMO/evaluator --seed S`. The
-baseline (a) is `uniemo demo`'s own baseline step (uniemo.demo.runner.generate_baseline: the frozen SD,
-the emotion word as the prompt, the demo's stage-2 guidance) with K images, T steps and
-seed S, evaluated the same way. Finished pieces are reused (a run with implicit_feedback.json,
-a seed with metrics.json; `uniemo generate` skips images already written), so re-running the
-script continues where it stopped.
+`uniemo train evaluator` and never seen by any generator. Per seed S the stage-1 run is the
+evidence scripts' shared joint run (_evidence.joint_run), whose stage 2 is UniEmo at the `tiny`
+preset's settings (the row "cls + scene + object, α" / "no L_cond"); every other row is
+`uniemo train joint --run THAT_STAGE1 --config OVERRIDES --epochs E --seed S` (only
+fusion.features / use_alpha / cond_loss / joint_weights differ). Then `uniemo generate --emotion
+all -n K --steps T --seed S` and `uniemo evaluate generation --evaluator DEMO/evaluator --seed S`.
+The baseline is `uniemo demo`'s own baseline step (uniemo.demo.runner.generate_baseline: the
+frozen SD, the emotion word as the prompt, the demo's stage-2 guidance) with K images, T steps
+and seed S, evaluated the same way. Finished pieces are reused (a run with
+implicit_feedback.json, a seed with metrics.json; `uniemo generate` skips images already
+written), so re-running the script continues where it stopped.
 
-Reads a `uniemo demo` output directory (data/, foundation/{clip,sd}/, run1-understanding/,
-run2-joint/, evaluator/); writes everything under --work (default DEMO/ablations/generation) and the table
-as JSON (--out, default DEMO/ablations/generation.json) and Markdown (beside it).
+Reads a `uniemo demo` output directory (data/, foundation/{clip,sd}/, run2-joint/, evaluator/);
+writes everything under --work (default DEMO/ablations/generation-TABLE) and the table as JSON
+(--out, default WORK.json) and Markdown (beside it).
 
-  .venv/bin/python benchmarks/ablation_generation.py --demo demo-out
-  .venv/bin/python benchmarks/ablation_generation.py --demo /tmp/dq --max-steps 1 -n 2 --steps 2 --seeds 0   # smoke
+  .venv/bin/python benchmarks/ablation_generation.py --demo demo-out --table fusion
+  .venv/bin/python benchmarks/ablation_generation.py --demo demo-out --table cond
+  .venv/bin/python benchmarks/ablation_generation.py --demo /tmp/dq --epochs 1 -n 2 --steps 2 --seeds 0   # smoke
 
-Time: per seed, 4 stage-2 runs plus 5 x (8 x K images at T denoising steps + metrics). At
-K 16, T 25 and stage 2 at 2 epochs (200 steps) it took 15.6 min for 2 seeds on 2 idle CPU
-cores, about 1.5 min per variant and seed; the default is now the demo's 6 epochs, about 1.2
-min more per variant and seed. The smoke test above: ~4 min per seed.
+Time: see docs/EVIDENCE.md for the budgets of the evidence run.
 """
 
 from __future__ import annotations
@@ -37,34 +39,43 @@ import dataclasses
 import os
 from pathlib import Path
 
-from _evidence import (evidence_parser, fmt_seeds, fmt_summary, publish, summarise, table, train, uniemo,
-                       write_overrides)
+from _evidence import (data_note, evidence_parser, fmt_seeds, fmt_summary, joint_run, publish, summarise, table,
+                       train, training_data, uniemo, work_and_out, write_overrides)
 
 from uniemo.demo.runner import PLANS, Layout, generate_baseline
 from uniemo.config import load_config
 from uniemo.io import read_json
 
 FULL = PLANS["full"]
-BASELINE = "baseline"
-# Paper Table V's switches; every variant states all three so the RUN1 config cannot leak in.
-FUSION = {
-    "cls-only": {"features": ["cls"], "use_alpha": False, "cond_loss": "cond"},
-    "no-alpha": {"features": ["cls", "scene", "object"], "use_alpha": False, "cond_loss": "cond"},
-    "uniemo": {"features": ["cls", "scene", "object"], "use_alpha": True, "cond_loss": "cond"},
-    "uniemo-cond": {"features": ["cls", "scene", "object"], "use_alpha": True, "cond_loss": "cond",
-                    "joint_weights": [0.3, 0.3, 0.4]},
+BASELINE = "(a) base model, emotion word"
+JOINT = None  # the row that is the shared joint run's own stage 2 (the tiny preset's fusion)
+# Paper Table V's switches; every row states all of them so the stage-1 config cannot leak in.
+FUSION: dict[str, dict | None] = {
+    "cls": {"features": ["cls"], "use_alpha": False, "cond_loss": "cond"},
+    "cls + scene": {"features": ["cls", "scene"], "use_alpha": False, "cond_loss": "cond"},
+    "cls + object": {"features": ["cls", "object"], "use_alpha": False, "cond_loss": "cond"},
+    "cls + scene + object": {"features": ["cls", "scene", "object"], "use_alpha": False, "cond_loss": "cond"},
+    "cls + scene, α": {"features": ["cls", "scene"], "use_alpha": True, "cond_loss": "cond"},
+    "cls + object, α": {"features": ["cls", "object"], "use_alpha": True, "cond_loss": "cond"},
+    "cls + scene + object, α (UniEmo)": JOINT,
 }
-LABELS = {BASELINE: "(a) base model, emotion word", "cls-only": "(b) cls-only fusion (EmoGen-like)",
-          "no-alpha": "(c) cls + scene + object, no α", "uniemo": "(d) UniEmo: α",
-          "uniemo-cond": "(e) UniEmo: α + L_cond, spec weights 0.3/0.3/0.4"}
+COND_WEIGHTS = (0.01, 0.05, 0.3)
+COND: dict[str, dict | None] = {
+    "neither (tiny preset: L_U/L_cond/L_diff 0.3/0/0.7)": JOINT,
+    **{f"{name} at {w:g} (0.3/{w:g}/{0.7 - w:g})": {"cond_loss": loss, "joint_weights": [0.3, w, round(0.7 - w, 6)]}
+       for w in COND_WEIGHTS for loss, name in (("ce", "L_ce"), ("cond", "L_cond"))},
+}
+TABLES = {"fusion": FUSION, "cond": COND}
 METRICS = ("emo_a", "fid", "sem_c", "sem_d", "lpips")
 
 
 def parse_args() -> argparse.Namespace:
-    parser = evidence_parser(__doc__, "DEMO/ablations/generation", "DEMO/ablations/generation.json")
+    parser = evidence_parser(__doc__, "DEMO/ablations/generation-TABLE", "WORK.json")
+    parser.add_argument("--table", choices=TABLES, default="fusion", help="which rows (default fusion)")
+    parser.add_argument("--stage1-epochs", type=int, default=FULL.stage1_epochs,
+                        help=f"stage-1 epochs (default {FULL.stage1_epochs}, as the full demo)")
     parser.add_argument("--epochs", type=int, default=FULL.stage2_epochs,
                         help=f"stage-2 epochs (default {FULL.stage2_epochs}, as the full demo)")
-    parser.add_argument("--max-steps", type=int, help="stop every stage 2 after this many optimizer steps")
     parser.add_argument("-n", "--images-per-emotion", type=int, default=FULL.images_per_emotion,
                         help=f"images generated per emotion (default {FULL.images_per_emotion}, as the full demo)")
     parser.add_argument("--steps", type=int, default=FULL.denoising_steps,
@@ -81,16 +92,24 @@ def evaluate(args, images: Path, seed: int, out: Path) -> dict:
     return read_json(out, "generation metrics")["metrics"]
 
 
-def fusion_seed(args, variant: str, seed: int, work: Path) -> dict:
-    """Stage 2 with ``variant``'s fusion switches, then generation and its metrics, for one seed."""
-    home = work / variant / f"seed{seed}"
-    run2, images, report = home / "run2", home / "images", home / "metrics.json"
+def slug(name: str) -> str:
+    """A row's folder name."""
+    return "".join(c if c.isalnum() or c in ".-" else "_" for c in name.split(" (")[0]).strip("_")
+
+
+def variant_seed(args, data: Path, name: str, overrides: dict | None, seed: int, work: Path) -> dict:
+    """Stage 2 with the row's overrides (or the shared joint run's own), then generation and its
+    metrics, for one seed."""
+    home = work / slug(name) / f"seed{seed}"
+    images, report = home / "images", home / "metrics.json"
     if not report.is_file():
-        overrides = write_overrides(work / variant / "overrides.yaml", {"fusion": FUSION[variant]})
-        d = args.demo
-        train(run2, run2 / "implicit_feedback.json", "train", "joint", "--run", d / "run1-understanding",
-              "--sd", d / "foundation" / "sd", "--data", d / "data", "--out", run2, "--config", overrides,
-              "--epochs", args.epochs, *(("--max-steps", args.max_steps) if args.max_steps else ()), "--seed", seed)
+        run1, run2 = joint_run(args.demo, data, seed, args.stage1_epochs, args.epochs, args.train_per_emotion)
+        if overrides is not JOINT:
+            run2 = home / "run2"
+            config = write_overrides(home.parent / "overrides.yaml", {"fusion": overrides})
+            train(run2, run2 / "implicit_feedback.json", "train", "joint", "--run", run1, "--sd",
+                  args.demo / "foundation" / "sd", "--data", data, "--out", run2, "--config", config,
+                  "--epochs", args.epochs, "--seed", seed)
         uniemo("generate", "--run", run2, "--emotion", "all", "-n", args.images_per_emotion,
                "--steps", args.steps, "--seed", seed, "--out", images)
     return evaluate(args, images, seed, report)
@@ -99,7 +118,7 @@ def fusion_seed(args, variant: str, seed: int, work: Path) -> dict:
 def baseline_seed(args, seed: int, work: Path) -> dict:
     """The demo's baseline step for one seed, in a Layout whose foundation/ and run2-joint/ (whose
     guidance the baseline uses) link to the demo's."""
-    home = work / BASELINE / f"seed{seed}"
+    home = work / "baseline" / f"seed{seed}"
     if not (home / "metrics.json").is_file():
         home.mkdir(parents=True, exist_ok=True)
         for part in ("foundation", "run2-joint"):
@@ -110,20 +129,15 @@ def baseline_seed(args, seed: int, work: Path) -> dict:
     return evaluate(args, home / "baseline", seed, home / "metrics.json")
 
 
-def row(variant: str, per_seed: list[dict]) -> dict:
+def row(name: str, overrides: dict | None, per_seed: list[dict]) -> dict:
     """One table row: every metric's "all" figure summarised over seeds."""
-    return {"variant": variant, "label": LABELS[variant], "fusion": FUSION.get(variant),
-            **{m: summarise([metrics[m]["all"] for metrics in per_seed]) for m in METRICS},
+    return {"variant": name, "fusion": overrides, **{m: summarise([metrics[m]["all"] for metrics in per_seed])
+                                                     for m in METRICS},
             "networks": {m: per_seed[0][m]["network"] for m in METRICS}}
 
 
-def guidance(work: Path, seed: int) -> float:
-    """The classifier-free guidance `uniemo generate` used: the stage-2 run's generation config."""
-    return load_config(work / "uniemo" / f"seed{seed}" / "run2" / "config.yaml").generation.guidance_scale
-
-
 def markdown(result: dict) -> str:
-    rows = [[r["label"], fmt_summary(r["emo_a"], ".2%"), fmt_seeds(r["emo_a"], ".2%"),
+    rows = [[r["variant"], fmt_summary(r["emo_a"], ".2%"), fmt_seeds(r["emo_a"], ".2%"),
              fmt_summary(r["fid"], ".2f"), fmt_summary(r["sem_c"]), fmt_summary(r["sem_d"], ".3g"),
              fmt_summary(r["lpips"])] for r in result["rows"]]
     header = ["variant", "Emo-A ↑ (mean ± std)", "per seed", "FID ↓", "Sem-C ↑", "Sem-D ↑", "LPIPS ↑"]
@@ -132,27 +146,28 @@ def markdown(result: dict) -> str:
 
 def footer(result: dict) -> str:
     """The settings under the table and the network behind every metric."""
-    networks = result["rows"][0]["networks"]
-    return (f"\nseeds {result['seeds']}; stage 2: {result['epochs']} epochs"
-            f"{f', at most {cap} steps' if (cap := result['max_steps']) else ''}; {result['images_per_emotion']} images "
-            f"per emotion, {result['denoising_steps']} denoising steps; std = sample standard deviation over seeds; "
-            f"guidance: (a) {result['guidance']['baseline']}, (b-e) {result['guidance']['fusion']}"
-            "\n\n" + "".join(f"- {m}: {networks[m] or 'not computed'}\n" for m in METRICS))
+    networks = result["rows"][-1]["networks"]
+    return (f"\n{data_note(result['train_per_emotion'])}; seeds {result['seeds']}; stages 1/2: "
+            f"{result['stage1_epochs']}/{result['epochs']} epochs; {result['images_per_emotion']} images per emotion, "
+            f"{result['denoising_steps']} denoising steps, guidance {result['guidance']}; "
+            "std = sample standard deviation over seeds\n\n"
+            + "".join(f"- {m}: {networks[m] or 'not computed'}\n" for m in METRICS))
 
 
 def main() -> None:
     args = parse_args()
-    work = args.work or args.demo / "ablations" / "generation"
-    out = args.out or args.demo / "ablations" / "generation.json"
-    rows = [row(BASELINE, [baseline_seed(args, seed, work) for seed in args.seeds])]
-    rows += [row(variant, [fusion_seed(args, variant, seed, work) for seed in args.seeds]) for variant in FUSION]
-    result = {"demo": str(args.demo), "seeds": args.seeds, "epochs": args.epochs, "max_steps": args.max_steps,
-              "images_per_emotion": args.images_per_emotion, "denoising_steps": args.steps,
-              "guidance": {"baseline": f"the demo's run2-joint generation.guidance_scale, as in `uniemo demo` "
-                                       f"({load_config(args.demo / 'run2-joint' / 'config.yaml').generation.guidance_scale})",
-                           "fusion": f"the run's generation.guidance_scale ({guidance(work, args.seeds[0])})"},
-              "evaluator": str(args.demo / "evaluator"), "spread": "sample standard deviation over seeds", "rows": rows}
-    publish(out, result, "Fusion ablation: Emo-A of generated images", markdown(result))
+    work, out = work_and_out(args, f"generation-{args.table}")
+    data = training_data(args.demo, args.train_per_emotion)
+    rows = [row(BASELINE, None, [baseline_seed(args, seed, work) for seed in args.seeds])] if args.table == "fusion" else []
+    rows += [row(name, overrides, [variant_seed(args, data, name, overrides, seed, work) for seed in args.seeds])
+             for name, overrides in TABLES[args.table].items()]
+    guidance = load_config(args.demo / "run2-joint" / "config.yaml").generation.guidance_scale
+    result = {"demo": str(args.demo), "table": args.table, "seeds": args.seeds, "train_per_emotion": args.train_per_emotion,
+              "stage1_epochs": args.stage1_epochs, "epochs": args.epochs, "images_per_emotion": args.images_per_emotion,
+              "denoising_steps": args.steps, "guidance": guidance, "evaluator": str(args.demo / "evaluator"),
+              "spread": "sample standard deviation over seeds", "rows": rows}
+    title = {"fusion": "Fusion features and α (paper Table V)", "cond": "L_cond vs L_ce (paper Table V)"}[args.table]
+    publish(out, result, title, markdown(result))
 
 
 if __name__ == "__main__":

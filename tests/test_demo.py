@@ -1,11 +1,17 @@
 """End to end: `uniemo demo --quick` runs every step offline, writes a report whose figures are
 present and in range, and a second run reuses every finished step."""
 
+import importlib
 import json
+import sys
+from collections import Counter
+from pathlib import Path
 
 import pytest
 
 from uniemo.cli import main
+from uniemo.config import load_config
+from uniemo.vocab import EMOTIONS
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +67,6 @@ def test_report_states_the_world_and_measures_transfer_and_fusion(quick_demo):
 
 def test_edits_turn_test_images_toward_every_other_emotion(quick_demo):
     from uniemo.metrics import read_metadata
-    from uniemo.vocab import EMOTIONS
 
     edit = json.loads((quick_demo / "report.json").read_text())["generation"]["edit"]
     assert edit["edits"] == 8 * 7 and edit["strength"] == 0.8
@@ -86,8 +91,6 @@ def test_report_html_is_self_contained_and_labels_its_columns(quick_demo):
 
 
 def test_every_generated_emotion_and_transfer_image_exists(quick_demo):
-    from uniemo.vocab import EMOTIONS
-
     for emotion in EMOTIONS:
         assert list((quick_demo / "generated" / emotion).glob("0000.png"))
         assert list((quick_demo / "transfer" / "house" / emotion).glob("0000.png"))
@@ -141,3 +144,85 @@ def test_data_scarce_plan_trains_stages_on_the_scarce_split(tmp_path):
     assert (tmp_path / "data-scarce" / "test.json").read_bytes() == (tmp_path / "data" / "test.json").read_bytes()
     assert layout.train_data == str(tmp_path / "data-scarce")
     assert main(["demo", "--train-per-emotion", "0", "--out", str(tmp_path / "x")]) == 2
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _run_benchmark(name, argv, monkeypatch):
+    """A benchmark script's main() with ``argv``, imported as `make evidence` runs it."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.setattr(sys, "argv", [f"{name}.py", *map(str, argv)])
+    module = importlib.import_module(name)
+    module.main()
+    return module
+
+
+def test_evidence_queries_table_on_the_scarce_split_and_its_reuse(quick_demo, monkeypatch):
+    argv = ["--demo", quick_demo, "--train-per-emotion", 2, "--epochs", 2, "--query-lens", 4, "--seeds", 0]
+    _run_benchmark("ablation_understanding", argv, monkeypatch)
+    scarce = quick_demo / "data-scarce-2"
+    assert Counter(e for e, *_ in json.loads((scarce / "train.json").read_text())) == {e: 2 for e in EMOTIONS}
+    assert (scarce / "test.json").read_bytes() == (quick_demo / "data" / "test.json").read_bytes()
+    result = json.loads((quick_demo / "ablations" / "understanding-scarce2.json").read_text())
+    assert [r["variant"] for r in result["rows"]] == ["multi-stage", "single-step", "none", "multi-stage, 4 queries"]
+    assert all(len(r["val_curve"]) == 2 and 0 <= r["test_top1"]["mean"] <= 1 for r in result["rows"])
+    work = quick_demo / "ablations" / "understanding-scarce2"
+    assert load_config(work / "multi-stage-4-queries" / "seed0" / "config.yaml").understanding.query_len == 4
+    assert load_config(work / "none" / "seed0" / "config.yaml").understanding.queries == "none"
+    assert (work.parent / "understanding-scarce2_curves.png").stat().st_size > 1000
+    evals = sorted(work.glob("*/seed0/eval.json"))
+    stamps = [p.stat().st_mtime_ns for p in evals]
+    _run_benchmark("ablation_understanding", argv, monkeypatch)  # finished runs are reused
+    assert len(evals) == 4 and [p.stat().st_mtime_ns for p in evals] == stamps
+
+
+def test_evidence_feedback_tables_share_images_and_give_verdicts(quick_demo, monkeypatch, tmp_path):
+    argv = ["--demo", quick_demo, "--seeds", 0, "--train-per-emotion", 2, "--stage1-epochs", 1, "--stage2-epochs", 1,
+            "--epochs", 1, "--per-emotion", 2, "--steps", 2]
+    _run_benchmark("ablation_feedback", argv, monkeypatch)
+    result = json.loads((quick_demo / "ablations" / "feedback-scarce2.json").read_text())
+    assert {k: [r["condition"] for r in v] for k, v in result["tables"].items()} == {
+        "criteria": ["Emo-A only", "Sem-C only", "Emo-A + Sem-C"],
+        "window": ["[0%, 100%)", "[10%, 90%)", "[20%, 80%)", "[50%, 100%)"],
+        "proportion": ["5%", "10%", "20%", "30%"]}
+    proportions = {r["condition"]: r["proportion"][0] for r in result["tables"]["proportion"]}
+    assert proportions["5%"] <= proportions["10%"] <= proportions["20%"] <= proportions["30%"] < 0.31
+    runs = sorted((quick_demo / "ablations" / "feedback-scarce2" / "seed0").glob("*_p*"))
+    assert len(runs) == 9  # the paper's setting appears in all three tables and runs once
+    first = [next(r.glob("generated/image/amusement/*")) for r in runs]
+    assert len({p.stat().st_ino for p in first}) == 1  # every setting filters the very same images
+
+    evidence = importlib.import_module("evidence")
+    verdicts = {c["claim"]: c for c in evidence.claims({"feedback": result})}
+    assert len(verdicts) == 6 and all(c["table"] == "feedback" for c in verdicts.values())
+    both = verdicts["explicit feedback improves understanding"]
+    rows = evidence.rows(result)
+    assert both["effect"] == pytest.approx(rows["Emo-A + Sem-C"]["mean"] - rows["no feedback (real images only)"]["mean"])
+
+
+def test_verdicts_need_twice_the_larger_std_in_the_papers_direction(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    verdict = importlib.import_module("evidence").verdict
+
+    def row(mean, std):
+        return {"mean": mean, "std": std}
+
+    assert verdict(row(0.80, 0.01), row(0.75, 0.02))["verdict"] == "confirmed"  # 0.05 > 0.04
+    assert verdict(row(0.80, 0.01), row(0.77, 0.02))["verdict"] == "inconclusive"  # 0.03 < 0.04
+    assert verdict(row(0.70, 0.03), row(0.77, 0.01))["verdict"] == "not confirmed"  # -0.07 beyond 0.06
+    assert verdict(row(0.70, 0.03), row(0.75, 0.01))["bar"] == pytest.approx(0.06)
+
+
+def test_the_report_shows_the_latest_evidence_run_as_such(tmp_path):
+    from uniemo.demo.html import Table
+    from uniemo.demo.report import _claims
+
+    assert "No evidence run" in _claims(tmp_path / "missing.json").blocks[0]
+    claim = {"claim": "α helps", "paper": "Table V", "better": 0.7, "worse": 0.75, "effect": -0.05, "bar": 0.02,
+             "verdict": "not confirmed"}
+    (tmp_path / "claims.json").write_text(json.dumps({"date": "2026-12-03", "commit": "abc1234", "claims": [claim]}))
+    text, table = _claims(tmp_path / "claims.json").blocks
+    assert "2026-12-03" in text and "abc1234" in text and "not from this demo" in text
+    assert isinstance(table, Table) and table.rows == [["α helps", "Table V", "70.00% vs 75.00%", "-5.00 (bar 2.00)",
+                                                        "not confirmed"]]

@@ -95,12 +95,17 @@ def image_table_png(cells: list[list], row_labels: list[str], path: str | Path, 
     _save(fig, path)
 
 
-def curves_png(series: dict[str, tuple[list[float], list[float]]], path: str | Path, xlabel: str, title: str = "") -> None:
-    """Line plots, one panel per named series of (x, y)."""
+def curves_png(series: dict[str, tuple[list[float], list[float]] | dict[str, tuple[list[float], list[float]]]],
+               path: str | Path, xlabel: str, title: str = "") -> None:
+    """Line plots, one panel per name: a panel is one (x, y) or {label: (x, y)}, several lines
+    with a legend."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(series), figsize=(3.4 * len(series), 2.8), squeeze=False)
-    for ax, (name, (x, y)) in zip(axes[0], series.items()):
-        ax.plot(x, y, marker="o", markersize=3)
+    for ax, (name, lines) in zip(axes[0], series.items()):
+        for label, (x, y) in lines.items() if isinstance(lines, dict) else [(None, lines)]:
+            ax.plot(x, y, marker="o", markersize=3, label=label)
+        if isinstance(lines, dict):
+            ax.legend(fontsize=7)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)

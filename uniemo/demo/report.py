@@ -22,6 +22,7 @@ PAPER_GENERATION = {  # Table IV
     "baseline": {"fid": 44.05, "lpips": 0.687, "emo_a": 70.77, "sem_c": 0.608, "sem_d": 0.0199},
     "uniemo": {"fid": 27.73, "lpips": 0.793, "emo_a": 79.66, "sem_c": 0.640, "sem_d": 0.0383},
 }
+CLAIMS = Path(__file__).with_name("claims.json")  # written by benchmarks/evidence.py (`make evidence`)
 METRICS = (("fid", "FID ↓"), ("lpips", "LPIPS ↑"), ("emo_a", "Emo-A ↑"), ("sem_c", "Sem-C ↑"), ("sem_d", "Sem-D ↑"))
 
 
@@ -35,6 +36,7 @@ def write_demo_report(layout, seconds: dict[str, float], peak_memory_gib: float)
         _understanding(layout, summary, figures),
         _generation(layout, summary, figures),
         _feedback(summary),
+        _claims(CLAIMS),
     ]
     write_json(out / "report.json", summary)
     write_report(out / "report.html", "UniEmo demo report", sections)
@@ -363,6 +365,22 @@ def _feedback(summary: dict) -> Section:
         f"Explicit feedback kept {fb['kept']} of {fb['generated']} generated images "
         f"({', '.join(fb['criteria'])} ranks within [{fb['eta']:g}%, {fb['delta']:g}%)) and mixed in "
         f"{fb['mixed_in']} with {fb['real']} real training images ({fb['proportion']:.1%} of the set).",
+    ])
+
+
+def _claims(path: Path) -> Section:
+    """The verdicts of the latest evidence run on the paper's claims: not measured by this demo."""
+    title = "The paper's claims, measured by the evidence run"
+    if not path.is_file():
+        return Section(title, ["No evidence run is recorded with this package: `make evidence` measures the claims."])
+    evidence = read_json(path, "evidence claims")
+    rows = [[c["claim"], c["paper"], f"{_pct(c['better'])} vs {_pct(c['worse'])}",
+             f"{c['effect'] * 100:+.2f} (bar {c['bar'] * 100:.2f})", c["verdict"]] for c in evidence["claims"]]
+    return Section(title, [
+        f"From the evidence run of {evidence['date']} (commit {evidence['commit']}; `make evidence`, 3 seeds each, "
+        "docs/EVIDENCE.md), not from this demo. A claim is confirmed when its effect exceeds twice the larger seed "
+        "standard deviation (the bar) in the paper's direction.",
+        Table(["claim", "paper", "measured (paper's better row vs worse row)", "effect, points", "verdict"], rows),
     ])
 
 
