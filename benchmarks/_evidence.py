@@ -23,7 +23,7 @@ def evidence_parser(doc: str, work: str, out: str) -> argparse.ArgumentParser:
     ``out`` describe the defaults the script applies when they are left out."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--demo", type=Path, default=Path("demo-out"), help="`uniemo demo` output (default demo-out)")
-    parser.add_argument("--work", type=Path, help=f"where the runs go (default {work})")
+    parser.add_argument("--work", type=Path, help=f"where the runs go, in one folder per budget (default {work})")
     parser.add_argument("--out", type=Path, help=f"JSON to write (default {out})")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--train-per-emotion", type=int, metavar="N",
@@ -75,12 +75,13 @@ def train(run: Path, done: Path, *argv: Any) -> None:
     uniemo(*argv)
 
 
-def work_and_out(args: argparse.Namespace, name: str) -> tuple[Path, Path]:
-    """--work (default DEMO/ablations/NAME, NAME-scarceN on the data-scarce split) and --out
-    (default WORK.json)."""
+def work_and_out(args: argparse.Namespace, name: str, budget: str) -> tuple[Path, Path]:
+    """Where a table's runs go, WORK/BUDGET (WORK: --work, default DEMO/ablations/NAME, or
+    NAME-scarceN on the data-scarce split), so that runs of another budget are never reused; and
+    its JSON (--out, default WORK.json)."""
     scarce = f"-scarce{args.train_per_emotion}" if args.train_per_emotion else ""
     work = args.work or args.demo / "ablations" / f"{name}{scarce}"
-    return work, args.out or work.with_suffix(".json")
+    return work / budget, args.out or work.with_suffix(".json")
 
 
 def data_note(train_per_emotion: int | None) -> str:

@@ -146,7 +146,9 @@ def markdown(result: dict) -> str:
 
 def main() -> None:
     args = parse_args()
-    work, out = work_and_out(args, "feedback")
+    steps = f"-t{args.steps}" if args.steps is not None else ""
+    budget = f"e{args.stage1_epochs}+{args.stage2_epochs}+{args.epochs}-n{args.per_emotion}{steps}"
+    work, out = work_and_out(args, "feedback", budget)
     data = training_data(args.demo, args.train_per_emotion)
     per_seed = [seed_results(args, data, work, seed) for seed in args.seeds]
 

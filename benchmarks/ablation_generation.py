@@ -37,11 +37,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import statistics
 from pathlib import Path
 
 from _evidence import (data_note, evidence_parser, fmt_seeds, fmt_summary, joint_run, publish, summarise, table,
                        train, training_data, uniemo, work_and_out, write_overrides)
 
+from uniemo.demo.report import attribute_alpha
 from uniemo.demo.runner import PLANS, Layout, generate_baseline
 from uniemo.config import load_config
 from uniemo.io import read_json
@@ -94,7 +96,8 @@ def evaluate(args, images: Path, seed: int, out: Path) -> dict:
 
 def slug(name: str) -> str:
     """A row's folder name."""
-    return "".join(c if c.isalnum() or c in ".-" else "_" for c in name.split(" (")[0]).strip("_")
+    words = name.split(" (")[0].replace("α", "alpha").replace(" + ", "+").replace(", ", "-").replace(" ", "_")
+    return "".join(c if c.isascii() and (c.isalnum() or c in ".+-_") else "_" for c in words)
 
 
 def variant_seed(args, data: Path, name: str, overrides: dict | None, seed: int, work: Path) -> dict:
@@ -129,6 +132,21 @@ def baseline_seed(args, seed: int, work: Path) -> dict:
     return evaluate(args, home / "baseline", seed, home / "metrics.json")
 
 
+def alpha_by_kind(args, data: Path) -> dict:
+    """α of the world's emotional and neutral scenes and objects in every seed's UniEmo run, side
+    by side (paper Table V's α): per group, the mean over its attributes summarised over seeds,
+    and the range over attributes and seeds."""
+    groups: dict[str, list[list[float]]] = {}
+    for seed in args.seeds:
+        _, run2 = joint_run(args.demo, data, seed, args.stage1_epochs, args.epochs, args.train_per_emotion)
+        for kind, names in attribute_alpha(read_json(run2 / "alpha_table.json", "α table")).items():
+            for group in ("emotional", "neutral"):
+                values = [a["alpha"] for a in names.values() if a["neutral"] == (group == "neutral")]
+                groups.setdefault(f"{group} {kind}s", []).append(values)
+    return {group: {"mean": summarise([statistics.fmean(v) for v in runs]),
+                    "range": [min(map(min, runs)), max(map(max, runs))]} for group, runs in groups.items()}
+
+
 def row(name: str, overrides: dict | None, per_seed: list[dict]) -> dict:
     """One table row: every metric's "all" figure summarised over seeds."""
     return {"variant": name, "fusion": overrides, **{m: summarise([metrics[m]["all"] for metrics in per_seed])
@@ -141,7 +159,12 @@ def markdown(result: dict) -> str:
              fmt_summary(r["fid"], ".2f"), fmt_summary(r["sem_c"]), fmt_summary(r["sem_d"], ".3g"),
              fmt_summary(r["lpips"])] for r in result["rows"]]
     header = ["variant", "Emo-A ↑ (mean ± std)", "per seed", "FID ↓", "Sem-C ↑", "Sem-D ↑", "LPIPS ↑"]
-    return table(header, rows, "lrlrrrr") + footer(result)
+    alpha = result.get("alpha")
+    alpha_table = "" if alpha is None else "\nα of the UniEmo runs (largest entry of each attribute's row of P):\n\n" + \
+        table(["attributes", "mean α (mean ± std over seeds)", "range"], [
+            [group, fmt_summary(a["mean"]), f"{a['range'][0]:.2f}–{a['range'][1]:.2f}"] for group, a in alpha.items()],
+            "lrr")
+    return table(header, rows, "lrlrrrr") + footer(result) + alpha_table
 
 
 def footer(result: dict) -> str:
@@ -156,7 +179,8 @@ def footer(result: dict) -> str:
 
 def main() -> None:
     args = parse_args()
-    work, out = work_and_out(args, f"generation-{args.table}")
+    budget = f"e{args.stage1_epochs}+{args.epochs}-n{args.images_per_emotion}-t{args.steps}"
+    work, out = work_and_out(args, f"generation-{args.table}", budget)
     data = training_data(args.demo, args.train_per_emotion)
     rows = [row(BASELINE, None, [baseline_seed(args, seed, work) for seed in args.seeds])] if args.table == "fusion" else []
     rows += [row(name, overrides, [variant_seed(args, data, name, overrides, seed, work) for seed in args.seeds])
@@ -165,7 +189,8 @@ def main() -> None:
     result = {"demo": str(args.demo), "table": args.table, "seeds": args.seeds, "train_per_emotion": args.train_per_emotion,
               "stage1_epochs": args.stage1_epochs, "epochs": args.epochs, "images_per_emotion": args.images_per_emotion,
               "denoising_steps": args.steps, "guidance": guidance, "evaluator": str(args.demo / "evaluator"),
-              "spread": "sample standard deviation over seeds", "rows": rows}
+              "spread": "sample standard deviation over seeds", "rows": rows,
+              "alpha": alpha_by_kind(args, data) if args.table == "fusion" else None}
     title = {"fusion": "Fusion features and α (paper Table V)", "cond": "L_cond vs L_ce (paper Table V)"}[args.table]
     publish(out, result, title, markdown(result))
 

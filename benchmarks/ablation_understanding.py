@@ -81,7 +81,8 @@ def markdown(result: dict) -> str:
 
 def main() -> None:
     args = parse_args()
-    work, out = work_and_out(args, "understanding")
+    cap = f"-cap{args.max_steps}" if args.max_steps is not None else ""
+    work, out = work_and_out(args, "understanding", f"e{args.epochs}{cap}")
     data = training_data(args.demo, args.train_per_emotion)
     rows, curves = [], {}
     for name, overrides in variants(args.query_lens).items():

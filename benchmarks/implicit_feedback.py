@@ -69,7 +69,7 @@ def markdown(result: dict) -> str:
 
 def main() -> None:
     args = parse_args()
-    work, out = work_and_out(args, "implicit")
+    work, out = work_and_out(args, "implicit", f"e{args.stage1_epochs}+{args.stage2_epochs}")
     data = training_data(args.demo, args.train_per_emotion)
     rows = [seed_row(args, data, seed, work) for seed in args.seeds]
     result = {"demo": str(args.demo), "seeds": args.seeds, "preset": "tiny", "stage1_epochs": args.stage1_epochs,

@@ -167,10 +167,10 @@ def test_evidence_queries_table_on_the_scarce_split_and_its_reuse(quick_demo, mo
     result = json.loads((quick_demo / "ablations" / "understanding-scarce2.json").read_text())
     assert [r["variant"] for r in result["rows"]] == ["multi-stage", "single-step", "none", "multi-stage, 4 queries"]
     assert all(len(r["val_curve"]) == 2 and 0 <= r["test_top1"]["mean"] <= 1 for r in result["rows"])
-    work = quick_demo / "ablations" / "understanding-scarce2"
+    work = quick_demo / "ablations" / "understanding-scarce2" / "e2"
     assert load_config(work / "multi-stage-4-queries" / "seed0" / "config.yaml").understanding.query_len == 4
     assert load_config(work / "none" / "seed0" / "config.yaml").understanding.queries == "none"
-    assert (work.parent / "understanding-scarce2_curves.png").stat().st_size > 1000
+    assert (quick_demo / "ablations" / "understanding-scarce2_curves.png").stat().st_size > 1000
     evals = sorted(work.glob("*/seed0/eval.json"))
     stamps = [p.stat().st_mtime_ns for p in evals]
     _run_benchmark("ablation_understanding", argv, monkeypatch)  # finished runs are reused
@@ -188,7 +188,7 @@ def test_evidence_feedback_tables_share_images_and_give_verdicts(quick_demo, mon
         "proportion": ["5%", "10%", "20%", "30%"]}
     proportions = {r["condition"]: r["proportion"][0] for r in result["tables"]["proportion"]}
     assert proportions["5%"] <= proportions["10%"] <= proportions["20%"] <= proportions["30%"] < 0.31
-    runs = sorted((quick_demo / "ablations" / "feedback-scarce2" / "seed0").glob("*_p*"))
+    runs = sorted((quick_demo / "ablations" / "feedback-scarce2" / "e1+1+1-n2-t2" / "seed0").glob("*_p*"))
     assert len(runs) == 9  # the paper's setting appears in all three tables and runs once
     first = [next(r.glob("generated/image/amusement/*")) for r in runs]
     assert len({p.stat().st_ino for p in first}) == 1  # every setting filters the very same images

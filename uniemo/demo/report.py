@@ -93,14 +93,22 @@ def world_figures(layout) -> dict:
     from uniemo.demo import synth
 
     table = read_json(RunDir(layout.run2).alpha_table)
-    neutral = {"scene": set(synth.NEUTRAL_SCENES), "object": set(synth.NEUTRAL_OBJECTS)}
-    alpha = {kind: {name: {"alpha": max(row), "emotion": table["emotions"][row.index(max(row))],
-                           "neutral": any(name == normalise_attribute(n) for n in neutral[kind])}
-                    for name, row in table[kind].items()} for kind in ("scene", "object")}
     noise = layout.plan.label_noise
     return {**synth.emotional_attributes(), "label_noise": noise, "ceiling": synth.ceiling(noise),
             "ceiling_by_channels": {"+".join(c): synth.ceiling(noise, c) for c in CHANNEL_SETS},
-            "transfer_objects": list(layout.plan.transfer_objects), "alpha_method": table["method"], "alpha": alpha}
+            "transfer_objects": list(layout.plan.transfer_objects), "alpha_method": table["method"],
+            "alpha": attribute_alpha(table)}
+
+
+def attribute_alpha(table: dict) -> dict:
+    """α of every scene and object of a stage-2 run's table P (its row's largest entry, and for
+    which emotion), and whether the world made it neutral."""
+    from uniemo.demo import synth
+
+    neutral = {"scene": set(synth.NEUTRAL_SCENES), "object": set(synth.NEUTRAL_OBJECTS)}
+    return {kind: {name: {"alpha": max(row), "emotion": table["emotions"][row.index(max(row))],
+                          "neutral": any(name == normalise_attribute(n) for n in neutral[kind])}
+                   for name, row in table[kind].items()} for kind in ("scene", "object")}
 
 
 CHANNEL_SETS = (("style",), ("scene",), ("object",), ("scene", "object"))
