@@ -25,47 +25,57 @@ from uniemo.io import read_json, write_json
 
 HERE = Path(__file__).parent
 SCARCE = ("--train-per-emotion", "16")  # the data-scarce split: 16 training images per emotion
+SCARCE_STAGES = ("--stage1-epochs", "30", "--stage2-epochs", "50")  # 60 and 200 steps on 128 images
+GENERATION = ("--epochs", "2")  # stage 2 at 2 epochs (200 steps): 6 would take 3 x 30 min per table
 # table -> (script, its arguments, its JSON under DEMO/ablations/)
 TABLES = {
-    "queries": ("ablation_understanding.py", ("--epochs", "10", "--query-lens", "4", "16"), "understanding.json"),
     "queries-scarce": ("ablation_understanding.py", (*SCARCE, "--epochs", "30", "--query-lens", "4", "16"),
                        "understanding-scarce16.json"),
-    "fusion": ("ablation_generation.py", ("--table", "fusion"), "generation-fusion.json"),
-    "cond": ("ablation_generation.py", ("--table", "cond"), "generation-cond.json"),
+    "feedback": ("ablation_feedback.py", (*SCARCE, *SCARCE_STAGES, "--epochs", "10", "--per-emotion", "32"),
+                 "feedback-scarce16.json"),
+    "implicit-scarce": ("implicit_feedback.py", (*SCARCE, *SCARCE_STAGES), "implicit-scarce16.json"),
+    "features": ("ablation_generation.py", ("--table", "features", *GENERATION), "generation-features.json"),
+    "alpha": ("ablation_generation.py", ("--table", "alpha", *GENERATION), "generation-alpha.json"),
+    "cond": ("ablation_generation.py", ("--table", "cond", *GENERATION), "generation-cond.json"),
+    "queries": ("ablation_understanding.py", ("--epochs", "10"), "understanding.json"),
     "implicit": ("implicit_feedback.py", (), "implicit.json"),
-    "implicit-scarce": ("implicit_feedback.py", (*SCARCE, "--stage1-epochs", "30", "--stage2-epochs", "50"),
-                        "implicit-scarce16.json"),
-    "feedback": ("ablation_feedback.py", (*SCARCE, "--stage1-epochs", "30", "--stage2-epochs", "50", "--epochs", "10",
-                                          "--per-emotion", "32"), "feedback-scarce16.json"),
 }
-# (claim, paper, table, the row the paper finds better, the row it finds worse)
+L_COND, L_CE, NEITHER = ("cond", "L_cond at 0.05 (0.3/0.05/0.65)"), ("cond", "L_ce at 0.05 (0.3/0.05/0.65)"), \
+    ("cond", "neither (tiny preset: L_U/L_cond/L_diff 0.3/0/0.7)")
+BOTH, NONE = ("feedback", "Emo-A + Sem-C"), ("feedback", "no feedback (real images only)")
+# (claim, the paper's figure, (table, row) the paper finds better, (table, row) it finds worse)
 CLAIMS = [
-    ("expert queries help understanding", "Fig. 6: multi-stage > none", "queries", "multi-stage", "none"),
-    ("… in stages, not all at the input", "Fig. 6: multi-stage > single-step", "queries", "multi-stage", "single-step"),
-    ("expert queries help understanding, scarce data", "Fig. 6", "queries-scarce", "multi-stage", "none"),
-    ("… in stages, scarce data", "Fig. 6", "queries-scarce", "multi-stage", "single-step"),
-    ("a moderate query length beats a short one", "Fig. 7", "queries-scarce", "multi-stage", "multi-stage, 4 queries"),
-    ("a moderate query length beats a long one", "Fig. 7", "queries-scarce", "multi-stage", "multi-stage, 16 queries"),
-    ("scene and object queries help generation (Emo-A)", "Table V: 74.07% vs 71.35%", "fusion",
-     "cls + scene + object", "cls"),
-    ("α helps generation (Emo-A)", "Table V: 77.89% vs 74.07%", "fusion", "cls + scene + object, α (UniEmo)",
-     "cls + scene + object"),
-    ("L_cond beats L_ce (Emo-A, weight 0.05)", "Table V: 79.77% vs 78.97%", "cond", "L_cond at 0.05 (0.3/0.05/0.65)",
-     "L_ce at 0.05 (0.3/0.05/0.65)"),
-    ("L_cond improves on no emotion-space loss (weight 0.05)", "Table V: 79.77% vs 77.89%", "cond",
-     "L_cond at 0.05 (0.3/0.05/0.65)", "neither (tiny preset: L_U/L_cond/L_diff 0.3/0/0.7)"),
-    ("joint training improves understanding", "Fig. 8: stage 2 > stage 1", "implicit", "stage2", "stage1"),
-    ("… more than stage 1 trained as long", "Fig. 8 (same epochs: ours)", "implicit", "stage2", "stage1_only"),
-    ("joint training improves understanding, scarce data", "Fig. 8", "implicit-scarce", "stage2", "stage1"),
-    ("… more than stage 1 trained as long, scarce data", "Fig. 8 (same epochs: ours)", "implicit-scarce", "stage2",
-     "stage1_only"),
-    ("explicit feedback improves understanding", "Table VI: 85.30% vs 84.96%", "feedback", "Emo-A + Sem-C",
-     "no feedback (real images only)"),
-    ("both criteria beat Emo-A alone", "Table VI: 85.30% vs 85.10%", "feedback", "Emo-A + Sem-C", "Emo-A only"),
-    ("both criteria beat Sem-C alone", "Table VI: 85.30% vs 84.99%", "feedback", "Emo-A + Sem-C", "Sem-C only"),
-    ("window [20%, 80%) beats [0%, 100%)", "Table VII: 85.30% vs 85.17%", "feedback", "[20%, 80%)", "[0%, 100%)"),
-    ("window [20%, 80%) beats [50%, 100%)", "Table VII: 85.30% vs 85.05%", "feedback", "[20%, 80%)", "[50%, 100%)"),
-    ("20% generated images beat 5%", "Table VIII: 85.30% vs 85.01%", "feedback", "20%", "5%"),
+    ("expert queries help understanding", "Fig. 6", ("queries", "multi-stage"), ("queries", "none")),
+    ("… inserted in stages, not all at the input", "Fig. 6", ("queries", "multi-stage"),
+     ("queries", "single-step")),
+    ("expert queries help understanding, scarce data", "Fig. 6", ("queries-scarce", "multi-stage"),
+     ("queries-scarce", "none")),
+    ("… in stages, scarce data", "Fig. 6", ("queries-scarce", "multi-stage"), ("queries-scarce", "single-step")),
+    ("a moderate query length (8) beats a short one (4)", "Fig. 7", ("queries-scarce", "multi-stage"),
+     ("queries-scarce", "multi-stage, 4 queries")),
+    ("a moderate query length (8) beats a long one (16)", "Fig. 7", ("queries-scarce", "multi-stage"),
+     ("queries-scarce", "multi-stage, 16 queries")),
+    ("scene and object queries help generation (Emo-A)", "Table V: 74.07% vs 71.35%",
+     ("features", "cls + scene + object"), ("features", "cls")),
+    ("α helps generation (Emo-A)", "Table V: 77.89% vs 74.07%", ("alpha", "cls + scene + object, α (UniEmo)"),
+     ("features", "cls + scene + object")),
+    ("L_cond beats L_ce (Emo-A, weight 0.05)", "Table V: 79.77% vs 78.97%", L_COND, L_CE),
+    ("L_cond improves on no emotion-space loss (Emo-A)", "Table V: 79.77% vs 77.89%", L_COND, NEITHER),
+    ("joint training improves understanding", "Fig. 8", ("implicit", "stage2"), ("implicit", "stage1")),
+    ("… more than stage 1 trained as long", "Fig. 8 (same epochs: ours)", ("implicit", "stage2"),
+     ("implicit", "stage1_only")),
+    ("joint training improves understanding, scarce data", "Fig. 8", ("implicit-scarce", "stage2"),
+     ("implicit-scarce", "stage1")),
+    ("… more than stage 1 trained as long, scarce data", "Fig. 8 (same epochs: ours)",
+     ("implicit-scarce", "stage2"), ("implicit-scarce", "stage1_only")),
+    ("explicit feedback improves understanding", "Table VI: 85.30% vs 84.96%", BOTH, NONE),
+    ("both criteria beat Emo-A alone", "Table VI: 85.30% vs 85.10%", BOTH, ("feedback", "Emo-A only")),
+    ("both criteria beat Sem-C alone", "Table VI: 85.30% vs 84.99%", BOTH, ("feedback", "Sem-C only")),
+    ("window [20%, 80%) beats [0%, 100%)", "Table VII: 85.30% vs 85.17%", ("feedback", "[20%, 80%)"),
+     ("feedback", "[0%, 100%)")),
+    ("window [20%, 80%) beats [50%, 100%)", "Table VII: 85.30% vs 85.05%", ("feedback", "[20%, 80%)"),
+     ("feedback", "[50%, 100%)")),
+    ("20% generated images beat 5%", "Table VIII: 85.30% vs 85.01%", ("feedback", "20%"), ("feedback", "5%")),
 ]
 
 
@@ -98,10 +108,10 @@ def verdict(better: dict, worse: dict) -> dict:
 
 
 def claims(results: dict[str, dict]) -> list[dict]:
-    """A verdict on every claim whose table is among ``results`` (table name -> its JSON)."""
-    return [{"claim": claim, "paper": paper, "table": name, "rows": [a, b], **verdict(rows(results[name])[a],
-                                                                                        rows(results[name])[b])}
-            for claim, paper, name, a, b in CLAIMS if name in results]
+    """A verdict on every claim whose tables are among ``results`` (table name -> its JSON)."""
+    return [{"claim": claim, "paper": paper, "rows": [better, worse],
+             **verdict(rows(results[better[0]])[better[1]], rows(results[worse[0]])[worse[1]])}
+            for claim, paper, better, worse in CLAIMS if better[0] in results and worse[0] in results]
 
 
 def commit() -> str:

@@ -195,7 +195,7 @@ def test_evidence_feedback_tables_share_images_and_give_verdicts(quick_demo, mon
 
     evidence = importlib.import_module("evidence")
     verdicts = {c["claim"]: c for c in evidence.claims({"feedback": result})}
-    assert len(verdicts) == 6 and all(c["table"] == "feedback" for c in verdicts.values())
+    assert len(verdicts) == 6 and all(c["rows"][0][0] == c["rows"][1][0] == "feedback" for c in verdicts.values())
     both = verdicts["explicit feedback improves understanding"]
     rows = evidence.rows(result)
     assert both["effect"] == pytest.approx(rows["Emo-A + Sem-C"]["mean"] - rows["no feedback (real images only)"]["mean"])
