@@ -79,9 +79,13 @@ def work_and_out(args: argparse.Namespace, name: str, budget: str) -> tuple[Path
     """Where a table's runs go, WORK/BUDGET (WORK: --work, default DEMO/ablations/NAME, or
     NAME-scarceN on the data-scarce split), so that runs of another budget are never reused; and
     its JSON (--out, default WORK.json)."""
-    scarce = f"-scarce{args.train_per_emotion}" if args.train_per_emotion else ""
-    work = args.work or args.demo / "ablations" / f"{name}{scarce}"
+    work = args.work or args.demo / "ablations" / f"{name}{split_suffix(args.train_per_emotion)}"
     return work / budget, args.out or work.with_suffix(".json")
+
+
+def split_suffix(train_per_emotion: int | None) -> str:
+    """The folder-name suffix of runs on the data-scarce split ("-scarceN"; none on the full one)."""
+    return f"-scarce{train_per_emotion}" if train_per_emotion else ""
 
 
 def data_note(train_per_emotion: int | None) -> str:
@@ -103,8 +107,8 @@ def joint_run(demo: Path, data: Path, seed: int, stage1_epochs: int, stage2_epoc
               train_per_emotion: int | None) -> tuple[Path, Path]:
     """Stage 1 and stage 2 on ``data`` for one seed, trained now or earlier and shared by every
     script that needs them (under DEMO/ablations/joint[-scarceN]/); returns (RUN1, RUN2)."""
-    scarce = f"-scarce{train_per_emotion}" if train_per_emotion else ""
-    home = demo / "ablations" / f"joint{scarce}" / f"e{stage1_epochs}+{stage2_epochs}" / f"seed{seed}"
+    home = (demo / "ablations" / f"joint{split_suffix(train_per_emotion)}" / f"e{stage1_epochs}+{stage2_epochs}"
+            / f"seed{seed}")
     run1, run2 = home / "stage1", home / "stage2"
     stage1(demo, data, run1, stage1_epochs, seed)
     train(run2, run2 / "implicit_feedback.json", "train", "joint", "--run", run1, "--sd", demo / "foundation" / "sd",

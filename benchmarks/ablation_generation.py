@@ -9,13 +9,18 @@ and every seed. Three tables (--table), each under 30 min at the evidence run's 
 - `cond`: the emotion-space constraint L_cond (CE + hard-negative margin, eq. 8) against plain
   cross-entropy L_ce at a sweep of weights (the `tiny` preset trains without either:
   docs/DECISIONS.md) at weights 0.01 and 0.05, with the weight taken from L_diff so that the weights still sum to 1.
+- `cond-schedule`: L_cond at 0.05 with the schedules that might let generation survive it: its
+  weight ramped up from 0 over the first 100 optimizer steps (`fusion.cond_warmup_steps`), the
+  mappers at a 10x lower learning rate than the rest (`stage2.optim.mapper_lr`: the
+  back-projection R can then meet L_cond while e moves slowly), and both.
 
 Emo-A is measured by DEMO/evaluator, a probe on frozen tiny-CLIP image features trained by
 `uniemo train evaluator` and never seen by any generator. Per seed S the stage-1 run is the
 evidence scripts' shared joint run (_evidence.joint_run), whose stage 2 is UniEmo at the `tiny`
 preset's settings (the row "cls + scene + object, α" / "no L_cond"); every other row is
 `uniemo train joint --run THAT_STAGE1 --config OVERRIDES --epochs E --seed S` (only
-fusion.features / use_alpha / cond_loss / joint_weights differ). Then `uniemo generate --emotion
+fusion.features / use_alpha / cond_loss / joint_weights / cond_warmup_steps and
+stage2.optim.mapper_lr differ). Then `uniemo generate --emotion
 all -n K --steps T --seed S` and `uniemo evaluate generation --evaluator DEMO/evaluator --seed S`.
 The baseline is `uniemo demo`'s own baseline step (uniemo.demo.runner.generate_baseline: the
 frozen SD, the emotion word as the prompt, the demo's stage-2 guidance) with K images, T steps
@@ -53,25 +58,45 @@ from uniemo.io import read_json
 FULL = PLANS["full"]
 BASELINE = "(a) base model, emotion word"
 JOINT = None  # the row that is the shared joint run's own stage 2 (the tiny preset's fusion)
-# Paper Table V's switches; every row states all of them so the stage-1 config cannot leak in.
+NEITHER = "neither (tiny preset: L_U/L_cond/L_diff 0.3/0/0.7)"
+
+
+def fusion(features=("cls", "scene", "object"), use_alpha=True, cond_loss="cond", **more) -> dict:
+    """A row's config overrides: paper Table V's switches, every one stated so that the stage-1
+    config cannot leak in, plus ``more`` fusion settings."""
+    return {"fusion": {"features": list(features), "use_alpha": use_alpha, "cond_loss": cond_loss, **more}}
+
+
+def cond(weight: float, loss: str = "cond", **more) -> dict:
+    """L_cond (or L_ce) at ``weight``, taken from L_diff so that the weights still sum to 1."""
+    return fusion(cond_loss=loss, joint_weights=[0.3, weight, round(0.7 - weight, 6)], **more)
+
+
 FEATURES: dict[str, dict | None] = {
-    "cls": {"features": ["cls"], "use_alpha": False, "cond_loss": "cond"},
-    "cls + scene": {"features": ["cls", "scene"], "use_alpha": False, "cond_loss": "cond"},
-    "cls + object": {"features": ["cls", "object"], "use_alpha": False, "cond_loss": "cond"},
-    "cls + scene + object": {"features": ["cls", "scene", "object"], "use_alpha": False, "cond_loss": "cond"},
+    "cls": fusion(["cls"], False),
+    "cls + scene": fusion(["cls", "scene"], False),
+    "cls + object": fusion(["cls", "object"], False),
+    "cls + scene + object": fusion(use_alpha=False),
 }
 ALPHA: dict[str, dict | None] = {
-    "cls + scene, α": {"features": ["cls", "scene"], "use_alpha": True, "cond_loss": "cond"},
-    "cls + object, α": {"features": ["cls", "object"], "use_alpha": True, "cond_loss": "cond"},
+    "cls + scene, α": fusion(["cls", "scene"]),
+    "cls + object, α": fusion(["cls", "object"]),
     "cls + scene + object, α (UniEmo)": JOINT,
 }
 COND_WEIGHTS = (0.01, 0.05)  # 0.3 (the spec's 0.3/0.3/0.4) drove Emo-A to chance: docs/BENCHMARKS.md
 COND: dict[str, dict | None] = {
-    "neither (tiny preset: L_U/L_cond/L_diff 0.3/0/0.7)": JOINT,
-    **{f"{name} at {w:g} (0.3/{w:g}/{0.7 - w:g})": {"cond_loss": loss, "joint_weights": [0.3, w, round(0.7 - w, 6)]}
+    NEITHER: JOINT,
+    **{f"{name} at {w:g} (0.3/{w:g}/{0.7 - w:g})": cond(w, loss)
        for w in COND_WEIGHTS for loss, name in (("ce", "L_ce"), ("cond", "L_cond"))},
 }
-TABLES = {"features": FEATURES, "alpha": ALPHA, "cond": COND}
+SLOW_MAPPERS = {"stage2": {"optim": {"mapper_lr": 1e-3}}}  # the tiny preset's stage-2 lr is 1e-2
+COND_SCHEDULE: dict[str, dict | None] = {
+    NEITHER: JOINT,
+    "L_cond at 0.05, warm-up 100 steps": cond(0.05, cond_warmup_steps=100),
+    "L_cond at 0.05, mappers at lr 1e-3": {**cond(0.05), **SLOW_MAPPERS},
+    "L_cond at 0.05, both": {**cond(0.05, cond_warmup_steps=100), **SLOW_MAPPERS},
+}
+TABLES = {"features": FEATURES, "alpha": ALPHA, "cond": COND, "cond-schedule": COND_SCHEDULE}
 METRICS = ("emo_a", "fid", "sem_c", "sem_d", "lpips")
 
 
@@ -105,15 +130,17 @@ def slug(name: str) -> str:
 
 
 def variant_seed(args, data: Path, name: str, overrides: dict | None, seed: int, work: Path) -> dict:
-    """Stage 2 with the row's overrides (or the shared joint run's own), then generation and its
-    metrics, for one seed."""
-    home = work / slug(name) / f"seed{seed}"
+    """Stage 2 with the row's overrides, then generation and its metrics, for one seed. The shared
+    joint run's own row keeps its images and metrics beside that run, so every table that shows
+    it (alpha, cond) generates and evaluates them once."""
+    run1, run2 = joint_run(args.demo, data, seed, args.stage1_epochs, args.epochs, args.train_per_emotion)
+    home = work / slug(name) / f"seed{seed}" if overrides is not JOINT else \
+        run2.parent / f"generation-n{args.images_per_emotion}-t{args.steps}"
     images, report = home / "images", home / "metrics.json"
     if not report.is_file():
-        run1, run2 = joint_run(args.demo, data, seed, args.stage1_epochs, args.epochs, args.train_per_emotion)
         if overrides is not JOINT:
             run2 = home / "run2"
-            config = write_overrides(home.parent / "overrides.yaml", {"fusion": overrides})
+            config = write_overrides(home.parent / "overrides.yaml", overrides)
             train(run2, run2 / "implicit_feedback.json", "train", "joint", "--run", run1, "--sd",
                   args.demo / "foundation" / "sd", "--data", data, "--out", run2, "--config", config,
                   "--epochs", args.epochs, "--seed", seed)
@@ -153,8 +180,8 @@ def alpha_by_kind(args, data: Path) -> dict:
 
 def row(name: str, overrides: dict | None, per_seed: list[dict]) -> dict:
     """One table row: every metric's "all" figure summarised over seeds."""
-    return {"variant": name, "fusion": overrides, **{m: summarise([metrics[m]["all"] for metrics in per_seed])
-                                                     for m in METRICS},
+    return {"variant": name, "overrides": overrides,
+            **{m: summarise([metrics[m]["all"] for metrics in per_seed]) for m in METRICS},
             "networks": {m: per_seed[0][m]["network"] for m in METRICS}}
 
 
@@ -196,7 +223,7 @@ def main() -> None:
               "spread": "sample standard deviation over seeds", "rows": rows,
               "alpha": alpha_by_kind(args, data) if args.table == "alpha" else None}
     title = {"features": "Fusion features (paper Table V)", "alpha": "Fusion with α (paper Table V)",
-             "cond": "L_cond vs L_ce (paper Table V)"}[args.table]
+             "cond": "L_cond vs L_ce (paper Table V)", "cond-schedule": "L_cond's schedule (paper Table V)"}[args.table]
     publish(out, result, title, markdown(result))
 
 

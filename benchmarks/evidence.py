@@ -37,6 +37,8 @@ TABLES = {
     "features": ("ablation_generation.py", ("--table", "features", *GENERATION), "generation-features.json"),
     "alpha": ("ablation_generation.py", ("--table", "alpha", *GENERATION), "generation-alpha.json"),
     "cond": ("ablation_generation.py", ("--table", "cond", *GENERATION), "generation-cond.json"),
+    "cond-schedule": ("ablation_generation.py", ("--table", "cond-schedule", *GENERATION),
+                      "generation-cond-schedule.json"),
     "queries": ("ablation_understanding.py", ("--epochs", "10"), "understanding.json"),
     "implicit": ("implicit_feedback.py", (), "implicit.json"),
 }
@@ -61,6 +63,8 @@ CLAIMS = [
      ("features", "cls + scene + object")),
     ("L_cond beats L_ce (Emo-A, weight 0.05)", "Table V: 79.77% vs 78.97%", L_COND, L_CE),
     ("L_cond improves on no emotion-space loss (Emo-A)", "Table V: 79.77% vs 77.89%", L_COND, NEITHER),
+    ("… with a warm-up and slow mappers", "Table V (schedule: ours)", ("cond-schedule", "L_cond at 0.05, both"),
+     NEITHER),
     ("joint training improves understanding", "Fig. 8", ("implicit", "stage2"), ("implicit", "stage1")),
     ("… more than stage 1 trained as long", "Fig. 8 (same epochs: ours)", ("implicit", "stage2"),
      ("implicit", "stage1_only")),

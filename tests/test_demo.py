@@ -201,6 +201,28 @@ def test_evidence_feedback_tables_share_images_and_give_verdicts(quick_demo, mon
     assert both["effect"] == pytest.approx(rows["Emo-A + Sem-C"]["mean"] - rows["no feedback (real images only)"]["mean"])
 
 
+def test_evidence_cond_tables_share_the_joint_runs_images_and_train_each_schedule(quick_demo, monkeypatch):
+    argv = ["--demo", quick_demo, "--seeds", 0, "--train-per-emotion", 2, "--stage1-epochs", 1, "--epochs", 1,
+            "-n", 1, "--steps", 2]
+    module = _run_benchmark("ablation_generation", [*argv, "--table", "cond-schedule"], monkeypatch)
+    schedule = json.loads((quick_demo / "ablations" / "generation-cond-schedule-scarce2.json").read_text())
+    assert [r["variant"] for r in schedule["rows"]] == list(module.COND_SCHEDULE)
+    runs = quick_demo / "ablations" / "generation-cond-schedule-scarce2" / "e1+1-n1-t2"
+    both = load_config(runs / "L_cond_at_0.05-both" / "seed0" / "run2" / "config.yaml")
+    assert (both.fusion.cond_warmup_steps, both.stage2.optim.mapper_lr) == (100, 1e-3)
+    assert both.fusion.joint_weights == [0.3, 0.05, 0.65] and both.fusion.cond_loss == "cond"
+    slow = load_config(runs / "L_cond_at_0.05-mappers_at_lr_1e-3" / "seed0" / "run2" / "config.yaml")
+    assert (slow.fusion.cond_warmup_steps, slow.stage2.optim.mapper_lr) == (0, 1e-3)
+    shared = quick_demo / "ablations" / "joint-scarce2" / "e1+1" / "seed0" / "generation-n1-t2" / "metrics.json"
+    stamp = shared.stat().st_mtime_ns  # the shared joint run's own row lives beside that run
+
+    _run_benchmark("ablation_generation", [*argv, "--table", "cond"], monkeypatch)
+    cond = json.loads((quick_demo / "ablations" / "generation-cond-scarce2.json").read_text())
+    assert shared.stat().st_mtime_ns == stamp  # generated and evaluated once for both tables
+    assert cond["rows"][0]["emo_a"] == schedule["rows"][0]["emo_a"]
+    assert not (quick_demo / "ablations" / "generation-cond-scarce2" / "e1+1-n1-t2" / "neither").exists()
+
+
 def test_verdicts_need_twice_the_larger_std_in_the_papers_direction(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     verdict = importlib.import_module("evidence").verdict

@@ -500,6 +500,22 @@ def test_joint_loss_is_the_weighted_sum_of_its_three_terms(joint_model):
     assert loss.item() == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.parametrize("step, ramp", [(0, 0.0), (5, 0.25), (20, 1.0), (40, 1.0), (None, 1.0)])
+def test_cond_warmup_ramps_the_weight_of_l_cond_linearly(joint_model, step, ramp):
+    from test_joint import make_batch
+
+    fusion = joint_model.fusion.cfg
+    weights, warmup = fusion.joint_weights, fusion.cond_warmup_steps
+    fusion.joint_weights, fusion.cond_warmup_steps = [0.1, 0.2, 0.7], 20
+    try:
+        torch.manual_seed(0)
+        loss, logs = joint_model.eval()(make_batch(3), step)
+    finally:
+        fusion.joint_weights, fusion.cond_warmup_steps = weights, warmup
+    expected = 0.1 * logs["loss_u"] + 0.2 * ramp * logs["loss_cond"] + 0.7 * logs["loss_diff"]
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
 def test_joint_step_with_transfer_prompts_names_the_object_in_the_prompt_and_leaves_it_out_of_e(joint_model):
     """With object_prompt_p = 1 every sample is prompted "<emo> <its object>" and e leaves out the
     object term: L_diff is the loss of that e under those ids, in the forward's order of draws."""

@@ -123,6 +123,36 @@ def test_object_prompt_rate_out_of_range_is_a_one_line_error(tiny_models, tiny_e
     assert not (tmp_path / "r2").exists()
 
 
+def test_negative_cond_warmup_is_a_one_line_error(tiny_models, tiny_emoset, tmp_path, capsys):
+    from uniemo.cli import main
+
+    run1 = write_run1(tiny_models, tiny_emoset, tmp_path / "run1")
+    (tmp_path / "o.yaml").write_text("fusion: {cond_warmup_steps: -5}\n")
+    code = main(["train", "joint", "--run", str(run1), "--sd", str(tiny_models[1]), "--data",
+                 str(tiny_emoset), "--out", str(tmp_path / "r2"), "--config", str(tmp_path / "o.yaml")])
+    err = capsys.readouterr().err
+    assert code == 2 and "cond_warmup_steps -5 is negative" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r2").exists()
+
+
+def test_mapper_lr_puts_the_mappers_alone_in_their_own_groups(model):
+    from uniemo.config import OptimConfig
+    from uniemo.training import param_groups
+
+    backbone = {"backbone": 1e-4, "backbone_no_decay": 1e-4}
+    shared = param_groups(model, OptimConfig(lr=1e-2, backbone_lr=1e-4), model.understanding.backbone,
+                          model.fusion.mappers)
+    assert {g["name"]: g["lr"] for g in shared} == {"new": 1e-2, "new_no_decay": 1e-2, **backbone}
+    groups = {g["name"]: g for g in param_groups(model, OptimConfig(lr=1e-2, backbone_lr=1e-4, mapper_lr=1e-3),
+                                                  model.understanding.backbone, model.fusion.mappers)}
+    assert {n: g["lr"] for n, g in groups.items()} == {"new": 1e-2, "new_no_decay": 1e-2, "mappers": 1e-3,
+                                                         "mappers_no_decay": 1e-3, **backbone}
+    in_mappers = {id(p) for p in model.fusion.mappers.parameters()}
+    assert {id(p) for n in ("mappers", "mappers_no_decay") for p in groups[n]["params"]} == in_mappers
+    assert not in_mappers & {id(p) for n in ("new", "new_no_decay") for p in groups[n]["params"]}
+    assert any(id(p) not in in_mappers for p in model.fusion.parameters())  # the back-projection stays at lr
+
+
 def test_frozen_diffusion_is_outside_the_state_dict_but_moves_with_the_model(tiny_models):
     m = build_joint(tiny_models)
     assert not any(k.startswith("diffusion") for k in m.state_dict())

@@ -97,10 +97,10 @@ def test_a_full_disk_mid_checkpoint_keeps_the_previous_one_resumable(tmp_path, m
     full, _ = train(tmp_path / "full", cfg)
     armed = {"on": False}
 
-    def arm_at_step_6(model, batch, calls={"n": 0}):
+    def arm_at_step_6(model, batch, step, calls={"n": 0}):
         calls["n"] += 1
         armed["on"] = calls["n"] >= 6
-        return step_fn(model, batch)
+        return step_fn(model, batch, step)
 
     monkeypatch.setattr(uniemo.training, "save_tensors", disk_fills_on("optimizer.safetensors", armed))
     with pytest.raises(OSError, match="No space left"):

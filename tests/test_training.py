@@ -39,7 +39,7 @@ class Net(nn.Module):
         return self.head(self.backbone(x))
 
 
-def step_fn(model, batch):
+def step_fn(model, batch, step):
     logits = model(batch["x"])
     acc = (logits.argmax(-1) == batch["label"]).float().mean()
     return nn.functional.cross_entropy(logits, batch["label"]), {"acc": acc}
@@ -95,11 +95,11 @@ class Interrupt(Exception):
 def interrupting_step(at):
     calls = {"n": 0}
 
-    def step(model, batch):
+    def step(model, batch, at_step):
         calls["n"] += 1
         if calls["n"] == at:
             raise Interrupt
-        return step_fn(model, batch)
+        return step_fn(model, batch, at_step)
     return step
 
 
@@ -130,9 +130,9 @@ def test_resume_from_a_mid_epoch_checkpoint(tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-    def nan_at_9(model, batch, calls={"n": 0}):
+    def nan_at_9(model, batch, step, calls={"n": 0}):
         calls["n"] += 1
-        loss, logs = step_fn(model, batch)
+        loss, logs = step_fn(model, batch, step)
         return (loss * float("nan") if calls["n"] == 9 else loss), logs
 
     with pytest.raises(UniEmoError, match="loss became nan at step 9.*last good checkpoint"):

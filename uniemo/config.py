@@ -38,6 +38,7 @@ class OptimConfig:
 
     lr: float = 1e-4  # queries, interactive blocks, beta, projections, heads, mappers
     backbone_lr: float = 1e-4  # 0 freezes the CLIP vision tower
+    mapper_lr: float | None = None  # stage 2: the fusion's mappers M_f (None: lr)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 1e-3
     warmup_steps: int = 0
@@ -74,6 +75,7 @@ class FusionConfig:
     # runs back through the UNet, so its activations are otherwise kept): less memory, more time
     unet_gradient_checkpointing: bool = False
     joint_weights: list[float] = field(default_factory=lambda: [0.3, 0.3, 0.4])  # L_U, L_cond, L_diff
+    cond_warmup_steps: int = 0  # L_cond's weight ramps linearly from 0 over these optimizer steps
 
 
 @dataclass

@@ -118,7 +118,9 @@ class JointModel(nn.Module):
                 alphas[kind] = torch.ones_like(labels, dtype=embed.dtype)
         return self.fusion(features_of(out, self.fusion.cfg.features), alphas, object_named), alphas
 
-    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, batch: dict, step: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """L_joint (eq. 10) of a batch; at optimizer ``step`` L_cond's weight γ2 is ramped by
+        ``cond_warmup_steps`` (None: the full weight)."""
         labels = batch["label"]
         out = self.understanding(batch["pixel_values"])
         device = labels.device
@@ -130,6 +132,9 @@ class JointModel(nn.Module):
         l_cond = self.fusion.condition_loss(e, labels, self.understanding.emotion_head[-1], out.logits)
         l_diff = self.diffusion.loss(e, batch["vae_pixels"], ids)
         w_u, w_cond, w_diff = self.fusion.cfg.joint_weights
+        warmup = self.fusion.cfg.cond_warmup_steps
+        if step is not None and warmup > 0:
+            w_cond = w_cond * min(1.0, step / warmup)
         loss = w_u * l_u["total"] + w_cond * l_cond["cond"] + w_diff * l_diff
         logs = {"loss_u": l_u["total"], "loss_cond": l_cond["cond"], "loss_diff": l_diff,
                 **{f"alpha_{k}": a.mean() for k, a in alphas.items()}}
@@ -145,9 +150,9 @@ def features_of(out, names) -> dict[str, torch.Tensor]:
     return {n: getattr(out, n) for n in names}
 
 
-def joint_step(model: JointModel, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+def joint_step(model: JointModel, batch: dict, step: int) -> tuple[torch.Tensor, dict[str, float]]:
     """The ``step_fn`` of the shared training loop."""
-    return model(batch)
+    return model(batch, step)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,7 +379,7 @@ def train_joint(run1: str | Path, data_root: str | Path, out: str | Path, cfg, r
     model = build_joint_model(run1, sd, cfg, table)
     vae_size = cfg.generation.resolution or sd.unet.config.sample_size * sd.vae_scale_factor
     collate = JointCollate(clip_transforms(clip.image_processor, train=True), vae_size)
-    groups = param_groups(model, cfg.stage2.optim, backbone=model.understanding.backbone)
+    groups = param_groups(model, cfg.stage2.optim, backbone=model.understanding.backbone, mappers=model.fusion.mappers)
     fit(out, model, train_set, collate, joint_step, cfg.stage2, groups, resume=resume, desc="joint")
 
     def finish() -> dict:

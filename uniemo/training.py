@@ -4,7 +4,7 @@
 How a stage uses it::
 
     groups = param_groups(model, cfg.stage2.optim, backbone=model.understanding.backbone)
-    def step_fn(model, batch):            # model may be wrapped (DDP): call forward through it,
+    def step_fn(model, batch, step):      # model may be wrapped (DDP): call forward through it,
         out = model(batch)                # reach other methods with unwrap(model)
         loss = ...
         return loss, {"acc": accuracy}    # logs: scalars, averaged over the epoch
@@ -113,14 +113,18 @@ def resolve_mixed_precision(mode: str) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
-def param_groups(model: torch.nn.Module, optim: OptimConfig, backbone: torch.nn.Module | None = None) -> list[dict]:
-    """AdamW groups: the backbone at ``optim.backbone_lr``, everything else at ``optim.lr``; a
-    learning rate of 0 freezes those parameters. No weight decay on biases, norms and beta."""
-    in_backbone = {id(p) for p in backbone.parameters()} if backbone is not None else set()
-    groups: dict[tuple[bool, bool], dict] = {}
+def param_groups(model: torch.nn.Module, optim: OptimConfig, backbone: torch.nn.Module | None = None,
+                 mappers: torch.nn.Module | None = None) -> list[dict]:
+    """AdamW groups: the backbone at ``optim.backbone_lr``, the fusion's mappers at
+    ``optim.mapper_lr`` (when set), everything else at ``optim.lr``; a learning rate of 0
+    freezes those parameters. No weight decay on biases, norms and beta."""
+    lrs = {"new": optim.lr, "backbone": optim.backbone_lr, "mappers": optim.mapper_lr}
+    part_of = {id(p): name for name, module in (("backbone", backbone), ("mappers", mappers))
+               if module is not None and lrs[name] is not None for p in module.parameters()}
+    groups: dict[tuple[str, bool], dict] = {}
     for p in model.parameters():
-        is_backbone = id(p) in in_backbone
-        lr = optim.backbone_lr if is_backbone else optim.lr
+        part = part_of.get(id(p), "new")
+        lr = lrs[part]
         if lr < 0:
             raise UniEmoError(f"learning rate {lr} is negative: use a value >= 0 (0 freezes)")
         if lr == 0:
@@ -128,8 +132,8 @@ def param_groups(model: torch.nn.Module, optim: OptimConfig, backbone: torch.nn.
         if not p.requires_grad:
             continue
         decay = p.ndim >= 2
-        group = groups.setdefault((is_backbone, decay), {
-            "name": ("backbone" if is_backbone else "new") + ("" if decay else "_no_decay"),
+        group = groups.setdefault((part, decay), {
+            "name": part + ("" if decay else "_no_decay"),
             "params": [], "lr": lr, "weight_decay": optim.weight_decay if decay else 0.0})
         group["params"].append(p)
     if not groups:
@@ -185,7 +189,7 @@ def fit(run_dir: str | Path, model: torch.nn.Module, train_set, collate_fn, step
         best_mode: str = "max", resume: bool = False, desc: str = "train") -> list[dict]:
     """Train ``model`` and return the metrics lines written (one per epoch).
 
-    ``step_fn(model, batch) -> (loss, logs)``; ``evaluate(model) -> dict`` on the validation
+    ``step_fn(model, batch, step) -> (loss, logs)`` (``step``: optimizer steps taken so far); ``evaluate(model) -> dict`` on the validation
     split after every epoch; ``on_best(model, metrics)`` whenever ``metrics[best_metric]``
     improves (every epoch when there is no ``evaluate``)."""
     from accelerate import Accelerator
@@ -233,7 +237,7 @@ def fit(run_dir: str | Path, model: torch.nn.Module, train_set, collate_fn, step
                    desc=f"{desc} epoch {state.epoch + 1}/{cfg.epochs}", disable=not accelerator.is_main_process)
         for batch in bar:
             with accelerator.accumulate(prepared):
-                loss, logs = step_fn(prepared, batch)
+                loss, logs = step_fn(prepared, batch, state.step)
                 _check_finite(accelerator, loss, state, ckpt_root)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.optim.grad_clip > 0:

@@ -345,7 +345,7 @@ def stage1_step(scene_bank: AttributeBank, object_bank: AttributeBank):
     """The ``step_fn`` of stage 1 for :func:`uniemo.training.fit`: L_U and batch accuracy."""
     from uniemo.training import unwrap
 
-    def step(model, batch):
+    def step(model, batch, _step):
         out = model(batch["pixel_values"])
         labels, device = batch["label"], out.logits.device
         terms = unwrap(model).loss(out, labels, scene_bank.index(batch["scene"]).to(device),

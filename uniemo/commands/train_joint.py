@@ -42,11 +42,14 @@ def run(args: argparse.Namespace) -> int:
     if args.config:
         cfg = merge(cfg, read_yaml(args.config, "config overrides"), where=args.config)
     require_positive(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size)
-    if not 0.0 <= cfg.fusion.object_prompt_p <= 1.0:
-        from uniemo.errors import UniEmoError
+    from uniemo.errors import UniEmoError
 
+    if not 0.0 <= cfg.fusion.object_prompt_p <= 1.0:
         raise UniEmoError(f"fusion.object_prompt_p {cfg.fusion.object_prompt_p} is out of range: "
                           "use a probability in [0, 1]")
+    if cfg.fusion.cond_warmup_steps < 0:
+        raise UniEmoError(f"fusion.cond_warmup_steps {cfg.fusion.cond_warmup_steps} is negative: "
+                          "use 0 (no warm-up) or a number of optimizer steps")
     override(cfg.stage2, args, "epochs", "max_steps", "batch_size", "seed")
     override(cfg.fusion, args, "alpha_table")
     cfg.sd_path = str(Path(args.sd).resolve())
