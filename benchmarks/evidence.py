@@ -19,6 +19,7 @@ import argparse
 import datetime
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from uniemo.io import read_json, write_json
@@ -130,7 +131,9 @@ def main() -> None:
     for name in args.tables:
         script, argv, _ = TABLES[name]
         print(f"== evidence table {name}: {script} {' '.join(argv)}", flush=True)
+        start = time.monotonic()
         subprocess.run([sys.executable, str(HERE / script), "--demo", str(args.demo), *argv], check=True)
+        print(f"== evidence table {name}: {(time.monotonic() - start) / 60:.1f} min", flush=True)
     results = {name: read_json(path, "evidence table") for name, (_, _, file) in TABLES.items()
                if (path := args.demo / "ablations" / file).is_file()}
     verdicts = claims(results)
