@@ -111,27 +111,18 @@ def test_a_named_object_leaves_the_object_term_out_of_e():
     assert torch.allclose(named[1], fusion(feats)[1]) and not torch.allclose(named[1], without(feats)[1])
 
 
-def test_object_prompt_rate_out_of_range_is_a_one_line_error(tiny_models, tiny_emoset, tmp_path, capsys):
+@pytest.mark.parametrize("override, message", [("object_prompt_p: 1.5", "object_prompt_p 1.5 is out of range"),
+                                               ("cond_warmup_steps: -5", "cond_warmup_steps -5 is negative")])
+def test_fusion_setting_out_of_range_is_a_one_line_error(tiny_models, tiny_emoset, tmp_path, capsys, override,
+                                                         message):
     from uniemo.cli import main
 
     run1 = write_run1(tiny_models, tiny_emoset, tmp_path / "run1")
-    (tmp_path / "o.yaml").write_text("fusion: {object_prompt_p: 1.5}\n")
+    (tmp_path / "o.yaml").write_text(f"fusion: {{{override}}}\n")
     code = main(["train", "joint", "--run", str(run1), "--sd", str(tiny_models[1]), "--data",
                  str(tiny_emoset), "--out", str(tmp_path / "r2"), "--config", str(tmp_path / "o.yaml")])
     err = capsys.readouterr().err
-    assert code == 2 and "object_prompt_p 1.5 is out of range" in err and len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "r2").exists()
-
-
-def test_negative_cond_warmup_is_a_one_line_error(tiny_models, tiny_emoset, tmp_path, capsys):
-    from uniemo.cli import main
-
-    run1 = write_run1(tiny_models, tiny_emoset, tmp_path / "run1")
-    (tmp_path / "o.yaml").write_text("fusion: {cond_warmup_steps: -5}\n")
-    code = main(["train", "joint", "--run", str(run1), "--sd", str(tiny_models[1]), "--data",
-                 str(tiny_emoset), "--out", str(tmp_path / "r2"), "--config", str(tmp_path / "o.yaml")])
-    err = capsys.readouterr().err
-    assert code == 2 and "cond_warmup_steps -5 is negative" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r2").exists()
 
 
