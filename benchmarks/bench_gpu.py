@@ -113,7 +113,7 @@ def bench_stage1(sizes: Sizes, device: torch.device) -> list[dict]:
             pooled = m["vision"](pixel_values=batch["pixel_values"]).pooler_output
             return torch.nn.functional.cross_entropy(m["head"](pooled), batch["label"])
 
-        for label, model, loss_fn in (("UniEmo stage 1", ours, lambda m, x: step(m, x)[0]),
+        for label, model, loss_fn in (("UniEmo stage 1", ours, lambda m, x: step(m, x, 0)[0]),
                                       ("CLIPVisionModel + linear", plain, plain_loss)):
             seconds, peak = timed(training_step(model, loss_fn, batch, device), device, sizes.repeats)
             rows.append({"part": "stage 1", "what": f"{label}, {name or 'tiny'}, batch {b}",
