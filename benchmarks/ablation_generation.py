@@ -1,6 +1,6 @@
 """Evidence for understanding-guided fusion (paper Table V): Emo-A, FID, Sem-C, Sem-D (and LPIPS
 when its weights exist) of generated images, for several seeds; mean ± sample standard deviation
-and every seed. Three tables (--table), each under 30 min at the evidence run's budget:
+and every seed. Four tables (--table), each under 30 min alone at the evidence run's budget:
 
 - `features`: the base model prompted with the emotion word, then the fused condition from cls;
   cls + scene; cls + object; cls + scene + object.
