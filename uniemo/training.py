@@ -190,8 +190,9 @@ def fit(run_dir: str | Path, model: torch.nn.Module, train_set, collate_fn, step
     """Train ``model`` and return the metrics lines written (one per epoch).
 
     ``step_fn(model, batch, step) -> (loss, logs)`` (``step``: optimizer steps taken so far);
-    ``evaluate(model) -> dict`` on the validation split after every epoch; ``on_best(model, metrics)`` whenever ``metrics[best_metric]``
-    improves (every epoch when there is no ``evaluate``)."""
+    ``evaluate(model) -> dict`` on the validation split after every epoch; ``on_best(model,
+    metrics)`` whenever ``metrics[best_metric]`` improves (every epoch when there is no
+    ``evaluate``)."""
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
