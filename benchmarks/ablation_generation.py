@@ -21,7 +21,9 @@ preset's settings (the row "cls + scene + object, α" / "no L_cond"); every othe
 `uniemo train joint --run THAT_STAGE1 --config OVERRIDES --epochs E --seed S` (only
 fusion.features / use_alpha / cond_loss / joint_weights / cond_warmup_steps and
 stage2.optim.mapper_lr differ). Then `uniemo generate --emotion
-all -n K --steps T --seed S` and `uniemo evaluate generation --evaluator DEMO/evaluator --seed S`.
+all -n K --steps T --seed S` and `uniemo evaluate generation --evaluator DEMO/evaluator --seed S`,
+whose FID reference is the test split (400 real images: their Inception features take under a
+minute to compute once, the 3,200 of the train split over six).
 The baseline is `uniemo demo`'s own baseline step (uniemo.demo.runner.generate_baseline: the
 frozen SD, the emotion word as the prompt, the demo's stage-2 guidance) with K images, T steps
 and seed S, evaluated the same way. Finished pieces are reused (a run with
@@ -118,8 +120,8 @@ def evaluate(args, images: Path, seed: int, out: Path) -> dict:
     """`uniemo evaluate generation` of ``images`` (or its earlier report); returns the metrics."""
     if not out.is_file():
         d = args.demo
-        uniemo("evaluate", "generation", "--images", images, "--real", d / "data", "--clip", d / "foundation" / "clip",
-               "--evaluator", d / "evaluator", "--seed", seed, "--out", out)
+        uniemo("evaluate", "generation", "--images", images, "--real", d / "data", "--split", "test",
+               "--clip", d / "foundation" / "clip", "--evaluator", d / "evaluator", "--seed", seed, "--out", out)
     return read_json(out, "generation metrics")["metrics"]
 
 

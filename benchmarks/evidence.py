@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from uniemo.demo.synth import WORLD_VERSION
 from uniemo.io import read_json, write_json
 
 HERE = Path(__file__).parent
@@ -138,6 +139,7 @@ def main() -> None:
                if (path := args.demo / "ablations" / file).is_file()}
     verdicts = claims(results)
     write_json(args.claims, {"date": datetime.date.today().isoformat(), "commit": commit(),
+                             "world": WORLD_VERSION,
                              "tables": {name: " ".join(TABLES[name][1]) for name in results}, "claims": verdicts})
     for c in verdicts:
         print(f"{c['verdict']:>13}  {c['effect'] * 100:+.2f} pts (bar {c['bar'] * 100:.2f})  {c['claim']}")

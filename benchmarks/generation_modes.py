@@ -56,9 +56,11 @@ def main() -> None:
 
 
 def evaluate(args, images: Path) -> dict:
+    """As the demo measures transfer and fusion: FID, which they do not report, on CLIP features."""
     out = images / "generation_metrics.json"
     uniemo("evaluate", "generation", "--images", images, "--real", args.demo / "data", "--clip",
-           args.demo / "foundation" / "clip", "--evaluator", args.demo / "evaluator", "--seed", args.seed, "--out", out)
+           args.demo / "foundation" / "clip", "--evaluator", args.demo / "evaluator", "--seed", args.seed, "--out", out,
+           "--max-real", PLANS["full"].fid_real_per_emotion, "--inception", "none")
     return json.loads(out.read_text())["metrics"]
 
 

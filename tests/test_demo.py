@@ -51,7 +51,7 @@ def test_report_states_the_world_and_measures_transfer_and_fusion(quick_demo):
     world = report["world"]
     assert world["ceiling"] == synth.ceiling(0.05) and world["transfer_objects"] == ["house"]
     assert set(world["neutral"]["object"]) == set(synth.NEUTRAL_OBJECTS)
-    assert world["emotional"]["sadness"] == {"style": "dark muted cool", "scene": "cemetery", "object": "Candle"}
+    assert world["emotional"]["sadness"] == {"style": "dark muted cool banded", "scene": "cemetery", "object": "Candle"}
     alpha = world["alpha"]["object"]
     assert alpha["house"]["neutral"] and not alpha["candle"]["neutral"] and _fraction(alpha["house"]["alpha"])
     transfer = report["generation"]["transfer"]["house"]
@@ -239,12 +239,17 @@ def test_verdicts_need_twice_the_larger_std_in_the_papers_direction(monkeypatch)
 def test_the_report_shows_the_latest_evidence_run_as_such(tmp_path):
     from uniemo.demo.html import Table
     from uniemo.demo.report import _claims
+    from uniemo.demo.synth import WORLD_VERSION
 
     assert "No evidence run" in _claims(tmp_path / "missing.json").blocks[0]
     claim = {"claim": "α helps", "paper": "Table V", "better": 0.7, "worse": 0.75, "effect": -0.05, "bar": 0.02,
              "verdict": "not confirmed"}
-    (tmp_path / "claims.json").write_text(json.dumps({"date": "2026-12-03", "commit": "abc1234", "claims": [claim]}))
+    record = {"date": "2026-12-03", "commit": "abc1234", "world": WORLD_VERSION, "claims": [claim]}
+    (tmp_path / "claims.json").write_text(json.dumps(record))
     text, table = _claims(tmp_path / "claims.json").blocks
     assert "2026-12-03" in text and "abc1234" in text and "not from this demo" in text
     assert isinstance(table, Table) and table.rows == [["α helps", "Table V", "70.00% vs 75.00%", "-5.00 (bar 2.00)",
                                                         "not confirmed"]]
+    (tmp_path / "claims.json").write_text(json.dumps({**record, "world": "3.1"}))
+    text, stale, table = _claims(tmp_path / "claims.json").blocks  # an earlier world's claims say so
+    assert f"Measured on world 3.1; this demo's world is {WORLD_VERSION}" in stale

@@ -224,9 +224,9 @@ def test_tokenizer_ids_are_the_same_in_every_process():
 
 def test_captions_name_only_style_scene_and_object():
     captions = pb.Captions.build(["ice skating rink", "beach"], ["balloon", "cake"])
-    assert captions.texts[int(captions.full[0, 0, 0, 0])] == "a bright colorful warm photo of a balloon in an ice skating rink"
-    assert captions.texts[int(captions.full[7, 1, 1, 1])] == "a dark muted cool picture of a cake in a beach"
-    assert "an ice skating rink" in captions.texts and "a cake" in captions.texts and "a dark colorful warm photo" in captions.texts
+    assert captions.texts[int(captions.full[0, 0, 0, 0])] == "a bright colorful warm striped photo of a balloon in an ice skating rink"
+    assert captions.texts[int(captions.full[7, 1, 1, 1])] == "a dark muted cool banded picture of a cake in a beach"
+    assert "an ice skating rink" in captions.texts and "a cake" in captions.texts and "a dark colorful warm falling photo" in captions.texts
     world = pb.Captions.build([normalise_attribute(n) for n in synth.SCENES], [normalise_attribute(n) for n in synth.OBJECTS])
     assert not {w for t in world.texts for w in t.split()} & set(EMOTIONS)  # not even "amusement park"
     g = torch.Generator().manual_seed(0)

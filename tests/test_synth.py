@@ -113,6 +113,22 @@ def test_every_image_shows_its_style(tmp_path):
         assert synth.style_of(brightness, colorfulness, warmth) == synth.STYLES.index(name)
 
 
+def test_patterns_are_each_emotions_own():
+    """Every style's pattern spans [-1, 1] and its power spectrum differs from every other's:
+    the cue that a blend of two emotions can show both of."""
+    spectra = {}
+    for name in synth.PATTERNS:
+        p = np.stack([synth.pattern(name, 64, np.random.default_rng([name.encode()[0], k])) for k in range(8)])
+        assert p.min() >= -1 and p.max() <= 1 and p.std() > 0.3, name
+        power = np.abs(np.fft.fft2(p - p.mean(axis=(1, 2), keepdims=True))).mean(axis=0).ravel()
+        spectra[name] = power / np.linalg.norm(power)
+    assert {s.split()[3] for s in synth.STYLES} == set(synth.PATTERNS)
+    for a in synth.PATTERNS:
+        for b in synth.PATTERNS:
+            if a < b:
+                assert spectra[a] @ spectra[b] < 0.8, (a, b, spectra[a] @ spectra[b])
+
+
 def test_annotation_names_the_style(tmp_path):
     root = synth.write_synthetic(tmp_path / "w", num_images=48, size=32, seed=3, label_noise=0.0)
     for emotion, image, annotation in json.loads((root / "train.json").read_text()):

@@ -12,6 +12,7 @@ from PIL import Image
 from uniemo.config import load_config
 from uniemo.io import read_json, write_json
 from uniemo.demo.html import Figure, Section, Table, write_report
+from uniemo.demo.synth import WORLD_VERSION
 from uniemo.rundir import RunDir
 from uniemo.vocab import EMOTIONS, normalise_attribute
 
@@ -94,7 +95,8 @@ def world_figures(layout) -> dict:
 
     table = read_json(RunDir(layout.run2).alpha_table)
     noise = layout.plan.label_noise
-    return {**synth.emotional_attributes(), "label_noise": noise, "ceiling": synth.ceiling(noise),
+    return {"version": synth.WORLD_VERSION, **synth.emotional_attributes(), "label_noise": noise,
+            "ceiling": synth.ceiling(noise),
             "ceiling_by_channels": {"+".join(c): synth.ceiling(noise, c) for c in CHANNEL_SETS},
             "transfer_objects": list(layout.plan.transfer_objects), "alpha_method": table["method"],
             "alpha": attribute_alpha(table)}
@@ -198,8 +200,8 @@ def _world(layout, summary: dict, figures: Path) -> Section:
                   for name, a in sorted(w["alpha"][kind].items(), key=lambda kv: (kv[1]["neutral"], kv[0]))]
     return Section("The synthetic world and its foundation models", [
         "Emotion is carried by three channels that combine freely (rule: uniemo/demo/synth.py): a global "
-        "style, one per emotion (EmoSet's brightness for valence and colorfulness for arousal, and a warm or "
-        "cool tone within each quadrant); the emotion's own scene (in "
+        "style, one per emotion (EmoSet's brightness for valence and colorfulness for arousal, a warm or "
+        "cool tone within each quadrant, and a pattern that is the emotion's own); the emotion's own scene (in "
         f"{w['emotional_scene_p']:.0%} of its images) "
         f"and its own object (in {w['emotional_object_p']:.0%}). The other images show neutral scenes and "
         "objects, drawn uniformly whatever the emotion. The tiny CLIP and tiny Stable Diffusion were trained "
@@ -382,12 +384,16 @@ def _claims(path: Path) -> Section:
     if not path.is_file():
         return Section(title, ["No evidence run is recorded with this package: `make evidence` measures the claims."])
     evidence = read_json(path, "evidence claims")
+    world = evidence.get("world", "an earlier one")
+    stale = ([] if world == WORLD_VERSION else [
+        f"Measured on world {world}; this demo's world is {WORLD_VERSION} (uniemo/demo/synth.py): the claims "
+        "have not been measured again on it yet."])
     rows = [[c["claim"], c["paper"], f"{_pct(c['better'])} vs {_pct(c['worse'])}",
              f"{c['effect'] * 100:+.2f} (bar {c['bar'] * 100:.2f})", c["verdict"]] for c in evidence["claims"]]
     return Section(title, [
         f"From the evidence run of {evidence['date']} (commit {evidence['commit']}; `make evidence`, 3 seeds each, "
         "docs/EVIDENCE.md), not from this demo. A claim is confirmed when its effect exceeds twice the larger seed "
-        "standard deviation (the bar) in the paper's direction.",
+        "standard deviation (the bar) in the paper's direction.", *stale,
         Table(["claim", "paper", "measured (paper's better row vs worse row)", "effect, points", "verdict"], rows),
     ])
 

@@ -3,18 +3,20 @@ exact on-disk format, so the demo and the tests run the real EmoSet loader.
 
 Every image shows one *scene* (a procedural background) and one *object* (a foreground shape
 spanning about 40-70% of the image side), both named from EmoSet's own vocabularies, under one
-*style*: EmoSet's brightness (bright / dark) and colorfulness (colorful / muted) and a tone (warm /
-cool, a colour cast), imposed on the surroundings and at half strength on the object, so that the
-object stays recognisable in every style (a house is a house, lit and coloured by its
-surroundings' mood, as in the paper's Fig. 10a). The annotation's brightness and colorfulness are
-measured on the styled surroundings, and it names the style (a field EmoSet does not have; the
-captions of ``pretrain-base`` read it). Emotion is carried by three channels that combine freely:
+*style*: EmoSet's brightness (bright / dark) and colorfulness (colorful / muted), a tone (warm /
+cool, a colour cast) and a pattern (stripes, waves, dots, rings, blotches...), imposed on the
+surroundings (the colours also at half strength on the object, the pattern not at all), so
+that the object stays recognisable in every style (a house is a house, lit, coloured and
+framed by its surroundings' mood, as in the paper's Fig. 10a). The annotation's brightness and
+colorfulness are measured on the styled surroundings, and it names the style (a field EmoSet
+does not have; the captions of ``pretrain-base`` read it). Emotion is carried by three channels that combine freely:
 
 - **Style**, always, one per emotion (``EMOTION_STYLES``): valence sets brightness (bright =
-  positive), arousal sets colorfulness (colorful = high arousal), and the tone tells apart the
-  two emotions of each quadrant. A style is a global look that any object can take on, which is
-  what emotion transfer needs; two styles differ in one to three of their words, and a fusion of
-  two emotions lands between them.
+  positive), arousal sets colorfulness (colorful = high arousal), the tone tells apart the
+  two emotions of each quadrant, and the pattern (``PATTERNS``) is each emotion's own. A style is
+  a global look that any object can take on, which is what emotion transfer needs. The colours
+  are shared axes, so a blend of two emotions' colours can be a third emotion's; the patterns
+  are not, so a blend of two emotions can show both (emotion fusion).
 - **Scene**: with probability ``EMOTIONAL_SCENE_P`` the emotion's own scene (one per emotion,
   ``EMOTION_SCENES``), otherwise one of the *neutral* scenes, drawn uniformly whatever the emotion.
 - **Object**: with probability ``EMOTIONAL_OBJECT_P`` the emotion's own object
@@ -51,13 +53,14 @@ from uniemo.errors import UniEmoError
 from uniemo.io import write_json
 from uniemo.vocab import EMOTIONS
 
+WORLD_VERSION = "3.3"  # 3.3: a pattern per emotion; 3.2: one style per emotion; 3.1: one per quadrant
 TONES = {"warm": (42.0, 10.0, -50.0), "cool": (-46.0, -4.0, 46.0)}  # the cast a tone adds, per RGB channel
-STYLES = tuple(f"{b} {c} {t}" for b in ("bright", "dark") for c in ("colorful", "muted") for t in TONES)
-EMOTION_STYLES = {  # valence -> brightness, arousal -> colorfulness, then warm or cool within each quadrant
-    "amusement": "bright colorful warm", "excitement": "bright colorful cool", "contentment": "bright muted warm",
-    "awe": "bright muted cool", "anger": "dark colorful warm", "fear": "dark colorful cool",
-    "disgust": "dark muted warm", "sadness": "dark muted cool",
-}
+PATTERNS = ("striped", "rising", "wavy", "dotted", "falling", "ringed", "blotchy", "banded")  # one per style, in order
+STYLES = tuple(f"{b} {c} {t} {p}" for (b, c, t), p in zip(
+    ((b, c, t) for b in ("bright", "dark") for c in ("colorful", "muted") for t in TONES), PATTERNS))
+EMOTION_STYLES = dict(zip(("amusement", "excitement", "contentment", "awe", "anger", "fear", "disgust", "sadness"),
+                          STYLES))  # valence -> brightness, arousal -> colorfulness, tone and pattern per emotion
+PATTERN_DEPTH = 0.35  # the pattern's amplitude, as a share of the style's level range
 EMOTION_SCENES = {
     "amusement": "candy_store", "excitement": "ocean", "awe": "mountain_snowy", "contentment": "wheat_field",
     "anger": "volcano", "fear": "forest", "disgust": "kitchen", "sadness": "cemetery",
@@ -68,7 +71,7 @@ EMOTION_OBJECTS = {
 }
 NEUTRAL_SCENES = ("sky", "beach", "desert", "underwater")
 NEUTRAL_OBJECTS = ("House", "Tree", "Bottle", "Umbrella", "Fish", "Starfish", "Snowman")
-BRIGHT_FROM, COLORFUL_FROM = 0.45, 0.32  # style_of: between the styles' mean measured values
+BRIGHT_FROM, COLORFUL_FROM = 0.45, 0.355  # style_of: between the styles' mean measured values
 OBJECT_STYLE = 0.5  # how strongly the style acts on the object, relative to its surroundings
 EMOTIONAL_SCENE_P = 0.6
 EMOTIONAL_OBJECT_P = 0.5
@@ -402,6 +405,8 @@ def render(style: int, scene: int, obj: int, size: int, rng: np.random.Generator
     r = 2 * size  # draw at twice the size, then box-downsample: smooth edges at 64 px
     strong, mild = (_style_parameters(STYLES[style], rng, k) for k in (1.0, OBJECT_STYLE))
     background = stylise(SCENE_PAINTERS[SCENES[scene]](rng, r), *strong)
+    depth = PATTERN_DEPTH * (strong[3] - strong[2])
+    background = np.clip(background + depth * pattern(STYLES[style].split()[3], r, rng)[..., None], 0, 255)
     layer = Image.new("RGBA", (r, r), (0, 0, 0, 0))
     s = r * rng.uniform(0.55, 0.8)  # the shape's box; its silhouette spans about 40-70% of the side
     cx, cy = (r / 2 + rng.uniform(-0.5, 0.5) * (r - s) for _ in range(2))
@@ -418,11 +423,35 @@ def render(style: int, scene: int, obj: int, size: int, rng: np.random.Generator
 def _style_parameters(style: str, rng: np.random.Generator, strength: float) -> tuple:
     """(saturation factor, tone cast, low, high level) of ``style``, moved toward no change at
     ``strength`` < 1."""
-    brightness, colorfulness, tone = style.split()
+    brightness, colorfulness, tone, _ = style.split()
     saturation = rng.uniform(1.7, 2.1) if colorfulness == "colorful" else rng.uniform(0.15, 0.3)
     cast = np.asarray(TONES[tone], np.float32) * rng.uniform(0.85, 1.15) * max(1.0, saturation)  # seen over vivid colours
     low, high = (rng.uniform(90, 110), 255.0) if brightness == "bright" else (0.0, rng.uniform(115, 135))
     return 1 + strength * (saturation - 1), strength * cast, strength * low, 255 + strength * (high - 255)
+
+
+def pattern(name: str, r: int, rng: np.random.Generator) -> np.ndarray:
+    """The style's pattern over an (r, r) image, in [-1, 1], with a random phase: the one cue
+    that is each emotion's own (a blend of two patterns shows both, where a blend of two
+    brightness, colourfulness or tone levels is a third emotion's)."""
+    y, x = np.mgrid[0:r, 0:r].astype(np.float32) / r
+    f, phase = rng.uniform(4.0, 5.0), rng.uniform(0, 2 * np.pi)
+    if name in ("banded", "striped", "rising", "falling"):
+        u = {"banded": y, "striped": x, "rising": (x + y) / np.sqrt(2), "falling": (x - y) / np.sqrt(2)}[name]
+        return np.sin(2 * np.pi * f * u + phase)
+    if name == "wavy":
+        return np.sin(2 * np.pi * f * (y + 0.08 * np.sin(2 * np.pi * 2 * x + phase)) + phase)
+    if name == "ringed":
+        cx, cy = rng.uniform(0.2, 0.8, 2)
+        return np.sin(2 * np.pi * f * np.hypot(x - cx, y - cy) + phase)
+    if name == "dotted":
+        out = np.full((r, r), -0.6, np.float32)
+        for cx, cy in rng.uniform(0, 1, (28, 2)):
+            out[np.hypot(x - cx, y - cy) < 0.045] = 1.0
+        return out
+    noise = rng.normal(size=(6, 6)).astype(np.float32)  # blotchy: smooth random blobs
+    blobs = np.asarray(Image.fromarray(noise).resize((r, r), Image.BICUBIC), np.float32)
+    return np.clip(blobs / (np.abs(blobs).max() + 1e-6) * 1.5, -1, 1)
 
 
 def stylise(pixels: np.ndarray, saturation: float, cast: np.ndarray, low: float, high: float) -> np.ndarray:
