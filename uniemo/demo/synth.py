@@ -9,7 +9,8 @@ surroundings (the colours also at half strength on the object, the pattern not a
 that the object stays recognisable in every style (a house is a house, lit, coloured and
 framed by its surroundings' mood, as in the paper's Fig. 10a). The annotation's brightness and
 colorfulness are measured on the styled surroundings, and it names the style (a field EmoSet
-does not have; the captions of ``pretrain-base`` read it). Emotion is carried by three channels that combine freely:
+does not have; the captions of ``pretrain-base`` read it). Emotion is carried by three channels
+that combine freely:
 
 - **Style**, always, one per emotion (``EMOTION_STYLES``): valence sets brightness (bright =
   positive), arousal sets colorfulness (colorful = high arousal), the tone tells apart the
