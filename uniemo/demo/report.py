@@ -95,7 +95,7 @@ def world_figures(layout) -> dict:
 
     table = read_json(RunDir(layout.run2).alpha_table)
     noise = layout.plan.label_noise
-    return {"version": synth.WORLD_VERSION, **synth.emotional_attributes(), "label_noise": noise,
+    return {"version": WORLD_VERSION, **synth.emotional_attributes(), "label_noise": noise,
             "ceiling": synth.ceiling(noise),
             "ceiling_by_channels": {"+".join(c): synth.ceiling(noise, c) for c in CHANNEL_SETS},
             "transfer_objects": list(layout.plan.transfer_objects), "alpha_method": table["method"],
