@@ -106,11 +106,14 @@ def test_a_second_run_reuses_every_step(quick_demo, capsys):
     assert '"per_class"' not in printed  # a summary line per step, not whole JSON documents
 
 
-def test_another_plan_or_seed_does_not_reuse_the_steps(quick_demo, capsys):
+def test_another_plan_seed_or_world_does_not_reuse_the_steps(quick_demo, capsys, monkeypatch):
     for extra in (["--train-per-emotion", "3"], ["--seed", "1"]):
         assert main(["demo", "--quick", "--out", str(quick_demo), *extra]) == 2
         err = capsys.readouterr().err
-        assert "another plan or seed" in err and len(err.strip().splitlines()) == 1
+        assert "another plan, seed or world" in err and len(err.strip().splitlines()) == 1
+    monkeypatch.setattr("uniemo.demo.synth.WORLD_VERSION", "0.1")  # a folder made by an earlier world
+    assert main(["demo", "--quick", "--out", str(quick_demo)]) == 2
+    assert "another plan, seed or world" in capsys.readouterr().err
 
 
 def test_a_broken_step_is_redone(quick_demo, capsys):

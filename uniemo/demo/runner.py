@@ -294,14 +294,18 @@ def run_demo(out: Path, plan: DemoPlan, seed: int) -> Path:
 
 
 def check_same_plan(layout: Layout) -> None:
-    """Finished steps are reused only for the plan and seed that made them (OUT/.steps/plan.json)."""
+    """Finished steps are reused only for the plan, seed and world version that made them
+    (OUT/.steps/plan.json): a demo folder of an earlier world is not mixed with this one."""
     import dataclasses
     import json
 
+    from uniemo.demo.synth import WORLD_VERSION
+
     file = layout.out / ".steps" / "plan.json"
-    plan = json.loads(json.dumps({"seed": layout.seed, **dataclasses.asdict(layout.plan)}))  # tuples as lists
+    plan = json.loads(json.dumps({"seed": layout.seed, "world": WORLD_VERSION,
+                                  **dataclasses.asdict(layout.plan)}))  # tuples as lists
     if file.is_file() and read_json(file, "demo plan") != plan:
-        raise UniEmoError(f"{layout.out} holds a demo run with another plan or seed: choose another --out, "
+        raise UniEmoError(f"{layout.out} holds a demo run with another plan, seed or world: choose another --out, "
                           "or delete it to start again")
     write_json(file, plan)
 
