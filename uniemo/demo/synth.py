@@ -40,6 +40,7 @@ written at fixed quality.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -57,8 +58,8 @@ from uniemo.vocab import EMOTIONS
 WORLD_VERSION = "3.3"  # 3.3: a pattern per emotion; 3.2: one style per emotion; 3.1: one per quadrant
 TONES = {"warm": (42.0, 10.0, -50.0), "cool": (-46.0, -4.0, 46.0)}  # the cast a tone adds, per RGB channel
 PATTERNS = ("striped", "rising", "wavy", "dotted", "falling", "ringed", "blotchy", "banded")  # one per style, in order
-STYLES = tuple(f"{b} {c} {t} {p}" for (b, c, t), p in zip(
-    ((b, c, t) for b in ("bright", "dark") for c in ("colorful", "muted") for t in TONES), PATTERNS))
+STYLES = tuple(f"{b} {c} {t} {p}"
+               for (b, c, t), p in zip(itertools.product(("bright", "dark"), ("colorful", "muted"), TONES), PATTERNS))
 EMOTION_STYLES = dict(zip(("amusement", "excitement", "contentment", "awe", "anger", "fear", "disgust", "sadness"),
                           STYLES))  # valence -> brightness, arousal -> colorfulness, tone and pattern per emotion
 PATTERN_DEPTH = 0.35  # the pattern's amplitude, as a share of the style's level range
@@ -407,7 +408,7 @@ def render(style: int, scene: int, obj: int, size: int, rng: np.random.Generator
     strong, mild = (_style_parameters(STYLES[style], rng, k) for k in (1.0, OBJECT_STYLE))
     background = stylise(SCENE_PAINTERS[SCENES[scene]](rng, r), *strong)
     depth = PATTERN_DEPTH * (strong[3] - strong[2])
-    background = np.clip(background + depth * pattern(STYLES[style].split()[3], r, rng)[..., None], 0, 255)
+    background = np.clip(background + depth * pattern(PATTERNS[style], r, rng)[..., None], 0, 255)
     layer = Image.new("RGBA", (r, r), (0, 0, 0, 0))
     s = r * rng.uniform(0.55, 0.8)  # the shape's box; its silhouette spans about 40-70% of the side
     cx, cy = (r / 2 + rng.uniform(-0.5, 0.5) * (r - s) for _ in range(2))
