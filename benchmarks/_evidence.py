@@ -146,6 +146,13 @@ def table(header: list[str], rows: list[list[str]], align: str) -> str:
     return "\n".join("| " + " | ".join(cells) + " |" for cells in (header, rule, *rows)) + "\n"
 
 
+def demo_world(demo: Path) -> str | None:
+    """The world version of the demo the runs train on, from its report (None where the demo has
+    no report yet, or was made before world 3.3, when reports began to record it)."""
+    report = demo / "report.json"
+    return read_json(report, "demo report")["world"].get("version") if report.is_file() else None
+
+
 def publish(out: Path, result: dict, title: str, markdown: str) -> None:
     """Write the result JSON (atomically) and the Markdown beside it, then print the table."""
     write_json(out, result)

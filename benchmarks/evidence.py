@@ -7,7 +7,8 @@ script reuses every finished run, so an interrupted evidence run continues where
 --tables runs some of them (each one alone fits in 30 min on a 2-core CPU: docs/EVIDENCE.md).
 A claim is **confirmed** when its effect, in the paper's direction, exceeds twice the larger of
 the two rows' seed standard deviations; **not confirmed** when it exceeds that bar in the
-opposite direction; **inconclusive** otherwise.
+opposite direction; **inconclusive** otherwise. Each verdict names the world version its tables
+were measured on (the demo's report records it), so tables of an earlier world are told apart.
 
   .venv/bin/python benchmarks/evidence.py --demo demo-out                      # all tables, then the claims
   .venv/bin/python benchmarks/evidence.py --demo demo-out --tables feedback    # one table, then the claims
@@ -22,7 +23,6 @@ import sys
 import time
 from pathlib import Path
 
-from uniemo.demo.synth import WORLD_VERSION
 from uniemo.io import read_json, write_json
 
 HERE = Path(__file__).parent
@@ -113,9 +113,15 @@ def verdict(better: dict, worse: dict) -> dict:
     return {"better": better["mean"], "worse": worse["mean"], "effect": effect, "bar": bar, "verdict": word}
 
 
+def world(*results: dict) -> str:
+    """The world version(s) the tables were measured on ("3.2 / 3.3" for a claim across two)."""
+    return " / ".join(sorted({r.get("world") or "unrecorded" for r in results}))
+
+
 def claims(results: dict[str, dict]) -> list[dict]:
     """A verdict on every claim whose tables are among ``results`` (table name -> its JSON)."""
     return [{"claim": claim, "paper": paper, "rows": [better, worse],
+             "world": world(results[better[0]], results[worse[0]]),
              **verdict(rows(results[better[0]])[better[1]], rows(results[worse[0]])[worse[1]])}
             for claim, paper, better, worse in CLAIMS if better[0] in results and worse[0] in results]
 
@@ -139,10 +145,10 @@ def main() -> None:
                if (path := args.demo / "ablations" / file).is_file()}
     verdicts = claims(results)
     write_json(args.claims, {"date": datetime.date.today().isoformat(), "commit": commit(),
-                             "world": WORLD_VERSION,
-                             "tables": {name: " ".join(TABLES[name][1]) for name in results}, "claims": verdicts})
+                             "tables": {name: {"budget": " ".join(TABLES[name][1]), "world": world(result)}
+                                        for name, result in results.items()}, "claims": verdicts})
     for c in verdicts:
-        print(f"{c['verdict']:>13}  {c['effect'] * 100:+.2f} pts (bar {c['bar'] * 100:.2f})  {c['claim']}")
+        print(f"{c['verdict']:>13}  {c['effect'] * 100:+.2f} pts (bar {c['bar'] * 100:.2f})  world {c['world']}  {c['claim']}")
     print(f"wrote {args.claims} ({len(verdicts)} claims from {len(results)} tables)")
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from uniemo.cli import main
 from uniemo.config import load_config
+from uniemo.demo.synth import WORLD_VERSION
 from uniemo.vocab import EMOTIONS
 
 
@@ -202,6 +203,7 @@ def test_evidence_feedback_tables_share_images_and_give_verdicts(quick_demo, mon
     both = verdicts["explicit feedback improves understanding"]
     rows = evidence.rows(result)
     assert both["effect"] == pytest.approx(rows["Emo-A + Sem-C"]["mean"] - rows["no feedback (real images only)"]["mean"])
+    assert result["world"] == both["world"] == WORLD_VERSION  # the table and its verdicts name the demo's world
 
 
 def test_evidence_cond_tables_share_the_joint_runs_images_and_train_each_schedule(quick_demo, monkeypatch):
@@ -242,17 +244,17 @@ def test_verdicts_need_twice_the_larger_std_in_the_papers_direction(monkeypatch)
 def test_the_report_shows_the_latest_evidence_run_as_such(tmp_path):
     from uniemo.demo.html import Table
     from uniemo.demo.report import _claims
-    from uniemo.demo.synth import WORLD_VERSION
 
     assert "No evidence run" in _claims(tmp_path / "missing.json").blocks[0]
     claim = {"claim": "α helps", "paper": "Table V", "better": 0.7, "worse": 0.75, "effect": -0.05, "bar": 0.02,
-             "verdict": "not confirmed"}
-    record = {"date": "2026-12-03", "commit": "abc1234", "world": WORLD_VERSION, "claims": [claim]}
+             "verdict": "not confirmed", "world": WORLD_VERSION}
+    record = {"date": "2026-12-03", "commit": "abc1234", "claims": [claim]}
     (tmp_path / "claims.json").write_text(json.dumps(record))
     text, table = _claims(tmp_path / "claims.json").blocks
     assert "2026-12-03" in text and "abc1234" in text and "not from this demo" in text
     assert isinstance(table, Table) and table.rows == [["α helps", "Table V", "70.00% vs 75.00%", "-5.00 (bar 2.00)",
-                                                        "not confirmed"]]
-    (tmp_path / "claims.json").write_text(json.dumps({**record, "world": "3.1"}))
+                                                        "not confirmed", WORLD_VERSION]]
+    (tmp_path / "claims.json").write_text(json.dumps({**record, "claims": [claim, {**claim, "world": "3.1 / 3.3"}]}))
     text, stale, table = _claims(tmp_path / "claims.json").blocks  # an earlier world's claims say so
-    assert f"Measured on world 3.1; this demo's world is {WORLD_VERSION}" in stale
+    assert f"1 of the 2 claims were measured on an earlier world than this demo's {WORLD_VERSION}" in stale
+    assert [row[-1] for row in table.rows] == [WORLD_VERSION, "3.1 / 3.3"]

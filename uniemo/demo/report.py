@@ -384,17 +384,19 @@ def _claims(path: Path) -> Section:
     if not path.is_file():
         return Section(title, ["No evidence run is recorded with this package: `make evidence` measures the claims."])
     evidence = read_json(path, "evidence claims")
-    world = evidence.get("world", "an earlier one")
-    stale = ([] if world == WORLD_VERSION else [
-        f"Measured on world {world}; this demo's world is {WORLD_VERSION} (uniemo/demo/synth.py): the claims "
-        "have not been measured again on it yet."])
+    earlier = [c for c in evidence["claims"] if c["world"] != WORLD_VERSION]
+    stale = [f"{len(earlier)} of the {len(evidence['claims'])} claims were measured on an earlier world than this "
+             f"demo's {WORLD_VERSION} (uniemo/demo/synth.py; their world is in the last column) and have not been "
+             "measured again on it yet."] if earlier else []
     rows = [[c["claim"], c["paper"], f"{_pct(c['better'])} vs {_pct(c['worse'])}",
-             f"{c['effect'] * 100:+.2f} (bar {c['bar'] * 100:.2f})", c["verdict"]] for c in evidence["claims"]]
+             f"{c['effect'] * 100:+.2f} (bar {c['bar'] * 100:.2f})", c["verdict"], c["world"]]
+            for c in evidence["claims"]]
     return Section(title, [
         f"From the evidence run of {evidence['date']} (commit {evidence['commit']}; `make evidence`, 3 seeds each, "
         "docs/EVIDENCE.md), not from this demo. A claim is confirmed when its effect exceeds twice the larger seed "
         "standard deviation (the bar) in the paper's direction.", *stale,
-        Table(["claim", "paper", "measured (paper's better row vs worse row)", "effect, points", "verdict"], rows),
+        Table(["claim", "paper", "measured (paper's better row vs worse row)", "effect, points", "verdict", "world"],
+              rows),
     ])
 
 
