@@ -156,7 +156,8 @@ def main() -> None:
               for name in TABLES}
     baselines = [row("RUN2 (stage 2, no stage 3)", [s["run2"] for s in per_seed]),
                  row("no feedback (real images only)", [s["none"] for s in per_seed])]
-    result = {"demo": str(args.demo), "world": demo_world(args.demo), "seeds": args.seeds, "train_per_emotion": args.train_per_emotion,
+    result = {"demo": str(args.demo), "world": demo_world(args.demo),
+              "seeds": args.seeds, "train_per_emotion": args.train_per_emotion,
               "stage1_epochs": args.stage1_epochs, "stage2_epochs": args.stage2_epochs, "epochs": args.epochs,
               "per_emotion": args.per_emotion, "spread": "sample standard deviation over seeds",
               "baselines": baselines, "tables": tables}

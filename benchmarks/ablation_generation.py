@@ -219,7 +219,8 @@ def main() -> None:
     rows += [row(name, overrides, [variant_seed(args, data, name, overrides, seed, work) for seed in args.seeds])
              for name, overrides in TABLES[args.table].items()]
     guidance = load_config(args.demo / "run2-joint" / "config.yaml").generation.guidance_scale
-    result = {"demo": str(args.demo), "world": demo_world(args.demo), "table": args.table, "seeds": args.seeds, "train_per_emotion": args.train_per_emotion,
+    result = {"demo": str(args.demo), "world": demo_world(args.demo),
+              "table": args.table, "seeds": args.seeds, "train_per_emotion": args.train_per_emotion,
               "stage1_epochs": args.stage1_epochs, "epochs": args.epochs, "images_per_emotion": args.images_per_emotion,
               "denoising_steps": args.steps, "guidance": guidance, "evaluator": str(args.demo / "evaluator"),
               "spread": "sample standard deviation over seeds", "rows": rows,

@@ -94,7 +94,8 @@ def main() -> None:
         curves[name] = (list(range(1, len(rows[-1]["val_curve"]) + 1)), rows[-1]["val_curve"])
     png = out.with_name(out.stem + "_curves.png")
     curves_png({"val top-1 (mean over seeds)": curves}, png, "epoch", "Stage 1: expert queries")
-    result = {"demo": str(args.demo), "world": demo_world(args.demo), "seeds": args.seeds, "preset": "tiny", "epochs": args.epochs,
+    result = {"demo": str(args.demo), "world": demo_world(args.demo),
+              "seeds": args.seeds, "preset": "tiny", "epochs": args.epochs,
               "max_steps": args.max_steps, "train_per_emotion": args.train_per_emotion, "curves": png.name,
               "spread": "sample standard deviation over seeds", "rows": rows}
     publish(out, result, "Expert queries ablation (stage 1)", markdown(result))

@@ -148,7 +148,8 @@ def main() -> None:
                              "tables": {name: {"budget": " ".join(TABLES[name][1]), "world": world(result)}
                                         for name, result in results.items()}, "claims": verdicts})
     for c in verdicts:
-        print(f"{c['verdict']:>13}  {c['effect'] * 100:+.2f} pts (bar {c['bar'] * 100:.2f})  world {c['world']}  {c['claim']}")
+        print(f"{c['verdict']:>13}  {c['effect'] * 100:+.2f} pts (bar {c['bar'] * 100:.2f})  "
+              f"world {c['world']}  {c['claim']}")
     print(f"wrote {args.claims} ({len(verdicts)} claims from {len(results)} tables)")
 
 

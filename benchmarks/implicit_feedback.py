@@ -72,7 +72,8 @@ def main() -> None:
     work, out = work_and_out(args, "implicit", f"e{args.stage1_epochs}+{args.stage2_epochs}")
     data = training_data(args.demo, args.train_per_emotion)
     rows = [seed_row(args, data, seed, work) for seed in args.seeds]
-    result = {"demo": str(args.demo), "world": demo_world(args.demo), "seeds": args.seeds, "preset": "tiny", "stage1_epochs": args.stage1_epochs,
+    result = {"demo": str(args.demo), "world": demo_world(args.demo),
+              "seeds": args.seeds, "preset": "tiny", "stage1_epochs": args.stage1_epochs,
               "train_per_emotion": args.train_per_emotion,
               "stage2_epochs": args.stage2_epochs, "spread": "sample standard deviation over seeds",
               "test_top1": {arm: summarise([row[arm] for row in rows]) for arm in ARMS}}
