@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: demo test test-slow serve mutation evidence install metric-weights bench clean
+.PHONY: demo test test-slow serve mutation evidence install metric-weights foundation bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -61,6 +61,15 @@ mutation: $(STAMP)
 # 2-core CPU, each table alone <= 30 min; resumable): docs/EVIDENCE.md. TABLES="feedback" runs one.
 evidence: $(STAMP)
 	$(VENV)/bin/python benchmarks/evidence.py --demo demo-out $(if $(TABLES),--tables $(TABLES))
+
+# The foundation models `uniemo demo` copies (uniemo/demo/weights/, committed): the tiny CLIP and SD
+# trained once on their own draw of the world, the SD 6x longer than `pretrain-base`'s default
+# (~25 min on a 2-core CPU; docs/DECISIONS.md). Rebuild them whenever the world's version changes.
+foundation: $(STAMP)
+	rm -rf build/foundation-world
+	$(VENV)/bin/uniemo synth build/foundation-world --num-images 8000 --seed 100
+	$(VENV)/bin/uniemo pretrain-base uniemo/demo/weights --data build/foundation-world --unet-steps 6000 \
+	  --vae-steps 2400 --force
 
 test-slow: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m slow $(ARGS)

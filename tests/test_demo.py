@@ -83,6 +83,7 @@ def test_edits_turn_test_images_toward_every_other_emotion(quick_demo):
 
 def test_report_html_is_self_contained_and_labels_its_columns(quick_demo):
     html = (quick_demo / "report.html").read_text()
+    assert "shipped with uniemo: trained once by `make foundation`" in html
     assert html.count("data:image/png;base64,") >= 8  # world, curves, confusion, attention, grids
     assert "src=\"http" not in html and "src=\"/" not in html
     for table in ("Table I shape", "Table IV shape", "Table VI shape", "ceiling (Bayes accuracy)",
@@ -108,7 +109,7 @@ def test_a_second_run_reuses_every_step(quick_demo, capsys):
 
 
 def test_another_plan_seed_or_world_does_not_reuse_the_steps(quick_demo, capsys, monkeypatch):
-    for extra in (["--train-per-emotion", "3"], ["--seed", "1"]):
+    for extra in (["--train-per-emotion", "3"], ["--seed", "1"], ["--train-foundation"]):
         assert main(["demo", "--quick", "--out", str(quick_demo), *extra]) == 2
         err = capsys.readouterr().err
         assert "another plan, seed or world" in err and len(err.strip().splitlines()) == 1
@@ -133,6 +134,28 @@ def test_the_console_shows_steps_and_a_summary_and_the_logs_hold_the_rest(quick_
     logs = {p.stem for p in (quick_demo / "logs").glob("*.log")}
     assert {"stage1", "stage2", "metrics", "feedback"} <= logs
     assert "wrote stage-1 run" in (quick_demo / "logs" / "stage1.log").read_text()
+
+
+def test_the_demo_copies_the_shipped_foundation_or_trains_its_own(quick_demo, monkeypatch, tmp_path):
+    import dataclasses
+
+    from uniemo.demo.runner import PLANS, SHIPPED_FOUNDATION, STEPS, Layout
+    from uniemo.errors import UniEmoError
+
+    shipped = json.loads((SHIPPED_FOUNDATION / "pretrain_report.json").read_text())
+    assert shipped["world"]["version"] == WORLD_VERSION, "the world changed: rebuild the foundation with `make foundation`"
+    unet = Path("sd", "unet", "diffusion_pytorch_model.safetensors")
+    assert (quick_demo / "foundation" / unet).read_bytes() == (SHIPPED_FOUNDATION / unet).read_bytes()
+    step = next(s for s in STEPS if s.name == "pretrain")
+    calls = []
+    monkeypatch.setattr("uniemo.cli.main", lambda argv: calls.append(argv) or 0)
+    step.run(Layout(tmp_path, dataclasses.replace(PLANS["quick"], train_foundation=True), seed=3))
+    assert calls == [["pretrain-base", str(tmp_path / "foundation"), "--data", str(tmp_path / "data"), "--seed", "3",
+                      *PLANS["quick"].pretrain_args]]
+    monkeypatch.setattr("uniemo.demo.synth.WORLD_VERSION", "0.1")
+    with pytest.raises(UniEmoError, match="make foundation"):
+        step.run(Layout(tmp_path / "other", PLANS["quick"], seed=0))
+    assert not (tmp_path / "other" / "foundation").exists()
 
 
 def test_data_scarce_plan_trains_stages_on_the_scarce_split(tmp_path):

@@ -16,6 +16,7 @@ import torch
 from uniemo.demo import pretrain_base as pb
 from uniemo.cli import main
 from uniemo.demo import synth
+from uniemo.demo.synth import WORLD_VERSION
 from uniemo.vocab import EMOTIONS, normalise_attribute
 
 # Small enough for a test on two shared cores, large enough to exercise every step.
@@ -80,6 +81,7 @@ def test_report_holds_accuracies_times_and_hash(trained, tiny_emoset):
             assert 0.0 <= saved["zero_shot"][kind][attribute] <= 1.0
     assert saved["zero_shot"]["generated"]["images"] == TINY.eval_images
     assert saved["data_hash"] == pb.data_hash(tiny_emoset)
+    assert saved["world"]["version"] == WORLD_VERSION and saved["world"]["num_images"] == 240  # uniemo synth's
     assert saved["config"]["clip_steps"] == TINY.clip_steps
     assert saved["times_s"]["training"] > 0
     assert any(line.startswith("zero-shot on") for line in lines)

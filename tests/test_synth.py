@@ -55,6 +55,12 @@ def test_format_matches_emoset(tiny_emoset):
         assert im.format == "JPEG" and im.size == (64, 64) and im.mode == "RGB"
 
 
+def test_the_dataset_records_its_world_and_real_data_has_none(tiny_emoset, tmp_path):
+    assert synth.world_of(tiny_emoset) == {"version": synth.WORLD_VERSION, "num_images": 240, "size": 64, "seed": 0,
+                                           "label_noise": 0.05, "train_per_emotion": None}
+    assert synth.world_of(tmp_path) is None
+
+
 def test_splits_are_balanced_and_disjoint(tiny_emoset):
     splits = {s: json.loads((tiny_emoset / f"{s}.json").read_text()) for s in ("train", "val", "test")}
     paths = [item[1] for items in splits.values() for item in items]

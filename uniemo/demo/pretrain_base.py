@@ -62,6 +62,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from uniemo.demo.synth import world_of
 from uniemo.errors import UniEmoError
 from uniemo.io import write_json
 
@@ -652,7 +653,8 @@ def pretrain_base(out: str | Path, data: str | Path, cfg: PretrainConfig | None 
     times["training_cpu"] = time.process_time() - cpu_start  # CPU seconds, all threads: robust to a busy machine
 
     report = {
-        "cache_key": key, "data": str(data), "data_hash": digest, "config": dataclasses.asdict(cfg),
+        "cache_key": key, "data": str(data), "data_hash": digest, "world": world_of(data),
+        "config": dataclasses.asdict(cfg),
         "loss": {"clip": _ends(clip_losses), "vae": _ends(vae_losses), "unet": _ends(unet_losses)},
         "vae_scaling_factor": vae.config.scaling_factor, "threads": torch.get_num_threads(),
     }

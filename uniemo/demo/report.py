@@ -68,7 +68,9 @@ def collect(layout, seconds: dict[str, float], peak_memory_gib: float) -> dict:
         "plan": {"seed": layout.seed, **layout.plan.__dict__},
         "world": world_figures(layout),
         "timings": {"steps": seconds, "total": sum(seconds.values()), "peak_memory_gib": peak_memory_gib},
-        "foundation": {"zero_shot": pretrain.get("zero_shot"), "seconds": pretrain.get("seconds")},
+        "foundation": {"trained_here": layout.plan.train_foundation, "world": pretrain.get("world"),
+                       "steps": {k: pretrain["config"][f"{k}_steps"] for k in ("clip", "vae", "unet")},
+                       "zero_shot": pretrain.get("zero_shot"), "times_s": pretrain.get("times_s")},
         "understanding": {
             "test_accuracy": stages["stage1"]["top1"],
             "test_accuracy_binary": stages["stage1"].get("binary"),
@@ -170,14 +172,24 @@ def _generation_figures(report: dict) -> dict:
 def _overview(summary: dict) -> Section:
     steps = summary["timings"]["steps"]
     return Section("What ran", [
-        "Every figure labelled 'this run' was measured by this demo: a synthetic emotional world "
-        "(in EmoSet's format) and foundation models trained here from scratch, on this machine's CPU. "
+        "Every figure labelled 'this run' was measured by this demo, on this machine's CPU: a synthetic "
+        "emotional world (in EmoSet's format) and tiny foundation models trained from scratch on it "
+        f"({_foundation_origin(summary['foundation'])}). "
         "Columns labelled 'paper' are the paper's full-scale results (EmoSet, CLIP ViT, Stable Diffusion 1.5); "
         "they are there for the shape of the comparison, not as the same quantity.",
         Table(["step", "seconds"], [[name, round(s, 1)] for name, s in steps.items()] +
               [["total", round(summary["timings"]["total"], 1)]], "Wall-clock time per step (reused steps: their first run)"),
         f"Peak memory of this invocation: {summary['timings']['peak_memory_gib']:.2f} GiB.",
     ])
+
+
+def _foundation_origin(foundation: dict) -> str:
+    if foundation["trained_here"]:
+        return "trained by this run on its own world"
+    world, steps = foundation["world"], foundation["steps"]
+    return (f"shipped with uniemo: trained once by `make foundation` on another draw of the same world, "
+            f"{world['num_images']:,} images of seed {world['seed']}, CLIP / VAE / UNet "
+            f"{steps['clip']:,} / {steps['vae']:,} / {steps['unet']:,} steps")
 
 
 def _world(layout, summary: dict, figures: Path) -> Section:
@@ -205,7 +217,8 @@ def _world(layout, summary: dict, figures: Path) -> Section:
         f"{w['emotional_scene_p']:.0%} of its images) "
         f"and its own object (in {w['emotional_object_p']:.0%}). The other images show neutral scenes and "
         "objects, drawn uniformly whatever the emotion. The tiny CLIP and tiny Stable Diffusion were trained "
-        "here on captions naming only style, scene and object — never an emotion word.",
+        f"on captions naming only style, scene and object — never an emotion word ("
+        f"{_foundation_origin(summary['foundation'])}).",
         Table(["emotion", "style", "emotional scene", "emotional object"],
               [[e, *w["emotional"][e].values()] for e in EMOTIONS], "Each emotion's channels"),
         f"Neutral scenes: {', '.join(w['neutral']['scene'])}. Neutral objects: {', '.join(w['neutral']['object'])}. "

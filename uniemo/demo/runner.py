@@ -1,7 +1,7 @@
 """``uniemo demo``: the whole UniEmo method on this machine, offline, in one command.
 
-synth -> pretrain-base -> stage 1 (understanding) -> evaluator -> stage 2 (joint) ->
-generation (8 emotions, transfer onto neutral objects, fusion of emotion pairs and a weight
+synth -> foundation models (shipped, or pretrain-base) -> stage 1 (understanding) -> evaluator ->
+stage 2 (joint) -> generation (8 emotions, transfer onto neutral objects, fusion of emotion pairs and a weight
 sweep) + the plain-prompt baseline -> editing test images toward another emotion -> generation
 metrics (Emo-A, object kept, mix mass, edit fidelity, ...) ->
 explicit feedback + stage 3 -> understanding evaluation of every stage -> report.
@@ -31,7 +31,7 @@ class DemoPlan:
     """How much work each step does; ``quick`` exists for the end-to-end test and a first look."""
 
     num_images: int
-    pretrain_args: tuple[str, ...]
+    pretrain_args: tuple[str, ...]  # `uniemo pretrain-base` options when the demo trains its own foundation
     stage1_epochs: int
     stage2_epochs: int  # the joint training's length: Emo-A rises with it (docs/BENCHMARKS.md)
     images_per_emotion: int
@@ -42,6 +42,7 @@ class DemoPlan:
     fusion_images: int  # per mix
     edit_sources: int  # test images per emotion, each edited toward every other emotion
     label_noise: float = 0.05
+    train_foundation: bool = False  # train the foundation models on this world instead of using the shipped ones
     train_per_emotion: int | None = None  # the data-scarce split for stages 1-3 (pretrain and evaluator: all)
     evaluator_hidden: int = 256  # 2-layer probe (docs/DECISIONS.md)
     transfer_objects: tuple[str, ...] = ("house", "tree", "bottle")  # neutral objects of the synthetic world
@@ -100,6 +101,7 @@ def commands(*lines: Callable[["Layout"], list[list[str]] | list[str]]) -> Calla
     return run
 
 
+SHIPPED_FOUNDATION = Path(__file__).parent / "weights"  # `make foundation` builds it
 PATHS = {"data": "data", "foundation": "foundation", "clip": "foundation/clip", "sd": "foundation/sd",
          "run1": "run1-understanding", "run2": "run2-joint", "run3": "run3-feedback",
          "evaluator": "evaluator", "generated": "generated", "baseline": "baseline",
@@ -162,8 +164,8 @@ STEPS = (
     Step("synth", "synthetic emotional world (EmoSet format)", ("data", "data-scarce"), commands(lambda L: [
         _synth(L, L.data), *([_synth(L, L.train_data, "--train-per-emotion", L.plan.train_per_emotion)]
                              if L.plan.train_per_emotion else [])])),
-    Step("pretrain", "foundation models: tiny CLIP + tiny Stable Diffusion", ("foundation",), commands(lambda L: [
-        "pretrain-base", L.foundation, "--data", L.data, "--seed", L.seed, *L.plan.pretrain_args])),
+    Step("pretrain", "foundation models: tiny CLIP + tiny Stable Diffusion", ("foundation",),
+         lambda L: pretrain_foundation(L) if L.plan.train_foundation else copy_shipped_foundation(L)),
     Step("stage1", "stage 1: hierarchical understanding chain", ("run1-understanding",), commands(lambda L: [
         "train", "understand", "--data", L.train_data, "--clip", L.clip, "--out", L.run1, "--preset", "tiny",
         "--epochs", L.plan.stage1_epochs, "--seed", L.seed])),
@@ -207,6 +209,23 @@ STEPS = (
             lambda L: _evaluate_understanding(L, L.run2, "stage2"),
             lambda L: _evaluate_understanding(L, L.run3, "stage3"))),
 )
+
+
+def pretrain_foundation(L: Layout) -> None:
+    """Train the foundation models on this demo's own world (``uniemo demo --train-foundation``)."""
+    commands(lambda L: ["pretrain-base", L.foundation, "--data", L.data, "--seed", L.seed, *L.plan.pretrain_args])(L)
+
+
+def copy_shipped_foundation(L: Layout) -> None:
+    """Copy the foundation models shipped with the package into the run, the way a real user
+    has downloaded CLIP and Stable Diffusion before running UniEmo (docs/DECISIONS.md)."""
+    from uniemo.demo.synth import WORLD_VERSION
+
+    world = (read_json(SHIPPED_FOUNDATION / "pretrain_report.json", "shipped foundation report")["world"] or {})
+    if world.get("version") != WORLD_VERSION:
+        raise UniEmoError(f"the shipped foundation models were trained on world {world.get('version')}, this is world "
+                          f"{WORLD_VERSION}: rebuild them with `make foundation`, or run `uniemo demo --train-foundation`")
+    shutil.copytree(SHIPPED_FOUNDATION, L.foundation)
 
 
 def test_images_by_emotion(L: Layout) -> dict[str, list[str]]:

@@ -56,6 +56,7 @@ from uniemo.io import write_json
 from uniemo.vocab import EMOTIONS
 
 WORLD_VERSION = "3.3"  # 3.3: a pattern per emotion; 3.2: one style per emotion; 3.1: one per quadrant
+WORLD_FILE = "world.json"  # beside EmoSet's files: which world, drawn how (not an EmoSet file)
 TONES = {"warm": (42.0, 10.0, -50.0), "cool": (-46.0, -4.0, 46.0)}  # the cast a tone adds, per RGB channel
 PATTERNS = ("striped", "rising", "wavy", "dotted", "falling", "ringed", "blotchy", "banded")  # one per style, in order
 STYLES = tuple(f"{b} {c} {t} {p}"
@@ -585,6 +586,8 @@ def write_synthetic(out, num_images: int = 4000, size: int = 64, seed: int = 0, 
         for i in tqdm(listed, desc="synth", unit="img", disable=not progress):
             _write_one((root, seed, i, rows[i], stems[i], size))
         write_json(root / "info.json", _info())
+        write_json(root / WORLD_FILE, {"version": WORLD_VERSION, "num_images": num_images, "size": size, "seed": seed,
+                                       "label_noise": label_noise, "train_per_emotion": train_per_emotion})
         for name, ids in split_ids.items():
             write_json(root / f"{name}.json", [items[i] for i in ids])
         os.replace(root, out)  # rename(2) may replace an empty directory
@@ -592,6 +595,12 @@ def write_synthetic(out, num_images: int = 4000, size: int = 64, seed: int = 0, 
         if root.exists():
             shutil.rmtree(root)
     return out
+
+
+def world_of(data: str | Path) -> dict | None:
+    """The world version and ``uniemo synth`` arguments of a synthetic dataset; None for real data."""
+    file = Path(data) / WORLD_FILE
+    return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None
 
 
 def _stems(labels: list[int]) -> list[str]:
