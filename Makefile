@@ -64,7 +64,7 @@ evidence: $(STAMP)
 
 # The foundation models `uniemo demo` copies (uniemo/demo/weights/, committed): the tiny CLIP and SD
 # trained once on their own draw of the world, the SD 6x longer than `pretrain-base`'s default
-# (~25 min on a 2-core CPU; docs/DECISIONS.md). Rebuild them whenever the world's version changes.
+# (33 min on a 2-core CPU; docs/DECISIONS.md). Rebuild them whenever the world's version changes.
 foundation: $(STAMP)
 	rm -rf build/foundation-world
 	$(VENV)/bin/uniemo synth build/foundation-world --num-images 8000 --seed 100

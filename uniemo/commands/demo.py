@@ -1,9 +1,9 @@
 """Run the whole UniEmo method offline on this machine and write a report (start here).
 
-Steps: synth -> foundation models (the shipped ones, or `pretrain-base` on this world) -> stage 1 -> evaluator -> stage 2 -> generation (8 emotions,
-transfer onto neutral objects, fusion and a fusion sweep) and the plain-prompt baseline ->
-generation metrics -> explicit feedback and stage 3 -> understanding accuracy of every stage ->
-OUT/report.html and OUT/report.json.
+Steps: synth -> foundation models (the shipped ones, or `pretrain-base` on this world) ->
+stage 1 -> evaluator -> stage 2 -> generation (8 emotions, transfer onto neutral objects, fusion
+and a fusion sweep) and the plain-prompt baseline -> generation metrics -> explicit feedback and
+stage 3 -> understanding accuracy of every stage -> OUT/report.html and OUT/report.json.
 Re-running reuses finished steps; a step that was interrupted is redone."""
 
 from __future__ import annotations

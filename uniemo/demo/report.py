@@ -173,7 +173,7 @@ def _overview(summary: dict) -> Section:
     steps = summary["timings"]["steps"]
     return Section("What ran", [
         "Every figure labelled 'this run' was measured by this demo, on this machine's CPU: a synthetic "
-        "emotional world (in EmoSet's format) and tiny foundation models trained from scratch on it "
+        "emotional world (in EmoSet's format) and tiny foundation models trained from scratch on that world "
         f"({_foundation_origin(summary['foundation'])}). "
         "Columns labelled 'paper' are the paper's full-scale results (EmoSet, CLIP ViT, Stable Diffusion 1.5); "
         "they are there for the shape of the comparison, not as the same quantity.",

@@ -1,10 +1,10 @@
 """``uniemo demo``: the whole UniEmo method on this machine, offline, in one command.
 
 synth -> foundation models (shipped, or pretrain-base) -> stage 1 (understanding) -> evaluator ->
-stage 2 (joint) -> generation (8 emotions, transfer onto neutral objects, fusion of emotion pairs and a weight
-sweep) + the plain-prompt baseline -> editing test images toward another emotion -> generation
-metrics (Emo-A, object kept, mix mass, edit fidelity, ...) ->
-explicit feedback + stage 3 -> understanding evaluation of every stage -> report.
+stage 2 (joint) -> generation (8 emotions, transfer onto neutral objects, fusion of emotion pairs
+and a weight sweep) + the plain-prompt baseline -> editing test images toward another emotion ->
+generation metrics (Emo-A, object kept, mix mass, edit fidelity, ...) -> explicit feedback +
+stage 3 -> understanding evaluation of every stage -> report.
 
 Every step is a ``uniemo`` command run in-process, so the demo exercises exactly what a user
 runs. A step that finished leaves a marker in ``OUT/.steps/``; re-running the demo reuses it.
@@ -221,7 +221,7 @@ def copy_shipped_foundation(L: Layout) -> None:
     has downloaded CLIP and Stable Diffusion before running UniEmo (docs/DECISIONS.md)."""
     from uniemo.demo.synth import WORLD_VERSION
 
-    world = (read_json(SHIPPED_FOUNDATION / "pretrain_report.json", "shipped foundation report")["world"] or {})
+    world = read_json(SHIPPED_FOUNDATION / "pretrain_report.json", "shipped foundation report").get("world") or {}
     if world.get("version") != WORLD_VERSION:
         raise UniEmoError(f"the shipped foundation models were trained on world {world.get('version')}, this is world "
                           f"{WORLD_VERSION}: rebuild them with `make foundation`, or run `uniemo demo --train-foundation`")
