@@ -59,6 +59,9 @@ def test_the_dataset_records_its_world_and_real_data_has_none(tiny_emoset, tmp_p
     assert synth.world_of(tiny_emoset) == {"version": synth.WORLD_VERSION, "num_images": 240, "size": 64, "seed": 0,
                                            "label_noise": 0.05, "train_per_emotion": None}
     assert synth.world_of(tmp_path) is None
+    (tmp_path / synth.WORLD_FILE).write_text("{")
+    with pytest.raises(UniEmoError, match="malformed world file"):
+        synth.world_of(tmp_path)
 
 
 def test_splits_are_balanced_and_disjoint(tiny_emoset):

@@ -211,9 +211,9 @@ STEPS = (
 )
 
 
-def pretrain_foundation(L: Layout) -> None:
-    """Train the foundation models on this demo's own world (``uniemo demo --train-foundation``)."""
-    commands(lambda L: ["pretrain-base", L.foundation, "--data", L.data, "--seed", L.seed, *L.plan.pretrain_args])(L)
+# ``uniemo demo --train-foundation``: the foundation models trained on this demo's own world
+pretrain_foundation = commands(lambda L: [
+    "pretrain-base", L.foundation, "--data", L.data, "--seed", L.seed, *L.plan.pretrain_args])
 
 
 def copy_shipped_foundation(L: Layout) -> None:

@@ -52,7 +52,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from uniemo.errors import UniEmoError
-from uniemo.io import write_json
+from uniemo.io import read_json, write_json
 from uniemo.vocab import EMOTIONS
 
 WORLD_VERSION = "3.3"  # 3.3: a pattern per emotion; 3.2: one style per emotion; 3.1: one per quadrant
@@ -600,7 +600,7 @@ def write_synthetic(out, num_images: int = 4000, size: int = 64, seed: int = 0, 
 def world_of(data: str | Path) -> dict | None:
     """The world version and ``uniemo synth`` arguments of a synthetic dataset; None for real data."""
     file = Path(data) / WORLD_FILE
-    return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None
+    return read_json(file, "world file") if file.is_file() else None
 
 
 def _stems(labels: list[int]) -> list[str]:
