@@ -154,6 +154,10 @@ def test_edit_gives_before_and_after_with_both_readings(studio, tmp_path):
     source_reading = metadata[0]["source_reading"]
     assert before_caption == f"before: {source_reading['emotion']} ({source_reading['probability']:.2f})"
     assert after_caption.startswith("seed 1 · after: read as") and metadata[0]["strength"] == 0.5
+    assert metadata[0]["object"] is None
+    _, kept = studio.edit(photo(tmp_path / "src.png"), "fear", 0.5, 1, 4, True)
+    named = studio.generator().read_objects([before])[0]
+    assert kept[0]["object"] == named and kept[0]["prompt"].endswith(f" {named}")
 
 
 @pytest.mark.parametrize("call, message", [
@@ -287,6 +291,8 @@ def test_the_api_names_are_stable(server):
     assert set(endpoints) == {"/classify", "/generate", "/edit"}
     assert [p["parameter_name"] for p in endpoints["/generate"]["parameters"]] == \
         ["target", "object", "seed", "steps", "count"]
+    assert [p["parameter_name"] for p in endpoints["/edit"]["parameters"]] == \
+        ["image", "target", "strength", "seed", "steps", "keep_object"]
 
 
 def test_server_listens_on_the_loopback_address_only(server):

@@ -79,6 +79,42 @@ def test_read_gives_the_understanding_branchs_probabilities(pipe):
     assert np.allclose(probs.sum(-1).numpy(), 1.0, atol=1e-5)
 
 
+def test_read_objects_names_the_bank_entry_nearest_the_object_expert(pipe, monkeypatch):
+    import torch
+
+    from uniemo.understanding import AttributeBank
+
+    images = [photo(1), photo(2)]
+    pixels = torch.stack([pipe.transform(im) for im in images])
+    with torch.no_grad():
+        embeds = pipe.understanding(pixels).object_embed
+    # a bank made of the two images' own object embeddings (and a far one): each is named its own
+    bank = AttributeBank(["first", "second", "far"], torch.cat([embeds, -embeds.mean(0, keepdim=True)]))
+    monkeypatch.setattr(pipe, "object_bank", bank)
+    assert pipe.read_objects(images) == ["first", "second"]
+    assert pipe.read_objects(images[::-1]) == ["second", "first"]
+    monkeypatch.setattr(pipe.understanding.cfg, "queries", "none")
+    with pytest.raises(UniEmoError, match="no object expert"):
+        pipe.read_objects(images)
+
+
+def test_edit_with_an_object_names_it_in_the_prompt_per_image(pipe):
+    kept = pipe.edit(photo(0), emotion="fear", object="bench", strength=0.5, num_inference_steps=4, generator=5)
+    plain = pipe.edit(photo(0), emotion="fear", strength=0.5, num_inference_steps=4, generator=5)
+    assert kept.metadata[0]["object"] == "bench" and kept.metadata[0]["prompt"].endswith(" bench")
+    assert plain.metadata[0]["object"] is None and plain.metadata[0]["prompt"] == pipe.cfg.fusion.placeholder
+    assert np.abs(array(kept.images[0]) - array(plain.images[0])).max() > 2
+    # one object per image, in one batch: as each image edited on its own
+    together = pipe.edit([photo(0), photo(1)], emotion="fear", object=["bench", None], strength=0.5,
+                         num_inference_steps=4, generator=5)
+    apart = pipe.edit(photo(1), emotion="fear", strength=0.5, num_inference_steps=4, generator=5)
+    for got, expected in zip(together.images, kept.images + apart.images):
+        assert np.abs(array(got) - array(expected)).max() <= 2
+    assert [m["object"] for m in together.metadata] == ["bench", None]
+    with pytest.raises(UniEmoError, match="2 objects for 1 images"):
+        pipe.edit(photo(0), emotion="fear", object=["bench", "tree"])
+
+
 @pytest.mark.parametrize("strength", [0, -0.1, 1.5, True, float("nan")])
 def test_edit_refuses_a_strength_outside_0_1(pipe, strength):
     with pytest.raises(UniEmoError, match="out of range"):
@@ -129,6 +165,18 @@ def test_until_target_raises_the_strength_until_the_target_is_read(run2, tmp_pat
         assert 0.3 <= r["strength"] <= 1.0 and (r["reached"] or r["strength"] == 1.0)
         step = round((r["strength"] - 0.3) / 0.1, 6)
         assert step == int(step)  # 0.3, 0.4, ... 1.0
+
+
+def test_keep_object_prompts_the_object_the_understanding_branch_reads(run2, pipe, tmp_path):
+    for k in range(2):
+        photo(k).save(tmp_path / f"p{k}.png")
+    out = tmp_path / "edits"
+    assert edit(run2, out, tmp_path / "p0.png", tmp_path / "p1.png", "--emotion", "awe", "--keep-object") == 0
+    records = {r["file"]: r for r in map(json.loads, (out / "metadata.jsonl").read_text().splitlines())}
+    named = pipe.read_objects([pipe.fit(photo(k)) for k in range(2)])
+    for k, name in enumerate(named):
+        r = records[f"awe/p{k}_00.png"]
+        assert r["object"] == name and r["prompt"] == f"{pipe.cfg.fusion.placeholder} {name}"
 
 
 @pytest.mark.parametrize("make, args, message", [

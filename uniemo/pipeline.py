@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -211,16 +212,17 @@ class UniEmoPipeline(DiffusionPipeline):
         self.prompts.check_word(object)
         return f"{self.cfg.fusion.placeholder} {object.strip()}"
 
-    def conditions(self, weights: dict[str, float], seeds: list[int], object_named: bool = False):
+    def conditions(self, weights: dict[str, float], seeds: list[int], object_named: bool | list[bool] = False):
         """Fused conditions e (B,W) for one seed each, the generators (positioned after the feature
-        draws, ready for the latents) and each image's α / matched attributes per emotion. With
-        ``object_named`` (emotion transfer) e leaves out the object term, as in stage 2."""
+        draws, ready for the latents) and each image's α / matched attributes per emotion. Where
+        ``object_named`` (emotion transfer; one for all, or one per seed) e leaves out the object
+        term, as in stage 2."""
         generators = [torch.Generator().manual_seed(s) for s in seeds]
         with torch.no_grad():  # not a decorator: mutmut skips decorated functions
             noise = [self.space.draw(g) for g in generators]
             e = 0
             infos = [{"alpha": {}, "matched": {}} for _ in seeds]
-            named = torch.full((len(seeds),), object_named)
+            named = torch.tensor(object_named if isinstance(object_named, list) else [object_named] * len(seeds))
             for name, weight in weights.items():
                 k = self.class_names.index(name)
                 samples = [self.space.at(k, z) for z in noise]
@@ -274,14 +276,16 @@ class UniEmoPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def edit(self, image, emotion: str | None = None, mix: dict[str, float] | None = None, strength: float = 0.6,
-             num_images: int = 1, num_inference_steps: int | None = None, guidance_scale: float | None = None,
-             generator: int | torch.Generator | None = None) -> UniEmoPipelineOutput:
+             object: str | Sequence[str] | None = None, num_images: int = 1, num_inference_steps: int | None = None,
+             guidance_scale: float | None = None, generator: int | torch.Generator | None = None) -> UniEmoPipelineOutput:
         """Emotion editing (SPEC §4; SDEdit, Meng et al. 2022): ``image`` (a PIL image, or a list
         of them that fit to one size, edited as one batch) is fitted to the run's resolution,
         encoded by the VAE, noised to ``strength`` of the schedule and denoised with the fused
-        condition e at the placeholder, by diffusers' img2img pipeline. Result i of every image
-        uses seed s + i, as in generation; outputs are image-major, and their metadata adds the
-        strength."""
+        condition e at the placeholder, by diffusers' img2img pipeline. ``object`` (a word, or one
+        per image, e.g. from :meth:`read_objects`) keeps what the photo shows: the prompt is
+        "<emo> <object>" and e leaves out the object term, as in emotion transfer. Result i of
+        every image uses seed s + i, as in generation; outputs are image-major, and their metadata
+        adds the strength."""
         weights, steps, guidance = self._request(emotion, mix, num_inference_steps, guidance_scale)
         check_positive(num_images=num_images)
         if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
@@ -291,16 +295,20 @@ class UniEmoPipeline(DiffusionPipeline):
         sources = [self.fit(im) for im in (image if isinstance(image, (list, tuple)) else [image])]
         if len({s.size for s in sources}) > 1:
             raise UniEmoError("images edited in one call must fit to one size: edit images of other shapes apart")
+        objects = [object] * len(sources) if object is None or isinstance(object, str) else list(object)
+        if len(objects) != len(sources):
+            raise UniEmoError(f"{len(objects)} objects for {len(sources)} images: give one object, or one per image")
+        objects = [o for o in objects for _ in range(num_images)]
         base = base_seed(generator)
         seeds = [base + i for _ in sources for i in range(num_images)]
-        e, generators, infos = self.conditions(weights, seeds)
-        prompt = self.prompt()
+        e, generators, infos = self.conditions(weights, seeds, [o is not None for o in objects])
+        prompts = [self.prompt(o) for o in objects]
         out = self.denoiser(img2img=True)(
-            image=[s for s in sources for _ in range(num_images)], **self._embeds(prompt, e), strength=strength,
+            image=[s for s in sources for _ in range(num_images)], **self._embeds(prompts, e), strength=strength,
             num_inference_steps=steps, guidance_scale=guidance, generator=generators, output_type="pil")
         self.maybe_free_model_hooks()
-        metadata = [{**self._metadata(seed, weights, emotion, None, prompt, steps, guidance, info), "strength": strength}
-                    for seed, info in zip(seeds, infos)]
+        metadata = [{**self._metadata(seed, weights, emotion, o, prompt, steps, guidance, info), "strength": strength}
+                    for seed, o, prompt, info in zip(seeds, objects, prompts, infos)]
         return UniEmoPipelineOutput(out.images, metadata)
 
     def fit(self, image):
@@ -315,12 +323,23 @@ class UniEmoPipeline(DiffusionPipeline):
         shape = tuple(max(factor, int(round(side * scale)) // factor * factor) for side in image.size)
         return ImageOps.fit(image, shape, method=Image.Resampling.BICUBIC)
 
-    @torch.no_grad()
     def read(self, images: list) -> torch.Tensor:
         """The understanding branch's emotion probabilities (N, classes) of PIL images."""
+        return self._understand(images).logits.float().softmax(-1).cpu()
+
+    def read_objects(self, images: list) -> list[str]:
+        """The object the understanding branch names in each PIL image: its object expert's
+        projection matched against the object bank, as in training (eq. 4)."""
+        if self.understanding.cfg.queries == "none" or not len(self.object_bank.names):
+            raise UniEmoError("this run's understanding branch has no object expert (queries: none, or no object "
+                              "names): name the object yourself")
+        embed = self._understand(images).object_embed.float().cpu()
+        return [self.object_bank.names[k] for k in (embed @ self.object_bank.embeds.float().T).argmax(-1).tolist()]
+
+    @torch.no_grad()
+    def _understand(self, images: list):
         pixels = torch.stack([self.transform(image.convert("RGB")) for image in images])
-        pixels = pixels.to(self.understanding.device, self.understanding.dtype)
-        return self.understanding(pixels).logits.float().softmax(-1).cpu()
+        return self.understanding(pixels.to(self.understanding.device, self.understanding.dtype))
 
     def _request(self, emotion, mix, steps, guidance) -> tuple[dict[str, float], int, float]:
         """(normalised weights, denoising steps, guidance) of a call, the run's defaults filled in."""
@@ -335,9 +354,10 @@ class UniEmoPipeline(DiffusionPipeline):
             raise UniEmoError(f"guidance_scale={guidance!r} is invalid: use a finite number >= 0 (e.g. 7.5)")
         return weights, steps, guidance
 
-    def _embeds(self, prompt: str, e: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The prompt's embeddings with e at the placeholder, and the empty prompt's (guidance)."""
-        positive = self.prompts(self.prompts.ids([prompt]), e)
+    def _embeds(self, prompt: str | list[str], e: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The prompt's (or one per row of e) embeddings with e at the placeholder, and the empty
+        prompt's (guidance)."""
+        positive = self.prompts(self.prompts.ids([prompt] if isinstance(prompt, str) else prompt), e)
         return {**positive, **self.prompts.negative(positive)}
 
     def _metadata(self, seed, weights, emotion, object, prompt, steps, guidance, info) -> dict[str, Any]:

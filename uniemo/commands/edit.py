@@ -6,11 +6,14 @@ the source file and its predicted emotion and probability, the target, the resul
 emotion and the target's probability (for a mix, the mass of its emotions), the strength, seed,
 steps and guidance. Result NN of every source uses seed SEED + NN. --until-target tries the
 strengths from --strength up by 0.1 to 1.0 until the understanding branch reads the target, and
-records the strength that made it (``reached`` says whether one did). An IMAGE may be a folder:
-its images are edited. Re-running on the same OUT skips results already written.
+records the strength that made it (``reached`` says whether one did). --keep-object names each
+source's object in the prompt, as the understanding branch reads it (recorded as ``object``).
+An IMAGE may be a folder: its images are edited. Re-running on the same OUT skips results
+already written.
 
   uniemo edit street.jpg --run runs/stage2 --emotion awe --strength 0.6 -n 2 --out edits/
-  uniemo edit photos/ --run runs/stage2 --mix amusement=0.5,fear=0.5 --until-target --out edits/"""
+  uniemo edit photos/ --run runs/stage2 --mix amusement=0.5,fear=0.5 --until-target --out edits/
+  uniemo edit street.jpg --run runs/stage2 --emotion fear --keep-object --out edits/"""
 
 from __future__ import annotations
 
@@ -33,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how far the source is noised, in (0, 1]: 0.3 keeps most of it, 1.0 little (default 0.6)")
     parser.add_argument("--until-target", action="store_true",
                         help=f"raise the strength by {STRENGTH_STEP} up to 1.0 until the understanding branch reads the target")
+    parser.add_argument("--keep-object", action="store_true",
+                        help="the understanding branch names each source's object and the edit's prompt keeps it "
+                             "(\"<emo> <object>\", as in emotion transfer)")
     parser.add_argument("-n", "--num-images", type=int, default=1, help="results per source image (default 1)")
     parser.add_argument("--steps", type=int, help="denoising steps of the full schedule (default: the run's)")
     parser.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the run's)")
@@ -67,8 +73,9 @@ def run(args: argparse.Namespace) -> int:
     goal = [pipe.class_names.index(name) for name, w in request_weights(request).items() if w > 0]
     images = {path: pipe.fit(read_source(path)) for path, _ in todo}  # held at the run's size, not the photo's
     paths = list(images)
-    before = {path: probs for k in range(0, len(paths), 32)
-              for path, probs in zip(paths[k:k + 32], pipe.read([images[p] for p in paths[k:k + 32]]))}
+    before = dict(zip(paths, read_all(pipe.read, [images[p] for p in paths])))
+    objects = dict(zip(paths, read_all(pipe.read_objects, [images[p] for p in paths]) if args.keep_object
+                       else [None] * len(paths)))
     pending = [(path, i) for path, indices in todo for i in indices]
     strength = args.strength
     with tqdm(total=len(pending), desc="editing", unit="edit") as bar:
@@ -77,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
             for group in batches(pending, images):
                 i = group[0][1]
                 out = pipe.edit([images[path] for path, _ in group], **request, strength=strength,
+                                object=[objects[path] for path, _ in group],
                                 num_inference_steps=args.steps, guidance_scale=args.guidance, generator=args.seed + i)
                 for (path, _), result, meta, after in zip(group, out.images, out.metadata, pipe.read(out.images)):
                     reached = int(after.argmax()) in goal
@@ -96,6 +104,11 @@ def run(args: argparse.Namespace) -> int:
             pending, strength = retry, min(1.0, round(strength + STRENGTH_STEP, 6))
     print(f"wrote {bar.n} edit(s) to {out_dir} ({len(records)} listed in {out_dir / METADATA_FILE})")
     return 0
+
+
+def read_all(read, images: list, size: int = 32) -> list:
+    """``read`` (one of the pipeline's readings) of ``images``, ``size`` at a time."""
+    return [r for k in range(0, len(images), size) for r in read(images[k:k + size])]
 
 
 def batches(pending: list[tuple[Path, int]], images: dict, size: int = 8):
