@@ -118,6 +118,13 @@ def world(*results: dict) -> str:
     return " / ".join(sorted({r.get("world") or "unrecorded" for r in results}))
 
 
+def foundation(demo: Path) -> str:
+    """Where the foundation models of the demo the tables ran on came from (its report.json)."""
+    report = demo / "report.json"
+    trained = read_json(report, "demo report").get("foundation", {}).get("trained_here") if report.is_file() else None
+    return {True: "trained by that demo", False: "shipped with uniemo"}.get(trained, "unrecorded")
+
+
 def claims(results: dict[str, dict]) -> list[dict]:
     """A verdict on every claim whose tables are among ``results`` (table name -> its JSON)."""
     return [{"claim": claim, "paper": paper, "rows": [better, worse],
@@ -145,6 +152,7 @@ def main() -> None:
                if (path := args.demo / "ablations" / file).is_file()}
     verdicts = claims(results)
     write_json(args.claims, {"date": datetime.date.today().isoformat(), "commit": commit(),
+                             "foundation": foundation(args.demo),
                              "tables": {name: {"budget": " ".join(TABLES[name][1]), "world": world(result)}
                                         for name, result in results.items()}, "claims": verdicts})
     for c in verdicts:

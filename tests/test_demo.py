@@ -264,6 +264,15 @@ def test_verdicts_need_twice_the_larger_std_in_the_papers_direction(monkeypatch)
     assert verdict(row(0.70, 0.03), row(0.75, 0.01))["bar"] == pytest.approx(0.06)
 
 
+def test_evidence_records_where_the_demos_foundation_models_came_from(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    foundation = importlib.import_module("evidence").foundation
+    assert foundation(tmp_path) == "unrecorded"  # no report.json: the demo did not finish
+    for trained, origin in ((False, "shipped with uniemo"), (True, "trained by that demo")):
+        (tmp_path / "report.json").write_text(json.dumps({"foundation": {"trained_here": trained}}))
+        assert foundation(tmp_path) == origin
+
+
 def test_the_report_shows_the_latest_evidence_run_as_such(tmp_path):
     from uniemo.demo.html import Table
     from uniemo.demo.report import _claims
@@ -271,13 +280,16 @@ def test_the_report_shows_the_latest_evidence_run_as_such(tmp_path):
     assert "No evidence run" in _claims(tmp_path / "missing.json").blocks[0]
     claim = {"claim": "α helps", "paper": "Table V", "better": 0.7, "worse": 0.75, "effect": -0.05, "bar": 0.02,
              "verdict": "not confirmed", "world": WORLD_VERSION}
-    record = {"date": "2026-12-03", "commit": "abc1234", "claims": [claim]}
+    record = {"date": "2026-12-03", "commit": "abc1234", "foundation": "shipped with uniemo", "claims": [claim]}
     (tmp_path / "claims.json").write_text(json.dumps(record))
     text, table = _claims(tmp_path / "claims.json").blocks
     assert "2026-12-03" in text and "abc1234" in text and "not from this demo" in text
+    assert "foundation models shipped with uniemo" in text
     assert isinstance(table, Table) and table.rows == [["α helps", "Table V", "70.00% vs 75.00%", "-5.00 (bar 2.00)",
                                                         "not confirmed", WORLD_VERSION]]
-    (tmp_path / "claims.json").write_text(json.dumps({**record, "claims": [claim, {**claim, "world": "3.1 / 3.3"}]}))
+    (tmp_path / "claims.json").write_text(json.dumps({"date": "2026-12-03", "commit": "abc1234",
+                                                      "claims": [claim, {**claim, "world": "3.1 / 3.3"}]}))
     text, stale, table = _claims(tmp_path / "claims.json").blocks  # an earlier world's claims say so
+    assert "foundation models unrecorded" in text  # a record written before it said
     assert f"1 of the 2 claims were measured on an earlier world than this demo's {WORLD_VERSION}" in stale
     assert [row[-1] for row in table.rows] == [WORLD_VERSION, "3.1 / 3.3"]

@@ -177,6 +177,8 @@ def test_keep_object_prompts_the_object_the_understanding_branch_reads(run2, pip
     for k, name in enumerate(named):
         r = records[f"awe/p{k}_00.png"]
         assert r["object"] == name and r["prompt"] == f"{pipe.cfg.fusion.placeholder} {name}"
+    assert edit(run2, out, tmp_path / "p0.png", "--emotion", "fear", "--object", "bench") == 0  # one named for all
+    assert json.loads((out / "metadata.jsonl").read_text().splitlines()[-1])["object"] == "bench"
 
 
 @pytest.mark.parametrize("make, args, message", [
@@ -185,6 +187,7 @@ def test_keep_object_prompts_the_object_the_understanding_branch_reads(run2, pip
     (lambda d: photo(0).save(d / "x.png"), ["--emotion", "awe", "--strength", "1.2"], "--strength 1.2"),
     (lambda d: photo(0).save(d / "x.png"), ["--emotion", "awe", "--strength", "0"], "--strength 0"),
     (lambda d: photo(0).save(d / "x.png"), ["--emotion", "all"], "not an edit target"),
+    (lambda d: photo(0).save(d / "x.png"), ["--emotion", "awe", "--object", "bench!?"], "cannot be encoded"),
     (lambda d: photo(0).save(d / "x.png"), ["--emotion", "awe", "-n", "0"], "--num-images 0"),
 ])
 def test_edit_bad_input_exits_2_with_one_line(run2, tmp_path, capsys, make, args, message):

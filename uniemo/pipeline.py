@@ -276,8 +276,9 @@ class UniEmoPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def edit(self, image, emotion: str | None = None, mix: dict[str, float] | None = None, strength: float = 0.6,
-             object: str | Sequence[str] | None = None, num_images: int = 1, num_inference_steps: int | None = None,
-             guidance_scale: float | None = None, generator: int | torch.Generator | None = None) -> UniEmoPipelineOutput:
+             num_images: int = 1, num_inference_steps: int | None = None, guidance_scale: float | None = None,
+             generator: int | torch.Generator | None = None,
+             object: str | Sequence[str] | None = None) -> UniEmoPipelineOutput:
         """Emotion editing (SPEC §4; SDEdit, Meng et al. 2022): ``image`` (a PIL image, or a list
         of them that fit to one size, edited as one batch) is fitted to the run's resolution,
         encoded by the VAE, noised to ``strength`` of the schedule and denoised with the fused
@@ -332,7 +333,7 @@ class UniEmoPipeline(DiffusionPipeline):
         projection matched against the object bank, as in training (eq. 4)."""
         if self.understanding.cfg.queries == "none" or not len(self.object_bank.names):
             raise UniEmoError("this run's understanding branch has no object expert (queries: none, or no object "
-                              "names): name the object yourself")
+                              "names): name the object yourself (`uniemo edit --object`, `pipe.edit(object=...)`)")
         embed = self._understand(images).object_embed.float().cpu()
         return [self.object_bank.names[k] for k in (embed @ self.object_bank.embeds.float().T).argmax(-1).tolist()]
 

@@ -7,7 +7,8 @@ emotion and the target's probability (for a mix, the mass of its emotions), the 
 steps and guidance. Result NN of every source uses seed SEED + NN. --until-target tries the
 strengths from --strength up by 0.1 to 1.0 until the understanding branch reads the target, and
 records the strength that made it (``reached`` says whether one did). --keep-object names each
-source's object in the prompt, as the understanding branch reads it (recorded as ``object``).
+source's object in the prompt, as the understanding branch reads it; --object names one for all
+(recorded as ``object``).
 An IMAGE may be a folder: its images are edited. Re-running on the same OUT skips results
 already written.
 
@@ -36,9 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how far the source is noised, in (0, 1]: 0.3 keeps most of it, 1.0 little (default 0.6)")
     parser.add_argument("--until-target", action="store_true",
                         help=f"raise the strength by {STRENGTH_STEP} up to 1.0 until the understanding branch reads the target")
-    parser.add_argument("--keep-object", action="store_true",
-                        help="the understanding branch names each source's object and the edit's prompt keeps it "
-                             "(\"<emo> <object>\", as in emotion transfer)")
+    keep = parser.add_mutually_exclusive_group()
+    keep.add_argument("--keep-object", action="store_true",
+                      help="the understanding branch names each source's object and the edit's prompt keeps it "
+                           "(\"<emo> <object>\", as in emotion transfer)")
+    keep.add_argument("--object", help="keep this object, named for every source (e.g. bench)")
     parser.add_argument("-n", "--num-images", type=int, default=1, help="results per source image (default 1)")
     parser.add_argument("--steps", type=int, help="denoising steps of the full schedule (default: the run's)")
     parser.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the run's)")
@@ -70,12 +73,14 @@ def run(args: argparse.Namespace) -> int:
     if not todo:
         return 0
     pipe = load_pipeline(args)
+    if args.object is not None:
+        pipe.prompts.check_word(args.object)  # before the progress bar starts
     goal = [pipe.class_names.index(name) for name, w in request_weights(request).items() if w > 0]
     images = {path: pipe.fit(read_source(path)) for path, _ in todo}  # held at the run's size, not the photo's
     paths = list(images)
     before = dict(zip(paths, read_all(pipe.read, [images[p] for p in paths])))
     objects = dict(zip(paths, read_all(pipe.read_objects, [images[p] for p in paths]) if args.keep_object
-                       else [None] * len(paths)))
+                       else [args.object] * len(paths)))
     pending = [(path, i) for path, indices in todo for i in indices]
     strength = args.strength
     with tqdm(total=len(pending), desc="editing", unit="edit") as bar:
