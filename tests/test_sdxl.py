@@ -164,6 +164,10 @@ def test_sdxl_transfer_mix_and_edit_run_and_repeat(xl_run2, tiny_emoset):
     edited = pipe.edit(source, emotion="anger", strength=0.5, num_inference_steps=4, generator=1)
     assert edited.images[0].size == pipe.fit(source).size and edited.metadata[0]["strength"] == 0.5
     assert pipe.read(edited.images).shape == (1, 8)
+    kept = pipe.edit([source, source], emotion="anger", object=["bench", None], strength=0.5, num_inference_steps=4,
+                     generator=1)  # one prompt per image through both text encoders
+    assert [m["prompt"] for m in kept.metadata] == ["<emo> bench", "<emo>"]
+    assert np.abs(np.asarray(kept.images[1], dtype=int) - np.asarray(edited.images[0], dtype=int)).max() <= 2
 
 
 @pytest.mark.e2e
