@@ -406,7 +406,8 @@ def _claims(path: Path) -> Section:
             for c in evidence["claims"]]
     return Section(title, [
         f"From the evidence run of {evidence['date']} (commit {evidence['commit']}, foundation models "
-        f"{evidence.get('foundation', 'unrecorded')}; `make evidence`, 3 seeds each, docs/EVIDENCE.md), not from this demo. A claim is confirmed when its effect exceeds twice the larger seed "
+        f"{evidence.get('foundation', 'unrecorded')}; `make evidence`, 3 seeds each, docs/EVIDENCE.md), not from "
+        "this demo. A claim is confirmed when its effect exceeds twice the larger seed "
         "standard deviation (the bar) in the paper's direction.", *stale,
         Table(["claim", "paper", "measured (paper's better row vs worse row)", "effect, points", "verdict", "world"],
               rows),
