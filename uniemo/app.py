@@ -113,7 +113,7 @@ class Studio:
         if explain:
             gallery += [(attention_overlay(view, out.attentions[kind][0].cpu()), f"{kind} query attention")
                         for kind in ("scene", "object")]
-        matched = {kind: self.matches(getattr(out, f"{kind}_embed")[0].cpu(), kind) for kind in self.banks} \
+        matched = {kind: bank.nearest(getattr(out, f"{kind}_embed"), top=3)[0] for kind, bank in self.banks.items()} \
             if explain else {}
         return probs, self.binary(probs), matched, gallery
 
@@ -164,15 +164,6 @@ class Studio:
         except UNREADABLE as e:
             reason = str(e).replace(str(path), name)
             raise UniEmoError(f"{name} cannot be read as an image ({reason}): upload a PNG, JPEG or WebP file") from None
-
-    def matches(self, embed: torch.Tensor, kind: str, top: int = 3) -> dict[str, float]:
-        """The ``top`` bank entries nearest to a projected expert-query embedding (cosine)."""
-        bank = self.banks[kind]
-        if not len(bank.names):
-            return {}
-        scores = bank.embeds @ embed.float()
-        best = scores.topk(min(top, len(bank.names)))
-        return {bank.names[i]: round(float(s), 4) for s, i in zip(best.values, best.indices)}
 
     def binary(self, probs: dict[str, float]) -> dict[str, float] | None:
         if self.class_names != EMOTIONS:

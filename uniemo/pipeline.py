@@ -334,8 +334,7 @@ class UniEmoPipeline(DiffusionPipeline):
         if self.understanding.cfg.queries == "none" or not len(self.object_bank.names):
             raise UniEmoError("this run's understanding branch has no object expert (queries: none, or no object "
                               "names): name the object yourself (`uniemo edit --object`, `pipe.edit(object=...)`)")
-        embed = self._understand(images).object_embed.float().cpu()
-        return [self.object_bank.names[k] for k in (embed @ self.object_bank.embeds.float().T).argmax(-1).tolist()]
+        return [next(iter(best)) for best in self.object_bank.nearest(self._understand(images).object_embed)]
 
     @torch.no_grad()
     def _understand(self, images: list):

@@ -311,6 +311,15 @@ class AttributeBank:
         dim = model.config.projection_dim
         return cls(names, torch.cat(chunks) if chunks else torch.zeros(0, dim))
 
+    def nearest(self, embeds: torch.Tensor, top: int = 1) -> list[dict[str, float]]:
+        """Per row of ``embeds`` (B, P), projected expert-query embeddings: the ``top`` names
+        nearest to it, with their cosine (eq. 4's similarity), best first; {} for an empty bank."""
+        if not len(self.names):
+            return [{} for _ in embeds]
+        best = (embeds.float().cpu() @ self.embeds.float().T).topk(min(top, len(self.names)))
+        return [{self.names[i]: round(float(s), 4) for s, i in zip(values, indices)}
+                for values, indices in zip(best.values, best.indices.tolist())]
+
     def index(self, names) -> torch.Tensor:
         """Bank rows of ``names`` (None or a name not in the bank -> -1)."""
         return torch.tensor([self._index.get(normalise_attribute(n), -1) if n else -1 for n in names],
