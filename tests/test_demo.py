@@ -1,9 +1,14 @@
 """End to end: `uniemo demo --quick` runs every step offline, writes a report whose figures are
 present and in range, and a second run reuses every finished step."""
 
+import contextlib
 import importlib
 import json
+import re
+import signal
+import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -128,6 +133,77 @@ def test_a_broken_step_is_redone(quick_demo, capsys):
     assert "expert-query attention maps on test images: " in printed and "(its output: logs/explain.log)" in printed
     # what the step's commands print (a line per classified image) goes to its log, not the console
     assert ".jpg: " in (quick_demo / "logs" / "explain.log").read_text() and ".jpg: " not in printed
+
+
+@pytest.mark.parametrize("step, moved, waiting", [
+    ("feedback", "evaluator", ()),  # the main lane has finished: the demo fails when the side lane ends
+    ("edit", "run2-joint", ("metrics",)),  # the main lane's metrics waits for the edits, and fails with them
+])
+def test_a_side_lane_step_that_fails_stops_the_demo_with_its_one_line_error(quick_demo, capsys, step, moved, waiting):
+    from uniemo.demo.runner import STEPS
+
+    assert {s.name for s in STEPS if s.side} >= {"baseline", "edit", "feedback"}
+    for name in (step, *waiting):
+        (quick_demo / ".steps" / f"{name}.json").unlink()
+    (quick_demo / moved).rename(quick_demo / f"{moved}-away")
+    try:
+        assert main(["demo", "--quick", "--out", str(quick_demo)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"demo step `uniemo {step}` failed" in err and f"{step}.log" in err
+        assert "error: " in (quick_demo / "logs" / f"{step}.log").read_text()  # the command's own error line
+        assert not any((quick_demo / ".steps" / f"{n}.json").exists() for n in (step, *waiting))
+    finally:
+        (quick_demo / f"{moved}-away").rename(quick_demo / moved)
+    assert main(["demo", "--quick", "--out", str(quick_demo)]) == 0
+    printed = capsys.readouterr().out
+    title = next(s.title for s in STEPS if s.name == step)
+    assert re.search(rf"{re.escape(title)}: \d+ s\n", printed)  # run again, its lines on the console
+    assert printed.count("reused") == len(STEPS) - 1 - len(waiting)
+
+
+def _side_lanes(pid: int) -> list[int]:
+    """The processes that ``pid`` started with multiprocessing's spawn."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            spawned = b"spawn_main" in (stat.parent / "cmdline").read_bytes()
+            if spawned and int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Running, or at least not a zombie waiting for a parent to reap it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_a_sigkilled_demo_takes_its_side_lane_with_it(quick_demo, tmp_path):
+    for name in ("generate", "baseline", "metrics"):
+        (quick_demo / ".steps" / f"{name}.json").unlink()
+    started = time.time()
+    demo = subprocess.Popen([sys.executable, "-m", "uniemo.cli", "demo", "--quick", "--out", str(quick_demo)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    baseline_log, deadline = quick_demo / "logs" / "baseline.log", time.monotonic() + 120
+
+    def side_lane_at_work():
+        return baseline_log.exists() and baseline_log.stat().st_mtime >= started and _side_lanes(demo.pid)
+
+    while not (side := side_lane_at_work()) and demo.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert side, "the demo ended before its side lane started"
+    demo.send_signal(signal.SIGKILL)
+    demo.wait()
+    deadline = time.monotonic() + 10
+    while any(map(_alive, side)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(map(_alive, side)), "the side lane outlived the demo"
+    assert not (quick_demo / ".steps" / "baseline.json").exists(), "the side lane finished its step as an orphan"
+    assert main(["demo", "--quick", "--out", str(quick_demo)]) == 0  # and a re-run finishes what was cut off
+    assert all((quick_demo / ".steps" / f"{n}.json").is_file() for n in ("generate", "baseline", "metrics"))
 
 
 def test_the_console_shows_steps_and_a_summary_and_the_logs_hold_the_rest(quick_demo):

@@ -9,12 +9,22 @@ stage 3 -> understanding evaluation of every stage -> report.
 Every step is a ``uniemo`` command run in-process, so the demo exercises exactly what a user
 runs. A step that finished leaves a marker in ``OUT/.steps/``; re-running the demo reuses it.
 A step without a marker (never run, or killed) has its outputs removed and runs again.
+
+From generation on, the steps run in two lanes: the main lane in this process, the side lane
+(``Step.side``) in a second one, each on one thread. Ops of models this small keep a second core
+only a little busy (25-step generation: 40 s on two threads, 43 s on one), so two steps side by
+side nearly halve that part of the demo (docs/DECISIONS.md).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
+import os
+import re
 import shutil
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +93,8 @@ class Step:
     title: str
     outputs: tuple[str, ...]  # paths under OUT that this step writes (removed before a re-run)
     run: Callable[["Layout"], None]
+    side: bool = False  # runs in the side lane's process (steps from PARALLEL_FROM on)
+    needs: tuple[str, ...] = ()  # side-lane steps a main-lane step waits for
 
 
 def commands(*lines: Callable[["Layout"], list[list[str]] | list[str]]) -> Callable[["Layout"], None]:
@@ -96,8 +108,9 @@ def commands(*lines: Callable[["Layout"], list[list[str]] | list[str]]) -> Calla
             for argv in produced if produced and isinstance(produced[0], list) else [produced]:
                 status = main([str(a) for a in argv])
                 if status:
-                    raise UniEmoError(f"demo step `uniemo {' '.join(argv[:2])}` failed (exit {status}); fix what it "
-                                      "printed (above, and in the step's log) and re-run `uniemo demo` to continue")
+                    command = " ".join(itertools.takewhile(lambda a: re.fullmatch("[a-z][a-z-]*", a), argv[:2]))
+                    raise UniEmoError(f"demo step `uniemo {command}` failed (exit {status}); fix what it printed "
+                                      "(above, or in the step's log) and re-run `uniemo demo` to continue")
     return run
 
 
@@ -183,11 +196,11 @@ STEPS = (
             lambda L: [_generate(L, L.fusion, "--mix", _mix_argument(m), n=L.plan.fusion_images)
                        for m in L.plan.mixes()])),
     Step("baseline", "baseline: the base model prompted with the emotion word", ("baseline",),
-         lambda L: generate_baseline(L)),
+         lambda L: generate_baseline(L), side=True),
     Step("edit", "emotion editing: test images turned toward every other emotion", ("edits",),
          commands(lambda L: [["edit", *edit_sources(L, e), "--run", L.run2, "--emotion", e,
                               "--strength", L.plan.edit_strength, "--until-target", "--steps", L.plan.denoising_steps,
-                              "--seed", L.seed, "--out", L.edits] for e in EMOTIONS])),
+                              "--seed", L.seed, "--out", L.edits] for e in EMOTIONS]), side=True),
     Step("metrics", "generation metrics (FID, LPIPS, Emo-A, Sem-C, Sem-D, object kept, mix mass, edits)",
          ("metrics/generation-uniemo.json", "metrics/generation-baseline.json", "metrics/generation-fusion.json",
           "metrics/generation-edit.json", "metrics/transfer"), commands(
@@ -196,19 +209,21 @@ STEPS = (
             lambda L: [_evaluate_generation(L, f"{L.transfer}/{o}", f"transfer/{o}.json", *_fid_reference(L, False))
                        for o in L.plan.transfer_objects],
             lambda L: _evaluate_generation(L, L.fusion, "generation-fusion.json", *_fid_reference(L, False)),
-            lambda L: _evaluate_generation(L, L.edits, "generation-edit.json", *_fid_reference(L, False)))),
+            lambda L: _evaluate_generation(L, L.edits, "generation-edit.json", *_fid_reference(L, False))),
+         needs=("baseline", "edit")),
     Step("feedback", "explicit feedback (Algorithm 1) + stage 3", ("run3-feedback",), commands(lambda L: [
         "feedback", "--run", L.run2, "--data", L.train_data, "--evaluator", L.evaluator, "--out", L.run3,
         "--per-emotion", L.plan.feedback_per_emotion, "--epochs", L.plan.stage3_epochs,
-        "--steps", L.plan.denoising_steps, "--seed", L.seed])),
+        "--steps", L.plan.denoising_steps, "--seed", L.seed]), side=True),
     Step("explain", "expert-query attention maps on test images", ("explain",), commands(lambda L: [
-        "classify", "--run", L.run3, "--explain", L.explain, *test_images(L, 4)])),
+        "classify", "--run", L.run3, "--explain", L.explain, *test_images(L, 4)]), side=True),
     Step("understanding", "understanding accuracy of every stage (test split)",
          tuple(f"metrics/understanding-{n}.json" for n in ("stage1", "stage2", "stage3")), commands(
             lambda L: _evaluate_understanding(L, L.run1, "stage1"),
             lambda L: _evaluate_understanding(L, L.run2, "stage2"),
-            lambda L: _evaluate_understanding(L, L.run3, "stage3"))),
+            lambda L: _evaluate_understanding(L, L.run3, "stage3")), side=True),
 )
+PARALLEL_FROM = "generate"  # the first step of the two lanes
 
 
 # ``uniemo demo --train-foundation``: the foundation models trained on this demo's own world
@@ -269,29 +284,156 @@ def generate_baseline(L: Layout) -> None:
                 image.save(tmp, format="PNG")
 
 
-def run_steps(layout: Layout, log: Callable[[str], None] = print) -> dict[str, float]:
-    """Run every step not finished before; return the seconds each step took (then or now)."""
-    markers = layout.out / ".steps"
-    seconds = {}
-    for number, step in enumerate(STEPS, start=1):
-        marker = markers / f"{step.name}.json"
-        prefix = f"[{number}/{len(STEPS)}] {step.title}"
-        if marker.is_file():
-            seconds[step.name] = read_json(marker)["seconds"]
-            log(f"{prefix}: done earlier ({seconds[step.name]:.0f} s), reused")
-            continue
-        for output in step.outputs:
-            _remove(layout.out / output)
-        log_file = layout.out / "logs" / f"{step.name}.log"
-        log(f"{prefix} ... (its output: {log_file.relative_to(layout.out)})")
-        start = time.perf_counter()
-        log_file.parent.mkdir(exist_ok=True)
-        with open(log_file, "w") as text, contextlib.redirect_stdout(text):  # progress bars stay on stderr
-            step.run(layout)
-        seconds[step.name] = time.perf_counter() - start
-        write_json(marker, {"seconds": seconds[step.name]})
-        log(f"{prefix}: {seconds[step.name]:.0f} s")
-    return seconds
+def run_steps(layout: Layout, log: Callable[[str], None]) -> dict[str, float]:
+    """Run every step not finished before; return the seconds each step took (then or now).
+    Up to PARALLEL_FROM one after another; from there the main lane here and the side lane in a
+    second process, each process on one thread (so a seed gives the same figures however the
+    two lanes interleave)."""
+    split = next(i for i, step in enumerate(STEPS) if step.name == PARALLEL_FROM)
+    for step in STEPS[:split]:
+        run_step(layout, step, log)
+    with SideLane(layout, [s for s in STEPS[split:] if s.side], log) as side, one_thread():
+        for step in STEPS[split:]:
+            if not step.side:
+                side.wait_for(step.needs)
+                run_step(layout, step, log)
+            elif not side.process:  # the side lane finished earlier: its reuse lines, in order
+                run_step(layout, step, log)
+    return {step.name: read_json(_marker(layout, step))["seconds"] for step in STEPS}
+
+
+def _marker(layout: Layout, step: Step) -> Path:
+    return layout.out / ".steps" / f"{step.name}.json"
+
+
+def run_step(layout: Layout, step: Step, log: Callable[[str], None], bars_to_log: bool = False) -> None:
+    """Run ``step`` unless its marker says it finished; its printed output goes to its log
+    (and its progress bars too with ``bars_to_log``, as the side lane's would garble the console)."""
+    marker = _marker(layout, step)
+    prefix = f"[{STEPS.index(step) + 1}/{len(STEPS)}] {step.title}"
+    if marker.is_file():
+        log(f"{prefix}: done earlier ({read_json(marker)['seconds']:.0f} s), reused")
+        return
+    for output in step.outputs:
+        _remove(layout.out / output)
+    log_file = layout.out / "logs" / f"{step.name}.log"
+    log(f"{prefix} ... (its output: {log_file.relative_to(layout.out)})")
+    start = time.perf_counter()
+    log_file.parent.mkdir(exist_ok=True)
+    with open(log_file, "w") as text, contextlib.redirect_stdout(text), \
+            contextlib.redirect_stderr(text) if bars_to_log else contextlib.nullcontext():
+        step.run(layout)
+    seconds = time.perf_counter() - start
+    write_json(marker, {"seconds": seconds})
+    log(f"{prefix}: {seconds:.0f} s")
+
+
+@contextlib.contextmanager
+def one_thread():
+    """This process's torch ops on one thread while the side lane has the other core."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class SideLane:
+    """The side lane's steps in a second process, started by spawn (a fork of a process whose
+    torch has run OpenMP threads can hang). It sends its console lines and its failure back
+    through a pipe; a thread here prints them while this process runs the main lane."""
+
+    def __init__(self, layout: Layout, steps: list[Step], log: Callable[[str], None]):
+        self.layout, self.steps, self.log = layout, steps, log
+        self.process = None
+        self.error: str | None = None
+        self.ended = threading.Event()
+
+    def __enter__(self) -> "SideLane":
+        if all(_marker(self.layout, step).is_file() for step in self.steps):
+            self.ended.set()
+            return self
+        import multiprocessing
+
+        spawn = multiprocessing.get_context("spawn")
+        receive, send = spawn.Pipe(duplex=False)
+        L = self.layout
+        self.process = spawn.Process(target=run_side_lane, daemon=True,
+                                     args=(L.out, L.plan, L.seed, [s.name for s in self.steps], send, os.getpid()))
+        self.process.start()
+        send.close()
+        threading.Thread(target=self._relay, args=(receive,), daemon=True).start()
+        return self
+
+    def _relay(self, receive) -> None:
+        try:
+            while True:
+                kind, text = receive.recv()
+                if kind != "log":
+                    self.error = text if kind == "error" else None
+                    break
+                self.log(text)
+        except EOFError:  # the process ended without a word
+            pass
+        self.ended.set()
+
+    def wait_for(self, names: tuple[str, ...]) -> None:
+        """Block until the side lane has finished the steps ``names``."""
+        pending = [s for s in self.steps if s.name in names]
+        while not all(_marker(self.layout, step).is_file() for step in pending):
+            if self.ended.wait(0.5) and not all(_marker(self.layout, step).is_file() for step in pending):
+                raise self.failure()
+
+    def failure(self) -> UniEmoError:
+        return UniEmoError(self.error or f"the demo's second process (the side lane) ended early (exit code "
+                                         f"{self.process.exitcode}): re-run `uniemo demo` to continue")
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if self.process is None:
+            return
+        if kind is not None:
+            self.process.terminate()
+        self.process.join()
+        self.ended.wait(5)
+        if kind is None and (self.error or self.process.exitcode):
+            raise self.failure()
+
+
+def run_side_lane(out: Path, plan: DemoPlan, seed: int, names: list[str], send, parent: int) -> None:
+    """The side lane's process: its steps in order on one thread; a one-line error goes back to
+    the demo, which exits with it."""
+    _exit_with(parent)
+    import torch
+
+    torch.set_num_threads(1)
+    layout = Layout(out, plan, seed)
+    for step in (s for s in STEPS if s.name in names):
+        log = layout.out / "logs" / f"{step.name}.log"
+        try:
+            run_step(layout, step, lambda line: send.send(("log", line)), bars_to_log=True)
+        except UniEmoError as e:
+            send.send(("error", f"{e} (its output: {log})"))
+            return
+        except BaseException as e:
+            send.send(("error", f"the demo's side lane failed in its step {step.name}: {type(e).__name__}: {e} "
+                                f"(its output: {log})"))
+            raise
+    send.send(("done", ""))
+
+
+def _exit_with(parent: int) -> None:
+    """A demo killed with SIGKILL takes its side lane with it (Linux's parent-death signal), so no
+    orphan writes into OUT while a re-run redoes the same step."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def _remove(path: Path) -> None:
@@ -306,10 +448,22 @@ def run_demo(out: Path, plan: DemoPlan, seed: int) -> Path:
     layout = Layout(out.resolve(), plan, seed)
     layout.out.mkdir(parents=True, exist_ok=True)
     check_same_plan(layout)
-    seconds = run_steps(layout)
+    start = time.perf_counter()
+    seconds = run_steps(layout, console(sys.stdout))
     from uniemo.demo.report import write_demo_report
 
-    return write_demo_report(layout, seconds, peak_memory_gib())
+    return write_demo_report(layout, seconds, time.perf_counter() - start, peak_memory_gib())
+
+
+def console(stream) -> Callable[[str], None]:
+    """Print a line to ``stream`` (the console: steps redirect ``sys.stdout`` to their logs); on a
+    terminal the line first clears whatever progress bar the other lane left on it."""
+    clear = "\r\x1b[K" if stream.isatty() else ""
+
+    def log(line: str) -> None:
+        stream.write(f"{clear}{line}\n")
+        stream.flush()
+    return log
 
 
 def check_same_plan(layout: Layout) -> None:
@@ -330,7 +484,9 @@ def check_same_plan(layout: Layout) -> None:
 
 
 def peak_memory_gib() -> float:
-    """Peak resident memory of this process so far (every step runs in it)."""
+    """Peak resident memory of this process plus that of its largest child (the side lane): an
+    upper bound of the two together."""
     import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+    return sum(resource.getrusage(who).ru_maxrss
+               for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 2**20  # Linux reports KiB
