@@ -48,6 +48,28 @@ def test_classify_json_probabilities_sum_to_one(run1, tiny_emoset, tmp_path, cap
         assert (tmp_path / f"{images[0].stem}_attention.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_classify_names_the_scene_and_object_the_expert_queries_read(run1, tiny_emoset, capsys):
+    import torch
+
+    from uniemo.data import clip_transforms, load_rgb
+    from uniemo.understanding import UniEmoUnderstanding, load_attributes, load_image_processor
+
+    image = sorted((tiny_emoset / "image").rglob("*.jpg"))[0]
+    assert main(["classify", "--run", str(run1), str(image), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    model = UniEmoUnderstanding.from_pretrained(run1)
+    with torch.no_grad():
+        out = model(clip_transforms(load_image_processor(run1), train=False)(load_rgb(image)).unsqueeze(0))
+    for kind, bank in zip(("scene", "object"), load_attributes(run1)):
+        cosines = torch.nn.functional.normalize(getattr(out, f"{kind}_embed"), dim=-1)[0] @ bank.embeds.T
+        best = cosines.topk(3)
+        assert list(result[kind]) == [bank.names[i] for i in best.indices]  # the 3 nearest names, best first
+        assert list(result[kind].values()) == pytest.approx(best.values.tolist(), abs=1e-4)
+    assert main(["classify", "--run", str(run1), str(image)]) == 0
+    line = capsys.readouterr().out
+    assert line.rstrip().endswith(f"scene: {next(iter(result['scene']))}  object: {next(iter(result['object']))}")
+
+
 def test_evaluate_writes_json_and_png(run1, tiny_emoset, tmp_path, capsys):
     out = tmp_path / "eval.json"
     assert main(["evaluate", "understanding", "--run", str(run1), "--data", str(tiny_emoset), "--out", str(out)]) == 0

@@ -1,4 +1,6 @@
-"""Predict the emotion an image evokes, with the 8 (or the run's) class probabilities.
+"""Predict the emotion an image evokes, with the 8 (or the run's) class probabilities, and the
+scene and object the understanding branch reads in it (its expert queries' projections matched
+against the run's attribute names, as in training, eq. 4; the 3 nearest with --json).
 
 --explain OUTDIR writes, per image, a PNG with the image and the attention of the scene and
 object expert queries over it (paper Fig. 9).
@@ -26,13 +28,14 @@ def run(args: argparse.Namespace) -> int:
     from uniemo.data import UNREADABLE, clip_transforms, load_rgb, model_view
     from uniemo.errors import UniEmoError
     from uniemo.plots import attention_png
-    from uniemo.understanding import UniEmoUnderstanding, load_image_processor
+    from uniemo.understanding import UniEmoUnderstanding, load_attributes, load_image_processor
 
     model = UniEmoUnderstanding.from_pretrained(args.run)
     explain = args.explain is not None
     if explain and model.cfg.queries == "none":
         raise UniEmoError(f"{args.run} was trained with queries: none, so it has no expert-query attention; "
                           "drop --explain")
+    banks = {} if model.cfg.queries == "none" else dict(zip(("scene", "object"), load_attributes(args.run)))
     processor = load_image_processor(args.run)
     transform = clip_transforms(processor, train=False)
     for path in args.images:
@@ -45,8 +48,10 @@ def run(args: argparse.Namespace) -> int:
             out = model(pixels, output_attentions=explain)
         probs = out.logits.float().softmax(-1)[0]
         top = int(probs.argmax())
+        read = {kind: bank.nearest(getattr(out, f"{kind}_embed"), top=3)[0] for kind, bank in banks.items()}
         result = {"image": str(path), "emotion": model.class_names[top],
-                  "probabilities": {name: round(float(p), 6) for name, p in zip(model.class_names, probs)}}
+                  "probabilities": {name: round(float(p), 6) for name, p in zip(model.class_names, probs)},
+                  **read}
         if explain:
             png = Path(args.explain) / f"{Path(path).stem}_attention.png"
             attention_png(model_view(pixels[0], processor), {k: v[0].numpy() for k, v in out.attentions.items()}, png,
@@ -56,5 +61,6 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(result))
         else:
             ranked = sorted(result["probabilities"].items(), key=lambda kv: -kv[1])
-            print(f"{path}: {result['emotion']}  " + "  ".join(f"{k} {v:.3f}" for k, v in ranked))
+            read = "".join(f"  {kind}: {next(iter(result[kind]), '-')}" for kind in banks)
+            print(f"{path}: {result['emotion']}  " + "  ".join(f"{k} {v:.3f}" for k, v in ranked) + read)
     return 0
