@@ -13,7 +13,7 @@ A step without a marker (never run, or killed) has its outputs removed and runs 
 From generation on, the steps run in two lanes: the main lane in this process, the side lane
 (``Step.side``) in a second one, each on one thread. Ops of models this small keep a second core
 only a little busy (25-step generation: 40 s on two threads, 43 s on one), so two steps side by
-side nearly halve that part of the demo (docs/DECISIONS.md).
+side take that part of the demo from 321 s to 249 s here (docs/DECISIONS.md).
 """
 
 from __future__ import annotations
@@ -416,6 +416,8 @@ def run_side_lane(out: Path, plan: DemoPlan, seed: int, names: list[str], send, 
             run_step(layout, step, lambda line: send.send(("log", line)), bars_to_log=True)
         except UniEmoError as e:
             send.send(("error", f"{e} (its output: {log})"))
+            return
+        except KeyboardInterrupt:  # Ctrl-C reached the demo too, which says so
             return
         except BaseException as e:
             send.send(("error", f"the demo's side lane failed in its step {step.name}: {type(e).__name__}: {e} "
