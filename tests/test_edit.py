@@ -210,3 +210,18 @@ def test_edit_refuses_missing_paths_empty_folders_and_clashing_names(run2, tmp_p
         photo(0).save(tmp_path / d / "same.png")
     assert edit(run2, tmp_path / "o", tmp_path / "a", tmp_path / "b", "--emotion", "awe") == 2
     assert "share the name 'same'" in capsys.readouterr().err
+
+
+def test_edits_of_dataset_images_are_judged_against_their_annotated_object(run2, tiny_models, tiny_emoset, tmp_path):
+    """`evaluate generation` compares an edit's object with its source's annotation when the
+    source is an image of --real (any split), and with CLIP's reading of the source otherwise."""
+    from uniemo.data import open_dataset
+
+    test = [item for item in open_dataset(tiny_emoset, split="test").items if item.object][:2]
+    photo(1).save(tmp_path / "mine.png")
+    out, report = tmp_path / "edits", tmp_path / "report.json"
+    assert edit(run2, out, *(item.path for item in test), tmp_path / "mine.png", "--emotion", "awe") == 0
+    assert main(["evaluate", "generation", "--images", str(out), "--real", str(tiny_emoset), "--clip",
+                 str(tiny_models[0]), "--inception", "none", "--out", str(report)]) == 0
+    kept = json.loads(report.read_text())["metrics"]["edit_kept"]
+    assert kept["images"] == 3 and kept["reference"] == {"annotated object": 2, "object clip names in the source": 1}

@@ -482,3 +482,11 @@ def test_edit_fidelity_by_hand(clip_encoder, tmp_path):
     assert distance["all"] == pytest.approx(sum(d) / 3, abs=1e-5) and d[1] > 0.01
     assert kept["network"] == f"clip zero-shot over 4 object names ({clip_encoder.clip.path})"
     assert distance["network"] == clip_encoder.name
+    assert kept["reference"] == {"annotated object": 0, "object clip names in the source": 3}
+    # a source's annotation, where there is one, is the object to keep: the second edit shows the
+    # object annotated in its source (not the one CLIP names there), so it now counts as kept
+    annotated = {str(sources[0].resolve()): vocab[top1[0]], str(sources[1].resolve()): vocab[other]}
+    kept = edit_fidelity(GeneratedSet(images, clip_raw=edits), clip_encoder, vocab, CLASSES, batch_size=2,
+                         source_objects=annotated)["edit_kept"]
+    assert kept["per_emotion"] == {"awe": 1.0, "fear": 1.0} and kept["all"] == 1.0
+    assert kept["reference"] == {"annotated object": 2, "object clip names in the source": 1}

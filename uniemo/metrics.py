@@ -16,7 +16,7 @@ import math
 import re
 import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -552,9 +552,11 @@ class GeneratedSet:
 def evaluate_generation(generated: list[Generated], real, class_names: Sequence[str], *,
                         clip: ClipImageEncoder | None = None, inception: InceptionEncoder | None = None,
                         lpips: LpipsDistance | None = None, evaluator=None, semantic: Sequence = (),
-                        pairs: int = 10, seed: int = 0, batch_size: int = 32) -> dict:
+                        pairs: int = 10, seed: int = 0, batch_size: int = 32,
+                        source_objects: Mapping[str, str] | None = None) -> dict:
     """FID, LPIPS, Emo-A, Sem-C and Sem-D of the emotion folders per emotion and overall (SPEC §5),
-    object_kept of the images asked for an object and mix_mass of the mix folders. ``real`` is an
+    object_kept of the images asked for an object, mix_mass of the mix folders and the edits'
+    edit_kept (against ``source_objects``, see ``edit_fidelity``) and edit_distance. ``real`` is an
     ``EmotionDataset``; a metric without its network is reported as not computed, one without
     images it applies to as not applicable."""
     every = GeneratedSet(generated)
@@ -574,7 +576,7 @@ def evaluate_generation(generated: list[Generated], real, class_names: Sequence[
         results["mix_mass"] = mix_mass(mixed, evaluator)
     edits = every.where(lambda g: g.source is not None)
     if edits.images and clip is not None:
-        results.update(edit_fidelity(edits, clip, real.object_vocab, class_names, batch_size))
+        results.update(edit_fidelity(edits, clip, real.object_vocab, class_names, batch_size, source_objects))
     subsets = {"object_kept": objects, "mix_mass": mixed, "edit_kept": edits, "edit_distance": edits}
     for key, note in NOT_GIVEN.items():
         results.setdefault(key, _missing(key, note if subsets.get(key, emotional).images else NOT_APPLICABLE[key]))
@@ -645,18 +647,29 @@ def object_kept(images: GeneratedSet, clip: ClipImageEncoder, object_vocab: Sequ
 
 
 def edit_fidelity(images: GeneratedSet, clip: ClipImageEncoder, object_vocab: Sequence[str],
-                  class_names: Sequence[str], batch_size: int = 32) -> dict[str, dict]:
+                  class_names: Sequence[str], batch_size: int = 32,
+                  source_objects: Mapping[str, str] | None = None) -> dict[str, dict]:
     """Emotion editing: ``edit_kept``, the share of edits whose CLIP zero-shot top-1 over the
-    dataset's object names is the one it gives their source, and ``edit_distance``, the CLIP
-    feature distance 1 - cos(edit, source); overall and per target emotion (or mix folder)."""
+    dataset's object names is their source's object: its annotation in ``source_objects``
+    (resolved source path -> object name) where there is one, else the name CLIP gives the
+    source; and ``edit_distance``, the CLIP feature distance 1 - cos(edit, source); overall and
+    per target emotion (or mix folder)."""
     sources = batched(clip, lambda i: open_image(images.images[i].source), len(images.images), batch_size,
                       "edit sources")
-    classifier = ClipZeroShot(clip, [normalise_attribute(n) for n in object_vocab], "object")
-    kept = (classifier.probs_from_features(images.clip).argmax(-1) ==
-            classifier.probs_from_features(sources).argmax(-1)).float()
+    names = [normalise_attribute(n) for n in object_vocab]
+    classifier = ClipZeroShot(clip, names, "object")
+    index = {name: i for i, name in enumerate(names)}
+    annotated = [index.get(normalise_attribute((source_objects or {}).get(str(Path(g.source).resolve()), "")))
+                 for g in images.images]
+    read = classifier.probs_from_features(sources).argmax(-1).tolist()
+    reference = torch.tensor([r if a is None else a for a, r in zip(annotated, read)])
+    kept = (classifier.probs_from_features(images.clip).argmax(-1) == reference).float()
     distance = 1 - torch.nn.functional.cosine_similarity(images.clip, sources, dim=-1)
     rows = [_row_name(g, class_names) for g in images.images]
-    return {"edit_kept": _entry(classifier.name, _mean(kept), _means_by(kept, rows), images=len(rows)),
+    by_annotation = sum(a is not None for a in annotated)
+    return {"edit_kept": _entry(classifier.name, _mean(kept), _means_by(kept, rows), images=len(rows),
+                                reference={"annotated object": by_annotation,
+                                           "object clip names in the source": len(rows) - by_annotation}),
             "edit_distance": _entry(clip.name, _mean(distance), _means_by(distance, rows), images=len(rows))}
 
 
@@ -740,7 +753,8 @@ COLUMNS = (("fid", "FID ↓", "{:.2f}"), ("lpips", "LPIPS ↑", "{:.3f}"), ("emo
            ("edit_distance", "Edit-D", "{:.3f}"))
 EXPLAINED = {"object_kept": "Obj-K is the share of images whose CLIP top-1 object is the one asked for.",
              "mix_mass": "Mix-M is the evaluator's probability summed over a mix's emotions, averaged over mixes.",
-             "edit_kept": "Edit-K is the share of edits whose CLIP top-1 object is their source's.",
+             "edit_kept": "Edit-K is the share of edits whose CLIP top-1 object is their source's (its annotation "
+                          "where the dataset has one, else the one CLIP names in the source).",
              "edit_distance": "Edit-D is the CLIP feature distance 1 - cos(edit, source)."}
 
 

@@ -13,7 +13,9 @@ folders. object_kept, for images whose metadata names an object (`generate --obj
 share whose CLIP zero-shot top-1 over the dataset's object names (plus the words asked for) is
 that object. mix_mass, for each mix folder, is the evaluator's probability summed over the mix's
 emotions, averaged over its images (weights from metadata.jsonl, else from the folder's name).
-A metric whose network is missing is reported as not computed, one with no images it applies to
+For `uniemo edit`'s images, edit_kept is the share whose CLIP top-1 object is the source's: its
+annotation where the source is an image of --real (any split), else the one CLIP names in it;
+edit_distance is 1 - cos of the CLIP features of edit and source. A metric whose network is missing is reported as not computed, one with no images it applies to
 as not applicable. Writes OUT (JSON) and OUT with .md (Markdown table)."""
 
 from __future__ import annotations
@@ -69,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     generated = metrics.read_generated(args.images, real.class_names)
     networks = load_networks(args, real)
     report = metrics.evaluate_generation(generated, real, real.class_names, pairs=args.pairs, seed=args.seed,
-                                         batch_size=args.batch_size, **networks)
+                                         batch_size=args.batch_size, source_objects=source_objects(args, generated),
+                                         **networks)
     report.update(images=str(args.images), real={"path": str(args.real), "kind": args.dataset, "split": args.split})
     out = Path(args.out) if args.out else Path(args.images) / "generation_metrics.json"
     table = metrics.generation_table(report)
@@ -77,6 +80,26 @@ def run(args: argparse.Namespace) -> int:
     write_text(out.with_suffix(".md"), f"# Generation metrics: {args.images}\n\n{table}")
     print(table + f"\nwrote {out} and {out.with_suffix('.md')}")
     return 0
+
+
+def source_objects(args, generated) -> dict[str, str]:
+    """The annotated object of each edit source that is an image of the --real dataset (any split):
+    edit_kept compares with it rather than with what CLIP names in the source."""
+    from uniemo.data import SPLITS, open_dataset
+    from uniemo.errors import UniEmoError
+
+    from pathlib import Path
+
+    sources = {str(Path(g.source).resolve()) for g in generated if g.source is not None}
+    found = {}
+    for split in SPLITS if sources else ():
+        try:
+            items = open_dataset(args.real, kind=args.dataset, split=split).items
+        except UniEmoError:  # a dataset without this split
+            continue
+        found.update({path: item.object for item in items
+                      if item.object and (path := str(Path(item.path).resolve())) in sources})
+    return found
 
 
 def load_networks(args, real, distribution: bool = True) -> dict:
