@@ -15,8 +15,9 @@ that object. mix_mass, for each mix folder, is the evaluator's probability summe
 emotions, averaged over its images (weights from metadata.jsonl, else from the folder's name).
 For `uniemo edit`'s images, edit_kept is the share whose CLIP top-1 object is the source's: its
 annotation where the source is an image of --real (any split), else the one CLIP names in it;
-edit_distance is 1 - cos of the CLIP features of edit and source. A metric whose network is missing is reported as not computed, one with no images it applies to
-as not applicable. Writes OUT (JSON) and OUT with .md (Markdown table)."""
+edit_distance is 1 - cos of the CLIP features of edit and source. A metric whose network is
+missing is reported as not computed, one with no images it applies to as not applicable.
+Writes OUT (JSON) and OUT with .md (Markdown table)."""
 
 from __future__ import annotations
 
@@ -85,10 +86,10 @@ def run(args: argparse.Namespace) -> int:
 def source_objects(args, generated) -> dict[str, str]:
     """The annotated object of each edit source that is an image of the --real dataset (any split):
     edit_kept compares with it rather than with what CLIP names in the source."""
+    from pathlib import Path
+
     from uniemo.data import SPLITS, open_dataset
     from uniemo.errors import UniEmoError
-
-    from pathlib import Path
 
     sources = {str(Path(g.source).resolve()) for g in generated if g.source is not None}
     found = {}
