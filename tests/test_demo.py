@@ -161,21 +161,26 @@ def test_a_side_lane_step_that_fails_stops_the_demo_with_its_one_line_error(quic
     assert printed.count("reused") == len(STEPS) - 1 - len(waiting)
 
 
+def _state_and_parent(proc: Path) -> tuple[str, int]:
+    """A process's state letter and parent pid, from /proc/PID/stat (fields after the name)."""
+    state, parent = proc.joinpath("stat").read_text().rsplit(")", 1)[1].split()[:2]
+    return state, int(parent)
+
+
 def _side_lanes(pid: int) -> list[int]:
     """The processes that ``pid`` started with multiprocessing's spawn."""
     found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for proc in Path("/proc").glob("[0-9]*"):
         with contextlib.suppress(OSError, IndexError, ValueError):
-            spawned = b"spawn_main" in (stat.parent / "cmdline").read_bytes()
-            if spawned and int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(stat.parent.name))
+            if b"spawn_main" in (proc / "cmdline").read_bytes() and _state_and_parent(proc)[1] == pid:
+                found.append(int(proc.name))
     return found
 
 
 def _alive(pid: int) -> bool:
     """Running, or at least not a zombie waiting for a parent to reap it."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        return _state_and_parent(Path(f"/proc/{pid}"))[0] != "Z"
     except OSError:
         return False
 

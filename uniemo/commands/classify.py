@@ -61,6 +61,6 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(result))
         else:
             ranked = sorted(result["probabilities"].items(), key=lambda kv: -kv[1])
-            read = "".join(f"  {kind}: {next(iter(result[kind]), '-')}" for kind in banks)
-            print(f"{path}: {result['emotion']}  " + "  ".join(f"{k} {v:.3f}" for k, v in ranked) + read)
+            attributes = "".join(f"  {kind}: {next(iter(best), '-')}" for kind, best in read.items())
+            print(f"{path}: {result['emotion']}  " + "  ".join(f"{k} {v:.3f}" for k, v in ranked) + attributes)
     return 0

@@ -67,13 +67,13 @@ def run(args: argparse.Namespace) -> int:
     if args.pairs < 1 or args.batch_size < 1 or (args.max_real is not None and args.max_real < 2):
         raise UniEmoError("--pairs and --batch-size must be >= 1 and --max-real >= 2")
     real = open_dataset(args.real, kind=args.dataset, split=args.split)
+    generated = metrics.read_generated(args.images, real.class_names)
+    annotated = source_objects(args, generated, real.items)
     if args.max_real is not None:
         real.items = metrics.sample_per_class(real.items, args.max_real, args.seed)
-    generated = metrics.read_generated(args.images, real.class_names)
     networks = load_networks(args, real)
     report = metrics.evaluate_generation(generated, real, real.class_names, pairs=args.pairs, seed=args.seed,
-                                         batch_size=args.batch_size, source_objects=source_objects(args, generated),
-                                         **networks)
+                                         batch_size=args.batch_size, source_objects=annotated, **networks)
     report.update(images=str(args.images), real={"path": str(args.real), "kind": args.dataset, "split": args.split})
     out = Path(args.out) if args.out else Path(args.images) / "generation_metrics.json"
     table = metrics.generation_table(report)
@@ -83,9 +83,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def source_objects(args, generated) -> dict[str, str]:
-    """The annotated object of each edit source that is an image of the --real dataset (any split):
-    edit_kept compares with it rather than with what CLIP names in the source."""
+def source_objects(args, generated, opened: list) -> dict[str, str]:
+    """The annotated object of each edit source that is an image of the --real dataset (any split;
+    ``opened``: the items of --split, already read): edit_kept compares with it rather than with
+    what CLIP names in the source."""
     from pathlib import Path
 
     from uniemo.data import SPLITS, open_dataset
@@ -95,7 +96,7 @@ def source_objects(args, generated) -> dict[str, str]:
     found = {}
     for split in SPLITS if sources else ():
         try:
-            items = open_dataset(args.real, kind=args.dataset, split=split).items
+            items = opened if split == args.split else open_dataset(args.real, kind=args.dataset, split=split).items
         except UniEmoError:  # a dataset without this split
             continue
         found.update({path: item.object for item in items

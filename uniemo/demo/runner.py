@@ -306,6 +306,14 @@ def _marker(layout: Layout, step: Step) -> Path:
     return layout.out / ".steps" / f"{step.name}.json"
 
 
+def _log_file(layout: Layout, step: Step) -> Path:
+    return layout.out / "logs" / f"{step.name}.log"
+
+
+def _finished(layout: Layout, steps: list[Step]) -> bool:
+    return all(_marker(layout, step).is_file() for step in steps)
+
+
 def run_step(layout: Layout, step: Step, log: Callable[[str], None], bars_to_log: bool = False) -> None:
     """Run ``step`` unless its marker says it finished; its printed output goes to its log
     (and its progress bars too with ``bars_to_log``, as the side lane's would garble the console)."""
@@ -316,7 +324,7 @@ def run_step(layout: Layout, step: Step, log: Callable[[str], None], bars_to_log
         return
     for output in step.outputs:
         _remove(layout.out / output)
-    log_file = layout.out / "logs" / f"{step.name}.log"
+    log_file = _log_file(layout, step)
     log(f"{prefix} ... (its output: {log_file.relative_to(layout.out)})")
     start = time.perf_counter()
     log_file.parent.mkdir(exist_ok=True)
@@ -353,7 +361,7 @@ class SideLane:
         self.ended = threading.Event()
 
     def __enter__(self) -> "SideLane":
-        if all(_marker(self.layout, step).is_file() for step in self.steps):
+        if _finished(self.layout, self.steps):
             self.ended.set()
             return self
         import multiprocessing
@@ -382,9 +390,9 @@ class SideLane:
 
     def wait_for(self, names: tuple[str, ...]) -> None:
         """Block until the side lane has finished the steps ``names``."""
-        pending = [s for s in self.steps if s.name in names]
-        while not all(_marker(self.layout, step).is_file() for step in pending):
-            if self.ended.wait(0.5) and not all(_marker(self.layout, step).is_file() for step in pending):
+        needed = [s for s in self.steps if s.name in names]
+        while not _finished(self.layout, needed):
+            if self.ended.wait(0.5) and not _finished(self.layout, needed):
                 raise self.failure()
 
     def failure(self) -> UniEmoError:
@@ -411,7 +419,7 @@ def run_side_lane(out: Path, plan: DemoPlan, seed: int, names: list[str], send, 
     torch.set_num_threads(1)
     layout = Layout(out, plan, seed)
     for step in (s for s in STEPS if s.name in names):
-        log = layout.out / "logs" / f"{step.name}.log"
+        log = _log_file(layout, step)
         try:
             run_step(layout, step, lambda line: send.send(("log", line)), bars_to_log=True)
         except UniEmoError as e:
