@@ -161,6 +161,19 @@ def test_a_side_lane_step_that_fails_stops_the_demo_with_its_one_line_error(quic
     assert printed.count("reused") == len(STEPS) - 1 - len(waiting)
 
 
+def test_a_main_lane_step_that_fails_points_at_its_error_line_above(quick_demo, capsys):
+    (quick_demo / ".steps" / "metrics.json").unlink()
+    (quick_demo / "evaluator").rename(quick_demo / "evaluator-away")
+    try:
+        assert main(["demo", "--quick", "--out", str(quick_demo)]) == 2
+        command_error, demo_error = capsys.readouterr().err.strip().splitlines()
+        assert command_error.startswith("error: ") and "evaluator" in command_error
+        assert "demo step `uniemo evaluate generation` failed" in demo_error and "(above)" in demo_error
+    finally:
+        (quick_demo / "evaluator-away").rename(quick_demo / "evaluator")
+    assert main(["demo", "--quick", "--out", str(quick_demo)]) == 0
+
+
 def _state_and_parent(proc: Path) -> tuple[str, int]:
     """A process's state letter and parent pid, from /proc/PID/stat (fields after the name)."""
     state, parent = proc.joinpath("stat").read_text().rsplit(")", 1)[1].split()[:2]

@@ -109,9 +109,12 @@ def commands(*lines: Callable[["Layout"], list[list[str]] | list[str]]) -> Calla
                 status = main([str(a) for a in argv])
                 if status:
                     command = " ".join(itertools.takewhile(lambda a: re.fullmatch("[a-z][a-z-]*", a), argv[:2]))
-                    raise UniEmoError(f"demo step `uniemo {command}` failed (exit {status}); fix what it printed "
-                                      "(above, or in the step's log) and re-run `uniemo demo` to continue")
+                    raise StepFailed(f"demo step `uniemo {command}` failed (exit {status})")
     return run
+
+
+class StepFailed(UniEmoError):
+    """A step's ``uniemo`` command exited non-zero after printing its own one-line error."""
 
 
 SHIPPED_FOUNDATION = Path(__file__).parent / "weights"  # `make foundation` builds it
@@ -330,7 +333,11 @@ def run_step(layout: Layout, step: Step, log: Callable[[str], None], bars_to_log
     log_file.parent.mkdir(exist_ok=True)
     with open(log_file, "w") as text, contextlib.redirect_stdout(text), \
             contextlib.redirect_stderr(text) if bars_to_log else contextlib.nullcontext():
-        step.run(layout)
+        try:
+            step.run(layout)
+        except StepFailed as e:  # the command's error line went to stderr: the console, or the log
+            where = f"in {log_file}" if bars_to_log else "above"
+            raise StepFailed(f"{e}: fix what it printed ({where}) and re-run `uniemo demo` to continue") from None
     seconds = time.perf_counter() - start
     write_json(marker, {"seconds": seconds})
     log(f"{prefix}: {seconds:.0f} s")
@@ -422,8 +429,8 @@ def run_side_lane(out: Path, plan: DemoPlan, seed: int, names: list[str], send, 
         log = _log_file(layout, step)
         try:
             run_step(layout, step, lambda line: send.send(("log", line)), bars_to_log=True)
-        except UniEmoError as e:
-            send.send(("error", f"{e} (its output: {log})"))
+        except UniEmoError as e:  # a failed command's error already names the log
+            send.send(("error", str(e) if isinstance(e, StepFailed) else f"{e} (its output: {log})"))
             return
         except KeyboardInterrupt:  # Ctrl-C reached the demo too, which says so
             return
