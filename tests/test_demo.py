@@ -135,11 +135,12 @@ def test_a_broken_step_is_redone(quick_demo, capsys):
     assert ".jpg: " in (quick_demo / "logs" / "explain.log").read_text() and ".jpg: " not in printed
 
 
-@pytest.mark.parametrize("step, moved, waiting", [
-    ("feedback", "evaluator", ()),  # the main lane has finished: the demo fails when the side lane ends
-    ("edit", "run2-joint", ("metrics",)),  # the main lane's metrics waits for the edits, and fails with them
+@pytest.mark.parametrize("step, command, moved, waiting", [
+    ("feedback", "feedback", "evaluator", ()),  # the main lane has finished: the demo fails when the side lane ends
+    ("evaluator", "train evaluator", "foundation/clip", ("metrics",)),  # the main lane's metrics waits for it
 ])
-def test_a_side_lane_step_that_fails_stops_the_demo_with_its_one_line_error(quick_demo, capsys, step, moved, waiting):
+def test_a_side_lane_step_that_fails_stops_the_demo_with_its_one_line_error(quick_demo, capsys, step, command, moved,
+                                                                             waiting):
     from uniemo.demo.runner import STEPS
 
     assert {s.name for s in STEPS if s.side} >= {"baseline", "edit", "feedback"}
@@ -149,7 +150,7 @@ def test_a_side_lane_step_that_fails_stops_the_demo_with_its_one_line_error(quic
     try:
         assert main(["demo", "--quick", "--out", str(quick_demo)]) == 2
         err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and f"demo step `uniemo {step}` failed" in err and f"{step}.log" in err
+        assert len(err.splitlines()) == 1 and f"demo step `uniemo {command}` failed" in err and f"{step}.log" in err
         assert "error: " in (quick_demo / "logs" / f"{step}.log").read_text()  # the command's own error line
         assert not any((quick_demo / ".steps" / f"{n}.json").exists() for n in (step, *waiting))
     finally:
@@ -159,6 +160,18 @@ def test_a_side_lane_step_that_fails_stops_the_demo_with_its_one_line_error(quic
     title = next(s.title for s in STEPS if s.name == step)
     assert re.search(rf"{re.escape(title)}: \d+ s\n", printed)  # run again, its lines on the console
     assert printed.count("reused") == len(STEPS) - 1 - len(waiting)
+
+
+def test_a_side_lane_step_waits_for_the_main_lane_step_it_needs(quick_demo, capsys):
+    from uniemo.demo.runner import STEPS
+
+    generate, metrics = (next(s for s in STEPS if s.name == n) for n in ("generate", "mode-metrics"))
+    assert metrics.side and not generate.side and "generate" in metrics.needs
+    for step in (generate, metrics):
+        (quick_demo / ".steps" / f"{step.name}.json").unlink()
+    assert main(["demo", "--quick", "--out", str(quick_demo)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.index(f"{generate.title}: ") < printed.index(f"{metrics.title} ... ")  # finished, then started
 
 
 def test_a_main_lane_step_that_fails_points_at_its_error_line_above(quick_demo, capsys):

@@ -181,7 +181,7 @@ def _overview(summary: dict) -> Section:
         Table(["step", "seconds"], [[name, round(s, 1)] for name, s in steps.items()] +
               [["sum of the steps", round(summary["timings"]["total"], 1)]],
               "Wall-clock time per step (reused steps: their first run)"),
-        f"From generation on, two steps run side by side (two processes), so this invocation took "
+        f"After stage 2, two steps run side by side (two processes), so this invocation took "
         f"{summary['timings']['wall']:.0f} s of wall-clock time. Peak memory of this invocation: "
         f"{summary['timings']['peak_memory_gib']:.2f} GiB (both processes' peaks added up).",
     ])

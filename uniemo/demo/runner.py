@@ -1,19 +1,20 @@
 """``uniemo demo``: the whole UniEmo method on this machine, offline, in one command.
 
-synth -> foundation models (shipped, or pretrain-base) -> stage 1 (understanding) -> evaluator ->
-stage 2 (joint) -> generation (8 emotions, transfer onto neutral objects, fusion of emotion pairs
-and a weight sweep) + the plain-prompt baseline -> editing test images toward another emotion ->
-generation metrics (Emo-A, object kept, mix mass, edit fidelity, ...) -> explicit feedback +
-stage 3 -> understanding evaluation of every stage -> report.
+synth -> foundation models (shipped, or pretrain-base) -> stage 1 (understanding) -> stage 2
+(joint) -> the Emo-A evaluator -> generation (8 emotions, transfer onto neutral objects, fusion
+of emotion pairs and a weight sweep) + the plain-prompt baseline -> editing test images toward
+another emotion -> generation metrics (FID, Emo-A, ...) -> explicit feedback + stage 3 -> understanding evaluation of
+every stage -> metrics of transfer, fusion and edits (object kept, mix mass, edit fidelity) -> report.
 
 Every step is a ``uniemo`` command run in-process, so the demo exercises exactly what a user
 runs. A step that finished leaves a marker in ``OUT/.steps/``; re-running the demo reuses it.
 A step without a marker (never run, or killed) has its outputs removed and runs again.
 
-From generation on, the steps run in two lanes: the main lane in this process, the side lane
+After stage 2, the steps run in two lanes: the main lane in this process, the side lane
 (``Step.side``) in a second one, each on one thread. Ops of models this small keep a second core
 only a little busy (25-step generation: 40 s on two threads, 43 s on one), so two steps side by
-side take that part of the demo from 321 s to 249 s here (docs/DECISIONS.md).
+side take that part of the demo from 321 s to 249 s, 209 s with the steps spread more evenly
+(docs/DECISIONS.md). A step waits for the steps of the other lane it needs (``Step.needs``).
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ class Step:
     outputs: tuple[str, ...]  # paths under OUT that this step writes (removed before a re-run)
     run: Callable[["Layout"], None]
     side: bool = False  # runs in the side lane's process (steps from PARALLEL_FROM on)
-    needs: tuple[str, ...] = ()  # side-lane steps a main-lane step waits for
+    needs: tuple[str, ...] = ()  # steps of the other lane this one waits for
 
 
 def commands(*lines: Callable[["Layout"], list[list[str]] | list[str]]) -> Callable[["Layout"], None]:
@@ -185,12 +186,12 @@ STEPS = (
     Step("stage1", "stage 1: hierarchical understanding chain", ("run1-understanding",), commands(lambda L: [
         "train", "understand", "--data", L.train_data, "--clip", L.clip, "--out", L.run1, "--preset", "tiny",
         "--epochs", L.plan.stage1_epochs, "--seed", L.seed])),
-    Step("evaluator", "Emo-A evaluator (independent probe on frozen CLIP)", ("evaluator",), commands(lambda L: [
-        "train", "evaluator", "--clip", L.clip, "--data", L.data, "--out", L.evaluator,
-        "--hidden", L.plan.evaluator_hidden, "--seed", L.seed])),
     Step("stage2", "stage 2: joint understanding + generation", ("run2-joint",), commands(lambda L: [
         "train", "joint", "--run", L.run1, "--sd", L.sd, "--data", L.train_data, "--out", L.run2,
         "--epochs", L.plan.stage2_epochs, "--seed", L.seed])),
+    Step("evaluator", "Emo-A evaluator (independent probe on frozen CLIP)", ("evaluator",), commands(lambda L: [
+        "train", "evaluator", "--clip", L.clip, "--data", L.data, "--out", L.evaluator,
+        "--hidden", L.plan.evaluator_hidden, "--seed", L.seed]), side=True),
     Step("generate", "generation: 8 emotions, transfer onto neutral objects, fusion of emotions",
          ("generated", "transfer", "fusion"), commands(
             lambda L: _generate(L, L.generated, "--emotion", "all"),
@@ -204,16 +205,11 @@ STEPS = (
          commands(lambda L: [["edit", *edit_sources(L, e), "--run", L.run2, "--emotion", e,
                               "--strength", L.plan.edit_strength, "--until-target", "--steps", L.plan.denoising_steps,
                               "--seed", L.seed, "--out", L.edits] for e in EMOTIONS]), side=True),
-    Step("metrics", "generation metrics (FID, LPIPS, Emo-A, Sem-C, Sem-D, object kept, mix mass, edits)",
-         ("metrics/generation-uniemo.json", "metrics/generation-baseline.json", "metrics/generation-fusion.json",
-          "metrics/generation-edit.json", "metrics/transfer"), commands(
+    Step("metrics", "generation metrics of UniEmo and the baseline (FID, LPIPS, Emo-A, Sem-C, Sem-D)",
+         ("metrics/generation-uniemo.json", "metrics/generation-baseline.json"), commands(
             lambda L: _evaluate_generation(L, L.generated, "generation-uniemo.json", *_fid_reference(L)),
-            lambda L: _evaluate_generation(L, L.baseline, "generation-baseline.json", *_fid_reference(L)),
-            lambda L: [_evaluate_generation(L, f"{L.transfer}/{o}", f"transfer/{o}.json", *_fid_reference(L, False))
-                       for o in L.plan.transfer_objects],
-            lambda L: _evaluate_generation(L, L.fusion, "generation-fusion.json", *_fid_reference(L, False)),
-            lambda L: _evaluate_generation(L, L.edits, "generation-edit.json", *_fid_reference(L, False))),
-         needs=("baseline", "edit")),
+            lambda L: _evaluate_generation(L, L.baseline, "generation-baseline.json", *_fid_reference(L))),
+         needs=("evaluator", "baseline")),
     Step("feedback", "explicit feedback (Algorithm 1) + stage 3", ("run3-feedback",), commands(lambda L: [
         "feedback", "--run", L.run2, "--data", L.train_data, "--evaluator", L.evaluator, "--out", L.run3,
         "--per-emotion", L.plan.feedback_per_emotion, "--epochs", L.plan.stage3_epochs,
@@ -225,8 +221,15 @@ STEPS = (
             lambda L: _evaluate_understanding(L, L.run1, "stage1"),
             lambda L: _evaluate_understanding(L, L.run2, "stage2"),
             lambda L: _evaluate_understanding(L, L.run3, "stage3")), side=True),
+    Step("mode-metrics", "metrics of transfer, fusion and edits (Emo-A, object kept, mix mass, edit fidelity)",
+         ("metrics/transfer", "metrics/generation-fusion.json", "metrics/generation-edit.json"), commands(
+            lambda L: [_evaluate_generation(L, f"{L.transfer}/{o}", f"transfer/{o}.json", *_fid_reference(L, False))
+                       for o in L.plan.transfer_objects],
+            lambda L: _evaluate_generation(L, L.fusion, "generation-fusion.json", *_fid_reference(L, False)),
+            lambda L: _evaluate_generation(L, L.edits, "generation-edit.json", *_fid_reference(L, False))),
+         side=True, needs=("generate",)),
 )
-PARALLEL_FROM = "generate"  # the first step of the two lanes
+PARALLEL_FROM = "evaluator"  # the first step of the two lanes
 
 
 # ``uniemo demo --train-foundation``: the foundation models trained on this demo's own world
@@ -427,6 +430,8 @@ def run_side_lane(out: Path, plan: DemoPlan, seed: int, names: list[str], send, 
     layout = Layout(out, plan, seed)
     for step in (s for s in STEPS if s.name in names):
         log = _log_file(layout, step)
+        while not _finished(layout, [s for s in STEPS if s.name in step.needs]):
+            time.sleep(0.5)  # the main lane's step; were it to fail, the demo ends this process
         try:
             run_step(layout, step, lambda line: send.send(("log", line)), bars_to_log=True)
         except UniEmoError as e:  # a failed command's error already names the log
