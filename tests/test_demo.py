@@ -187,6 +187,19 @@ def test_a_main_lane_step_that_fails_points_at_its_error_line_above(quick_demo, 
     assert main(["demo", "--quick", "--out", str(quick_demo)]) == 0
 
 
+def test_ctrl_c_in_a_step_stops_the_demo_as_interrupted_not_as_a_failed_step(quick_demo, capsys, monkeypatch):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    (quick_demo / ".steps" / "generate.json").unlink()
+    monkeypatch.setattr("uniemo.commands.generate.run", interrupted)
+    assert main(["demo", "--quick", "--out", str(quick_demo)]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "error" not in err
+    monkeypatch.undo()
+    assert main(["demo", "--quick", "--out", str(quick_demo)]) == 0
+
+
 def _state_and_parent(proc: Path) -> tuple[str, int]:
     """A process's state letter and parent pid, from /proc/PID/stat (fields after the name)."""
     state, parent = proc.joinpath("stat").read_text().rsplit(")", 1)[1].split()[:2]

@@ -3,8 +3,9 @@
 synth -> foundation models (shipped, or pretrain-base) -> stage 1 (understanding) -> stage 2
 (joint) -> the Emo-A evaluator -> generation (8 emotions, transfer onto neutral objects, fusion
 of emotion pairs and a weight sweep) + the plain-prompt baseline -> editing test images toward
-another emotion -> generation metrics (FID, Emo-A, ...) -> explicit feedback + stage 3 -> understanding evaluation of
-every stage -> metrics of transfer, fusion and edits (object kept, mix mass, edit fidelity) -> report.
+another emotion -> generation metrics (FID, Emo-A, ...) -> explicit feedback + stage 3 ->
+understanding evaluation of every stage -> metrics of transfer, fusion and edits (object kept,
+mix mass, edit fidelity) -> report.
 
 Every step is a ``uniemo`` command run in-process, so the demo exercises exactly what a user
 runs. A step that finished leaves a marker in ``OUT/.steps/``; re-running the demo reuses it.
@@ -98,6 +99,10 @@ class Step:
     needs: tuple[str, ...] = ()  # steps of the other lane this one waits for
 
 
+class StepFailed(UniEmoError):
+    """A step's ``uniemo`` command exited non-zero after printing its own one-line error."""
+
+
 def commands(*lines: Callable[["Layout"], list[list[str]] | list[str]]) -> Callable[["Layout"], None]:
     """A step made of ``uniemo`` command lines, run in-process; a failing one stops the demo."""
 
@@ -108,14 +113,12 @@ def commands(*lines: Callable[["Layout"], list[list[str]] | list[str]]) -> Calla
             produced = line(layout)
             for argv in produced if produced and isinstance(produced[0], list) else [produced]:
                 status = main([str(a) for a in argv])
+                if status == 130:  # Ctrl-C: the command said "interrupted"; so does the demo, and it stops
+                    raise KeyboardInterrupt
                 if status:
                     command = " ".join(itertools.takewhile(lambda a: re.fullmatch("[a-z][a-z-]*", a), argv[:2]))
                     raise StepFailed(f"demo step `uniemo {command}` failed (exit {status})")
     return run
-
-
-class StepFailed(UniEmoError):
-    """A step's ``uniemo`` command exited non-zero after printing its own one-line error."""
 
 
 SHIPPED_FOUNDATION = Path(__file__).parent / "weights"  # `make foundation` builds it
@@ -430,9 +433,9 @@ def run_side_lane(out: Path, plan: DemoPlan, seed: int, names: list[str], send, 
     layout = Layout(out, plan, seed)
     for step in (s for s in STEPS if s.name in names):
         log = _log_file(layout, step)
-        while not _finished(layout, [s for s in STEPS if s.name in step.needs]):
-            time.sleep(0.5)  # the main lane's step; were it to fail, the demo ends this process
         try:
+            while not _finished(layout, [s for s in STEPS if s.name in step.needs]):
+                time.sleep(0.5)  # the main lane's step; were it to fail, the demo ends this process
             run_step(layout, step, lambda line: send.send(("log", line)), bars_to_log=True)
         except UniEmoError as e:  # a failed command's error already names the log
             send.send(("error", str(e) if isinstance(e, StepFailed) else f"{e} (its output: {log})"))
