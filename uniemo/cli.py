@@ -13,6 +13,8 @@ import sys
 from uniemo import __version__
 from uniemo.errors import UniEmoError
 
+INTERRUPTED = 130  # exit status after Ctrl-C (the shell's 128 + SIGINT)
+
 # (command words, module in uniemo.commands)
 COMMANDS: list[tuple[tuple[str, ...], str]] = [
     (("demo",), "demo"),
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED
 
 
 def check_seed(seed: int | None) -> None:

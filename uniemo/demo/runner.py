@@ -107,13 +107,13 @@ def commands(*lines: Callable[["Layout"], list[list[str]] | list[str]]) -> Calla
     """A step made of ``uniemo`` command lines, run in-process; a failing one stops the demo."""
 
     def run(layout: Layout) -> None:
-        from uniemo.cli import main
+        from uniemo.cli import INTERRUPTED, main
 
         for line in lines:
             produced = line(layout)
             for argv in produced if produced and isinstance(produced[0], list) else [produced]:
                 status = main([str(a) for a in argv])
-                if status == 130:  # Ctrl-C: the command said "interrupted"; so does the demo, and it stops
+                if status == INTERRUPTED:  # Ctrl-C: the command said "interrupted"; so does the demo, and it stops
                     raise KeyboardInterrupt
                 if status:
                     command = " ".join(itertools.takewhile(lambda a: re.fullmatch("[a-z][a-z-]*", a), argv[:2]))
