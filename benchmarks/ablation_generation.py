@@ -53,7 +53,7 @@ from _evidence import (data_note, demo_world, evidence_parser, fmt_seeds, fmt_su
                        table, train, training_data, uniemo, work_and_out, write_overrides)
 
 from uniemo.demo.report import attribute_alpha
-from uniemo.demo.runner import PLANS, Layout, generate_baseline
+from uniemo.demo.runner import PATHS, PLANS, Layout, generate_baseline
 from uniemo.config import load_config
 from uniemo.io import read_json
 
@@ -121,7 +121,7 @@ def evaluate(args, images: Path, seed: int, out: Path) -> dict:
     if not out.is_file():
         d = args.demo
         uniemo("evaluate", "generation", "--images", images, "--real", d / "data", "--split", "test",
-               "--clip", d / "foundation" / "clip", "--evaluator", d / "evaluator", "--seed", seed, "--out", out)
+               "--clip", d / PATHS["judge"], "--evaluator", d / "evaluator", "--seed", seed, "--out", out)
     return read_json(out, "generation metrics")["metrics"]
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from uniemo.config import load_config
-from uniemo.demo.runner import PLANS
+from uniemo.demo.runner import PATHS, PLANS
 from uniemo.evaluator import Evaluator
 from uniemo.loading import load_sd
 from uniemo.demo.pretrain_base import Captions
@@ -57,7 +57,7 @@ def main() -> None:
     captions = Captions.build([normalise_attribute(n) for n in SCENES], [normalise_attribute(n) for n in OBJECTS])
     rng = np.random.default_rng(args.seed)
     objects = [normalise_attribute(n) for n in OBJECTS]
-    judge = ClipZeroShot(ClipImageEncoder(load_clip(args.demo / "foundation" / "clip")), objects, "object")
+    judge = ClipZeroShot(ClipImageEncoder(load_clip(args.demo / PATHS["judge"])), objects, "object")
     hits, kept = [], []
     for k, emotion in enumerate(EMOTIONS):
         chosen = [draw_attributes(k, rng) for _ in range(args.images_per_emotion)]

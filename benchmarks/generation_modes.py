@@ -18,7 +18,7 @@ from pathlib import Path
 
 from _evidence import fmt, publish, table, uniemo
 
-from uniemo.demo.runner import PLANS
+from uniemo.demo.runner import PATHS, PLANS
 from uniemo.demo.synth import NEUTRAL_OBJECTS
 
 OTHER_PAIRS = (("excitement", "disgust"), ("awe", "anger"), ("amusement", "sadness"), ("contentment", "fear"))
@@ -59,7 +59,7 @@ def evaluate(args, images: Path) -> dict:
     """As the demo measures transfer and fusion: FID, which they do not report, on CLIP features."""
     out = images / "generation_metrics.json"
     uniemo("evaluate", "generation", "--images", images, "--real", args.demo / "data", "--clip",
-           args.demo / "foundation" / "clip", "--evaluator", args.demo / "evaluator", "--seed", args.seed, "--out", out,
+           args.demo / PATHS["judge"], "--evaluator", args.demo / "evaluator", "--seed", args.seed, "--out", out,
            "--max-real", PLANS["full"].fid_real_per_emotion, "--inception", "none")
     return json.loads(out.read_text())["metrics"]
 

@@ -42,6 +42,9 @@ def test_report_json_carries_every_headline_figure_in_range(quick_demo):
         assert figures["fid"] >= 0 and _fraction(figures["sem_c"]) and figures["sem_d"] >= 0
         # the paper's networks (make test fetches them); the report names the network behind each number
         assert "inception-v3" in figures["networks"]["fid"] and "alexnet" in figures["networks"]["lpips"]
+        # objects and scenes are named by the judge, a CLIP no model of UniEmo uses
+        assert str(quick_demo / "foundation" / "judge") in figures["networks"]["sem_c"]
+        assert "foundation/clip" in figures["networks"]["emo_a"]
         assert figures["lpips"] > 0 and set(figures["per_emotion"]["fid"]) == set(figures["per_emotion"]["lpips"])
     steps = report["timings"]["steps"]
     assert {"synth", "pretrain", "stage1", "stage2", "generate", "feedback"} <= set(steps)
@@ -62,6 +65,8 @@ def test_report_states_the_world_and_measures_transfer_and_fusion(quick_demo):
     assert alpha["house"]["neutral"] and not alpha["candle"]["neutral"] and _fraction(alpha["house"]["alpha"])
     transfer = report["generation"]["transfer"]["house"]
     assert _fraction(transfer["emo_a"]) and _fraction(transfer["object_kept"])
+    judged = json.loads((quick_demo / "metrics" / "transfer" / "house.json").read_text())["metrics"]["object_kept"]
+    assert str(quick_demo / "foundation" / "judge") in judged["network"]
     fusion = report["generation"]["fusion"]
     assert set(fusion["pairs"]) == {"amusement+fear"} and _fraction(fusion["mean_mass"])
     sweep = fusion["sweep"]

@@ -21,7 +21,7 @@ from uniemo.vocab import EMOTIONS, normalise_attribute
 
 # Small enough for a test on two shared cores, large enough to exercise every step.
 TINY = pb.PretrainConfig(
-    clip_width=32, clip_layers=3, clip_text_layers=2, clip_heads=2, clip_steps=3, clip_batch=16,
+    clip_width=32, clip_layers=3, clip_text_layers=2, clip_heads=2, clip_steps=3, judge_steps=4, clip_batch=16,
     vae_channels=[8, 16, 16], vae_steps=2, vae_batch=4, unet_channels=[16, 32], unet_steps=2, unet_batch=4,
     eval_images=2, eval_steps=2)
 
@@ -60,6 +60,10 @@ def test_outputs_load_with_transformers_and_diffusers(trained):
         torch.testing.assert_close(value, clip.text_model.state_dict()[name])
     image = pipe("a photo of a cake", num_inference_steps=2, output_type="pt").images
     assert image.shape == (1, 3, 64, 64)
+    judge = CLIPModel.from_pretrained(out / "judge", local_files_only=True)
+    assert {k: v.shape for k, v in judge.state_dict().items()} == {k: v.shape for k, v in clip.state_dict().items()}
+    assert (out / "judge" / "tokenizer.json").read_bytes() == (out / "clip" / "tokenizer.json").read_bytes()
+    assert not torch.equal(judge.visual_projection.weight, clip.visual_projection.weight), "the judge is a model of its own"
     assert not list(out.parent.glob(".base*")), "no temporary directory is left beside OUT"
 
 
@@ -76,13 +80,15 @@ def test_report_holds_accuracies_times_and_hash(trained, tiny_emoset):
     out, report, lines = trained
     saved = json.loads((out / pb.REPORT).read_text())
     assert saved == json.loads(json.dumps(report))
-    for kind in ("real", "generated"):
-        for attribute in ("scene", "object"):
-            assert 0.0 <= saved["zero_shot"][kind][attribute] <= 1.0
+    for figures in (saved["zero_shot"], saved["zero_shot"]["judge"]):
+        for kind in ("real", "generated"):
+            for attribute in ("scene", "object"):
+                assert 0.0 <= figures[kind][attribute] <= 1.0
     assert saved["zero_shot"]["generated"]["images"] == TINY.eval_images
     assert saved["data_hash"] == pb.data_hash(tiny_emoset)
     assert saved["world"]["version"] == WORLD_VERSION and saved["world"]["num_images"] == 240  # uniemo synth's
     assert saved["config"]["clip_steps"] == TINY.clip_steps
+    assert saved["loss"]["judge"]["steps"] == TINY.judge_steps and saved["times_s"]["judge"] > 0
     assert saved["times_s"]["training"] > 0
     assert any(line.startswith("zero-shot on") for line in lines)
 
@@ -118,7 +124,7 @@ def test_same_seed_same_weights_though_models_train_side_by_side(trained, tiny_e
 
     out, _, _ = trained
     pb.pretrain_base(tmp_path / "again", tiny_emoset, TINY, log=lambda line: None)
-    for weights in ("clip/model.safetensors", "sd/vae/diffusion_pytorch_model.safetensors",
+    for weights in ("clip/model.safetensors", "judge/model.safetensors", "sd/vae/diffusion_pytorch_model.safetensors",
                     "sd/unet/diffusion_pytorch_model.safetensors"):
         first, second = load_file(out / weights), load_file(tmp_path / "again" / weights)
         assert first.keys() == second.keys()
@@ -265,12 +271,16 @@ def test_cli_errors_are_one_line(tmp_path, tiny_emoset, capsys):
     err = capsys.readouterr().err
     assert "is not a pretrain-base output" in err and len(err.strip().splitlines()) == 1
     assert main(["pretrain-base", str(tmp_path / "o"), "--data", str(tiny_emoset), "--steps-scale", "0"]) == 2
+    capsys.readouterr()
+    assert main(["pretrain-base", str(tmp_path / "o"), "--data", str(tiny_emoset), "--judge-steps", "0"]) == 2
+    assert "--judge-steps 0 must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_steps_scale_scales_every_step_count():
     half = pb.PretrainConfig().scaled(0.5)
     full = pb.PretrainConfig()
-    for name in ("clip_steps", "vae_steps", "unet_steps"):
+    for name in ("clip_steps", "judge_steps", "vae_steps", "unet_steps"):
         assert getattr(half, name) == round(getattr(full, name) / 2)
     assert pb.PretrainConfig().scaled(1e-6).clip_steps == 1
 

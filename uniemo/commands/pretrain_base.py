@@ -1,7 +1,8 @@
 """Train the embedded default's tiny CLIP and Stable Diffusion from scratch on a synthetic dataset.
 
 Writes OUT/clip/ (a Hugging Face CLIP directory) and OUT/sd/ (a diffusers Stable Diffusion
-directory) that every later step loads like real pretrained weights, plus
+directory) that every later step loads like real pretrained weights, OUT/judge/ (a second CLIP,
+trained longer, that only measures: the demo's object kept and Sem-C), plus
 OUT/pretrain_report.json (zero-shot scene / object accuracy on held-out and on generated
 images, times, config, data hash). Reruns with the same data and config are cached.
 
@@ -20,6 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps-scale", type=float, default=1.0, metavar="F",
                         help="multiply every default step count by F (e.g. 0.1 for a quick look)")
     parser.add_argument("--clip-steps", type=int, metavar="N", help="CLIP training steps (overrides --steps-scale)")
+    parser.add_argument("--judge-steps", type=int, metavar="N",
+                        help="steps of the judge, the CLIP that only measures (overrides --steps-scale)")
     parser.add_argument("--vae-steps", type=int, metavar="N", help="VAE training steps (overrides --steps-scale)")
     parser.add_argument("--unet-steps", type=int, metavar="N", help="UNet training steps (overrides --steps-scale)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -33,11 +36,11 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from uniemo.errors import UniEmoError
-    from uniemo.demo.pretrain_base import PretrainConfig, pretrain_base
+    from uniemo.demo.pretrain_base import STEP_COUNTS, PretrainConfig, pretrain_base
 
     if args.steps_scale <= 0:
         raise UniEmoError(f"--steps-scale {args.steps_scale} must be positive, e.g. 0.5")
-    overrides = {name: value for name in ("clip_steps", "vae_steps", "unet_steps")
+    overrides = {name: value for name in STEP_COUNTS
                  if (value := getattr(args, name)) is not None}
     for name, value in overrides.items():
         if value < 1:

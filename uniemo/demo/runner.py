@@ -122,7 +122,8 @@ def commands(*lines: Callable[["Layout"], list[list[str]] | list[str]]) -> Calla
 
 
 SHIPPED_FOUNDATION = Path(__file__).parent / "weights"  # `make foundation` builds it
-PATHS = {"data": "data", "foundation": "foundation", "clip": "foundation/clip", "sd": "foundation/sd",
+PATHS = {"data": "data", "foundation": "foundation", "clip": "foundation/clip", "judge": "foundation/judge",
+         "sd": "foundation/sd",
          "run1": "run1-understanding", "run2": "run2-joint", "run3": "run3-feedback",
          "evaluator": "evaluator", "generated": "generated", "baseline": "baseline",
          "transfer": "transfer", "fusion": "fusion", "edits": "edits", "metrics": "metrics",
@@ -159,8 +160,9 @@ def _evaluate_understanding(L: Layout, run: str, name: str) -> list:
 
 
 def _evaluate_generation(L: Layout, images: str, out: str, *extra) -> list:
-    """``out``: the report's path under OUT/metrics/."""
-    return ["evaluate", "generation", "--images", images, "--real", L.data, "--clip", L.clip,
+    """``out``: the report's path under OUT/metrics/. The judge, a CLIP no model of UniEmo uses,
+    names objects and scenes (object kept, Sem-C)."""
+    return ["evaluate", "generation", "--images", images, "--real", L.data, "--clip", L.judge,
             "--evaluator", L.evaluator, "--seed", L.seed, "--out", f"{L.metrics}/{out}", *extra]
 
 
