@@ -65,8 +65,9 @@ evidence: $(STAMP)
 	$(VENV)/bin/python benchmarks/evidence.py --demo demo-out $(if $(TABLES),--tables $(TABLES))
 
 # The foundation models `uniemo demo` copies (uniemo/demo/weights/, committed): the tiny CLIP and SD
-# trained once on their own draw of the world, the SD 6x longer than `pretrain-base`'s default
-# (33 min on a 2-core CPU; docs/DECISIONS.md). Rebuild them whenever the world's version changes.
+# trained once on their own draw of the world, the SD 6x longer than `pretrain-base`'s default, and
+# the judge (33 min on a 2-core CPU before the judge, about 5 min more with it; docs/DECISIONS.md).
+# Rebuild them whenever the world's version changes.
 foundation: $(STAMP)
 	rm -rf build/foundation-world
 	$(VENV)/bin/uniemo synth build/foundation-world --num-images 8000 --seed 100

@@ -208,7 +208,7 @@ def _world(layout, summary: dict, figures: Path) -> Section:
     image_table_png(cells, ["test"] * len(cells), figures / "world.png", captions=captions,
                     title="Synthetic world: style + scene + object -> emotion")
     w = summary["world"]
-    zero_shot = summary["foundation"]["zero_shot"] or {}
+    zero_shot = summary["foundation"]["zero_shot"]
     rows = [[f"{source} images", kind, value, zero_shot["judge"][source][kind]] for source in ("real", "generated")
             for kind, value in zero_shot[source].items() if kind != "images"]
     alpha_rows = [[kind, name, "neutral" if a["neutral"] else "emotional", a["emotion"], round(a["alpha"], 3)]
