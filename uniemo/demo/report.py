@@ -12,6 +12,7 @@ from PIL import Image
 from uniemo.config import load_config
 from uniemo.io import read_json, write_json
 from uniemo.demo.html import Figure, Section, Table, write_report
+from uniemo.demo.pretrain_base import STEP_COUNTS
 from uniemo.demo.synth import WORLD_VERSION
 from uniemo.rundir import RunDir
 from uniemo.vocab import EMOTIONS, normalise_attribute
@@ -70,7 +71,7 @@ def collect(layout, seconds: dict[str, float], wall: float, peak_memory_gib: flo
         "world": world_figures(layout),
         "timings": {"steps": seconds, "total": sum(seconds.values()), "wall": wall, "peak_memory_gib": peak_memory_gib},
         "foundation": {"trained_here": layout.plan.train_foundation, "world": pretrain.get("world"),
-                       "steps": {k: pretrain["config"][f"{k}_steps"] for k in ("clip", "judge", "vae", "unet")},
+                       "steps": {k.removesuffix("_steps"): pretrain["config"][k] for k in STEP_COUNTS},
                        "zero_shot": pretrain.get("zero_shot"), "times_s": pretrain.get("times_s")},
         "understanding": {
             "test_accuracy": stages["stage1"]["top1"],
