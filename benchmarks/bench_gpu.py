@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from PIL import Image
 from bench_pipeline import build, uniemo_pipeline
 
 from uniemo.config import UnderstandingConfig, preset
@@ -165,19 +166,28 @@ def bench_generation(understanding, fusion, table, space, banks, sd, sizes: Size
     return rows
 
 
-def bench_loading(sizes: Sizes) -> list[dict]:
-    rows = []
+def bench_loading(sizes: Sizes, data: Path | None) -> list[dict]:
+    """Training-split images/s from ``data`` (an EmoSet-format folder), or from the synthetic world
+    written at the benchmark's size (at 512 px that takes minutes of one core)."""
     with tempfile.TemporaryDirectory() as tmp:
-        root = write_synthetic(Path(tmp) / "world", num_images=sizes.images * 10 // 7 + 16, size=sizes.image_size)
-        from transformers import CLIPImageProcessor
+        root = data or write_synthetic(Path(tmp) / "world", num_images=sizes.images * 10 // 7 + 16,
+                                       size=sizes.image_size)
+        return time_loading(root, sizes.workers)
 
-        dataset = open_dataset(root, split="train", transform=clip_transforms(CLIPImageProcessor(), train=True))
-        for workers in sizes.workers:
-            loader = torch.utils.data.DataLoader(dataset, batch_size=32, num_workers=workers, collate_fn=collate)
-            start = time.perf_counter()
-            n = sum(len(batch["label"]) for batch in loader)
-            rows.append({"part": "data", "what": f"{sizes.image_size}-px JPEGs, num_workers {workers}",
-                         "value": n / (time.perf_counter() - start), "unit": "img/s", "peak_gib": None})
+
+def time_loading(root: Path, workers: tuple[int, ...]) -> list[dict]:
+    from transformers import CLIPImageProcessor
+
+    dataset = open_dataset(root, split="train", transform=clip_transforms(CLIPImageProcessor(), train=True))
+    with Image.open(dataset.items[0].path) as first:
+        size = max(first.size)
+    rows = []
+    for n_workers in workers:
+        loader = torch.utils.data.DataLoader(dataset, batch_size=32, num_workers=n_workers, collate_fn=collate)
+        start = time.perf_counter()
+        n = sum(len(batch["label"]) for batch in loader)
+        rows.append({"part": "data", "what": f"{size}-px JPEGs, num_workers {n_workers}",
+                     "value": n / (time.perf_counter() - start), "unit": "img/s", "peak_gib": None})
     return rows
 
 
@@ -195,6 +205,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--tiny", action="store_true", help="tiny models and sizes (CI, any device)")
     parser.add_argument("--xl", action="store_true", help="stage 2 and generation with SD XL")
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--data", type=Path, help="time data loading on this EmoSet-format folder "
+                        "(default: write the synthetic world at the benchmark's image size)")
     args = parser.parse_args(argv)
     sizes = TINY if args.tiny else FULL_XL if args.xl else FULL
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -206,7 +218,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     sd.to(device)
     rows += bench_stage2(understanding, fusion, table_, banks, sd, sizes, device)
     rows += bench_generation(understanding.eval(), fusion.eval(), table_, space, banks, sd, sizes, device)
-    rows += bench_loading(sizes)
+    rows += bench_loading(sizes, args.data)
     device_name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     print(f"bench_gpu ({'tiny' if args.tiny else 'full size'}{', SD XL' if args.xl else ''}, {device_name}, torch {torch.__version__})\n" + table(rows))
     if args.json:

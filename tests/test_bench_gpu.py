@@ -27,3 +27,15 @@ def test_bench_gpu_tiny_prints_every_part_and_writes_json(tmp_path, capsys, monk
     assert written["tiny"] is True and written["xl"] is xl and written["rows"] == json.loads(json.dumps(rows))
     assert "| stage 2 |" in capsys.readouterr().out
     sys.modules.pop("bench_gpu", None)
+
+
+def test_bench_gpu_times_loading_on_a_given_folder_at_its_own_size(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    bench = importlib.import_module("bench_gpu")
+    from uniemo.demo.synth import write_synthetic
+
+    root = write_synthetic(tmp_path / "world", num_images=40, size=48)
+    rows = bench.bench_loading(bench.TINY, root)
+    assert [r["what"] for r in rows] == ["48-px JPEGs, num_workers 0", "48-px JPEGs, num_workers 2"]
+    assert all(r["value"] > 0 for r in rows)
+    sys.modules.pop("bench_gpu", None)
