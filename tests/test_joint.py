@@ -111,6 +111,32 @@ def test_a_named_object_leaves_the_object_term_out_of_e():
     assert torch.allclose(named[1], fusion(feats)[1]) and not torch.allclose(named[1], without(feats)[1])
 
 
+def test_partners_share_the_emotion_and_only_chosen_samples_get_one():
+    labels = torch.tensor([0, 1, 0, 2, 1, 0, 3])
+    chosen = torch.tensor([True, True, True, True, False, False, False])
+    for seed in range(20):
+        torch.manual_seed(seed)
+        source = joint.same_emotion_partners(labels, chosen)
+        assert torch.equal(labels[source], labels)
+        assert (source[:3] != torch.arange(3)).all()  # each has another sample of its emotion
+        assert source[3:].tolist() == [3, 4, 5, 6]  # no partner for emotion 2; the rest not chosen
+
+
+def test_transfer_samples_take_their_partner_condition_when_configured(tiny_models):
+    model = build_joint(tiny_models, FusionConfig(object_prompt_p=1.0, object_prompt_partner=True))
+    model.diffusion.object_prompt_p = 1.0
+    batch = make_batch(4)
+    batch["label"] = torch.tensor([3, 3, 5, 5])
+    conditions = []
+    model.condition = lambda *args, **kw: conditions.append(args) or joint.JointModel.condition(model, *args, **kw)
+    model(batch)
+    out, labels, named, source = conditions[0]
+    assert named.all() and sorted(source.tolist()) == [0, 1, 2, 3] and (source != torch.arange(4)).all()
+    e, _ = joint.JointModel.condition(model, out, labels, named, source)
+    own, _ = joint.JointModel.condition(model, out, labels, named)
+    assert torch.allclose(e, own[source], atol=1e-6)
+
+
 @pytest.mark.parametrize("override, message", [("object_prompt_p: 1.5", "object_prompt_p 1.5 is out of range"),
                                                ("cond_warmup_steps: -5", "cond_warmup_steps -5 is negative")])
 def test_fusion_setting_out_of_range_is_a_one_line_error(tiny_models, tiny_emoset, tmp_path, capsys, override,

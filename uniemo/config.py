@@ -71,6 +71,9 @@ class FusionConfig:
     mapper_hidden: int | None = None  # None = the text encoder's width
     placeholder: str = "<emo>"
     object_prompt_p: float = 0.0  # stage 2: share of samples prompted "<emo> <their object>" (transfer)
+    # stage 2: such a sample's e is built from another training image of its emotion in the batch,
+    # so the word, not e, has to carry the object (as at generation, where e comes from the space)
+    object_prompt_partner: bool = False
     # stage 2: recompute the frozen UNet's activations in the backward pass (L_diff's gradient to e
     # runs back through the UNet, so its activations are otherwise kept): less memory, more time
     unet_gradient_checkpointing: bool = False
@@ -152,8 +155,9 @@ def _tiny() -> UniEmoConfig:
                            optim=OptimConfig(lr=1e-2, backbone_lr=0.0)),  # the paper's stage-2 lr
         # No L_cond: at weight 0.05 or 0.3 it fixes e's direction before the tiny UNet's weak
         # L_diff signal can, and Emo-A stays at 0.08-0.22 (docs/DECISIONS.md, measured).
-        # Half the samples see the transfer prompt "<emo> <object>" (docs/DECISIONS.md, measured).
-        fusion=FusionConfig(joint_weights=[0.3, 0.0, 0.7], object_prompt_p=0.5),
+        # Half the samples see the transfer prompt "<emo> <object>", with e from another image of
+        # their emotion (docs/DECISIONS.md, measured).
+        fusion=FusionConfig(joint_weights=[0.3, 0.0, 0.7], object_prompt_p=0.5, object_prompt_partner=True),
         generation=GenerationConfig(num_inference_steps=25, guidance_scale=5.0),
         feedback=FeedbackConfig(per_emotion=40),
     )

@@ -105,18 +105,21 @@ class JointModel(nn.Module):
         self.diffusion._apply(fn, recurse)
         return super()._apply(fn, recurse)
 
-    def condition(self, out, labels: torch.Tensor, object_named: torch.Tensor | None = None
-                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def condition(self, out, labels: torch.Tensor, object_named: torch.Tensor | None = None,
+                  source: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Fused condition e for understanding outputs ``out`` and target emotions ``labels``
-        (``object_named``: see ``UniEmoFusion.forward``)."""
+        (``object_named``: see ``UniEmoFusion.forward``); sample i's e is built from sample
+        ``source[i]``'s outputs (default: its own)."""
+        pick = (lambda t: t) if source is None else (lambda t: t[source])
         alphas = {}
         for kind, bank, embed in (("scene", self.scene_bank, out.scene_embed),
                                   ("object", self.object_bank, out.object_embed)):
             if kind in self.fusion.mappers and len(bank.names):
-                alphas[kind], _ = match_alpha(embed, bank.embeds, self.table.rows(kind)[1], labels)
+                alphas[kind], _ = match_alpha(pick(embed), bank.embeds, self.table.rows(kind)[1], labels)
             elif kind in self.fusion.mappers:
                 alphas[kind] = torch.ones_like(labels, dtype=embed.dtype)
-        return self.fusion(features_of(out, self.fusion.cfg.features), alphas, object_named), alphas
+        features = {name: pick(f) for name, f in features_of(out, self.fusion.cfg.features).items()}
+        return self.fusion(features, alphas, object_named), alphas
 
     def forward(self, batch: dict, step: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """L_joint (eq. 10) of a batch; at optimizer ``step`` L_cond's weight γ2 is ramped by
@@ -128,7 +131,8 @@ class JointModel(nn.Module):
                                       self.object_bank.index(batch["object"]).to(device),
                                       self.scene_bank, self.object_bank)
         ids, object_named = self.diffusion.prompt_ids_for(batch["object"])
-        e, alphas = self.condition(out, labels, object_named.to(device))
+        source = same_emotion_partners(labels, object_named) if self.fusion.cfg.object_prompt_partner else None
+        e, alphas = self.condition(out, labels, object_named.to(device), source)
         l_cond = self.fusion.condition_loss(e, labels, self.understanding.emotion_head[-1], out.logits)
         l_diff = self.diffusion.loss(e, batch["vae_pixels"], ids)
         w_u, w_cond, w_diff = self.fusion.cfg.joint_weights
@@ -139,6 +143,18 @@ class JointModel(nn.Module):
         logs = {"loss_u": l_u["total"], "loss_cond": l_cond["cond"], "loss_diff": l_diff,
                 **{f"alpha_{k}": a.mean() for k, a in alphas.items()}}
         return loss, {k: float(v.detach()) for k, v in logs.items()}
+
+
+def same_emotion_partners(labels: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """Index (B,) of the sample each sample's e is built from: a random other sample of the same
+    emotion for each ``chosen`` one that has such a partner in the batch, else itself."""
+    index = torch.arange(len(labels))
+    source, cpu_labels = index.clone(), labels.cpu()
+    for i in chosen.nonzero().flatten().tolist():
+        others = ((cpu_labels == cpu_labels[i]) & (index != i)).nonzero().flatten()
+        if len(others):
+            source[i] = others[torch.randint(len(others), ())]
+    return source.to(labels.device)
 
 
 def features_of(out, names) -> dict[str, torch.Tensor]:
