@@ -155,8 +155,9 @@ def _tiny() -> UniEmoConfig:
                            optim=OptimConfig(lr=1e-2, backbone_lr=0.0)),  # the paper's stage-2 lr
         # No L_cond: at weight 0.05 or 0.3 it fixes e's direction before the tiny UNet's weak
         # L_diff signal can, and Emo-A stays at 0.08-0.22 (docs/DECISIONS.md, measured).
-        # Half the samples see the transfer prompt "<emo> <object>" (docs/DECISIONS.md, measured).
-        fusion=FusionConfig(joint_weights=[0.3, 0.0, 0.7], object_prompt_p=0.5),
+        # Half the samples see the transfer prompt "<emo> <object>", with e from another image of
+        # their emotion (docs/DECISIONS.md, measured).
+        fusion=FusionConfig(joint_weights=[0.3, 0.0, 0.7], object_prompt_p=0.5, object_prompt_partner=True),
         generation=GenerationConfig(num_inference_steps=25, guidance_scale=5.0),
         feedback=FeedbackConfig(per_emotion=40),
     )
