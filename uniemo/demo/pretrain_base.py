@@ -37,10 +37,11 @@ Recipe (one function per step):
    SD generates from held-out captions.
 
 The CLIP and the VAE do not depend on each other, so they train side by side in two threads
-(``workers``), each on its share of the cores, and the judge follows the CLIP in its thread;
-then the two halves of every UNet batch run in the two threads and their gradients add up.
-These models' ops are too small to keep two cores busy alone, so this trains the same models
-in ~15% less time (docs/BENCHMARKS.md).
+(``workers``), each on its share of the cores; the judge waits in the pool's queue and takes
+the first thread to come free (the CLIP's, at the default steps); then the two halves of
+every UNet batch run in the two threads and their gradients add up. These models' ops are too
+small to keep two cores busy alone, so this trains the same models in ~15% less time
+(docs/BENCHMARKS.md).
 
 Results are cached: ``OUT/pretrain_report.json`` stores a hash of the config and the data,
 and a rerun with the same hash does nothing."""
