@@ -158,6 +158,9 @@ def test_edit_gives_before_and_after_with_both_readings(studio, tmp_path):
     _, kept = studio.edit(photo(tmp_path / "src.png"), "fear", 0.5, 1, 4, True)
     named = studio.generator().read_objects([before])[0]
     assert kept[0]["object"] == named and kept[0]["prompt"].endswith(f" {named}")
+    inverted, records = studio.edit(photo(tmp_path / "src.png"), "fear", 0.5, 1, 4, False, True)
+    assert records[0]["invert"] is True and metadata[0]["invert"] is False
+    assert np.asarray(inverted[1][0]).tobytes() != np.asarray(after).tobytes()
 
 
 @pytest.mark.parametrize("call, message", [
@@ -292,7 +295,7 @@ def test_the_api_names_are_stable(server):
     assert [p["parameter_name"] for p in endpoints["/generate"]["parameters"]] == \
         ["target", "object", "seed", "steps", "count"]
     assert [p["parameter_name"] for p in endpoints["/edit"]["parameters"]] == \
-        ["image", "target", "strength", "seed", "steps", "keep_object"]
+        ["image", "target", "strength", "seed", "steps", "keep_object", "invert"]
 
 
 def test_server_listens_on_the_loopback_address_only(server):

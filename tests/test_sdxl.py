@@ -168,6 +168,8 @@ def test_sdxl_transfer_mix_and_edit_run_and_repeat(xl_run2, tiny_emoset):
                      generator=1)  # one prompt per image through both text encoders
     assert [m["prompt"] for m in kept.metadata] == ["<emo> bench", "<emo>"]
     assert np.abs(np.asarray(kept.images[1], dtype=int) - np.asarray(edited.images[0], dtype=int)).max() <= 2
+    with pytest.raises(UniEmoError, match="inverted edits need Stable Diffusion 1.5"):
+        pipe.edit(source, emotion="anger", invert=True)
 
 
 @pytest.mark.e2e

@@ -6,7 +6,7 @@ Three actions, each a queued endpoint with a stable name for ``gradio_client``:
   scene and object the expert queries matched, and their attention maps over the image;
 - ``/generate`` (target, object, seed, steps, count) -> images, each with its metadata and the
   understanding branch's reading of it;
-- ``/edit`` (image, target, strength, seed, steps, keep object) -> before / after, with both readings.
+- ``/edit`` (image, target, strength, seed, steps, keep object, invert) -> before / after, with both readings.
 
 A target is an emotion ("awe") or a mix ("awe=0.6,fear=0.4"); the page builds it from a menu,
 sliders or a point in the valence-arousal plane. Nothing leaves the machine: system fonts, no
@@ -126,15 +126,16 @@ class Studio:
         return self.with_readings(out.images, out.metadata)
 
     def edit(self, image: str, target: str, strength: float = 0.6, seed: int = 0, steps: int = 25,
-             keep_object: bool = False):
+             keep_object: bool = False, invert: bool = False):
         """(gallery [(source as fitted, "before ..."), (result, "after ...")], metadata with both
         readings); ``keep_object`` names the source's object, as the understanding branch reads
-        it, in the prompt."""
+        it, in the prompt; ``invert`` starts from the source's DDIM inversion (``UniEmoPipeline.edit``)."""
         pipe = self.generator()
         self.check_request(1, steps)
         source = pipe.fit(self.load(image))
         out = pipe.edit(source, **self.parse_target(target), strength=float(strength), num_inference_steps=int(steps),
-                        object=pipe.read_objects([source])[0] if keep_object else None, generator=self.seed(seed))
+                        object=pipe.read_objects([source])[0] if keep_object else None, generator=self.seed(seed),
+                        invert=bool(invert))
         (before,), _ = self.readings([source])
         gallery, metadata = self.with_readings(out.images, out.metadata, "after: read as")
         return [(source, f"before: {self.caption(before)}")] + gallery, [{**m, "source_reading": before}
@@ -308,10 +309,11 @@ def build_app(studio: Studio):
                 strength = gr.Slider(0.05, 1, value=0.6, step=0.05, label="Strength")
                 seed, n_steps = gr.Number(0, precision=0, label="Seed"), steps_box(gr, steps, limits)
                 keep = gr.Checkbox(label="Keep the object (named by the understanding branch)")
+                invert = gr.Checkbox(label="Start from the image's inversion (keeps more of it; SD 1.5)")
             button = gr.Button("Edit", variant="primary", elem_id="edit")
             pair = gr.Gallery(label="Before / after", columns=2, elem_id="before-after")
             metadata = gr.JSON(label="Metadata and both readings")
-            button.click(answered(studio.edit), [source, target, strength, seed, n_steps, keep], [pair, metadata],
+            button.click(answered(studio.edit), [source, target, strength, seed, n_steps, keep, invert], [pair, metadata],
                          api_name="edit", **diffusion)
     return app
 

@@ -107,19 +107,10 @@ class JointModel(nn.Module):
 
     def condition(self, out, labels: torch.Tensor, object_named: torch.Tensor | None = None,
                   source: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Fused condition e for understanding outputs ``out`` and target emotions ``labels``
-        (``object_named``: see ``UniEmoFusion.forward``); sample i's e is built from sample
-        ``source[i]``'s outputs (default: its own)."""
-        pick = (lambda t: t) if source is None else (lambda t: t[source])
-        alphas = {}
-        for kind, bank, embed in (("scene", self.scene_bank, out.scene_embed),
-                                  ("object", self.object_bank, out.object_embed)):
-            if kind in self.fusion.mappers and len(bank.names):
-                alphas[kind], _ = match_alpha(pick(embed), bank.embeds, self.table.rows(kind)[1], labels)
-            elif kind in self.fusion.mappers:
-                alphas[kind] = torch.ones_like(labels, dtype=embed.dtype)
-        features = {name: pick(f) for name, f in features_of(out, self.fusion.cfg.features).items()}
-        return self.fusion(features, alphas, object_named), alphas
+        """Fused condition e for understanding outputs ``out`` and target emotions ``labels``: see
+        ``fused_condition``."""
+        return fused_condition(self.fusion, out, labels, self.scene_bank, self.object_bank, self.table, object_named,
+                               source)
 
     def forward(self, batch: dict, step: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """L_joint (eq. 10) of a batch; at optimizer ``step`` L_cond's weight γ2 is ramped by
@@ -143,6 +134,23 @@ class JointModel(nn.Module):
         logs = {"loss_u": l_u["total"], "loss_cond": l_cond["cond"], "loss_diff": l_diff,
                 **{f"alpha_{k}": a.mean() for k, a in alphas.items()}}
         return loss, {k: float(v.detach()) for k, v in logs.items()}
+
+
+def fused_condition(fusion: UniEmoFusion, out, labels: torch.Tensor, scene_bank, object_bank, table: CorrelationTable,
+                    object_named: torch.Tensor | None = None,
+                    source: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Fused condition e (eq. 6) of understanding outputs ``out`` for emotions ``labels``, with α
+    matched at those emotions, and the α's (``object_named``: see ``UniEmoFusion.forward``);
+    sample i's e is built from sample ``source[i]``'s outputs (default: its own)."""
+    pick = (lambda t: t) if source is None else (lambda t: t[source])
+    alphas = {}
+    for kind, bank, embed in (("scene", scene_bank, out.scene_embed), ("object", object_bank, out.object_embed)):
+        if kind in fusion.mappers and len(bank.names):
+            alphas[kind], _ = match_alpha(pick(embed), bank.embeds, table.rows(kind)[1], labels)
+        elif kind in fusion.mappers:
+            alphas[kind] = torch.ones_like(labels, dtype=embed.dtype)
+    features = {name: pick(f).to(fusion.dtype) for name, f in features_of(out, fusion.cfg.features).items()}
+    return fusion(features, alphas, object_named), alphas
 
 
 def same_emotion_partners(labels: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,8 @@ inject e at the placeholder token, and let Stable Diffusion's own denoising loop
 run on the prompt embeddings with classifier-free guidance against the empty prompt (zeros for
 an SD XL whose config asks for them, as diffusers does). A mix of emotions
 (paper Fig. 10b) fuses e = Σ_k w_k e_k with normalised non-negative weights. ``edit`` turns a
-given photo toward an emotion (SDEdit with the same condition), and ``read`` gives the
+given photo toward an emotion (SDEdit with the same condition, or from the photo's DDIM
+inversion under the condition the understanding branch reads in it), and ``read`` gives the
 understanding branch's reading of any image.
 
 Seeds: image i of a call with seed s uses seed s + i for both its feature sample and its
@@ -34,7 +35,7 @@ from uniemo.config import UniEmoConfig, load_config
 from uniemo.errors import UniEmoError
 from uniemo.fusion import CorrelationTable, PromptEncoder, UniEmoFusion, match_alpha
 from uniemo.io import load_state_dict_checked, load_tensors, read_json
-from uniemo.joint import EmotionSpace
+from uniemo.joint import EmotionSpace, fused_condition
 from uniemo.loading import SD_PARTS
 from uniemo.rundir import STAGE2, RunDir
 
@@ -278,7 +279,7 @@ class UniEmoPipeline(DiffusionPipeline):
     def edit(self, image, emotion: str | None = None, mix: dict[str, float] | None = None, strength: float = 0.6,
              num_images: int = 1, num_inference_steps: int | None = None, guidance_scale: float | None = None,
              generator: int | torch.Generator | None = None,
-             object: str | Sequence[str] | None = None) -> UniEmoPipelineOutput:
+             object: str | Sequence[str] | None = None, invert: bool = False) -> UniEmoPipelineOutput:
         """Emotion editing (SPEC §4; SDEdit, Meng et al. 2022): ``image`` (a PIL image, or a list
         of them that fit to one size, edited as one batch) is fitted to the run's resolution,
         encoded by the VAE, noised to ``strength`` of the schedule and denoised with the fused
@@ -286,7 +287,13 @@ class UniEmoPipeline(DiffusionPipeline):
         per image, e.g. from :meth:`read_objects`) keeps what the photo shows: the prompt is
         "<emo> <object>" and e leaves out the object term, as in emotion transfer. Result i of
         every image uses seed s + i, as in generation; outputs are image-major, and their metadata
-        adds the strength."""
+        adds the strength and ``invert``.
+
+        ``invert`` (SD 1.5): instead of random noise, the photo is DDIM-inverted to ``strength``
+        under its own condition, the e (eq. 6) the understanding branch builds from it at the
+        emotion it reads there, and denoised from that latent with the target's e (diffusers'
+        DiffEdit pipeline, its mask the whole image). The noise then holds the photo's layout, so
+        more of it stays at the same strength (docs/BENCHMARKS.md); sampling is DDIM's."""
         weights, steps, guidance = self._request(emotion, mix, num_inference_steps, guidance_scale)
         check_positive(num_images=num_images)
         if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
@@ -304,13 +311,52 @@ class UniEmoPipeline(DiffusionPipeline):
         seeds = [base + i for _ in sources for i in range(num_images)]
         e, generators, infos = self.conditions(weights, seeds, [o is not None for o in objects])
         prompts = [self.prompt(o) for o in objects]
-        out = self.denoiser(img2img=True)(
-            image=[s for s in sources for _ in range(num_images)], **self._embeds(prompts, e), strength=strength,
-            num_inference_steps=steps, guidance_scale=guidance, generator=generators, output_type="pil")
+        embeds = self._embeds(prompts, e)
+        if invert:
+            out = self._edit_inverted(sources, objects[::num_images], embeds, strength, steps, guidance, generators)
+        else:
+            out = self.denoiser(img2img=True)(
+                image=[s for s in sources for _ in range(num_images)], **embeds, strength=strength,
+                num_inference_steps=steps, guidance_scale=guidance, generator=generators, output_type="pil")
         self.maybe_free_model_hooks()
-        metadata = [{**self._metadata(seed, weights, emotion, o, prompt, steps, guidance, info), "strength": strength}
-                    for seed, o, prompt, info in zip(seeds, objects, prompts, infos)]
+        metadata = [{**self._metadata(seed, weights, emotion, o, prompt, steps, guidance, info), "strength": strength,
+                     "invert": invert} for seed, o, prompt, info in zip(seeds, objects, prompts, infos)]
         return UniEmoPipelineOutput(out.images, metadata)
+
+    def _edit_inverted(self, sources: list, objects: list, embeds: dict, strength: float, steps: int, guidance: float,
+                       generators: list):
+        """``edit(invert=True)``'s denoising: each source DDIM-inverted under its own condition
+        (``objects``: one per source, named as in the edit's prompt), then denoised with ``embeds``
+        (one row per result, image-major)."""
+        import diffusers
+
+        if self.layout == "sdxl":
+            raise UniEmoError("inverted edits need Stable Diffusion 1.5 (diffusers' DiffEdit has no SD XL version): "
+                              "edit this run without invert")
+        parts = {name: getattr(self, name) for name in ("vae", "text_encoder", "tokenizer", "unet")}
+        editor = diffusers.StableDiffusionDiffEditPipeline(
+            **parts, scheduler=diffusers.DDIMScheduler.from_config(self.scheduler.config),
+            inverse_scheduler=diffusers.DDIMInverseScheduler.from_config(self.scheduler.config),
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        editor.set_progress_bar_config(**self.progress_bar_settings)
+        named, per_source = torch.tensor([o is not None for o in objects]), len(generators) // len(sources)
+        own = self._embeds([self.prompt(o) for o in objects], self.own_conditions(sources, named))
+        latents = editor.invert(image=sources, prompt_embeds=own["prompt_embeds"], guidance_scale=1.0,
+                                negative_prompt_embeds=own["negative_prompt_embeds"], num_inference_steps=steps,
+                                inpaint_strength=strength, generator=generators[::per_source]).latents
+        latents = latents.repeat_interleave(per_source, dim=0)
+        return editor(mask_image=torch.ones(len(latents), 1, *latents.shape[-2:]), image_latents=latents, **embeds,
+                      inpaint_strength=strength, num_inference_steps=steps, guidance_scale=guidance,
+                      generator=generators, output_type="pil")
+
+    @torch.no_grad()
+    def own_conditions(self, images: list, object_named: torch.Tensor | None = None) -> torch.Tensor:
+        """The fused condition e (eq. 6) of each PIL image at the emotion the understanding branch
+        reads in it, built as stage 2 builds a training image's from its label."""
+        out = self._understand(images)
+        named = None if object_named is None else object_named.to(self.fusion.device)
+        return fused_condition(self.fusion, out, out.logits.argmax(-1), self.scene_bank, self.object_bank, self.table,
+                               named)[0]
 
     def fit(self, image):
         """``image`` as RGB, scaled so that its short side is the run's resolution (by default the

@@ -1,5 +1,5 @@
-"""Edit photos toward an emotion (SDEdit with the fused condition e), with the understanding
-branch reading the source and every result.
+"""Edit photos toward an emotion (SDEdit with the fused condition e, or with --invert from the
+photo's DDIM inversion), with the understanding branch reading the source and every result.
 
 Writes OUT/<emotion or mix>/<source stem>_NN.png and one OUT/metadata.jsonl line per result:
 the source file and its predicted emotion and probability, the target, the result's predicted
@@ -8,13 +8,16 @@ steps and guidance. Result NN of every source uses seed SEED + NN. --until-targe
 strengths from --strength up by 0.1 to 1.0 until the understanding branch reads the target, and
 records the strength that made it (``reached`` says whether one did). --keep-object names each
 source's object in the prompt, as the understanding branch reads it; --object names one for all
-(recorded as ``object``).
+(recorded as ``object``). --invert (SD 1.5) noises each source by DDIM inversion under the
+condition the understanding branch reads in it instead of at random: more of the photo stays at
+the same strength.
 An IMAGE may be a folder: its images are edited. Re-running on the same OUT skips results
 already written.
 
   uniemo edit street.jpg --run runs/stage2 --emotion awe --strength 0.6 -n 2 --out edits/
   uniemo edit photos/ --run runs/stage2 --mix amusement=0.5,fear=0.5 --until-target --out edits/
-  uniemo edit street.jpg --run runs/stage2 --emotion fear --keep-object --out edits/"""
+  uniemo edit street.jpg --run runs/stage2 --emotion fear --keep-object --out edits/
+  uniemo edit street.jpg --run runs/stage2 --emotion awe --invert --strength 1.0 --out edits/"""
 
 from __future__ import annotations
 
@@ -42,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="the understanding branch names each source's object and the edit's prompt keeps it "
                            "(\"<emo> <object>\", as in emotion transfer)")
     keep.add_argument("--object", help="keep this object, named for every source (e.g. bench)")
+    parser.add_argument("--invert", action="store_true",
+                        help="noise each source by DDIM inversion under the condition the understanding branch reads "
+                             "in it, not at random: keeps more of the photo (Stable Diffusion 1.5)")
     parser.add_argument("-n", "--num-images", type=int, default=1, help="results per source image (default 1)")
     parser.add_argument("--steps", type=int, help="denoising steps of the full schedule (default: the run's)")
     parser.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the run's)")
@@ -89,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
             for group in batches(pending, images):
                 i = group[0][1]
                 out = pipe.edit([images[path] for path, _ in group], **request, strength=strength,
-                                object=[objects[path] for path, _ in group],
+                                object=[objects[path] for path, _ in group], invert=args.invert,
                                 num_inference_steps=args.steps, guidance_scale=args.guidance, generator=args.seed + i)
                 for (path, _), result, meta, after in zip(group, out.images, out.metadata, pipe.read(out.images)):
                     reached = int(after.argmax()) in goal

@@ -159,7 +159,7 @@ def edit_figures(layout) -> dict:
     return {"emo_a": metrics["emo_a"]["all"], "per_emotion_emo_a": metrics["emo_a"]["per_emotion"],
             "object_kept": metrics["edit_kept"]["all"], "clip_distance": metrics["edit_distance"]["all"],
             "understanding_reads_target": sum(r["reached"] for r in records) / max(1, len(records)),
-            "strength": layout.plan.edit_strength, "edits": len(records)}
+            "strength": layout.plan.edit_strength, "invert": layout.plan.edit_invert, "edits": len(records)}
 
 
 def _generation_figures(report: dict) -> dict:
@@ -325,6 +325,9 @@ def _generation(layout, summary: dict, figures: Path) -> Section:
     ])
 
 
+EDIT_METHODS = {True: "from the source's DDIM inversion", False: "SDEdit"}
+
+
 def _edit_section(layout, edit: dict, figures: Path) -> list:
     """The edit matrix: a row per source image, a column per target emotion, each cell with the
     understanding branch's reading."""
@@ -351,7 +354,8 @@ def _edit_section(layout, edit: dict, figures: Path) -> list:
                "understanding branch reads the target"],
               [[_pct(edit["emo_a"]), _pct(edit["object_kept"]), f"{edit['clip_distance']:.3f}",
                 _pct(edit["understanding_reads_target"])]],
-              f"Emotion editing (`uniemo edit --until-target`, SDEdit from strength {edit['strength']:g}): "
+              f"Emotion editing (`uniemo edit --until-target{' --invert' if edit['invert'] else ''}`, "
+              f"{EDIT_METHODS[edit['invert']]} from strength {edit['strength']:g}): "
               f"{edit['edits']} edits, one test image of each emotion turned toward each other emotion"),
         Figure(figures / "edits.png", "The edit matrix: under each result, the understanding branch's reading, "
                "its probability of the target and @ the strength that made it"),

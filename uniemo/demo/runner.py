@@ -61,6 +61,7 @@ class DemoPlan:
     fusion_pairs: tuple[tuple[str, str], ...] = (("amusement", "fear"), ("awe", "sadness"), ("contentment", "anger"))
     sweep: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)  # weight of the first fusion pair's first emotion
     edit_strength: float = 0.8  # the first strength --until-target tries
+    edit_invert: bool = True  # edits start from the source's DDIM inversion (docs/BENCHMARKS.md)
     fid_real_per_emotion: int = 25  # FID's reference sample (Inception-v3: 15 images/s here)
 
     def pair_mixes(self) -> list[dict[str, float]]:
@@ -209,7 +210,8 @@ STEPS = (
     Step("edit", "emotion editing: test images turned toward every other emotion", ("edits",),
          commands(lambda L: [["edit", *edit_sources(L, e), "--run", L.run2, "--emotion", e,
                               "--strength", L.plan.edit_strength, "--until-target", "--steps", L.plan.denoising_steps,
-                              "--seed", L.seed, "--out", L.edits] for e in EMOTIONS]), side=True),
+                              *(["--invert"] if L.plan.edit_invert else []), "--seed", L.seed, "--out", L.edits]
+                             for e in EMOTIONS]), side=True),
     Step("metrics", "generation metrics of UniEmo and the baseline (FID, LPIPS, Emo-A, Sem-C, Sem-D)",
          ("metrics/generation-uniemo.json", "metrics/generation-baseline.json"), commands(
             lambda L: _evaluate_generation(L, L.generated, "generation-uniemo.json", *_fid_reference(L)),
