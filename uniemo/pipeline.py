@@ -298,6 +298,9 @@ class UniEmoPipeline(DiffusionPipeline):
         check_positive(num_images=num_images)
         if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
             raise UniEmoError(f"strength={strength!r} is out of range: use a number in (0, 1], e.g. 0.6")
+        if invert and self.layout == "sdxl":
+            raise UniEmoError("inverted edits need Stable Diffusion 1.5 (diffusers' DiffEdit has no SD XL version): "
+                              "edit this run without invert")
         if int(steps * strength) < 1:
             raise UniEmoError(f"strength {strength} of {steps} steps denoises no step: raise the strength or the steps")
         sources = [self.fit(im) for im in (image if isinstance(image, (list, tuple)) else [image])]
@@ -330,9 +333,6 @@ class UniEmoPipeline(DiffusionPipeline):
         (one row per result, image-major)."""
         import diffusers
 
-        if self.layout == "sdxl":
-            raise UniEmoError("inverted edits need Stable Diffusion 1.5 (diffusers' DiffEdit has no SD XL version): "
-                              "edit this run without invert")
         parts = {name: getattr(self, name) for name in ("vae", "text_encoder", "tokenizer", "unet")}
         editor = diffusers.StableDiffusionDiffEditPipeline(
             **parts, scheduler=diffusers.DDIMScheduler.from_config(self.scheduler.config),
