@@ -7,6 +7,7 @@
 3. Generation s/image (SD 1.5, 512 px, 25 steps, fp16 on a GPU): UniEmoPipeline against
    diffusers' StableDiffusionPipeline with the same components, and UniEmoPipeline with
    ``enable_model_cpu_offload()`` (GPU only).
+   Editing s/image (SD 1.5): SDEdit against the start from the photo's DDIM inversion.
 
 ``--xl`` does 2 and 3 with SD XL (1024 px, its two text encoders; stage 2 at batch 1 and 4)
 against StableDiffusionXLPipeline.
@@ -15,7 +16,7 @@ against StableDiffusionXLPipeline.
 Prints one table and writes JSON. ``--tiny`` runs tiny models at small sizes on any device, so
 CI runs the whole script (tests/test_bench_gpu.py) and it cannot rot.
 
-    python benchmarks/bench_gpu.py [--tiny] [--xl] [--json bench_gpu.json]
+    python benchmarks/bench_gpu.py [--tiny] [--xl] [--parts stage1 stage2 generation edit data] [--json F]
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class Sizes:
     repeats: int
 
 
+PARTS = ("stage1", "stage2", "generation", "edit", "data")
 FULL = Sizes(("vit-b32", "vit-l14"), "sd15", 64, (8, 16), 8, 25, 512, 512, (0, 4, 8), 5)
 FULL_XL = Sizes(("vit-l14",), "sdxl", 64, (1, 4), 2, 25, 512, 512, (0, 4, 8), 3)
 TINY = Sizes((None,), None, 4, (2,), 2, 2, 64, 48, (0, 2), 2)
@@ -144,11 +146,16 @@ def bench_stage2(understanding, fusion, table, banks, sd, sizes: Sizes, device: 
     return rows
 
 
-def bench_generation(understanding, fusion, table, space, banks, sd, sizes: Sizes, device: torch.device) -> list[dict]:
+def sampling_pipeline(understanding, fusion, table, space, banks, sd, device: torch.device):
+    """(UniEmoPipeline on ``device`` with the SD and the mappers in fp16 on a GPU, else fp32; the dtype)."""
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     sd.to(device, dtype)
     fusion.to(dtype)
-    pipe = uniemo_pipeline(understanding, fusion, table, space, banks, sd, preset("vit-b32")).to(device)
+    return uniemo_pipeline(understanding, fusion, table, space, banks, sd, preset("vit-b32")).to(device), dtype
+
+
+def bench_generation(understanding, fusion, table, space, banks, sd, sizes: Sizes, device: torch.device) -> list[dict]:
+    pipe, dtype = sampling_pipeline(understanding, fusion, table, space, banks, sd, device)
     b, steps = sizes.generation_batch, sizes.steps
     runs = {"UniEmoPipeline": lambda: pipe(emotion="awe", num_images=b, num_inference_steps=steps, generator=0),
             type(sd).__name__: lambda: sd(prompt=["a photo of a dog"] * b, num_inference_steps=steps,
@@ -162,6 +169,22 @@ def bench_generation(understanding, fusion, table, space, banks, sd, sizes: Size
     for label, run in runs.items():
         seconds, peak = timed(run, device, sizes.repeats)
         rows.append({"part": "generation", "what": f"{label}, {steps} steps, {str(dtype)[6:]}, batch {b}",
+                     "value": seconds / b, "unit": "s/image", "peak_gib": peak})
+    return rows
+
+
+def bench_edit(understanding, fusion, table, space, banks, sd, sizes: Sizes, device: torch.device) -> list[dict]:
+    """s/edit of a photo at strength 0.8 (SD 1.5; diffusers has no SD XL DiffEdit): SDEdit against
+    the start from the photo's DDIM inversion (``uniemo edit --invert``)."""
+    pipe, dtype = sampling_pipeline(understanding, fusion, table, space, banks, sd, device)
+    b, steps = sizes.generation_batch, sizes.steps
+    side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    photos = [Image.new("RGB", (side, side), (90, 140, 200))] * b
+    rows = []
+    for invert, label in ((False, "SDEdit"), (True, "from the DDIM inversion")):
+        seconds, peak = timed(lambda: pipe.edit(photos, emotion="awe", strength=0.8, num_inference_steps=steps,
+                                                generator=0, invert=invert), device, sizes.repeats)
+        rows.append({"part": "edit", "what": f"{label}, strength 0.8, {steps} steps, {str(dtype)[6:]}, batch {b}",
                      "value": seconds / b, "unit": "s/image", "peak_gib": peak})
     return rows
 
@@ -207,18 +230,26 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--data", type=Path, help="time data loading on this EmoSet-format folder "
                         "(default: write the synthetic world at the benchmark's image size)")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=PARTS, help="what to time (default: all; "
+                        "edit only with SD 1.5)")
     args = parser.parse_args(argv)
     sizes = TINY if args.tiny else FULL_XL if args.xl else FULL
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
-    rows = bench_stage1(sizes, device)
+    rows = bench_stage1(sizes, device) if "stage1" in args.parts else []
     understanding, fusion, table_, space, banks, sd = build(sizes.clip_presets[0], sizes.sd_preset, query_len=32,
                                                             xl=args.xl)
     understanding, fusion = understanding.to(device), fusion.to(device)
     sd.to(device)
-    rows += bench_stage2(understanding, fusion, table_, banks, sd, sizes, device)
-    rows += bench_generation(understanding.eval(), fusion.eval(), table_, space, banks, sd, sizes, device)
-    rows += bench_loading(sizes, args.data)
+    if "stage2" in args.parts:
+        rows += bench_stage2(understanding, fusion, table_, banks, sd, sizes, device)
+    models = (understanding.eval(), fusion.eval(), table_, space, banks, sd, sizes, device)
+    if "generation" in args.parts:
+        rows += bench_generation(*models)
+    if "edit" in args.parts and not args.xl:
+        rows += bench_edit(*models)
+    if "data" in args.parts:
+        rows += bench_loading(sizes, args.data)
     device_name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     print(f"bench_gpu ({'tiny' if args.tiny else 'full size'}{', SD XL' if args.xl else ''}, {device_name}, torch {torch.__version__})\n" + table(rows))
     if args.json:

@@ -63,7 +63,14 @@ def build(clip_preset: str | None, sd_preset: str | None, query_len: int, xl: bo
 
 
 def uniemo_pipeline(understanding, fusion, table, space, banks, sd, cfg) -> UniEmoPipeline:
-    return UniEmoPipeline.from_parts(sd, understanding, fusion, Stage2Contents(cfg, table, space, *banks))
+    """The pipeline on these parts, reading images at the understanding branch's CLIP size."""
+    from transformers import CLIPImageProcessor
+
+    from uniemo.data import clip_transforms
+
+    side = understanding.vision.config.image_size
+    transform = clip_transforms(CLIPImageProcessor(size={"shortest_edge": side}, crop_size=side), train=False)
+    return UniEmoPipeline.from_parts(sd, understanding, fusion, Stage2Contents(cfg, table, space, *banks, transform))
 
 
 def timed_pair(a, b, repeats: int) -> tuple[float, float]:
