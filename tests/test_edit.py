@@ -243,6 +243,11 @@ def test_an_inverted_edit_starts_from_the_source_not_from_random_noise(pipe, run
                      generator=3, invert=True)
     assert np.abs(array(both.images[2]) - edit_of(photo(9), 0.6, True)).max() <= 2  # image-major, as SDEdit's
     assert [m["invert"] for m in both.metadata] == [True] * 4
+    other = UniEmoPipeline.from_pretrained(run2, scheduler="EulerDiscreteScheduler")  # inverted edits sample with DDIM
+    assert other.edit(photo(0), emotion="awe", num_inference_steps=4, invert=True).metadata[0]["scheduler"] == \
+        "DDIMScheduler"
+    assert other.edit(photo(0), emotion="awe", num_inference_steps=4).metadata[0]["scheduler"] == \
+        "EulerDiscreteScheduler"
     photo(0).save(tmp_path / "p.png")
     assert edit(run2, tmp_path / "edits", tmp_path / "p.png", "--emotion", "awe", "--invert", "--keep-object") == 0
     record = json.loads((tmp_path / "edits" / "metadata.jsonl").read_text())

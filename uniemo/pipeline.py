@@ -316,21 +316,24 @@ class UniEmoPipeline(DiffusionPipeline):
         prompts = [self.prompt(o) for o in objects]
         embeds = self._embeds(prompts, e)
         if invert:
-            out = self._edit_inverted(sources, objects[::num_images], embeds, strength, steps, guidance, generators)
+            out, sampler = self._edit_inverted(sources, objects[::num_images], embeds, strength, steps, guidance,
+                                               generators)
         else:
             out = self.denoiser(img2img=True)(
                 image=[s for s in sources for _ in range(num_images)], **embeds, strength=strength,
                 num_inference_steps=steps, guidance_scale=guidance, generator=generators, output_type="pil")
+            sampler = type(self.scheduler).__name__
         self.maybe_free_model_hooks()
         metadata = [{**self._metadata(seed, weights, emotion, o, prompt, steps, guidance, info), "strength": strength,
-                     "invert": invert} for seed, o, prompt, info in zip(seeds, objects, prompts, infos)]
+                     "invert": invert, "scheduler": sampler}
+                    for seed, o, prompt, info in zip(seeds, objects, prompts, infos)]
         return UniEmoPipelineOutput(out.images, metadata)
 
     def _edit_inverted(self, sources: list, objects: list, embeds: dict, strength: float, steps: int, guidance: float,
                        generators: list):
         """``edit(invert=True)``'s denoising: each source DDIM-inverted under its own condition
         (``objects``: one per source, named as in the edit's prompt), then denoised with ``embeds``
-        (one row per result, image-major)."""
+        (one row per result, image-major). Returns diffusers' output and the sampler's name."""
         import diffusers
 
         parts = {name: getattr(self, name) for name in ("vae", "text_encoder", "tokenizer", "unet")}
@@ -345,9 +348,10 @@ class UniEmoPipeline(DiffusionPipeline):
                                 negative_prompt_embeds=own["negative_prompt_embeds"], num_inference_steps=steps,
                                 inpaint_strength=strength, generator=generators[::per_source]).latents
         latents = latents.repeat_interleave(per_source, dim=0)
-        return editor(mask_image=torch.ones(len(latents), 1, *latents.shape[-2:]), image_latents=latents, **embeds,
-                      inpaint_strength=strength, num_inference_steps=steps, guidance_scale=guidance,
-                      generator=generators, output_type="pil")
+        out = editor(mask_image=torch.ones(len(latents), 1, *latents.shape[-2:]), image_latents=latents, **embeds,
+                     inpaint_strength=strength, num_inference_steps=steps, guidance_scale=guidance,
+                     generator=generators, output_type="pil")
+        return out, type(editor.scheduler).__name__
 
     @torch.no_grad()
     def own_conditions(self, images: list, object_named: torch.Tensor | None = None) -> torch.Tensor:
