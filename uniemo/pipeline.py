@@ -186,13 +186,19 @@ class UniEmoPipeline(DiffusionPipeline):
         """"sd15" or "sdxl": which Stable Diffusion this pipeline runs."""
         return "sd15" if self.text_encoder_2 is None else "sdxl"
 
-    def denoiser(self, img2img: bool = False):
-        """diffusers' own SD (XL) text-to-image or image-to-image pipeline on this pipeline's
+    def denoiser(self, img2img: bool = False, invert: bool = False):
+        """diffusers' own SD (XL) text-to-image or image-to-image pipeline or, with ``invert`` (SD
+        1.5), its DiffEdit pipeline sampling with DDIM and DDIM's inverse, on this pipeline's
         current components (shared, not copied), with its progress-bar settings."""
         import diffusers
 
-        cls = getattr(diffusers, DENOISERS[self.layout][img2img])
         parts = {name: getattr(self, name) for name in COMPONENTS if getattr(self, name) is not None}
+        if invert:
+            cls = diffusers.StableDiffusionDiffEditPipeline
+            parts.update(scheduler=diffusers.DDIMScheduler.from_config(self.scheduler.config),
+                         inverse_scheduler=diffusers.DDIMInverseScheduler.from_config(self.scheduler.config))
+        else:
+            cls = getattr(diffusers, DENOISERS[self.layout][img2img])
         if self.layout == "sdxl":
             extra = {"force_zeros_for_empty_prompt": self.config.force_zeros_for_empty_prompt, "add_watermarker": False}
         else:
@@ -334,14 +340,7 @@ class UniEmoPipeline(DiffusionPipeline):
         """``edit(invert=True)``'s denoising: each source DDIM-inverted under its own condition
         (``objects``: one per source, named as in the edit's prompt), then denoised with ``embeds``
         (one row per result, image-major). Returns diffusers' output and the sampler's name."""
-        import diffusers
-
-        parts = {name: getattr(self, name) for name in ("vae", "text_encoder", "tokenizer", "unet")}
-        editor = diffusers.StableDiffusionDiffEditPipeline(
-            **parts, scheduler=diffusers.DDIMScheduler.from_config(self.scheduler.config),
-            inverse_scheduler=diffusers.DDIMInverseScheduler.from_config(self.scheduler.config),
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-        editor.set_progress_bar_config(**self.progress_bar_settings)
+        editor = self.denoiser(invert=True)
         named, per_source = torch.tensor([o is not None for o in objects]), len(generators) // len(sources)
         own = self._embeds([self.prompt(o) for o in objects], self.own_conditions(sources, named))
         latents = editor.invert(image=sources, prompt_embeds=own["prompt_embeds"], guidance_scale=1.0,
