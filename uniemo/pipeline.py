@@ -315,14 +315,14 @@ class UniEmoPipeline(DiffusionPipeline):
         objects = [object] * len(sources) if object is None or isinstance(object, str) else list(object)
         if len(objects) != len(sources):
             raise UniEmoError(f"{len(objects)} objects for {len(sources)} images: give one object, or one per image")
-        objects = [o for o in objects for _ in range(num_images)]
+        results = [o for o in objects for _ in range(num_images)]  # one object per result, image-major
         base = base_seed(generator)
         seeds = [base + i for _ in sources for i in range(num_images)]
-        e, generators, infos = self.conditions(weights, seeds, [o is not None for o in objects])
-        prompts = [self.prompt(o) for o in objects]
+        e, generators, infos = self.conditions(weights, seeds, [o is not None for o in results])
+        prompts = [self.prompt(o) for o in results]
         embeds = self._embeds(prompts, e)
         if invert:
-            out, sampler = self._edit_inverted(sources, objects[::num_images], embeds, strength, steps, guidance,
+            out, sampler = self._edit_inverted(sources, objects, num_images, embeds, strength, steps, guidance,
                                                generators)
         else:
             out = self.denoiser(img2img=True)(
@@ -332,21 +332,21 @@ class UniEmoPipeline(DiffusionPipeline):
         self.maybe_free_model_hooks()
         metadata = [{**self._metadata(seed, weights, emotion, o, prompt, steps, guidance, info), "strength": strength,
                      "invert": invert, "scheduler": sampler}
-                    for seed, o, prompt, info in zip(seeds, objects, prompts, infos)]
+                    for seed, o, prompt, info in zip(seeds, results, prompts, infos)]
         return UniEmoPipelineOutput(out.images, metadata)
 
-    def _edit_inverted(self, sources: list, objects: list, embeds: dict, strength: float, steps: int, guidance: float,
-                       generators: list):
+    def _edit_inverted(self, sources: list, objects: list, num_images: int, embeds: dict, strength: float, steps: int,
+                       guidance: float, generators: list):
         """``edit(invert=True)``'s denoising: each source DDIM-inverted under its own condition
         (``objects``: one per source, named as in the edit's prompt), then denoised with ``embeds``
-        (one row per result, image-major). Returns diffusers' output and the sampler's name."""
+        (``num_images`` rows per source, image-major). Returns diffusers' output and the sampler's name."""
         editor = self.denoiser(invert=True)
-        named, per_source = torch.tensor([o is not None for o in objects]), len(generators) // len(sources)
+        named = torch.tensor([o is not None for o in objects])
         own = self._embeds([self.prompt(o) for o in objects], self.own_conditions(sources, named))
         latents = editor.invert(image=sources, prompt_embeds=own["prompt_embeds"], guidance_scale=1.0,
                                 negative_prompt_embeds=own["negative_prompt_embeds"], num_inference_steps=steps,
-                                inpaint_strength=strength, generator=generators[::per_source]).latents
-        latents = latents.repeat_interleave(per_source, dim=0)
+                                inpaint_strength=strength, generator=generators[::num_images]).latents
+        latents = latents.repeat_interleave(num_images, dim=0)
         out = editor(mask_image=torch.ones(len(latents), 1, *latents.shape[-2:]), image_latents=latents, **embeds,
                      inpaint_strength=strength, num_inference_steps=steps, guidance_scale=guidance,
                      generator=generators, output_type="pil")
