@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 from bench_pipeline import build, uniemo_pipeline
 
-from uniemo.config import UnderstandingConfig, preset
+from uniemo.config import FusionConfig, UnderstandingConfig, preset
 from uniemo.data import clip_transforms, collate, open_dataset
 from uniemo.demo import foundation
 from uniemo.demo.synth import write_synthetic
@@ -125,7 +125,7 @@ def bench_stage1(sizes: Sizes, device: torch.device) -> list[dict]:
 
 
 def bench_stage2(understanding, fusion, table, banks, sd, sizes: Sizes, device: torch.device) -> list[dict]:
-    model = JointModel(understanding, fusion, FrozenDiffusion(sd, "<emo>"), *banks, table).to(device).train()
+    model = JointModel(understanding, fusion, FrozenDiffusion(sd, FusionConfig()), *banks, table).to(device).train()
     size = understanding.backbone.config.image_size
     resolution = sd.unet.config.sample_size * sd.vae_scale_factor
     rows = []

@@ -114,7 +114,7 @@ def bench_full() -> None:
     print(f"[full] built SD-1.5-size UNet ({params:.0f} M params) + vit-b32 understanding in "
           f"{time.perf_counter() - start:.1f} s, peak RSS {peak_rss_gib():.2f} GiB")
 
-    model = JointModel(understanding, fusion, FrozenDiffusion(sd, "<emo>"), *banks, table).train()
+    model = JointModel(understanding, fusion, FrozenDiffusion(sd, FusionConfig()), *banks, table).train()
     batch = {"pixel_values": torch.randn(1, 3, size, size), "vae_pixels": torch.rand(1, 3, resolution, resolution) * 2 - 1,
              "label": torch.tensor([1]), "scene": ["beach"], "object": ["dog"]}
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -157,7 +157,7 @@ def bench_full_xl() -> None:
           f"output {tuple(out.shape)}, peak RSS {peak_rss_gib():.2f} GiB")
     understanding.float()
     fusion.float()
-    model = JointModel(understanding, fusion, FrozenDiffusion(sd, "<emo>"), *banks, table).train()
+    model = JointModel(understanding, fusion, FrozenDiffusion(sd, FusionConfig()), *banks, table).train()
     size = CLIP_ARCHITECTURES["vit-b32"]["image_size"]
     for b in (1, 2):
         batch = {"pixel_values": torch.randn(b, 3, size, size), "vae_pixels": torch.rand(b, 3, 1024, 1024) * 2 - 1,

@@ -176,7 +176,7 @@ def test_keep_object_prompts_the_object_the_understanding_branch_reads(run2, pip
     named = pipe.read_objects([pipe.fit(photo(k)) for k in range(2)])
     for k, name in enumerate(named):
         r = records[f"awe/p{k}_00.png"]
-        assert r["object"] == name and r["prompt"] == f"{pipe.cfg.fusion.placeholder} {name}"
+        assert r["object"] == name and r["prompt"] == pipe.prompt(name)
     assert edit(run2, out, tmp_path / "p0.png", "--emotion", "fear", "--object", "bench") == 0  # one named for all
     assert json.loads((out / "metadata.jsonl").read_text().splitlines()[-1])["object"] == "bench"
 
@@ -251,4 +251,4 @@ def test_an_inverted_edit_starts_from_the_source_not_from_random_noise(pipe, run
     photo(0).save(tmp_path / "p.png")
     assert edit(run2, tmp_path / "edits", tmp_path / "p.png", "--emotion", "awe", "--invert", "--keep-object") == 0
     record = json.loads((tmp_path / "edits" / "metadata.jsonl").read_text())
-    assert record["invert"] is True and record["prompt"] == f"{pipe.cfg.fusion.placeholder} {record['object']}"
+    assert record["invert"] is True and record["prompt"] == pipe.prompt(record["object"])

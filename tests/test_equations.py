@@ -581,7 +581,7 @@ def test_sdxl_diffusion_loss_by_hand(tiny_xl_models):
     from uniemo.loading import load_sd
 
     sd = load_sd(tiny_xl_models[1])
-    diffusion = FrozenDiffusion(sd, "<emo>")
+    diffusion = FrozenDiffusion(sd, FusionConfig())
     e = torch.randn(2, sum(diffusion.prompts.widths))
     pixels = torch.rand(2, 3, 64, 64) * 2 - 1
     torch.manual_seed(3)
@@ -611,7 +611,7 @@ def test_diffusion_loss_by_hand(tiny_models, prediction):
 
     sd = load_sd(tiny_models[1])
     sd.scheduler = DDIMScheduler.from_config(sd.scheduler.config, prediction_type=prediction)
-    diffusion = FrozenDiffusion(sd, "<emo>")
+    diffusion = FrozenDiffusion(sd, FusionConfig())
     e = torch.randn(2, sd.text_encoder.config.hidden_size)
     pixels = torch.rand(2, 3, 64, 64) * 2 - 1
     torch.manual_seed(3)

@@ -37,7 +37,7 @@ def build_joint(tiny_models, fusion_cfg: FusionConfig | None = None, seed: int =
     fusion = UniEmoFusion(fusion_cfg or FusionConfig(), vision_dim=vision.config.hidden_size,
                           text_dims=[te.config.hidden_size for te in (sd.text_encoder, getattr(sd, "text_encoder_2", None))
                                      if te is not None], head_hidden=32)
-    diffusion = joint.FrozenDiffusion(sd, "<emo>", gradient_checkpointing=checkpointing)
+    diffusion = joint.FrozenDiffusion(sd, FusionConfig(unet_gradient_checkpointing=checkpointing))
     return joint.JointModel(understanding, fusion, diffusion, scene_bank, object_bank, table)
 
 
@@ -84,16 +84,17 @@ def test_transfer_prompts_name_the_image_object_at_the_configured_rate(tiny_mode
 
     sd = load_sd(tiny_models[1])
     objects = ["balloon", None, "cake"] * 100
-    (plain,), named = joint.FrozenDiffusion(sd, "<emo>").prompt_ids_for(objects)
+    (plain,), named = joint.FrozenDiffusion(sd, FusionConfig()).prompt_ids_for(objects)
     assert (plain == plain[0]).all() and not named.any()
-    always = joint.FrozenDiffusion(sd, "<emo>", object_prompt_p=1.0)
-    (ids,), named = always.prompt_ids_for(objects[:3])
-    texts = sd.tokenizer.batch_decode(ids)
-    assert [t.replace(" ", "").replace("<|endoftext|>", "").replace("<|startoftext|>", "") for t in texts] == [
-        "<emo>balloon", "<emo>", "<emo>cake"]
-    assert named.tolist() == [True, False, True]
+    for template, expected in [("{placeholder} {object}", ["<emo>balloon", "<emo>", "<emo>cake"]),
+                               ("{placeholder} {article} {object}", ["<emo>aballoon", "<emo>", "<emo>acake"])]:
+        always = joint.FrozenDiffusion(sd, FusionConfig(object_prompt_p=1.0, transfer_prompt=template))
+        (ids,), named = always.prompt_ids_for(objects[:3])
+        texts = sd.tokenizer.batch_decode(ids)
+        assert [t.replace(" ", "").replace("<|endoftext|>", "").replace("<|startoftext|>", "") for t in texts] == expected
+        assert named.tolist() == [True, False, True]
     torch.manual_seed(0)
-    (half,), named = joint.FrozenDiffusion(sd, "<emo>", object_prompt_p=0.5).prompt_ids_for(objects)
+    (half,), named = joint.FrozenDiffusion(sd, FusionConfig(object_prompt_p=0.5)).prompt_ids_for(objects)
     assert torch.equal((half != plain).any(dim=1), named)
     assert not named[1::3].any()  # an image without an object keeps the plain prompt
     assert 0.4 < named[0::3].float().mean() < 0.6
@@ -138,7 +139,10 @@ def test_transfer_samples_take_their_partner_condition_when_configured(tiny_mode
 
 
 @pytest.mark.parametrize("override, message", [("object_prompt_p: 1.5", "object_prompt_p 1.5 is out of range"),
-                                               ("cond_warmup_steps: -5", "cond_warmup_steps -5 is negative")])
+                                               ("cond_warmup_steps: -5", "cond_warmup_steps -5 is negative"),
+                                               ("transfer_prompt: '{object}'", "transfer_prompt '{object}' is not a "
+                                                "valid template (no {placeholder} or no {object})"),
+                                               ("transfer_prompt: '{placeholder} {obj}'", "(KeyError: 'obj')")])
 def test_fusion_setting_out_of_range_is_a_one_line_error(tiny_models, tiny_emoset, tmp_path, capsys, override,
                                                          message):
     from uniemo.cli import main

@@ -59,6 +59,24 @@ def test_batch_size_does_not_change_images(pipe):
     assert np.allclose(pixels(whole.images).astype(int), pixels(split.images).astype(int), atol=2)
 
 
+def test_transfer_prompt_follows_the_run_template(pipe):
+    """``fusion.transfer_prompt`` words the transfer prompt ({article}: "a" or "an"); the words reach the
+    images; a template without the placeholder is a one-line error."""
+    fusion = pipe.cfg.fusion
+    plain = pipe(emotion="awe", object="umbrella", num_images=1, num_inference_steps=2, generator=0)
+    try:
+        fusion.transfer_prompt = "{placeholder} {article} {object}"
+        assert pipe.prompt("bench") == "<emo> a bench"
+        worded = pipe(emotion="awe", object="umbrella", num_images=1, num_inference_steps=2, generator=0)
+        fusion.transfer_prompt = "{object}"
+        with pytest.raises(UniEmoError, match=r"'\{object\}' is not a valid template \(no \{placeholder\}"):
+            pipe.prompt("bench")
+    finally:
+        fusion.transfer_prompt = "{placeholder} {object}"
+    assert plain.metadata[0]["prompt"] == "<emo> umbrella" and worded.metadata[0]["prompt"] == "<emo> an umbrella"
+    assert not np.array_equal(pixels(plain.images), pixels(worded.images))
+
+
 def test_metadata_describes_each_image(pipe):
     out = pipe(emotion="sadness", object="bench", num_images=2, num_inference_steps=2, guidance_scale=3.0,
                generator=0)

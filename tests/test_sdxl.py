@@ -157,7 +157,7 @@ def test_sdxl_transfer_mix_and_edit_run_and_repeat(xl_run2, tiny_emoset):
     transfer = pipe(emotion="fear", object="bench", num_images=2, num_inference_steps=2, generator=5)
     again = pipe(emotion="fear", object="bench", num_images=2, num_inference_steps=2, generator=5, batch_size=1)
     assert np.allclose(np.stack(transfer.images).astype(int), np.stack(again.images).astype(int), atol=2)
-    assert transfer.metadata[0]["prompt"] == "<emo> bench"
+    assert transfer.metadata[0]["prompt"] == "<emo> a bench"  # the tiny preset's transfer prompt
     mix = pipe(mix={"awe": 1, "fear": 1}, num_images=1, num_inference_steps=2, generator=0)
     assert mix.metadata[0]["mix"] == {"awe": 0.5, "fear": 0.5}
     source = Image.open(next(tiny_emoset.rglob("*.jpg")))
@@ -166,7 +166,7 @@ def test_sdxl_transfer_mix_and_edit_run_and_repeat(xl_run2, tiny_emoset):
     assert pipe.read(edited.images).shape == (1, 8)
     kept = pipe.edit([source, source], emotion="anger", object=["bench", None], strength=0.5, num_inference_steps=4,
                      generator=1)  # one prompt per image through both text encoders
-    assert [m["prompt"] for m in kept.metadata] == ["<emo> bench", "<emo>"]
+    assert [m["prompt"] for m in kept.metadata] == ["<emo> a bench", "<emo>"]
     assert np.abs(np.asarray(kept.images[1], dtype=int) - np.asarray(edited.images[0], dtype=int)).max() <= 2
     with pytest.raises(UniEmoError, match="inverted edits need Stable Diffusion 1.5"):
         pipe.edit(source, emotion="anger", invert=True)

@@ -70,7 +70,9 @@ class FusionConfig:
     margin: float = 0.5
     mapper_hidden: int | None = None  # None = the text encoder's width
     placeholder: str = "<emo>"
-    object_prompt_p: float = 0.0  # stage 2: share of samples prompted "<emo> <their object>" (transfer)
+    # emotion transfer's prompt (paper Fig. 10a), in stage 2 and at generation; {article} is "a" or "an"
+    transfer_prompt: str = "{placeholder} {object}"
+    object_prompt_p: float = 0.0  # stage 2: share of samples given the transfer prompt with their object
     # stage 2: such a sample's e is built from another training image of its emotion in the batch,
     # so the word, not e, has to carry the object (as at generation, where e comes from the space)
     object_prompt_partner: bool = False
@@ -155,9 +157,11 @@ def _tiny() -> UniEmoConfig:
                            optim=OptimConfig(lr=1e-2, backbone_lr=0.0)),  # the paper's stage-2 lr
         # No L_cond: at weight 0.05 or 0.3 it fixes e's direction before the tiny UNet's weak
         # L_diff signal can, and Emo-A stays at 0.08-0.22 (docs/DECISIONS.md, measured).
-        # Half the samples see the transfer prompt "<emo> <object>", with e from another image of
-        # their emotion (docs/DECISIONS.md, measured).
-        fusion=FusionConfig(joint_weights=[0.3, 0.0, 0.7], object_prompt_p=0.5, object_prompt_partner=True),
+        # Half the samples see the transfer prompt "<emo> a <object>", with e from another image of
+        # their emotion; the article because the tiny SD learned its objects with one (docs/DECISIONS.md,
+        # measured).
+        fusion=FusionConfig(joint_weights=[0.3, 0.0, 0.7], transfer_prompt="{placeholder} {article} {object}",
+                            object_prompt_p=0.5, object_prompt_partner=True),
         generation=GenerationConfig(num_inference_steps=25, guidance_scale=5.0),
         feedback=FeedbackConfig(per_emotion=40),
     )

@@ -172,7 +172,7 @@ class UniEmoFusion(ModuleUtilsMixin, nn.Module):
                 object_named: torch.Tensor | None = None) -> torch.Tensor:
         """e = Σ_f α_f · M_f(feature_f) over the configured features, rescaled to the token norm;
         α = 1 for cls and patch, and for every feature when ``use_alpha`` is off. Where
-        ``object_named`` (B,) is true the prompt names the object ("<emo> house", emotion
+        ``object_named`` (B,) is true the prompt names the object ("<emo> a house", emotion
         transfer): the object term is left out, as the word carries the object."""
         e = 0
         for name, mapper in self.mappers.items():
@@ -231,6 +231,25 @@ def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
     """Token ids padded to the tokenizer's max length, as Stable Diffusion encodes its prompts."""
     return tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                      return_tensors="pt").input_ids
+
+
+def transfer_prompt(template: str, placeholder: str, object: str) -> str:
+    """The emotion-transfer prompt (paper Fig. 10a) from the ``fusion.transfer_prompt`` template,
+    e.g. "{placeholder} {article} {object}" -> "<emo> an umbrella"."""
+    check_transfer_prompt(template)
+    return template.format(placeholder=placeholder, object=object, article="an" if object[0] in "aeiou" else "a")
+
+
+def check_transfer_prompt(template: str) -> None:
+    """``fusion.transfer_prompt`` must name the placeholder and the object, and no other field."""
+    try:
+        filled = template.format(placeholder="\0", object="\1", article="a")
+        problem = None if "\0" in filled and "\1" in filled else "no {placeholder} or no {object}"
+    except (KeyError, IndexError, ValueError, AttributeError) as e:
+        problem = f"{type(e).__name__}: {e}"
+    if problem:
+        raise UniEmoError(f"fusion.transfer_prompt {template!r} is not a valid template ({problem}): use the fields "
+                          "{placeholder} and {object}, optionally {article}, e.g. \"{placeholder} {article} {object}\"")
 
 
 def check_word(tokenizer, word: str, placeholder_id: int) -> None:

@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from uniemo.config import FusionConfig
 from uniemo.errors import UniEmoError
-from uniemo.fusion import CorrelationTable, PromptEncoder, UniEmoFusion, match_alpha
+from uniemo.fusion import CorrelationTable, PromptEncoder, UniEmoFusion, match_alpha, transfer_prompt
 from uniemo.io import load_tensors, save_tensors
 from uniemo.rundir import RunDir
 
@@ -29,19 +30,20 @@ class FrozenDiffusion(nn.Module):
     """The frozen parts of Stable Diffusion (1.5 or XL) and L_diff. Always in eval mode, no
     parameter trains."""
 
-    def __init__(self, sd_pipe, placeholder: str, object_prompt_p: float = 0.0, gradient_checkpointing: bool = False):
+    def __init__(self, sd_pipe, cfg: FusionConfig):
         from diffusers import DDPMScheduler
 
         super().__init__()
         self.vae, self.unet = sd_pipe.vae, sd_pipe.unet
-        self.prompts = PromptEncoder.of(sd_pipe, placeholder)
+        self.prompts = PromptEncoder.of(sd_pipe, cfg.placeholder)
         self.text_encoders = nn.ModuleList(self.prompts.text_encoders)  # moved, frozen and in eval mode with the rest
-        self.placeholder, self.object_prompt_p = placeholder, object_prompt_p
+        self.placeholder, self.transfer_prompt = cfg.placeholder, cfg.transfer_prompt
+        self.object_prompt_p = cfg.object_prompt_p
         self.requires_grad_(False)
-        if gradient_checkpointing:
+        if cfg.unet_gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
         self.noise_scheduler = DDPMScheduler.from_config(sd_pipe.scheduler.config)
-        self.prompt_ids = self.prompts.ids([placeholder])
+        self.prompt_ids = self.prompts.ids([cfg.placeholder])
         self.eval()
 
     def train(self, mode: bool = True) -> "FrozenDiffusion":
@@ -50,12 +52,14 @@ class FrozenDiffusion(nn.Module):
     def prompt_ids_for(self, objects: list[str | None]) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Token ids (one tensor per tokenizer) of "<emo>" per sample or, with probability
         ``object_prompt_p`` where the image's object is known, of the transfer prompt
-        "<emo> <object>", and which samples got it (B,) bool: e then learns to carry what the
-        object word does not, so "<emo> house" at generation is a prompt stage 2 has seen."""
+        (``fusion.transfer_prompt``: "<emo> a house"), and which samples got it (B,) bool: e then
+        learns to carry what the object word does not, so the transfer prompt at generation is one
+        stage 2 has seen."""
         named = (torch.rand(len(objects)) < self.object_prompt_p) & torch.tensor([bool(o) for o in objects])
         if not named.any():
             return self.prompt_ids, named
-        prompts = [f"{self.placeholder} {o}" if n else self.placeholder for o, n in zip(objects, named.tolist())]
+        prompts = [transfer_prompt(self.transfer_prompt, self.placeholder, o) if n else self.placeholder
+                   for o, n in zip(objects, named.tolist())]
         return self.prompts.ids(prompts), named
 
     @torch.no_grad()
@@ -282,8 +286,7 @@ def build_joint_model(run1: str | Path, sd_pipe, cfg, table: CorrelationTable) -
 
     understanding = UniEmoUnderstanding.from_pretrained(run1)
     scene_bank, object_bank = load_attributes(run1)
-    diffusion = FrozenDiffusion(sd_pipe, cfg.fusion.placeholder, cfg.fusion.object_prompt_p,
-                                cfg.fusion.unet_gradient_checkpointing)
+    diffusion = FrozenDiffusion(sd_pipe, cfg.fusion)
     fusion = UniEmoFusion.for_models(cfg.fusion, understanding, diffusion.prompts)
     return JointModel(understanding, fusion, diffusion, scene_bank, object_bank, table)
 

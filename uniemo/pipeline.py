@@ -33,7 +33,7 @@ from diffusers import DiffusionPipeline
 
 from uniemo.config import UniEmoConfig, load_config
 from uniemo.errors import UniEmoError
-from uniemo.fusion import CorrelationTable, PromptEncoder, UniEmoFusion, match_alpha
+from uniemo.fusion import CorrelationTable, PromptEncoder, UniEmoFusion, match_alpha, transfer_prompt
 from uniemo.io import load_state_dict_checked, load_tensors, read_json
 from uniemo.joint import EmotionSpace, fused_condition
 from uniemo.loading import SD_PARTS
@@ -213,11 +213,11 @@ class UniEmoPipeline(DiffusionPipeline):
         self.progress_bar_settings = dict(kwargs)
 
     def prompt(self, object: str | None = None) -> str:
-        """"<emo>" or, for emotion transfer, "<emo> <object>"."""
+        """"<emo>" or, for emotion transfer, ``fusion.transfer_prompt`` with the object ("<emo> a house")."""
         if object is None:
             return self.cfg.fusion.placeholder
         self.prompts.check_word(object)
-        return f"{self.cfg.fusion.placeholder} {object.strip()}"
+        return transfer_prompt(self.cfg.fusion.transfer_prompt, self.cfg.fusion.placeholder, object.strip())
 
     def conditions(self, weights: dict[str, float], seeds: list[int], object_named: bool | list[bool] = False):
         """Fused conditions e (B,W) for one seed each, the generators (positioned after the feature
@@ -291,7 +291,7 @@ class UniEmoPipeline(DiffusionPipeline):
         encoded by the VAE, noised to ``strength`` of the schedule and denoised with the fused
         condition e at the placeholder, by diffusers' img2img pipeline. ``object`` (a word, or one
         per image, e.g. from :meth:`read_objects`) keeps what the photo shows: the prompt is
-        "<emo> <object>" and e leaves out the object term, as in emotion transfer. Result i of
+        the transfer prompt ("<emo> a house") and e leaves out the object term, as in emotion transfer. Result i of
         every image uses seed s + i, as in generation; outputs are image-major, and their metadata
         adds the strength and ``invert``.
 

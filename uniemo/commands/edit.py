@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     keep = parser.add_mutually_exclusive_group()
     keep.add_argument("--keep-object", action="store_true",
                       help="the understanding branch names each source's object and the edit's prompt keeps it "
-                           "(\"<emo> <object>\", as in emotion transfer)")
+                           "(the transfer prompt, as in emotion transfer)")
     keep.add_argument("--object", help="keep this object, named for every source (e.g. bench)")
     parser.add_argument("--invert", action="store_true",
                         help="noise each source by DDIM inversion under the condition the understanding branch reads "

@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from uniemo.config import load_config, merge, read_yaml
+    from uniemo.fusion import check_transfer_prompt
     from uniemo.joint import train_joint
 
     cfg = load_config(RunDir(args.run).config)
@@ -47,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 <= cfg.fusion.object_prompt_p <= 1.0:
         raise UniEmoError(f"fusion.object_prompt_p {cfg.fusion.object_prompt_p} is out of range: "
                           "use a probability in [0, 1]")
+    check_transfer_prompt(cfg.fusion.transfer_prompt)
     if cfg.fusion.cond_warmup_steps < 0:
         raise UniEmoError(f"fusion.cond_warmup_steps {cfg.fusion.cond_warmup_steps} is negative: "
                           "use 0 (no warm-up) or a number of optimizer steps")

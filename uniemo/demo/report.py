@@ -10,6 +10,7 @@ from pathlib import Path
 from PIL import Image
 
 from uniemo.config import load_config
+from uniemo.fusion import transfer_prompt
 from uniemo.io import read_json, write_json
 from uniemo.demo.html import Figure, Section, Table, write_report
 from uniemo.demo.pretrain_base import STEP_COUNTS
@@ -289,9 +290,10 @@ def _generation(layout, summary: dict, figures: Path) -> Section:
     image_table_png([_images(Path(layout.baseline) / e, min(n, 8)) for e in EMOTIONS], list(EMOTIONS),
                     figures / "baseline.png", title="Baseline: base model prompted with the emotion word")
     objects = list(layout.plan.transfer_objects)
-    t = g["transfer"]
+    t, fusion = g["transfer"], load_config(RunDir(layout.run2).config).fusion
+    prompt = transfer_prompt(fusion.transfer_prompt, fusion.placeholder, "object")
     image_table_png([[_first(Path(layout.transfer) / o / e) for o in objects] for e in EMOTIONS], list(EMOTIONS),
-                    figures / "transfer.png", title="Emotion transfer: '<emo> object'",
+                    figures / "transfer.png", title=f"Emotion transfer: '{prompt}'",
                     col_labels=[f"{o}\nEmo-A {_pct(t[o]['emo_a'])}\nkept {_pct(t[o]['object_kept'])}" for o in objects])
     _fusion_figures(layout, g["fusion"], figures)
     rows = [[f"{label}, {THIS_RUN}", *[_metric(g[name][k], k) for k, _ in METRICS]]
