@@ -66,7 +66,7 @@ def test_transfer_prompt_follows_the_run_template(pipe):
     plain = pipe(emotion="awe", object="umbrella", num_images=1, num_inference_steps=2, generator=0)
     try:
         fusion.transfer_prompt = "{placeholder} {article} {object}"
-        assert pipe.prompt("bench") == "<emo> a bench"
+        assert pipe.prompt("bench") == "<emo> a bench" and pipe.prompt("Umbrella") == "<emo> an Umbrella"
         worded = pipe(emotion="awe", object="umbrella", num_images=1, num_inference_steps=2, generator=0)
         fusion.transfer_prompt = "{object}"
         with pytest.raises(UniEmoError, match=r"'\{object\}' is not a valid template \(no \{placeholder\}"):

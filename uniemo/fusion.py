@@ -237,7 +237,7 @@ def transfer_prompt(template: str, placeholder: str, object: str) -> str:
     """The emotion-transfer prompt (paper Fig. 10a) from the ``fusion.transfer_prompt`` template,
     e.g. "{placeholder} {article} {object}" -> "<emo> an umbrella"."""
     check_transfer_prompt(template)
-    return template.format(placeholder=placeholder, object=object, article="an" if object[0] in "aeiou" else "a")
+    return template.format(placeholder=placeholder, object=object, article="an" if object[0].lower() in "aeiou" else "a")
 
 
 def check_transfer_prompt(template: str) -> None:
