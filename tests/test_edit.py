@@ -154,6 +154,26 @@ def test_edit_command_records_both_readings_and_resumes(run2, tmp_path, capsys):
     assert (out / "fear" / "p1_01.png").is_file()
 
 
+@pytest.mark.parametrize("other, message", [(("--strength", "0.8"), "with strength 0.6 and this call asks for 0.8"),
+                                            (("--invert",), "with invert False and this call asks for True"),
+                                            (("--seed", "3"), "with seed 0 and this call asks for 3"),
+                                            (("--object", "bench"), "with object None and this call asks for 'bench'")])
+def test_a_rerun_with_other_settings_is_refused_not_skipped(run2, tmp_path, capsys, other, message):
+    """Re-running into the same --out skips what is written only if it was made the same way: an
+    edit of another strength, sampler, seed or object under the same name is a one-line error."""
+    photo(0).save(tmp_path / "p.png")
+    out = tmp_path / "edits"
+    assert edit(run2, out, tmp_path / "p.png", "--emotion", "awe") == 0
+    before = (out / "metadata.jsonl").read_bytes()
+    capsys.readouterr()
+    assert edit(run2, out, tmp_path / "p.png", "--emotion", "awe", *other) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "awe/p_00.png was made " + message in err and "another --out" in err
+    assert (out / "metadata.jsonl").read_bytes() == before
+    assert edit(run2, out, tmp_path / "p.png", "--emotion", "awe", "--until-target") == 0  # from 0.6: as written
+    assert edit(run2, out, tmp_path / "p.png", "--emotion", "fear", *other) == 0  # another target, another file
+
+
 def test_until_target_raises_the_strength_until_the_target_is_read(run2, tmp_path):
     photo(3).save(tmp_path / "a.png")
     out = tmp_path / "edits"

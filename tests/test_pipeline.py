@@ -203,6 +203,15 @@ def test_generate_writes_images_metadata_and_grid_and_resumes(run2_dir, tmp_path
     assert len(lines) == 4 and len({m["file"] for m in lines}) == 4
     # same seed, same image (up to float rounding: it was denoised in a batch of 2, now alone)
     assert np.abs(np.asarray(Image.open(out / "awe" / "0001.png")).astype(int) - first).max() <= 2
+    # written with other settings: refused in one line, nothing overwritten
+    for other, message in [(("--seed", "6"), "0000.png was made with seed 5 and this call asks for 6"),
+                           (("--seed", "5", "--steps", "3"), "with steps 2 and this call asks for 3"),
+                           (("--seed", "5", "--object", "bench"), "with object None and this call asks for 'bench'")]:
+        capsys.readouterr()
+        assert generate(run2_dir, out, "--emotion", "awe", "-n", "1", *other) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err and "another --out" in err
+    assert len((out / "metadata.jsonl").read_text().splitlines()) == 4
 
 
 def test_generate_mix_and_all(run2_dir, tmp_path):

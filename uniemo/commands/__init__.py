@@ -37,6 +37,32 @@ def add_sampling_arguments(parser) -> None:
                         help="precision of the denoising modules (default fp32; fp16 or bf16 on a GPU)")
 
 
+def sampling_settings(args, generation) -> dict:
+    """What the metadata of an image this ``generate`` or ``edit`` call would write says of its
+    sampling: steps and guidance (``generation``, the run's config, where not given), the dtype
+    and, when named, the scheduler. A re-run compares them with what is already written."""
+    from uniemo.pipeline import DTYPES
+
+    settings = {"steps": args.steps or generation.num_inference_steps,
+                "guidance": generation.guidance_scale if args.guidance is None else args.guidance,
+                "dtype": str(DTYPES[args.dtype]).removeprefix("torch.")}
+    return settings | ({"scheduler": args.scheduler} if args.scheduler else {})
+
+
+def already_written(out, records: dict, file: str, settings: dict) -> bool:
+    """Whether ``file`` is already in ``out`` and its metadata.jsonl record: a re-run skips it.
+    One made with other ``settings`` (record key -> value; a key an older record lacks is not
+    compared) is refused, so that one folder never holds images of two settings under one name."""
+    if file not in records or not (out / file).is_file():
+        return False
+    record = records[file]
+    for key, value in settings.items():
+        if key in record and record[key] != value:
+            raise UniEmoError(f"{out / file} was made with {key} {record[key]!r} and this call asks for {value!r}: "
+                              "write into another --out, or delete the images made with the other settings")
+    return True
+
+
 def load_pipeline(args):
     """The stage-2 run ``args.run`` as a ``UniEmoPipeline`` with the sampling arguments, on
     --device (default: cuda if available, else cpu)."""

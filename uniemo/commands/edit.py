@@ -12,7 +12,8 @@ source's object in the prompt, as the understanding branch reads it; --object na
 condition the understanding branch reads in it instead of at random: more of the photo stays at
 the same strength.
 An IMAGE may be a folder: its images are edited. Re-running on the same OUT skips results
-already written.
+already written; one written there with other settings (strength, --invert, seed, steps, ...) is
+an error.
 
   uniemo edit street.jpg --run runs/stage2 --emotion awe --strength 0.6 -n 2 --out edits/
   uniemo edit photos/ --run runs/stage2 --mix amusement=0.5,fear=0.5 --until-target --out edits/
@@ -24,7 +25,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from uniemo.commands import add_sampling_arguments, check_guidance, load_pipeline, require_positive
+from uniemo.commands import (add_sampling_arguments, already_written, check_guidance, load_pipeline,
+                             require_positive, sampling_settings)
 from uniemo.errors import UniEmoError
 
 STRENGTH_STEP = 0.1  # --until-target: the next strength tried
@@ -60,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from uniemo.commands.generate import class_names, done, save_png, write_metadata
+    from uniemo.commands.generate import class_names, save_png, write_metadata
     from uniemo.metrics import METADATA_FILE, read_metadata
 
     require_positive(num_images=args.num_images, steps=args.steps)
@@ -71,8 +73,9 @@ def run(args: argparse.Namespace) -> int:
     sources = source_files(args.images)
     out_dir = Path(args.out)
     records = read_metadata(out_dir / METADATA_FILE)
-    todo = [(path, [i for i in range(args.num_images) if not done(out_dir, records, result_file(folder, path, i))])
-            for path in sources]
+    settings = edit_settings(args)
+    todo = [(path, [i for i in range(args.num_images) if not already_written(
+        out_dir, records, result_file(folder, path, i), settings | {"seed": args.seed + i})]) for path in sources]
     todo = [(path, indices) for path, indices in todo if indices]
     if len(todo) < len(sources):
         print(f"skipping {len(sources) - len(todo)} source(s) already edited in {out_dir}")
@@ -115,6 +118,24 @@ def run(args: argparse.Namespace) -> int:
             pending, strength = retry, min(1.0, round(strength + STRENGTH_STEP, 6))
     print(f"wrote {bar.n} edit(s) to {out_dir} ({len(records)} listed in {out_dir / METADATA_FILE})")
     return 0
+
+
+def edit_settings(args: argparse.Namespace) -> dict:
+    """What the records of this call's results will say, for a re-run to compare: the sampling
+    (inverted edits sample with DDIM whatever --scheduler says), ``invert``, the strength (not
+    with --until-target, which records the strength that made it) and the object (not with
+    --keep-object, which reads one per source)."""
+    from uniemo.config import load_config
+    from uniemo.rundir import RunDir
+
+    settings = sampling_settings(args, load_config(RunDir(args.run).config).generation) | {"invert": args.invert}
+    if args.invert:
+        settings.pop("scheduler", None)
+    if not args.until_target:
+        settings["strength"] = args.strength
+    if not args.keep_object:
+        settings["object"] = args.object
+    return settings
 
 
 def read_all(read, images: list, size: int = 32) -> list:

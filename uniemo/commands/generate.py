@@ -3,7 +3,8 @@
 Writes OUT/<emotion or mix>/NNNN.png, one OUT/metadata.jsonl line per image (file, seed,
 emotion or mix weights, object, alpha_scene, alpha_object, matched attributes, prompt, steps,
 guidance) and OUT/<folder>/grid.png. Image NNNN uses seed SEED + NNNN. Re-running on the same
-OUT skips images already written, so a killed run continues where it stopped. Under `torchrun`
+OUT skips images already written, so a killed run continues where it stopped; an image written
+there with other settings (seed, steps, guidance, object, dtype, scheduler) is an error. Under `torchrun`
 or `accelerate launch` the processes share the batches out, and the main process writes
 metadata.jsonl and the grids once at the end: the same files, seeds and records as one process.
 
@@ -18,7 +19,8 @@ import json
 import math
 from pathlib import Path
 
-from uniemo.commands import add_sampling_arguments, check_guidance, load_pipeline, require_positive
+from uniemo.commands import (add_sampling_arguments, already_written, check_guidance, load_pipeline,
+                             require_positive, sampling_settings)
 from uniemo.rundir import RunDir
 
 
@@ -52,8 +54,9 @@ def run(args: argparse.Namespace) -> int:
         pipe.prompt(args.object)
     out = Path(args.out)
     records = read_metadata(out / METADATA_FILE)
+    settings = sampling_settings(args, pipe.cfg.generation) | {"object": args.object}
     todo = [(folder, request, i) for folder, request in requests for i in range(args.num_images)
-            if not done(out, records, f"{folder}/{i:04d}.png")]
+            if not already_written(out, records, f"{folder}/{i:04d}.png", settings | {"seed": args.seed + i})]
     skipped = len(requests) * args.num_images - len(todo)
     state = processes()
     if skipped and state.is_main_process:
@@ -116,10 +119,6 @@ def plan(args: argparse.Namespace, names: tuple[str, ...]) -> list[tuple[str, di
         return [(name, {"emotion": name}) for name in names]
     name = emotion_key(args.emotion, names)
     return [(name, {"emotion": name})]
-
-
-def done(out: Path, records: dict, file: str) -> bool:
-    return file in records and (out / file).is_file()
 
 
 def batches(todo: list, size: int):
