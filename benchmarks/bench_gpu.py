@@ -37,6 +37,7 @@ from uniemo.data import clip_transforms, collate, open_dataset
 from uniemo.demo import foundation
 from uniemo.demo.synth import write_synthetic
 from uniemo.joint import FrozenDiffusion, JointModel
+from uniemo.pipeline import dtype_name
 from uniemo.understanding import AttributeBank, UniEmoUnderstanding, stage1_step
 
 
@@ -168,7 +169,7 @@ def bench_generation(understanding, fusion, table, space, banks, sd, sizes: Size
     rows = []
     for label, run in runs.items():
         seconds, peak = timed(run, device, sizes.repeats)
-        rows.append({"part": "generation", "what": f"{label}, {steps} steps, {str(dtype)[6:]}, batch {b}",
+        rows.append({"part": "generation", "what": f"{label}, {steps} steps, {dtype_name(dtype)}, batch {b}",
                      "value": seconds / b, "unit": "s/image", "peak_gib": peak})
     return rows
 
@@ -184,7 +185,7 @@ def bench_edit(understanding, fusion, table, space, banks, sd, sizes: Sizes, dev
     for invert, label in ((False, "SDEdit"), (True, "from the DDIM inversion")):
         seconds, peak = timed(lambda: pipe.edit(photos, emotion="awe", strength=0.8, num_inference_steps=steps,
                                                 generator=0, invert=invert), device, sizes.repeats)
-        rows.append({"part": "edit", "what": f"{label}, strength 0.8, {steps} steps, {str(dtype)[6:]}, batch {b}",
+        rows.append({"part": "edit", "what": f"{label}, strength 0.8, {steps} steps, {dtype_name(dtype)}, batch {b}",
                      "value": seconds / b, "unit": "s/image", "peak_gib": peak})
     return rows
 

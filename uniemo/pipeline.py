@@ -422,10 +422,15 @@ class UniEmoPipeline(DiffusionPipeline):
                 "matched_scene": per_emotion(info["matched"].get("scene")),
                 "matched_object": per_emotion(info["matched"].get("object")),
                 "prompt": prompt, "steps": steps, "guidance": guidance,
-                "scheduler": type(self.scheduler).__name__, "dtype": str(self.unet.dtype).removeprefix("torch.")}
+                "scheduler": type(self.scheduler).__name__, "dtype": dtype_name(self.unet.dtype)}
 
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """How metadata.jsonl names a dtype: "float32"."""
+    return str(dtype).removeprefix("torch.")
 
 
 def scheduler_named(name: str, config):
