@@ -532,7 +532,7 @@ def test_joint_step_with_transfer_prompts_names_the_object_in_the_prompt_and_lea
             out = joint_model.understanding(batch["pixel_values"])
             ids, named = diffusion.prompt_ids_for(batch["object"])
             e, _ = joint_model.condition(out, batch["label"], named)
-            l_diff = diffusion.loss(e, batch["vae_pixels"], ids)
+            l_diff = diffusion.loss(e, diffusion.posterior(batch), ids)
     finally:
         diffusion.object_prompt_p = p
     assert named.all() and torch.equal(ids[0], diffusion.prompts.ids([f"<emo> {o}" for o in batch["object"]])[0])
@@ -543,7 +543,7 @@ def test_joint_step_with_transfer_prompts_names_the_object_in_the_prompt_and_lea
     torch.manual_seed(0)
     diffusion.prompt_ids_for(batch["object"])
     with torch.no_grad():
-        assert diffusion.loss(e, batch["vae_pixels"]).item() != pytest.approx(l_diff.item(), rel=1e-6)  # ids matter
+        assert diffusion.loss(e, diffusion.posterior(batch)).item() != pytest.approx(l_diff.item(), rel=1e-6)  # ids matter
 
 
 def test_joint_condition_weighs_scene_and_object_by_their_alpha(joint_model):
@@ -577,7 +577,7 @@ def test_joint_condition_weighs_scene_and_object_by_their_alpha(joint_model):
 def test_sdxl_diffusion_loss_by_hand(tiny_xl_models):
     # SD XL's UNet also reads the pooled embedding of encoder 2 and the size conditioning
     # (original size, crop top-left, target size) = (64, 64, 0, 0, 64, 64) for 64-px images
-    from uniemo.joint import FrozenDiffusion
+    from uniemo.joint import FrozenDiffusion, encode_posterior
     from uniemo.loading import load_sd
 
     sd = load_sd(tiny_xl_models[1])
@@ -585,7 +585,7 @@ def test_sdxl_diffusion_loss_by_hand(tiny_xl_models):
     e = torch.randn(2, sum(diffusion.prompts.widths))
     pixels = torch.rand(2, 3, 64, 64) * 2 - 1
     torch.manual_seed(3)
-    got = diffusion.loss(e, pixels)
+    got = diffusion.loss(e, encode_posterior(sd.vae, pixels))
     torch.manual_seed(3)
     with torch.no_grad():
         z0 = sd.vae.encode(pixels).latent_dist.sample() * sd.vae.config.scaling_factor
@@ -606,7 +606,7 @@ def test_diffusion_loss_by_hand(tiny_models, prediction):
     # target ε, or v = √ᾱ_t ε − √(1 − ᾱ_t) z_0; the draws in the loss's order: z_0, ε, t
     from diffusers import DDIMScheduler
 
-    from uniemo.joint import FrozenDiffusion
+    from uniemo.joint import FrozenDiffusion, encode_posterior
     from uniemo.loading import load_sd
 
     sd = load_sd(tiny_models[1])
@@ -615,7 +615,7 @@ def test_diffusion_loss_by_hand(tiny_models, prediction):
     e = torch.randn(2, sd.text_encoder.config.hidden_size)
     pixels = torch.rand(2, 3, 64, 64) * 2 - 1
     torch.manual_seed(3)
-    got = diffusion.loss(e, pixels)
+    got = diffusion.loss(e, encode_posterior(sd.vae, pixels))
     torch.manual_seed(3)
     with torch.no_grad():
         z0 = sd.vae.encode(pixels).latent_dist.sample() * sd.vae.config.scaling_factor

@@ -75,7 +75,7 @@ def test_gradients_reach_mappers_and_queries_but_not_frozen_diffusion(model):
 def test_diffusion_loss_alone_sends_gradient_to_e(model):
     e = torch.randn(2, model.diffusion.text_encoders[0].config.hidden_size, requires_grad=True)
     torch.manual_seed(0)
-    model.diffusion.loss(e, make_batch(2)["vae_pixels"]).backward()
+    model.diffusion.loss(e, model.diffusion.posterior(make_batch(2))).backward()
     assert e.grad.abs().sum() > 0
 
 
@@ -257,11 +257,52 @@ def test_collate_gives_clip_and_vae_views():
     from torchvision import transforms
 
     collate = joint.JointCollate(transforms.Compose([transforms.Resize(32), transforms.ToTensor()]), vae_size=16)
-    samples = [{"pixel_values": Image.new("RGB", (40, 40), (255, 0, 0)), "label": 3, "scene": "beach", "object": None}]
+    samples = [{"pixel_values": Image.new("RGB", (40, 40), (255, 0, 0)), "label": 3, "scene": "beach", "object": None,
+                "index": 7}]
     batch = collate(samples)
     assert batch["pixel_values"].shape == (1, 3, 32, 32) and batch["vae_pixels"].shape == (1, 3, 16, 16)
     assert batch["vae_pixels"][0, 0].min() == 1.0 and batch["vae_pixels"][0, 1].max() == -1.0
-    assert batch["label"].tolist() == [3] and batch["object"] == [None]
+    assert batch["label"].tolist() == [3] and batch["object"] == [None] and batch["index"].tolist() == [7]
+    vae_only = joint.JointCollate(vae_size=16)(samples)
+    assert "pixel_values" not in vae_only and torch.equal(vae_only["vae_pixels"], batch["vae_pixels"])
+
+
+def test_cached_posteriors_draw_the_latents_that_encoding_would(tiny_models, tiny_emoset):
+    from uniemo.data import open_dataset
+    from uniemo.loading import load_sd
+
+    sd = load_sd(tiny_models[1])
+    diffusion = joint.FrozenDiffusion(sd, FusionConfig())
+    train_set = open_dataset(tiny_emoset, "emoset", "train")
+    cached = joint.cache_posteriors(sd.vae, train_set, 64, batch_size=16, device="cpu")
+    assert cached[0].shape[0] == len(train_set) and (cached[1] > 0).all()
+    batch = joint.JointCollate(vae_size=64)([train_set[i] for i in (5, 0, 11)])
+    encoded = diffusion.posterior(batch)
+    diffusion.posteriors = cached
+    for got, want in zip(diffusion.posterior(batch), encoded):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    e = torch.randn(3, sd.text_encoder.config.hidden_size)
+    torch.manual_seed(1)
+    from_cache = diffusion.loss(e, diffusion.posterior(batch))
+    torch.manual_seed(1)
+    assert diffusion.loss(e, encoded).item() == pytest.approx(from_cache.item(), rel=1e-5)
+
+
+def test_stage2_losses_are_the_same_with_cached_latents(tiny_models, tiny_emoset, tmp_path):
+    import json
+
+    from uniemo.cli import main
+
+    run1 = write_run1(tiny_models, tiny_emoset, tmp_path / "run1")
+    curves = {}
+    for on in (False, True):
+        (tmp_path / f"{on}.yaml").write_text(f"fusion: {{cache_latents: {str(on).lower()}}}\n")
+        out = tmp_path / f"r2-{on}"
+        assert main(["train", "joint", "--run", str(run1), "--sd", str(tiny_models[1]), "--data", str(tiny_emoset),
+                     "--out", str(out), "--max-steps", "3", "--batch-size", "8", "--alpha-table", "counts",
+                     "--config", str(tmp_path / f"{on}.yaml")]) == 0
+        curves[on] = [json.loads(line)["train_loss_diff"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert curves[True] == pytest.approx(curves[False], rel=1e-5)
 
 
 def write_run1(tiny_models, data_root, out):

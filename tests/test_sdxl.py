@@ -100,7 +100,7 @@ def test_joint_steps_with_sdxl_reduce_the_loss_and_feed_e_through_the_added_cond
                                                          with_kwargs=True)
     e = torch.randn(2, 112, requires_grad=True)
     torch.manual_seed(0)
-    model.diffusion.loss(e, make_batch(2)["vae_pixels"]).backward()
+    model.diffusion.loss(e, model.diffusion.posterior(make_batch(2))).backward()
     hook.remove()
     assert calls[0]["time_ids"].tolist() == [[64, 64, 0, 0, 64, 64]] * 2
     assert e.grad[:, 64:].abs().sum() > 0 and e.grad[:, :64].abs().sum() > 0

@@ -79,6 +79,9 @@ class FusionConfig:
     # stage 2: recompute the frozen UNet's activations in the backward pass (L_diff's gradient to e
     # runs back through the UNet, so its activations are otherwise kept): less memory, more time
     unet_gradient_checkpointing: bool = False
+    # stage 2: encode every training image's VAE posterior once, before the first step, and draw
+    # z_0 from it in each step (the VAE view is deterministic); host memory: images x 2 x latent size
+    cache_latents: bool = False
     joint_weights: list[float] = field(default_factory=lambda: [0.3, 0.3, 0.4])  # L_U, L_cond, L_diff
     cond_warmup_steps: int = 0  # L_cond's weight ramps linearly from 0 over these optimizer steps
 
@@ -161,7 +164,7 @@ def _tiny() -> UniEmoConfig:
         # their emotion; the article because the tiny SD learned its objects with one (docs/DECISIONS.md,
         # measured).
         fusion=FusionConfig(joint_weights=[0.3, 0.0, 0.7], transfer_prompt="{placeholder} {article} {object}",
-                            object_prompt_p=0.5, object_prompt_partner=True),
+                            object_prompt_p=0.5, object_prompt_partner=True, cache_latents=True),
         generation=GenerationConfig(num_inference_steps=25, guidance_scale=5.0),
         feedback=FeedbackConfig(per_emotion=40),
     )

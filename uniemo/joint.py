@@ -44,6 +44,8 @@ class FrozenDiffusion(nn.Module):
             self.unet.enable_gradient_checkpointing()
         self.noise_scheduler = DDPMScheduler.from_config(sd_pipe.scheduler.config)
         self.prompt_ids = self.prompts.ids([cfg.placeholder])
+        self.vae_scale_factor = sd_pipe.vae_scale_factor
+        self.posteriors: tuple[torch.Tensor, torch.Tensor] | None = None
         self.eval()
 
     def train(self, mode: bool = True) -> "FrozenDiffusion":
@@ -62,17 +64,27 @@ class FrozenDiffusion(nn.Module):
                    for o, n in zip(objects, named.tolist())]
         return self.prompts.ids(prompts), named
 
-    @torch.no_grad()
-    def encode_latents(self, vae_pixels: torch.Tensor) -> torch.Tensor:
-        vae_pixels = vae_pixels.to(self.vae.dtype)
-        return self.vae.encode(vae_pixels).latent_dist.sample() * self.vae.config.scaling_factor
+    def posterior(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std of q(z|x) for the batch's images: looked up by dataset index once
+        ``posteriors`` holds every training image's (``fusion.cache_latents``), else encoded now."""
+        if self.posteriors is None:
+            return encode_posterior(self.vae, batch["vae_pixels"])
+        index = batch["index"].cpu()
+        device = next(self.vae.parameters()).device
+        return tuple(p[index].to(device) for p in self.posteriors)
 
-    def loss(self, e: torch.Tensor, vae_pixels: torch.Tensor, ids: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """L_diff = E‖ε − ε_θ(z_t, t, c(e))‖² (or the v-target for v-prediction schedulers), with
-        the prompt ``ids`` ("<emo>" if None; see ``prompt_ids_for``). SD XL's UNet also gets the
-        pooled embedding and its size conditioning: the training images are resized and
-        centre-cropped to the resolution, so original and target size are it, the crop (0, 0)."""
-        latents = self.encode_latents(vae_pixels)
+    def loss(self, e: torch.Tensor, posterior: tuple[torch.Tensor, torch.Tensor],
+             ids: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """L_diff = E‖ε − ε_θ(z_t, t, c(e))‖² (or the v-target for v-prediction schedulers), z_0
+        drawn from the VAE ``posterior`` (mean, std), with the prompt ``ids`` ("<emo>" if None;
+        see ``prompt_ids_for``). SD XL's UNet also gets the pooled embedding and its size
+        conditioning: the training images are resized and centre-cropped to the resolution, so
+        original and target size are it, the crop (0, 0)."""
+        mean, std = posterior
+        # randn of the shape, not randn_like: a chunk of the VAE's output is strided, and
+        # randn_like would lay the same draws out differently from latent_dist.sample()
+        draw = torch.randn(mean.shape, dtype=mean.dtype, device=mean.device)
+        latents = (mean + std * draw) * self.vae.config.scaling_factor
         noise = torch.randn_like(latents)
         steps = self.noise_scheduler.config.num_train_timesteps
         t = torch.randint(0, steps, (latents.shape[0],), device=latents.device)
@@ -80,7 +92,7 @@ class FrozenDiffusion(nn.Module):
         cond = self.prompts(self.prompt_ids if ids is None else ids, e)
         added = None
         if self.prompts.xl:
-            height, width = vae_pixels.shape[-2:]
+            height, width = (side * self.vae_scale_factor for side in latents.shape[-2:])
             time_ids = torch.tensor([height, width, 0, 0, height, width], device=latents.device)
             added = {"text_embeds": cond["pooled_prompt_embeds"],
                      "time_ids": time_ids.to(cond["prompt_embeds"].dtype).expand(len(latents), -1)}
@@ -90,6 +102,13 @@ class FrozenDiffusion(nn.Module):
         else:
             target = noise
         return F.mse_loss(pred.float(), target.float())
+
+
+@torch.no_grad()
+def encode_posterior(vae, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std of the VAE's latent distribution q(z|x) for ``pixels`` in [-1, 1]."""
+    posterior = vae.encode(pixels.to(vae.dtype)).latent_dist
+    return posterior.mean, posterior.std
 
 
 class JointModel(nn.Module):
@@ -129,7 +148,7 @@ class JointModel(nn.Module):
         source = same_emotion_partners(labels, object_named) if self.fusion.cfg.object_prompt_partner else None
         e, alphas = self.condition(out, labels, object_named.to(device), source)
         l_cond = self.fusion.condition_loss(e, labels, self.understanding.emotion_head[-1], out.logits)
-        l_diff = self.diffusion.loss(e, batch["vae_pixels"], ids)
+        l_diff = self.diffusion.loss(e, self.diffusion.posterior(batch), ids)
         w_u, w_cond, w_diff = self.fusion.cfg.joint_weights
         warmup = self.fusion.cfg.cond_warmup_steps
         if step is not None and warmup > 0:
@@ -188,10 +207,11 @@ def joint_step(model: JointModel, batch: dict, step: int) -> tuple[torch.Tensor,
 # ---------------------------------------------------------------------------------------------
 
 class JointCollate:
-    """Collate PIL samples into a CLIP view (``pixel_values``) and, when ``vae_size`` is set, a
-    VAE view in [-1, 1] at the diffusion resolution (``vae_pixels``)."""
+    """Collate PIL samples into a CLIP view (``pixel_values``, unless ``clip_transform`` is None)
+    and, when ``vae_size`` is set, a VAE view in [-1, 1] at the diffusion resolution
+    (``vae_pixels``: resized and centre-cropped, the same in every epoch)."""
 
-    def __init__(self, clip_transform, vae_size: int | None = None):
+    def __init__(self, clip_transform=None, vae_size: int | None = None):
         from torchvision import transforms
 
         self.clip_transform = clip_transform
@@ -201,12 +221,28 @@ class JointCollate:
 
     def __call__(self, samples: list[dict]) -> dict:
         images = [s["pixel_values"] for s in samples]
-        batch = {"pixel_values": torch.stack([self.clip_transform(im) for im in images]),
-                 "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),
+        batch = {"label": torch.tensor([s["label"] for s in samples], dtype=torch.long),
+                 "index": torch.tensor([s["index"] for s in samples], dtype=torch.long),
                  "scene": [s["scene"] for s in samples], "object": [s["object"] for s in samples]}
+        if self.clip_transform is not None:
+            batch["pixel_values"] = torch.stack([self.clip_transform(im) for im in images])
         if self.vae_transform is not None:
             batch["vae_pixels"] = torch.stack([self.vae_transform(im) for im in images])
         return batch
+
+
+def cache_posteriors(vae, train_set, vae_size: int, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """q(z|x)'s mean and std of every training image, row i for dataset index i, kept on the CPU
+    (``fusion.cache_latents``): the VAE view does not change between epochs, so stage 2 encodes
+    it once instead of in every step; each step still draws its own z_0 from it."""
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    loader = DataLoader(train_set, batch_size=batch_size, collate_fn=JointCollate(vae_size=vae_size))
+    vae.to(device)
+    parts = [encode_posterior(vae, batch["vae_pixels"].to(device))
+             for batch in tqdm(loader, desc="VAE latents", leave=False, dynamic_ncols=True)]
+    return tuple(torch.cat([part[i] for part in parts]).cpu() for i in (0, 1))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -405,7 +441,12 @@ def train_joint(run1: str | Path, data_root: str | Path, out: str | Path, cfg, r
     torch.manual_seed(cfg.stage2.seed)  # the mappers' initial weights: the same in every process and run
     model = build_joint_model(run1, sd, cfg, table)
     vae_size = cfg.generation.resolution or sd.unet.config.sample_size * sd.vae_scale_factor
-    collate = JointCollate(clip_transforms(clip.image_processor, train=True), vae_size)
+    if cfg.fusion.cache_latents:
+        from accelerate import PartialState
+
+        model.diffusion.posteriors = cache_posteriors(sd.vae, train_set, vae_size, batch, PartialState().device)
+    collate = JointCollate(clip_transforms(clip.image_processor, train=True),
+                           None if cfg.fusion.cache_latents else vae_size)
     groups = param_groups(model, cfg.stage2.optim, backbone=model.understanding.backbone, mappers=model.fusion.mappers)
     fit(out, model, train_set, collate, joint_step, cfg.stage2, groups, resume=resume, desc="joint")
 

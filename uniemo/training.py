@@ -152,9 +152,12 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 
 
 class SeededSamples(torch.utils.data.Dataset):
-    """``dataset[i]`` computed under a torch RNG seeded by (seed, epoch, i) and then restored:
+    """``dataset[i]`` computed under the CPU RNG seeded by (seed, epoch, i) and then restored:
     a sample's random augmentation is a function of the sample alone, the same in a resumed run,
-    in any DataLoader worker and however far the loader prefetched."""
+    in any DataLoader worker and however far the loader prefetched. Only the CPU generator is
+    seeded: ``torch.manual_seed`` also seeds every accelerator's, which reset the GPU's draws in
+    the training step once per sample, and without a GPU queues three stack traces per call for
+    a later CUDA start (1.5 ms: 29 s of the demo's stage 2, docs/BENCHMARKS.md)."""
 
     def __init__(self, dataset, seed: int, epoch: int):
         self.dataset, self.seed = dataset, epoch_seed(seed, epoch)
@@ -164,7 +167,7 @@ class SeededSamples(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + index) % 2**63)
+            torch.default_generator.manual_seed((self.seed * 1_000_003 + index) % 2**63)
             return self.dataset[index]
 
 

@@ -70,6 +70,7 @@ from tqdm import tqdm
 from uniemo.demo.synth import world_of
 from uniemo.errors import UniEmoError
 from uniemo.io import write_json
+from uniemo.joint import encode_posterior
 
 REPORT = "pretrain_report.json"
 MODELS = ("clip", "judge", "sd")  # OUT's directories
@@ -469,12 +470,8 @@ def train_vae(vae, world: World, cfg: PretrainConfig, g: torch.Generator, stop: 
 def encode_latents(vae, images: torch.Tensor, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior mean and std of every image, computed once; sets ``vae.config.scaling_factor``
     so that scaled latents have unit variance (total variance = var(mean) + E[std^2])."""
-    means, stds = [], []
-    for start in range(0, len(images), batch):
-        posterior = vae.encode(to_unit_range(images[start:start + batch])).latent_dist
-        means.append(posterior.mean)
-        stds.append(posterior.std)
-    mean, std = torch.cat(means), torch.cat(stds)
+    parts = [encode_posterior(vae, to_unit_range(images[start:start + batch])) for start in range(0, len(images), batch)]
+    mean, std = torch.cat([m for m, _ in parts]), torch.cat([s for _, s in parts])
     variance = mean.var() + std.pow(2).mean()
     vae.register_to_config(scaling_factor=float(variance.rsqrt()))
     return mean, std
