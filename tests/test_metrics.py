@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -124,6 +125,32 @@ def test_inception_path_gives_zero_fid_on_identical_sets(tmp_path):
     feats = encoder(images)
     assert feats.shape == (3, 2048) and torch.isfinite(feats).all()
     assert metrics.frechet_distance(feats, encoder(images)) == pytest.approx(0.0, abs=1e-3)
+
+
+def test_reference_features_are_cached_by_the_images_bytes(tiny_emoset, tmp_path, monkeypatch):
+    import shutil
+
+    from PIL import Image
+
+    from uniemo.data import open_dataset
+
+    class Net:
+        name, calls = "counting", 0
+
+        def __call__(self, images):
+            Net.calls += 1
+            return torch.stack([torch.tensor(np.asarray(im, dtype=np.float32).mean((0, 1))) for im in images])
+
+    monkeypatch.setenv("UNIEMO_CACHE", str(tmp_path / "cache"))
+    copy = shutil.copytree(tiny_emoset, tmp_path / "copy")
+    first = metrics.reference_features(Net(), open_dataset(tiny_emoset, "emoset", "test"))
+    calls = Net.calls
+    again = metrics.reference_features(Net(), open_dataset(copy, "emoset", "test"))  # other paths, times
+    assert Net.calls == calls and torch.equal(again, first)
+    changed = open_dataset(copy, "emoset", "test")
+    Image.new("RGB", (64, 64), (9, 9, 9)).save(changed.items[0].path, format="JPEG")
+    fresh = metrics.reference_features(Net(), changed)
+    assert Net.calls > calls and not torch.equal(fresh[0], first[0]) and torch.equal(fresh[1:], first[1:])
 
 
 def test_read_state_dict_unwraps_places365_checkpoints_and_rejects_pickled_code(tmp_path):

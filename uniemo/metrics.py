@@ -695,14 +695,14 @@ def mix_mass(images: GeneratedSet, evaluator) -> dict:
 
 def reference_features(net, real, batch_size: int = 32) -> torch.Tensor:
     """FID's real-image features, cached on disk under the uniemo cache (as torch-fidelity caches
-    its statistics): the key is the network and every image's path, size and modification time."""
+    its statistics): the key is the network and every image's bytes, in order, so the same
+    images elsewhere (a world written again with the same seed) reuse them."""
     from uniemo.io import load_tensors, save_tensors
     from uniemo.metric_nets import cache_dir
 
     key = hashlib.sha256(net.name.encode())
     for item in real.items:
-        stat = Path(item.path).stat()
-        key.update(f"\0{Path(item.path).resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+        key.update(hashlib.sha256(Path(item.path).read_bytes()).digest())
     path = cache_dir() / "features" / f"{key.hexdigest()[:32]}.safetensors"
     if path.is_file():
         return load_tensors(path, "cached reference features")["features"]
