@@ -167,16 +167,17 @@ def test_a_side_lane_step_that_fails_stops_the_demo_with_its_one_line_error(quic
     assert printed.count("reused") == len(STEPS) - 1 - len(waiting)
 
 
-def test_a_side_lane_step_waits_for_the_main_lane_step_it_needs(quick_demo, capsys):
+def test_a_main_lane_step_waits_for_the_side_lane_step_it_needs(quick_demo, capsys):
     from uniemo.demo.runner import STEPS
 
-    generate, metrics = (next(s for s in STEPS if s.name == n) for n in ("generate", "mode-metrics"))
-    assert metrics.side and not generate.side and "generate" in metrics.needs
-    for step in (generate, metrics):
+    edit, metrics = (next(s for s in STEPS if s.name == n) for n in ("edit", "mode-metrics"))
+    assert edit.side and not metrics.side and "edit" in metrics.needs
+    assert not any(s.needs for s in STEPS if s.side)  # the side lane never waits: the lanes cannot deadlock
+    for step in (edit, metrics):
         (quick_demo / ".steps" / f"{step.name}.json").unlink()
     assert main(["demo", "--quick", "--out", str(quick_demo)]) == 0
     printed = capsys.readouterr().out
-    assert printed.index(f"{generate.title}: ") < printed.index(f"{metrics.title} ... ")  # finished, then started
+    assert printed.index(f"{edit.title}: ") < printed.index(f"{metrics.title} ... ")  # finished, then started
 
 
 def test_a_main_lane_step_that_fails_points_at_its_error_line_above(quick_demo, capsys):

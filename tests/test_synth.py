@@ -83,6 +83,16 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     assert (a / files[2]).read_bytes() != (c / files[2]).read_bytes()
 
 
+def test_the_pool_writes_the_files_one_process_writes(tmp_path, monkeypatch):
+    # 1,000 images start a pool of one process per core (on a machine of 2 or more)
+    pooled = write_synthetic(tmp_path / "pooled", num_images=1000, size=16, seed=5)
+    monkeypatch.setattr("uniemo.demo.synth.os.cpu_count", lambda: 1)
+    alone = write_synthetic(tmp_path / "alone", num_images=1000, size=16, seed=5)
+    names = sorted(p.relative_to(alone) for p in alone.rglob("*") if p.is_file())
+    assert len(names) > 2000 and names == sorted(p.relative_to(pooled) for p in pooled.rglob("*") if p.is_file())
+    assert all((alone / n).read_bytes() == (pooled / n).read_bytes() for n in names)
+
+
 def test_neutral_attributes_are_uniform_and_emotional_ones_point_at_one_emotion(tmp_path):
     rows = _annotations(write_synthetic(tmp_path / "w", num_images=1600, size=16, seed=1, label_noise=0.0))
     for column, neutral, emotional in ((0, synth.NEUTRAL_SCENES, synth.EMOTION_SCENES),

@@ -15,7 +15,8 @@ After stage 2, the steps run in two lanes: the main lane in this process, the si
 (``Step.side``) in a second one, each on one thread. Ops of models this small keep a second core
 only a little busy (25-step generation: 40 s on two threads, 43 s on one), so two steps side by
 side take that part of the demo from 321 s to 249 s, 209 s with the steps spread more evenly
-(docs/DECISIONS.md). A step waits for the steps of the other lane it needs (``Step.needs``).
+(docs/DECISIONS.md). A main-lane step waits for the side-lane steps it needs (``Step.needs``);
+the side lane needs nothing of the main one, so neither lane can wait for the other forever.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ class Step:
     outputs: tuple[str, ...]  # paths under OUT that this step writes (removed before a re-run)
     run: Callable[["Layout"], None]
     side: bool = False  # runs in the side lane's process (steps from PARALLEL_FROM on)
-    needs: tuple[str, ...] = ()  # steps of the other lane this one waits for
+    needs: tuple[str, ...] = ()  # side-lane steps this main-lane step waits for
 
 
 class StepFailed(UniEmoError):
@@ -234,7 +235,7 @@ STEPS = (
                        for o in L.plan.transfer_objects],
             lambda L: _evaluate_generation(L, L.fusion, "generation-fusion.json", *_fid_reference(L, False)),
             lambda L: _evaluate_generation(L, L.edits, "generation-edit.json", *_fid_reference(L, False))),
-         side=True, needs=("generate",)),
+         needs=("evaluator", "edit")),
 )
 PARALLEL_FROM = "evaluator"  # the first step of the two lanes
 
@@ -438,8 +439,6 @@ def run_side_lane(out: Path, plan: DemoPlan, seed: int, names: list[str], send, 
     for step in (s for s in STEPS if s.name in names):
         log = _log_file(layout, step)
         try:
-            while not _finished(layout, [s for s in STEPS if s.name in step.needs]):
-                time.sleep(0.5)  # the main lane's step; were it to fail, the demo ends this process
             run_step(layout, step, lambda line: send.send(("log", line)), bars_to_log=True)
         except UniEmoError as e:  # a failed command's error already names the log
             send.send(("error", str(e) if isinstance(e, StepFailed) else f"{e} (its output: {log})"))
