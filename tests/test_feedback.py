@@ -94,9 +94,13 @@ class RecordingPipe:
         self.calls.append((emotion, num_images, generator))
         seeds = [generator + j for j in range(num_images)]
         images = [Image.new("RGB", (16, 16), (s % 256, (s // 256) % 256, 7)) for s in seeds]
-        meta = [{"seed": s, "emotion": emotion, "matched_scene": "forest path", "matched_object": "bench"}
-                for s in seeds]
+        meta = [{"seed": s, "emotion": emotion, "matched_scene": "forest path", "matched_object": "bench",
+                 **self.sampling_settings(num_inference_steps)} for s in seeds]
         return SimpleNamespace(images=images, metadata=meta)
+
+    @staticmethod
+    def sampling_settings(steps=None):
+        return {"steps": steps or 50, "guidance": 7.5, "scheduler": "DDIMScheduler", "dtype": "float32"}
 
 
 def test_generation_skips_images_already_written(tmp_path):
@@ -116,6 +120,22 @@ def test_generation_skips_images_already_written(tmp_path):
     assert (tmp_path / "image/fear/fear_00003.png").read_bytes() == first  # same seed, same image
     images = list_generated(tmp_path, names, 5)
     assert [im.seed for im in images[5:]] == [image_seed(3, 1, k) for k in range(5)]
+
+
+@pytest.mark.parametrize("change, message", [({"seed": 4}, "made with seed 3 and this call asks for 4"),
+                                             ({"num_inference_steps": 10}, "made with steps 50 and this call asks "
+                                                                           "for 10")])
+def test_generation_refuses_images_made_with_other_settings(tmp_path, change, message):
+    from uniemo.errors import UniEmoError
+    from uniemo.feedback import generate_images
+
+    generate_images(RecordingPipe(), tmp_path, ("amusement", "fear"), per_emotion=2, seed=3)
+    pipe = RecordingPipe()
+    with pytest.raises(UniEmoError, match=message) as caught:
+        generate_images(pipe, tmp_path, ("amusement", "fear"), per_emotion=3, **{"seed": 3, **change})
+    assert "amusement_00000.png" in str(caught.value) and pipe.calls == []  # nothing generated
+    generate_images(pipe, tmp_path, ("amusement", "fear"), per_emotion=3, seed=3)  # the same settings go on
+    assert [c[1] for c in pipe.calls] == [1, 1]
 
 
 def test_selection_writes_scores_and_an_emoset_dataset_of_the_kept_images(tmp_path):
@@ -270,6 +290,12 @@ def test_rerun_skips_generated_images_and_resume_is_required(run3, setup, capsys
     # regenerated from its own seed (alone, not in a batch of 5: equal up to batched-kernel rounding)
     assert np.abs(np.asarray(Image.open(removed), dtype=int) - original).max() <= 2
     assert all(p.stat().st_mtime_ns == stamps[p] for p in images if p != removed)  # the rest skipped
+    capsys.readouterr()
+    argv[argv.index("--steps") + 1] = "3"
+    assert main([*argv, "--resume"]) == 2  # images of 2 steps and of 3 must not mix
+    err = capsys.readouterr().err.strip()
+    assert "made with steps 2 and this call asks for 3" in err and len(err.splitlines()) == 1
+    assert all(p.stat().st_mtime_ns == stamps[p] for p in images if p != removed)
 
 
 @pytest.mark.e2e

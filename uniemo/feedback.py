@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from uniemo.errors import UniEmoError
-from uniemo.io import atomic_path, read_json, write_json, write_text
+from uniemo.io import atomic_path, check_same_settings, read_json, write_json, write_text
 from uniemo.rundir import RunDir
 
 CRITERIA = ("emo-a", "sem-c")
@@ -108,13 +108,24 @@ def generate_images(pipe, out: Path, class_names: Sequence[str], per_emotion: in
     """Generate ``per_emotion`` images of every emotion into the EmoSet layout under ``out``
     (``image/<emotion>/<name>.png`` and ``annotation/<emotion>/<name>.json`` carrying the scene and
     object the pipeline matched, plus its metadata). Images whose annotation already exists are
-    skipped, so a killed run continues where it stopped. Under ``torchrun`` / ``accelerate
-    launch`` the batches are shared out round-robin: each keeps the seed it has in one process,
-    so the images are the ones a single process writes."""
+    skipped, so a killed run continues where it stopped; one made with another seed, steps,
+    guidance, sampler or dtype is refused. Under ``torchrun`` / ``accelerate launch`` the batches
+    are shared out round-robin: each keeps the seed it has in one process, so the images are the
+    ones a single process writes."""
     from uniemo.training import my_batches, processes
 
-    todo = [(i, k) for i, emotion in enumerate(class_names) for k in range(per_emotion)
-            if not (out / "annotation" / emotion / f"{image_name(emotion, k)}.json").is_file()]
+    settings = pipe.sampling_settings(num_inference_steps)
+
+    def written(i: int, k: int) -> bool:
+        emotion, name = class_names[i], image_name(class_names[i], k)
+        annotation = out / "annotation" / emotion / f"{name}.json"
+        if annotation.is_file():
+            record = read_json(annotation, "generated image's annotation").get("generation", {})
+            check_same_settings(out / "image" / emotion / f"{name}.png", record,
+                                settings | {"seed": image_seed(seed, i, k)})
+        return annotation.is_file()
+
+    todo = [(i, k) for i in range(len(class_names)) for k in range(per_emotion) if not written(i, k)]
     state = processes()
     mine = my_batches(_consecutive_batches(todo, batch_size), state)
     for i, ks in tqdm(mine, desc="generate", disable=not state.is_main_process):

@@ -47,6 +47,16 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
         raise UniEmoError(f"malformed {what} {path}: {e}; fix or regenerate the file") from None
 
 
+def check_same_settings(path: str | os.PathLike, record: dict, settings: dict) -> None:
+    """Refuse to keep ``path``, written before with the metadata ``record``, when it was made with
+    other ``settings`` (key -> value; a key an older record lacks is not compared): one folder
+    never holds images of two settings under one name."""
+    for key, value in settings.items():
+        if key in record and record[key] != value:
+            raise UniEmoError(f"{path} was made with {key} {record[key]!r} and this call asks for {value!r}: "
+                              "write into another --out, or delete the images made with the other settings")
+
+
 def save_tensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> None:
     """Save a flat dict of tensors as safetensors, atomically."""
     from safetensors.torch import save_file

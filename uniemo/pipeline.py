@@ -421,7 +421,13 @@ class UniEmoPipeline(DiffusionPipeline):
                 "alpha_object": per_emotion(info["alpha"].get("object")),
                 "matched_scene": per_emotion(info["matched"].get("scene")),
                 "matched_object": per_emotion(info["matched"].get("object")),
-                "prompt": prompt, "steps": steps, "guidance": guidance,
+                "prompt": prompt, **self.sampling_settings(steps, guidance)}
+
+    def sampling_settings(self, steps: int | None = None, guidance: float | None = None) -> dict[str, Any]:
+        """The sampling part of an image's metadata for ``steps`` and ``guidance`` (the run's
+        defaults where None): a re-run that would sample otherwise can tell."""
+        return {"steps": steps or self.cfg.generation.num_inference_steps,
+                "guidance": self.cfg.generation.guidance_scale if guidance is None else guidance,
                 "scheduler": type(self.scheduler).__name__, "dtype": dtype_name(self.unet.dtype)}
 
 

@@ -53,13 +53,11 @@ def already_written(out, records: dict, file: str, settings: dict) -> bool:
     """Whether ``file`` is already in ``out`` and its metadata.jsonl record: a re-run skips it.
     One made with other ``settings`` (record key -> value; a key an older record lacks is not
     compared) is refused, so that one folder never holds images of two settings under one name."""
+    from uniemo.io import check_same_settings
+
     if file not in records or not (out / file).is_file():
         return False
-    record = records[file]
-    for key, value in settings.items():
-        if key in record and record[key] != value:
-            raise UniEmoError(f"{out / file} was made with {key} {record[key]!r} and this call asks for {value!r}: "
-                              "write into another --out, or delete the images made with the other settings")
+    check_same_settings(out / file, records[file], settings)
     return True
 
 
