@@ -81,8 +81,8 @@ class FrozenDiffusion(nn.Module):
         conditioning: the training images are resized and centre-cropped to the resolution, so
         original and target size are it, the crop (0, 0)."""
         mean, std = posterior
-        # randn of the shape, not randn_like: a chunk of the VAE's output is strided, and
-        # randn_like would lay the same draws out differently from latent_dist.sample()
+        # randn of the shape, as latent_dist.sample() draws: randn_like keeps the memory layout,
+        # and a VAE's output may come channels-last (the tiny SD XL's does), so its draws differ
         draw = torch.randn(mean.shape, dtype=mean.dtype, device=mean.device)
         latents = (mean + std * draw) * self.vae.config.scaling_factor
         noise = torch.randn_like(latents)
