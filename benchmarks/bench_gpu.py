@@ -3,7 +3,8 @@
 1. Stage 1, training images/s for vit-b32 and vit-l14: UniEmoUnderstanding (L_U) against plain
    CLIPVisionModel + linear-head fine-tuning, same batch, bf16 autocast on a GPU.
 2. Stage 2, one L_joint step (SD 1.5 size, 512 px): s/step and peak memory at batch 8 and 16,
-   with the frozen UNet's gradient checkpointing off and on (``fusion.unet_gradient_checkpointing``).
+   with the frozen UNet's gradient checkpointing off and on (``fusion.unet_gradient_checkpointing``),
+   and with the VAE posteriors looked up instead of encoded (``fusion.cache_latents``).
 3. Generation s/image (SD 1.5, 512 px, 25 steps, fp16 on a GPU): UniEmoPipeline against
    diffusers' StableDiffusionPipeline with the same components, and UniEmoPipeline with
    ``enable_model_cpu_offload()`` (GPU only).
@@ -36,7 +37,7 @@ from uniemo.config import FusionConfig, UnderstandingConfig, preset
 from uniemo.data import clip_transforms, collate, open_dataset
 from uniemo.demo import foundation
 from uniemo.demo.synth import write_synthetic
-from uniemo.joint import FrozenDiffusion, JointModel
+from uniemo.joint import FrozenDiffusion, JointModel, encode_posterior
 from uniemo.pipeline import dtype_name
 from uniemo.understanding import AttributeBank, UniEmoUnderstanding, stage1_step
 
@@ -134,9 +135,13 @@ def bench_stage2(understanding, fusion, table, banks, sd, sizes: Sizes, device: 
         batch = {"pixel_values": torch.randn(b, 3, size, size, device=device),
                  "label": torch.arange(b, device=device) % 8, "vae_pixels": torch.rand(b, 3, resolution, resolution, device=device) * 2 - 1,
                  "scene": ["beach"] * b, "object": ["dog"] * b}
-        for checkpointing in (False, True):
+        cached = tuple(p.cpu() for p in encode_posterior(sd.vae, batch["vae_pixels"]))
+        for checkpointing, posteriors in ((False, None), (True, None), (False, cached)):
             (sd.unet.enable_gradient_checkpointing if checkpointing else sd.unet.disable_gradient_checkpointing)()
-            what = f"L_joint step, {resolution} px, batch {b}, UNet checkpointing {'on' if checkpointing else 'off'}"
+            model.diffusion.posteriors = posteriors
+            batch["index"] = torch.arange(b)
+            what = (f"L_joint step, {resolution} px, batch {b}, UNet checkpointing {'on' if checkpointing else 'off'}"
+                    + (", VAE latents cached" if posteriors else ""))
             try:
                 seconds, peak = timed(training_step(model, lambda m, x: m(x)[0], batch, device), device, sizes.repeats)
                 rows.append({"part": "stage 2", "what": what, "value": seconds, "unit": "s/step", "peak_gib": peak})
@@ -144,6 +149,7 @@ def bench_stage2(understanding, fusion, table, banks, sd, sizes: Sizes, device: 
                 torch.cuda.empty_cache()
                 rows.append({"part": "stage 2", "what": what, "value": None, "unit": "out of memory", "peak_gib": None})
     sd.unet.disable_gradient_checkpointing()
+    model.diffusion.posteriors = None
     return rows
 
 

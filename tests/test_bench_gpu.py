@@ -18,11 +18,12 @@ def test_bench_gpu_tiny_prints_every_part_and_writes_json(tmp_path, capsys, monk
     bench = importlib.import_module("bench_gpu")
     rows = bench.main(["--tiny", "--json", str(tmp_path / "bench.json"), *(["--xl"] if xl else [])])
     parts = [r["part"] for r in rows]
-    assert parts == ["stage 1"] * 2 + ["stage 2"] * 2 + ["generation"] * 2 + ["edit"] * (0 if xl else 2) + ["data"] * 2
+    assert parts == ["stage 1"] * 2 + ["stage 2"] * 3 + ["generation"] * 2 + ["edit"] * (0 if xl else 2) + ["data"] * 2
     assert all(r["value"] > 0 for r in rows)
     plain = "StableDiffusionXLPipeline" if xl else "StableDiffusionPipeline"
     assert {r["what"].split(",")[0] for r in rows if r["part"] == "generation"} == {"UniEmoPipeline", plain}
     assert any("checkpointing on" in r["what"] for r in rows) and any("checkpointing off" in r["what"] for r in rows)
+    assert any(r["what"].endswith("VAE latents cached") for r in rows if r["part"] == "stage 2")
     written = json.loads((tmp_path / "bench.json").read_text())
     assert written["tiny"] is True and written["xl"] is xl and written["rows"] == json.loads(json.dumps(rows))
     assert "| stage 2 |" in capsys.readouterr().out
