@@ -210,3 +210,23 @@ def test_cli_synth(tmp_path, capsys):
         assert im.size == (24, 24)
     assert main(["synth", str(tmp_path / "s")]) == 2
     assert "not an empty directory" in capsys.readouterr().err
+
+
+def test_ctrl_c_stops_the_pool_at_once_and_leaves_nothing(tmp_path):
+    # Ctrl-C reaches the pool's workers too: the command must still end at once, say so in one
+    # line, exit 130 and leave neither the world nor its temporary sibling
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    command = [sys.executable, "-m", "uniemo.cli", "synth", str(tmp_path / "w"), "--num-images", "20000"]
+    run = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    time.sleep(4)  # the pool is writing
+    started = time.monotonic()
+    os.killpg(run.pid, signal.SIGINT)  # what Ctrl-C sends: the whole foreground group
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 130 and err.strip().splitlines()[-1].endswith("interrupted")
+    assert time.monotonic() - started < 15
+    assert list(tmp_path.iterdir()) == []
