@@ -157,7 +157,9 @@ def test_edit_command_records_both_readings_and_resumes(run2, tmp_path, capsys):
 @pytest.mark.parametrize("other, message", [(("--strength", "0.8"), "with strength 0.6 and this call asks for 0.8"),
                                             (("--invert",), "with invert False and this call asks for True"),
                                             (("--seed", "3"), "with seed 0 and this call asks for 3"),
-                                            (("--object", "bench"), "with object None and this call asks for 'bench'")])
+                                            (("--object", "bench"), "with object None and this call asks for 'bench'"),
+                                            (("--invert", "--keep-region", "0.3"),
+                                             "with invert False and this call asks for True")])
 def test_a_rerun_with_other_settings_is_refused_not_skipped(run2, tmp_path, capsys, other, message):
     """Re-running into the same --out skips what is written only if it was made the same way: an
     edit of another strength, sampler, seed or object under the same name is a one-line error."""
@@ -209,6 +211,9 @@ def test_keep_object_prompts_the_object_the_understanding_branch_reads(run2, pip
     (lambda d: photo(0).save(d / "x.png"), ["--emotion", "all"], "not an edit target"),
     (lambda d: photo(0).save(d / "x.png"), ["--emotion", "awe", "--object", "bench!?"], "cannot be encoded"),
     (lambda d: photo(0).save(d / "x.png"), ["--emotion", "awe", "-n", "0"], "--num-images 0"),
+    (lambda d: photo(0).save(d / "x.png"), ["--emotion", "awe", "--keep-region", "0.3"], "needs --invert"),
+    (lambda d: photo(0).save(d / "x.png"), ["--emotion", "awe", "--invert", "--keep-region", "1.5"],
+     "--keep-region 1.5 needs --invert and a number in (0, 1]"),
 ])
 def test_edit_bad_input_exits_2_with_one_line(run2, tmp_path, capsys, make, args, message):
     make(tmp_path)
@@ -272,3 +277,34 @@ def test_an_inverted_edit_starts_from_the_source_not_from_random_noise(pipe, run
     assert edit(run2, tmp_path / "edits", tmp_path / "p.png", "--emotion", "awe", "--invert", "--keep-object") == 0
     record = json.loads((tmp_path / "edits" / "metadata.jsonl").read_text())
     assert record["invert"] is True and record["prompt"] == pipe.prompt(record["object"])
+
+
+def test_keep_region_keeps_where_the_object_queries_look(pipe, run2, tmp_path):
+    """``keep_region``: DiffEdit's mask is 0 (kept, following the inversion) where the object
+    queries' attention is at least that share of its maximum; at a tiny share it keeps the whole
+    photo, so the result follows the inversion alone and no longer depends on the target."""
+    sources = [pipe.fit(photo(0)), pipe.fit(photo(9))]
+    maps = pipe._understand(sources, output_attentions=True).attentions["object"]
+    mask = pipe.redrawn_region(sources, 0.3, (8, 8))
+    assert mask.shape == (2, 1, 8, 8) and set(mask.unique().tolist()) <= {0.0, 1.0}
+    assert (pipe.redrawn_region(sources, 0.9, (8, 8)) >= mask).all()  # a higher share keeps less
+    peak = maps[0].flatten().argmax()
+    assert pipe.redrawn_region(sources[:1], 1.0, maps.shape[-2:])[0, 0].flatten()[peak] == 0  # the maximum is kept
+    assert pipe.redrawn_region(sources, 1e-9, (8, 8)).sum() == 0
+
+    def toward(emotion, **keep):
+        return pipe.edit(photo(0), emotion=emotion, strength=1.0, num_inference_steps=10, generator=3, invert=True,
+                         **keep)
+
+    free = np.abs(array(toward("fear").images[0]) - array(toward("awe").images[0])).mean()
+    kept = toward("fear", keep_region=1e-9)
+    assert free > 1 and np.abs(array(kept.images[0]) - array(toward("awe", keep_region=1e-9).images[0])).max() <= 1
+    assert toward("fear").metadata[0]["keep_region"] is None and kept.metadata[0]["keep_region"] == 1e-9
+    with pytest.raises(UniEmoError, match="needs invert"):
+        pipe.edit(photo(0), emotion="fear", keep_region=0.3)
+    with pytest.raises(UniEmoError, match="out of range"):
+        pipe.edit(photo(0), emotion="fear", invert=True, keep_region=0)
+    photo(0).save(tmp_path / "p.png")
+    assert edit(run2, tmp_path / "edits", tmp_path / "p.png", "--emotion", "awe", "--invert", "--keep-region",
+                "0.3") == 0
+    assert json.loads((tmp_path / "edits" / "metadata.jsonl").read_text())["keep_region"] == 0.3

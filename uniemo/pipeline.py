@@ -285,7 +285,8 @@ class UniEmoPipeline(DiffusionPipeline):
     def edit(self, image, emotion: str | None = None, mix: dict[str, float] | None = None, strength: float = 0.6,
              num_images: int = 1, num_inference_steps: int | None = None, guidance_scale: float | None = None,
              generator: int | torch.Generator | None = None,
-             object: str | Sequence[str] | None = None, invert: bool = False) -> UniEmoPipelineOutput:
+             object: str | Sequence[str] | None = None, invert: bool = False,
+             keep_region: float | None = None) -> UniEmoPipelineOutput:
         """Emotion editing (SPEC §4; SDEdit, Meng et al. 2022): ``image`` (a PIL image, or a list
         of them that fit to one size, edited as one batch) is fitted to the run's resolution,
         encoded by the VAE, noised to ``strength`` of the schedule and denoised with the fused
@@ -299,11 +300,22 @@ class UniEmoPipeline(DiffusionPipeline):
         under its own condition, the e (eq. 6) the understanding branch builds from it at the
         emotion it reads there, and denoised from that latent with the target's e (diffusers'
         DiffEdit pipeline, its mask the whole image). The noise then holds the photo's layout, so
-        more of it stays at the same strength (docs/BENCHMARKS.md); sampling is DDIM's."""
+        more of it stays at the same strength (docs/BENCHMARKS.md); sampling is DDIM's.
+
+        ``keep_region`` (with ``invert``): DiffEdit's mask keeps, following the inversion, where
+        the understanding branch's object queries look in the photo (their attention map, as a
+        share of its maximum, at least ``keep_region``: see :meth:`redrawn_region`) and redraws
+        the rest: more objects kept, fewer emotions read (docs/BENCHMARKS.md, session 24)."""
         weights, steps, guidance = self._request(emotion, mix, num_inference_steps, guidance_scale)
         check_positive(num_images=num_images)
         if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
             raise UniEmoError(f"strength={strength!r} is out of range: use a number in (0, 1], e.g. 0.6")
+        if keep_region is not None and not invert:
+            raise UniEmoError("keep_region needs invert: the kept region follows the photo's inversion")
+        if keep_region is not None and (isinstance(keep_region, bool) or not isinstance(keep_region, (int, float))
+                                        or not 0 < keep_region <= 1):
+            raise UniEmoError(f"keep_region={keep_region!r} is out of range: use a share of the object queries' "
+                              "attention maximum in (0, 1], e.g. 0.3")
         if invert and self.layout == "sdxl":
             raise UniEmoError("inverted edits need Stable Diffusion 1.5 (diffusers' DiffEdit has no SD XL version): "
                               "edit this run without invert")
@@ -323,7 +335,7 @@ class UniEmoPipeline(DiffusionPipeline):
         embeds = self._embeds(prompts, e)
         if invert:
             out, sampler = self._edit_inverted(sources, objects, num_images, embeds, strength, steps, guidance,
-                                               generators)
+                                               generators, keep_region)
         else:
             out = self.denoiser(img2img=True)(
                 image=[s for s in sources for _ in range(num_images)], **embeds, strength=strength,
@@ -331,23 +343,27 @@ class UniEmoPipeline(DiffusionPipeline):
             sampler = type(self.scheduler).__name__
         self.maybe_free_model_hooks()
         metadata = [{**self._metadata(seed, weights, emotion, o, prompt, steps, guidance, info), "strength": strength,
-                     "invert": invert, "scheduler": sampler}
+                     "invert": invert, "keep_region": keep_region, "scheduler": sampler}
                     for seed, o, prompt, info in zip(seeds, results, prompts, infos)]
         return UniEmoPipelineOutput(out.images, metadata)
 
     def _edit_inverted(self, sources: list, objects: list, num_images: int, embeds: dict, strength: float, steps: int,
-                       guidance: float, generators: list):
+                       guidance: float, generators: list, keep_region: float | None):
         """``edit(invert=True)``'s denoising: each source DDIM-inverted under its own condition
         (``objects``: one per source, named as in the edit's prompt), then denoised with ``embeds``
-        (``num_images`` rows per source, image-major). Returns diffusers' output and the sampler's name."""
+        (``num_images`` rows per source, image-major) where the mask says so (everywhere, or
+        outside the object's region with ``keep_region``). Returns diffusers' output and the
+        sampler's name."""
         editor = self.denoiser(invert=True)
         named = torch.tensor([o is not None for o in objects])
         own = self._embeds([self.prompt(o) for o in objects], self.own_conditions(sources, named))
         latents = editor.invert(image=sources, prompt_embeds=own["prompt_embeds"], guidance_scale=1.0,
                                 negative_prompt_embeds=own["negative_prompt_embeds"], num_inference_steps=steps,
                                 inpaint_strength=strength, generator=generators[::num_images]).latents
-        latents = latents.repeat_interleave(num_images, dim=0)
-        out = editor(mask_image=torch.ones(len(latents), 1, *latents.shape[-2:]), image_latents=latents, **embeds,
+        size = latents.shape[-2:]
+        mask = torch.ones(len(sources), 1, *size) if keep_region is None else self.redrawn_region(sources, keep_region, size)
+        latents, mask = latents.repeat_interleave(num_images, dim=0), mask.repeat_interleave(num_images, dim=0)
+        out = editor(mask_image=mask, image_latents=latents, **embeds,
                      inpaint_strength=strength, num_inference_steps=steps, guidance_scale=guidance,
                      generator=generators, output_type="pil")
         return out, type(editor.scheduler).__name__
@@ -386,9 +402,22 @@ class UniEmoPipeline(DiffusionPipeline):
         return [next(iter(best)) for best in self.object_bank.nearest(self._understand(images).object_embed)]
 
     @torch.no_grad()
-    def _understand(self, images: list):
+    def _understand(self, images: list, output_attentions: bool = False):
         pixels = torch.stack([self.transform(image.convert("RGB")) for image in images])
-        return self.understanding(pixels.to(self.understanding.device, self.understanding.dtype))
+        return self.understanding(pixels.to(self.understanding.device, self.understanding.dtype), output_attentions)
+
+    def redrawn_region(self, images: list, keep_region: float, size) -> torch.Tensor:
+        """DiffEdit's mask (1: redrawn, 0: kept), (n, 1, *size): kept where the object queries'
+        cross-attention over the photo's patches, as a share of its maximum, is at least
+        ``keep_region`` (the map ``uniemo classify --explain`` draws), bilinearly resized to ``size``."""
+        maps = self._understand(images, output_attentions=True).attentions
+        if maps is None:
+            raise UniEmoError("keep_region needs the object queries' attention, and this run's understanding has "
+                              "no queries (queries: none): edit without it")
+        share = maps["object"].float().cpu()
+        share = share / share.flatten(1).amax(-1).clamp_min(1e-12).view(-1, 1, 1)
+        share = torch.nn.functional.interpolate(share[:, None], size=tuple(size), mode="bilinear", align_corners=False)
+        return (share < keep_region).float()
 
     def _request(self, emotion, mix, steps, guidance) -> tuple[dict[str, float], int, float]:
         """(normalised weights, denoising steps, guidance) of a call, the run's defaults filled in."""

@@ -50,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--invert", action="store_true",
                         help="noise each source by DDIM inversion under the condition the understanding branch reads "
                              "in it, not at random: keeps more of the photo (Stable Diffusion 1.5)")
+    parser.add_argument("--keep-region", type=float, metavar="T",
+                        help="with --invert: keep where the understanding branch's object queries look (their "
+                             "attention map at T of its maximum or more, e.g. 0.3) and redraw the rest")
     parser.add_argument("-n", "--num-images", type=int, default=1, help="results per source image (default 1)")
     parser.add_argument("--steps", type=int, help="denoising steps of the full schedule (default: the run's)")
     parser.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the run's)")
@@ -68,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
     require_positive(num_images=args.num_images, steps=args.steps)
     if not 0 < args.strength <= 1:
         raise UniEmoError(f"--strength {args.strength} is out of range: use a number in (0, 1], e.g. 0.6")
+    if args.keep_region is not None and not (args.invert and 0 < args.keep_region <= 1):
+        raise UniEmoError(f"--keep-region {args.keep_region} needs --invert and a number in (0, 1], e.g. 0.3")
     check_guidance(args.guidance)
     folder, request = target(args, class_names(args.run))
     sources = source_files(args.images)
@@ -99,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
                 i = group[0][1]
                 out = pipe.edit([images[path] for path, _ in group], **request, strength=strength,
                                 object=[objects[path] for path, _ in group], invert=args.invert,
+                                keep_region=args.keep_region,
                                 num_inference_steps=args.steps, guidance_scale=args.guidance, generator=args.seed + i)
                 for (path, _), result, meta, after in zip(group, out.images, out.metadata, pipe.read(out.images)):
                     reached = int(after.argmax()) in goal
@@ -128,7 +134,8 @@ def edit_settings(args: argparse.Namespace) -> dict:
     from uniemo.config import load_config
     from uniemo.rundir import RunDir
 
-    settings = sampling_settings(args, load_config(RunDir(args.run).config).generation) | {"invert": args.invert}
+    settings = sampling_settings(args, load_config(RunDir(args.run).config).generation) | {
+        "invert": args.invert, "keep_region": args.keep_region}
     if args.invert:
         settings.pop("scheduler", None)
     if not args.until_target:

@@ -160,7 +160,8 @@ def edit_figures(layout) -> dict:
     return {"emo_a": metrics["emo_a"]["all"], "per_emotion_emo_a": metrics["emo_a"]["per_emotion"],
             "object_kept": metrics["edit_kept"]["all"], "clip_distance": metrics["edit_distance"]["all"],
             "understanding_reads_target": sum(r["reached"] for r in records) / max(1, len(records)),
-            "strength": layout.plan.edit_strength, "invert": layout.plan.edit_invert, "edits": len(records)}
+            "strength": layout.plan.edit_strength, "invert": layout.plan.edit_invert,
+            "keep_region": layout.plan.edit_keep_region, "edits": len(records)}
 
 
 def _generation_figures(report: dict) -> dict:
@@ -351,13 +352,16 @@ def _edit_section(layout, edit: dict, figures: Path) -> list:
         labels.append(Path(source).stem)
     image_table_png(cells, labels, figures / "edits.png", col_labels=["source", *[f"-> {e}" for e in EMOTIONS]],
                     captions=captions, title="Emotion editing: each test image toward every other emotion")
+    region = edit.get("keep_region")
+    keep = f" --keep-region {region:g}" if region else ""
+    kept_region = f", keeping where the object queries look ({region:g} of their maximum or more)" if region else ""
     return [
         Table(["Emo-A of the edits (evaluator)", "object kept (the judge's zero-shot)", "CLIP distance to the source",
                "understanding branch reads the target"],
               [[_pct(edit["emo_a"]), _pct(edit["object_kept"]), f"{edit['clip_distance']:.3f}",
                 _pct(edit["understanding_reads_target"])]],
-              f"Emotion editing (`uniemo edit --until-target{' --invert' if edit['invert'] else ''}`, "
-              f"{EDIT_METHODS[edit['invert']]} from strength {edit['strength']:g}): "
+              f"Emotion editing (`uniemo edit --until-target{' --invert' if edit['invert'] else ''}{keep}`, "
+              f"{EDIT_METHODS[edit['invert']]} from strength {edit['strength']:g}{kept_region}): "
               f"{edit['edits']} edits, one test image of each emotion turned toward each other emotion"),
         Figure(figures / "edits.png", "The edit matrix: under each result, the understanding branch's reading, "
                "its probability of the target and @ the strength that made it"),
