@@ -308,3 +308,11 @@ def test_keep_region_keeps_where_the_object_queries_look(pipe, run2, tmp_path):
     assert edit(run2, tmp_path / "edits", tmp_path / "p.png", "--emotion", "awe", "--invert", "--keep-region",
                 "0.3") == 0
     assert json.loads((tmp_path / "edits" / "metadata.jsonl").read_text())["keep_region"] == 0.3
+
+
+def test_keep_region_needs_the_object_queries(pipe, monkeypatch):
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(pipe, "_understand", lambda images, output_attentions=False: SimpleNamespace(attentions=None))
+    with pytest.raises(UniEmoError, match=r"no queries \(queries: none\): edit without it"):
+        pipe.redrawn_region([pipe.fit(photo(0))], 0.3, (8, 8))
