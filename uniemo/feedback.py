@@ -119,11 +119,11 @@ def generate_images(pipe, out: Path, class_names: Sequence[str], per_emotion: in
     def written(i: int, k: int) -> bool:
         emotion, name = class_names[i], image_name(class_names[i], k)
         annotation = out / "annotation" / emotion / f"{name}.json"
-        if annotation.is_file():
-            record = read_json(annotation, "generated image's annotation").get("generation", {})
-            check_same_settings(out / "image" / emotion / f"{name}.png", record,
-                                settings | {"seed": image_seed(seed, i, k)})
-        return annotation.is_file()
+        if not annotation.is_file():
+            return False
+        record = read_json(annotation, "generated image's annotation").get("generation", {})
+        check_same_settings(out / "image" / emotion / f"{name}.png", record, settings | {"seed": image_seed(seed, i, k)})
+        return True
 
     todo = [(i, k) for i in range(len(class_names)) for k in range(per_emotion) if not written(i, k)]
     state = processes()

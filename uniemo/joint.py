@@ -70,8 +70,7 @@ class FrozenDiffusion(nn.Module):
         if self.posteriors is None:
             return encode_posterior(self.vae, batch["vae_pixels"])
         index = batch["index"].cpu()
-        device = next(self.vae.parameters()).device
-        return tuple(p[index].to(device) for p in self.posteriors)
+        return tuple(p[index].to(self.vae.device) for p in self.posteriors)
 
     def loss(self, e: torch.Tensor, posterior: tuple[torch.Tensor, torch.Tensor],
              ids: list[torch.Tensor] | None = None) -> torch.Tensor:

@@ -425,8 +425,7 @@ class UniEmoPipeline(DiffusionPipeline):
             raise UniEmoError("give exactly one of emotion (a name) or mix (a mapping name -> weight)")
         weights = {emotion_key(emotion, self.class_names): 1.0} if emotion is not None else \
             normalise_weights(mix, self.class_names)
-        steps = steps or self.cfg.generation.num_inference_steps
-        guidance = self.cfg.generation.guidance_scale if guidance is None else guidance
+        steps, guidance = with_defaults(self.cfg.generation, steps, guidance)
         check_positive(num_inference_steps=steps)
         if not math.isfinite(guidance) or guidance < 0:
             raise UniEmoError(f"guidance_scale={guidance!r} is invalid: use a finite number >= 0 (e.g. 7.5)")
@@ -455,12 +454,17 @@ class UniEmoPipeline(DiffusionPipeline):
     def sampling_settings(self, steps: int | None = None, guidance: float | None = None) -> dict[str, Any]:
         """The sampling part of an image's metadata for ``steps`` and ``guidance`` (the run's
         defaults where None): a re-run that would sample otherwise can tell."""
-        return {"steps": steps or self.cfg.generation.num_inference_steps,
-                "guidance": self.cfg.generation.guidance_scale if guidance is None else guidance,
-                "scheduler": type(self.scheduler).__name__, "dtype": dtype_name(self.unet.dtype)}
+        steps, guidance = with_defaults(self.cfg.generation, steps, guidance)
+        return {"steps": steps, "guidance": guidance, "scheduler": type(self.scheduler).__name__,
+                "dtype": dtype_name(self.unet.dtype)}
 
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def with_defaults(generation, steps: int | None, guidance: float | None) -> tuple[int, float]:
+    """A call's denoising steps and guidance scale, the run's ``generation`` config where None."""
+    return steps or generation.num_inference_steps, generation.guidance_scale if guidance is None else guidance
 
 
 def dtype_name(dtype: torch.dtype) -> str:

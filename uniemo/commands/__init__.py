@@ -41,11 +41,10 @@ def sampling_settings(args, generation) -> dict:
     """What the metadata of an image this ``generate`` or ``edit`` call would write says of its
     sampling: steps and guidance (``generation``, the run's config, where not given), the dtype
     and, when named, the scheduler. A re-run compares them with what is already written."""
-    from uniemo.pipeline import DTYPES, dtype_name
+    from uniemo.pipeline import DTYPES, dtype_name, with_defaults
 
-    settings = {"steps": args.steps or generation.num_inference_steps,
-                "guidance": generation.guidance_scale if args.guidance is None else args.guidance,
-                "dtype": dtype_name(DTYPES[args.dtype])}
+    steps, guidance = with_defaults(generation, args.steps, args.guidance)
+    settings = {"steps": steps, "guidance": guidance, "dtype": dtype_name(DTYPES[args.dtype])}
     return settings | ({"scheduler": args.scheduler} if args.scheduler else {})
 
 
