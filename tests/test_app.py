@@ -161,6 +161,12 @@ def test_edit_gives_before_and_after_with_both_readings(studio, tmp_path):
     inverted, records = studio.edit(photo(tmp_path / "src.png"), "fear", 0.5, 1, 4, False, True)
     assert records[0]["invert"] is True and metadata[0]["invert"] is False
     assert np.asarray(inverted[1][0]).tobytes() != np.asarray(after).tobytes()
+    region, records = studio.edit(photo(tmp_path / "src.png"), "fear", 0.5, 1, 4, False, True, 0.3)
+    pipe = studio.generator()
+    direct = pipe.edit(before, emotion="fear", strength=0.5, num_inference_steps=4, generator=1, invert=True,
+                       keep_region=0.3).images[0]
+    assert records[0]["keep_region"] == 0.3 and np.asarray(region[1][0]).tobytes() == np.asarray(direct).tobytes()
+    assert np.asarray(region[1][0]).tobytes() != np.asarray(inverted[1][0]).tobytes()
 
 
 @pytest.mark.parametrize("call, message", [
@@ -172,6 +178,8 @@ def test_edit_gives_before_and_after_with_both_readings(studio, tmp_path):
     (lambda s: s.generate("", "", 0, 2, 1), "no target"),
     (lambda s: s.generate("awe=x", "", 0, 2, 1), "malformed --mix"),
     (lambda s: s.edit(None, "awe", 0.5, 0, 2), "no image given"),
+    (lambda s: s.edit(None, "awe", 0.5, 0, 2, False, False, 0.3), "keeping the object's region needs the inversion"),
+    (lambda s: s.edit(None, "awe", 0.5, 0, 2, False, True, 1.5), "keep region 1.5 is invalid"),
 ])
 def test_requests_out_of_bounds_are_refused(studio, call, message):
     with pytest.raises(UniEmoError, match=message):
@@ -295,7 +303,7 @@ def test_the_api_names_are_stable(server):
     assert [p["parameter_name"] for p in endpoints["/generate"]["parameters"]] == \
         ["target", "object", "seed", "steps", "count"]
     assert [p["parameter_name"] for p in endpoints["/edit"]["parameters"]] == \
-        ["image", "target", "strength", "seed", "steps", "keep_object", "invert"]
+        ["image", "target", "strength", "seed", "steps", "keep_object", "invert", "keep_region"]
 
 
 def test_server_listens_on_the_loopback_address_only(server):
