@@ -305,7 +305,7 @@ def test_stage2_losses_are_the_same_with_cached_latents(tiny_models, tiny_emoset
     assert curves[True] == pytest.approx(curves[False], rel=1e-5)
 
 
-def write_run1(tiny_models, data_root, out):
+def write_run1(tiny_models, data_root, out, kind="emoset"):
     """A stage-1 run directory in the real layout (untrained understanding on the tiny CLIP)."""
     from transformers import CLIPVisionModel
 
@@ -323,7 +323,7 @@ def write_run1(tiny_models, data_root, out):
     vision = CLIPVisionModel(clip.model.config.vision_config)
     vision.load_state_dict(clip.model.vision_model.state_dict())
     UniEmoUnderstanding(vision, cfg.understanding, clip.model.config.projection_dim).save_pretrained(out)
-    ds = open_dataset(data_root, "emoset", "train")
+    ds = open_dataset(data_root, kind, "train")
     save_attributes(out, AttributeBank.encode(clip, ds.scene_vocab), AttributeBank.encode(clip, ds.object_vocab))
     save_config(cfg, out / "config.yaml")
     return out
@@ -357,6 +357,64 @@ def test_train_joint_command_writes_a_usable_stage2_run(tiny_models, tiny_emoset
     # a second run into the same directory must be asked for explicitly
     assert main(args) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+def write_folder_dataset(root, classes, per_class=4):
+    """A folder dataset in FI's layout: one folder of JPEGs per emotion, no annotations."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for k in range(per_class):
+            Image.fromarray((rng.random((64, 64, 3)) * 255).astype("uint8")).save(root / name / f"{name}_{k}.jpg")
+    return root
+
+
+def test_train_joint_on_a_folder_dataset_weighs_scenes_and_objects_by_one(tiny_models, tmp_path):
+    import json
+
+    import numpy as np
+
+    from uniemo.cli import main
+    from uniemo.pipeline import UniEmoPipeline
+    from uniemo.vocab import EMOTIONS
+
+    fi = write_folder_dataset(tmp_path / "FI", EMOTIONS)
+    run1, run2 = write_run1(tiny_models, fi, tmp_path / "run1", kind="fi"), tmp_path / "run2"
+    assert main(["train", "joint", "--run", str(run1), "--sd", str(tiny_models[1]), "--data", str(fi),
+                 "--dataset", "fi", "--out", str(run2), "--max-steps", "2", "--batch-size", "8"]) == 0
+    table = json.loads((run2 / "alpha_table.json").read_text())
+    assert table["scene"] == {} and table["object"] == {}
+    pipe = UniEmoPipeline.from_pretrained(run2)
+    awe = pipe(emotion="awe", num_images=1, num_inference_steps=2, generator=0)
+    assert awe.metadata[0]["alpha_scene"] is None and awe.metadata[0]["matched_object"] is None
+    mix = pipe(mix={"awe": 0.5, "fear": 0.5}, object="house", num_images=1, num_inference_steps=2, generator=0)
+    assert mix.metadata[0]["prompt"].endswith("house")
+    # α = 1: the fusion's e is its unweighted mapped features, as with α switched off
+    pipe.fusion.cfg.use_alpha = False
+    unweighted = pipe(emotion="awe", num_images=1, num_inference_steps=2, generator=0)
+    assert np.asarray(unweighted.images[0]).tobytes() == np.asarray(awe.images[0]).tobytes()
+
+
+def test_train_joint_refuses_other_emotions_and_counts_without_annotations(tiny_models, tiny_emoset, tmp_path,
+                                                                           capsys):
+    from uniemo.cli import main
+    from uniemo.vocab import EMOTIONS
+
+    run1 = write_run1(tiny_models, tiny_emoset, tmp_path / "run1")
+    roi = write_folder_dataset(tmp_path / "roi", ["anger", "disgust", "fear", "joy", "sadness", "surprise"], 2)
+    fi = write_folder_dataset(tmp_path / "fi", EMOTIONS, 2)
+    for data, kind, extra, message in [
+            (roi, "emotionroi", [], "was trained on amusement, awe, contentment, excitement, anger, disgust, fear, "
+                                    "sadness but"),
+            (fi, "fi", ["--alpha-table", "counts"], "this dataset annotates none: use --alpha-table classifier")]:
+        out = tmp_path / f"run2-{kind}"
+        assert main(["train", "joint", "--run", str(run1), "--sd", str(tiny_models[1]), "--data", str(data),
+                     "--dataset", kind, "--out", str(out), *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err and not out.exists()
 
 
 def test_train_joint_epochs_sets_its_length(tiny_models, tiny_emoset, tmp_path):

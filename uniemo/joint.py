@@ -165,14 +165,26 @@ def fused_condition(fusion: UniEmoFusion, out, labels: torch.Tensor, scene_bank,
     matched at those emotions, and the α's (``object_named``: see ``UniEmoFusion.forward``);
     sample i's e is built from sample ``source[i]``'s outputs (default: its own)."""
     pick = (lambda t: t) if source is None else (lambda t: t[source])
-    alphas = {}
-    for kind, bank, embed in (("scene", scene_bank, out.scene_embed), ("object", object_bank, out.object_embed)):
-        if kind in fusion.mappers and len(bank.names):
-            alphas[kind], _ = match_alpha(pick(embed), bank.embeds, table.rows(kind)[1], labels)
-        elif kind in fusion.mappers:
-            alphas[kind] = torch.ones_like(labels, dtype=embed.dtype)
+    embeds = {"scene": pick(out.scene_embed), "object": pick(out.object_embed)}
+    alphas, _ = attribute_alphas(fusion, embeds, labels, {"scene": scene_bank, "object": object_bank}, table)
     features = {name: pick(f).to(fusion.dtype) for name, f in features_of(out, fusion.cfg.features).items()}
     return fusion(features, alphas, object_named), alphas
+
+
+def attribute_alphas(fusion: UniEmoFusion, embeds: dict, labels: torch.Tensor, banks: dict,
+                     table: CorrelationTable) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """α (SPEC §2) of each attribute kind the fusion maps, for the projected queries ``embeds``
+    at emotions ``labels``, and the matched attribute's index in its bank. A kind the run has no
+    names of (a folder dataset: no scenes, no objects) weighs 1 and matches nothing."""
+    alphas, best = {}, {}
+    for kind, bank in banks.items():
+        if kind not in fusion.mappers:
+            continue
+        if len(bank.names):
+            alphas[kind], best[kind] = match_alpha(embeds[kind], bank.embeds, table.rows(kind)[1], labels)
+        else:
+            alphas[kind] = torch.ones_like(labels, dtype=embeds[kind].dtype)
+    return alphas, best
 
 
 def same_emotion_partners(labels: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
@@ -346,6 +358,9 @@ def build_table(method: str, train_set, scene_bank, object_bank, clip_bundle, lo
     labels = torch.tensor(train_set.labels, dtype=torch.long)
     c = len(train_set.class_names)
     if method == "counts":
+        if len(scene_bank.names) + len(object_bank.names) and not any(it.scene or it.object for it in train_set.items):
+            raise UniEmoError("--alpha-table counts counts the scenes and objects of the training images, and this "
+                              "dataset annotates none: use --alpha-table classifier")
         scene = table_from_counts(labels, scene_bank.index([it.scene for it in train_set.items]), len(scene_bank.names), c)
         obj = table_from_counts(labels, object_bank.index([it.object for it in train_set.items]),
                                 len(object_bank.names), c)
@@ -387,7 +402,8 @@ def accuracy(understanding, loader, device="cpu") -> float:
     return top1_accuracy(torch.cat(preds), torch.cat(labels))
 
 
-def implicit_feedback(run1: str | Path, understanding, data_root, collate, batch_size: int, device) -> dict:
+def implicit_feedback(run1: str | Path, understanding, data_root, collate, batch_size: int, device,
+                      kind: str = "emoset") -> dict:
     """Understanding accuracy after stage 2 vs after stage 1 on val / test (paper Fig. 8)."""
     from torch.utils.data import DataLoader
 
@@ -397,13 +413,24 @@ def implicit_feedback(run1: str | Path, understanding, data_root, collate, batch
     stage1 = UniEmoUnderstanding.from_pretrained(run1)
     result = {}
     for split in ("val", "test"):
-        if split_exists(data_root, "emoset", split):
-            loader = DataLoader(open_dataset(data_root, "emoset", split), batch_size=batch_size, collate_fn=collate)
+        if split_exists(data_root, kind, split):
+            loader = DataLoader(open_dataset(data_root, kind, split), batch_size=batch_size, collate_fn=collate)
             result[split] = {"run1": accuracy(stage1, loader, device), "run2": accuracy(understanding, loader, device)}
     return result
 
 
-def train_joint(run1: str | Path, data_root: str | Path, out: str | Path, cfg, resume: bool = False) -> dict:
+def check_same_emotions(run1: str | Path, train_set, data_root) -> None:
+    """Stage 2 learns the emotions stage 1 learned: its labels index the same class names."""
+    from uniemo.understanding import run_class_names
+
+    learned, given = run_class_names(run1), tuple(train_set.class_names)
+    if learned != given:
+        raise UniEmoError(f"{run1} was trained on {', '.join(learned)} but {data_root} has {', '.join(given)}: "
+                          "train stage 2 on the dataset stage 1 learned (the same --dataset), or train stage 1 on this one")
+
+
+def train_joint(run1: str | Path, data_root: str | Path, out: str | Path, cfg, resume: bool = False,
+                kind: str = "emoset") -> dict:
     """Stage 2 end to end: P, L_joint training with the shared loop, emotion space, feedback figure.
     Returns the implicit-feedback figures (also written to OUT/implicit_feedback.json) on the
     main process, None on the others (only the main one writes and evaluates)."""
@@ -421,10 +448,11 @@ def train_joint(run1: str | Path, data_root: str | Path, out: str | Path, cfg, r
     on_main(lambda: None)  # every process has looked before the main one writes
     if cfg.clip_path is None:
         raise UniEmoError(f"{RunDir(run1).config} records no clip_path: stage 2 needs the CLIP directory of stage 1")
+    train_set = open_dataset(data_root, kind, "train")
+    check_same_emotions(run1, train_set, data_root)
     clip, sd = load_clip(cfg.clip_path), load_sd(cfg.sd_path)
     cfg.sd_layout = sd_layout(sd)
     on_main(lambda: print(f"found {SD_NAMES[cfg.sd_layout]} in {cfg.sd_path}"))
-    train_set = open_dataset(data_root, "emoset", "train")
     eval_collate = JointCollate(clip_transforms(clip.image_processor, train=False))
     batch = cfg.stage2.batch_size
     table_path = RunDir(out).alpha_table
@@ -455,7 +483,7 @@ def train_joint(run1: str | Path, data_root: str | Path, out: str | Path, cfg, r
         space = compute_emotion_space(model.understanding, loader, cfg.fusion.features, len(train_set.class_names),
                                       device)
         save_stage2(out, model, space, cfg)
-        feedback = implicit_feedback(run1, model.understanding, data_root, eval_collate, batch, device)
+        feedback = implicit_feedback(run1, model.understanding, data_root, eval_collate, batch, device, kind)
         write_json(RunDir(out).implicit_feedback, feedback)
         return feedback
 

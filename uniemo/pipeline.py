@@ -33,9 +33,9 @@ from diffusers import DiffusionPipeline
 
 from uniemo.config import UniEmoConfig, load_config
 from uniemo.errors import UniEmoError
-from uniemo.fusion import CorrelationTable, PromptEncoder, UniEmoFusion, match_alpha, transfer_prompt
+from uniemo.fusion import CorrelationTable, PromptEncoder, UniEmoFusion, transfer_prompt
 from uniemo.io import load_state_dict_checked, load_tensors, read_json
-from uniemo.joint import EmotionSpace, fused_condition
+from uniemo.joint import EmotionSpace, attribute_alphas, fused_condition
 from uniemo.loading import SD_PARTS
 from uniemo.rundir import STAGE2, RunDir
 
@@ -240,17 +240,16 @@ class UniEmoPipeline(DiffusionPipeline):
         return e, generators, infos
 
     def _alphas(self, feats, emotion: int, infos, name: str) -> dict[str, torch.Tensor]:
-        alphas = {}
-        for kind, bank in (("scene", self.scene_bank), ("object", self.object_bank)):
-            if kind not in feats or not len(bank.names):
-                continue
-            proj = getattr(self.understanding, f"{kind}_proj")
-            embed = proj(feats[kind].to(proj.weight.dtype))
-            target = torch.full((len(infos),), emotion, dtype=torch.long)
-            alphas[kind], best = match_alpha(embed, bank.embeds, self.table.rows(kind)[1], target)
-            for info, a, b in zip(infos, alphas[kind].tolist(), best.tolist()):
+        """α of sampled features at ``emotion``; each image's α and matched attributes go to ``infos``."""
+        banks = {"scene": self.scene_bank, "object": self.object_bank}
+        embeds = {kind: getattr(self.understanding, f"{kind}_proj") for kind in banks if kind in feats}
+        embeds = {kind: proj(feats[kind].to(proj.weight.dtype)) for kind, proj in embeds.items()}
+        target = torch.full((len(infos),), emotion, dtype=torch.long)
+        alphas, best = attribute_alphas(self.fusion, embeds, target, banks, self.table)
+        for kind, matched in best.items():
+            for info, a, b in zip(infos, alphas[kind].tolist(), matched.tolist()):
                 info["alpha"].setdefault(kind, {})[name] = round(a, 6) if self.fusion.cfg.use_alpha else None
-                info["matched"].setdefault(kind, {})[name] = bank.names[b]
+                info["matched"].setdefault(kind, {})[name] = banks[kind].names[b]
         return alphas
 
     @torch.no_grad()

@@ -264,6 +264,15 @@ class UniEmoUnderstanding(ModuleUtilsMixin, nn.Module):
         return model.eval()
 
 
+def run_class_names(run_dir: str | Path) -> tuple[str, ...]:
+    """The emotions a run's understanding branch predicts, read without loading its weights."""
+    meta = read_json(RunDir(run_dir).understanding, "understanding config (a run made by `uniemo train understand`)")
+    names = meta.get("class_names") if isinstance(meta, dict) else None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise UniEmoError(f"{run_dir}: understanding.json lists no class names; re-run `uniemo train understand`")
+    return tuple(names)
+
+
 def default_class_names(num_classes: int) -> tuple[str, ...]:
     if num_classes == len(EMOTIONS):
         return EMOTIONS

@@ -19,7 +19,11 @@ from uniemo.rundir import RunDir
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, help="stage-1 run directory (from `uniemo train understand`)")
     parser.add_argument("--sd", required=True, help="Stable Diffusion 1.5 or XL directory (diffusers layout)")
-    parser.add_argument("--data", required=True, help="EmoSet-format dataset root")
+    from uniemo.commands.train_understand import DATASETS
+
+    parser.add_argument("--data", required=True, metavar="DIR", help="dataset root")
+    parser.add_argument("--dataset", choices=DATASETS, default="emoset",
+                        help="dataset kind (default emoset; a folder dataset has no scenes or objects, so α is 1)")
     parser.add_argument("--out", required=True, help="stage-2 run directory to write")
     parser.add_argument("--config", help="YAML with overrides of the run's config (e.g. fusion: {use_alpha: false})")
     parser.add_argument("--epochs", type=int, help="epochs (default: stage2.epochs)")
@@ -55,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     override(cfg.stage2, args, "epochs", "max_steps", "batch_size", "seed")
     override(cfg.fusion, args, "alpha_table")
     cfg.sd_path = str(Path(args.sd).resolve())
-    feedback = train_joint(args.run, args.data, args.out, cfg, resume=args.resume)
+    feedback = train_joint(args.run, args.data, args.out, cfg, resume=args.resume, kind=args.dataset)
     if feedback is None:  # not the main process: it has said everything
         return 0
     print(f"wrote stage-2 run {args.out}")
