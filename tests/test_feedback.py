@@ -316,3 +316,33 @@ def test_bad_options_are_one_line_errors(setup, tmp_path, capsys, extra, needle)
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1
     assert not (tmp_path / "run3").exists()  # refused before anything was written
+
+
+@pytest.mark.e2e
+def test_feedback_on_a_folder_dataset_filters_by_emo_a_alone(tiny_models, tmp_path, capsys):
+    """EmotionROI annotates no scenes or objects, so CLIP zero-shot has no Sem-C: the default
+    criteria are refused before anything is written, and Emo-A alone selects."""
+    import csv
+
+    from test_joint import write_folder_dataset, write_run1
+
+    from uniemo.cli import main
+
+    roi = write_folder_dataset(tmp_path / "roi", ["anger", "disgust", "fear", "joy", "sadness", "surprise"], 4)
+    run1, run2 = write_run1(tiny_models, roi, tmp_path / "run1", kind="emotionroi"), tmp_path / "run2"
+    data = ["--data", str(roi), "--dataset", "emotionroi"]
+    assert main(["train", "joint", "--run", str(run1), "--sd", str(tiny_models[1]), *data, "--out", str(run2),
+                 "--max-steps", "1", "--batch-size", "8"]) == 0
+    assert main(["train", "evaluator", "--clip", str(tiny_models[0]), *data, "--out", str(tmp_path / "eval"),
+                 "--epochs", "1"]) == 0
+    argv = ["feedback", "--run", str(run2), *data, "--evaluator", str(tmp_path / "eval"), "--per-emotion", "5",
+            "--steps", "2", "--max-steps", "1", "--batch-size", "8"]
+    capsys.readouterr()
+    assert main([*argv, "--out", str(tmp_path / "run3")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "filter by Emo-A alone (--criteria emo-a)" in err
+    assert not (tmp_path / "run3").exists()
+    assert main([*argv, "--out", str(tmp_path / "run3"), "--criteria", "emo-a"]) == 0
+    with open(tmp_path / "run3" / "generated" / "scores.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 30 and "sem-c" not in rows[0] and 0 < sum(int(r["kept"]) for r in rows) < 30

@@ -322,8 +322,10 @@ def write_run1(tiny_models, data_root, out, kind="emoset"):
     cfg.stage2.num_workers = 0
     vision = CLIPVisionModel(clip.model.config.vision_config)
     vision.load_state_dict(clip.model.vision_model.state_dict())
-    UniEmoUnderstanding(vision, cfg.understanding, clip.model.config.projection_dim).save_pretrained(out)
     ds = open_dataset(data_root, kind, "train")
+    cfg.understanding.num_classes = len(ds.class_names)
+    UniEmoUnderstanding(vision, cfg.understanding, clip.model.config.projection_dim,
+                        ds.class_names).save_pretrained(out)
     save_attributes(out, AttributeBank.encode(clip, ds.scene_vocab), AttributeBank.encode(clip, ds.object_vocab))
     save_config(cfg, out / "config.yaml")
     return out

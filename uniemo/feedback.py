@@ -187,7 +187,8 @@ def list_generated(out: Path, class_names: Sequence[str], per_emotion: int) -> l
 
 def score_generated(root: Path, images: Sequence[GeneratedImage], evaluator, semantic: Sequence,
                     batch_size: int = 32) -> dict[str, torch.Tensor]:
-    """Algorithm 1 lines 1-5: CLIP features F, Emo-A = P_emo[target] and Sem-C for every image."""
+    """Algorithm 1 lines 1-5: CLIP features F, Emo-A = P_emo[target] and (given ``semantic``
+    classifiers) Sem-C for every image."""
     from uniemo.metrics import batched, emotion_scores, open_image, semantic_scores
 
     def fetch(i: int):
@@ -195,8 +196,9 @@ def score_generated(root: Path, images: Sequence[GeneratedImage], evaluator, sem
 
     features = batched(evaluator.encoder, fetch, len(images), batch_size, desc="score")
     _, emo_a = emotion_scores(evaluator, features, [im.emotion for im in images])
-    sem_c = semantic_scores(semantic, fetch, len(images), features, batch_size)
-    return {"emo-a": emo_a, "sem-c": sem_c}
+    if not semantic:
+        return {"emo-a": emo_a}
+    return {"emo-a": emo_a, "sem-c": semantic_scores(semantic, fetch, len(images), features, batch_size)}
 
 
 def write_selection(out: Path, images: Sequence[GeneratedImage], scores: Mapping[str, torch.Tensor],
@@ -340,6 +342,10 @@ def explicit_feedback(run2: Path, data_root: Path, out: Path, cfg, evaluator, se
 
     settings = cfg.feedback
     check_settings(settings)
+    if "sem-c" in settings.criteria and not semantic:
+        raise UniEmoError("filtering by Sem-C needs --places365 / --imagenet-resnet50 weights, or scene or object "
+                          f"names for CLIP zero-shot, and {data_root} has none: pass the weights, or filter by "
+                          "Emo-A alone (--criteria emo-a)")
     run = RunDir(out)
     out, generated = Path(out), run.generated
     if run.config.is_file() and not resume:

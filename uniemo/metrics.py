@@ -359,7 +359,8 @@ NOT_GIVEN = {
     "fid": "not computed: run `uniemo fetch-metrics` (Inception-v3), pass --inception FILE or --clip DIR",
     "lpips": "not computed: run `uniemo fetch-metrics` (AlexNet LPIPS) or pass --lpips-alex FILE",
     "emo_a": "not computed: pass --evaluator EVAL (made by `uniemo train evaluator`)",
-    "sem_c": "not computed: pass --places365/--imagenet-resnet50 FILE or --clip DIR",
+    "sem_c": "not computed: pass --places365/--imagenet-resnet50 FILE, or --clip DIR and a --real dataset with "
+             "scene or object names",
     "sem_d": "not computed: pass --clip DIR",
     "object_kept": "not computed: pass --clip DIR (or --evaluator EVAL, whose CLIP is then used)",
     "mix_mass": "not computed: pass --evaluator EVAL (made by `uniemo train evaluator`)",
