@@ -266,6 +266,30 @@ def test_generate_bad_input_exits_2_with_one_line(run2_dir, tmp_path, capsys, ar
     assert not (tmp_path / "bad" / "metadata.jsonl").exists()
 
 
+@pytest.mark.parametrize("device, gpus, message", [
+    ("cdua", 0, "--device 'cdua' is not a torch device: use cpu, cuda, cuda:1, mps"),
+    ("cuda", 0, "--device cuda: torch finds no cuda device on this machine: use --device cpu"),
+    ("cuda:2", 2, "--device cuda:2: torch sees 2 cuda device(s), cuda:0 to cuda:1: pick one of them"),
+])
+def test_a_device_this_machine_lacks_is_a_one_line_error(run2_dir, tmp_path, capsys, monkeypatch, device, gpus,
+                                                         message):
+    from test_edit import photo
+
+    from uniemo.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    photo(0).save(tmp_path / "src.png")
+    for command in (["generate", "--run", str(run2_dir), "--emotion", "awe", "--out", str(tmp_path / "gen")],
+                    ["edit", str(tmp_path / "src.png"), "--run", str(run2_dir), "--emotion", "awe",
+                     "--out", str(tmp_path / "ed")],
+                    ["serve", "--run", str(run2_dir)]):
+        assert main([*command, "--device", device]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: {message}") and "\n" not in err, command
+        assert not (tmp_path / "gen").exists() and not (tmp_path / "ed").exists()
+
+
 def test_inspect_alpha_prints_top_attributes(run2_dir, capsys):
     from uniemo.cli import main
 

@@ -73,7 +73,7 @@ class Studio:
     """The models behind the page: a stage-2 run understands, generates and edits; a stage-1 or
     stage-3 run only understands."""
 
-    def __init__(self, run_dir: str | Path, limits: Limits = Limits(), device: str | None = None):
+    def __init__(self, run_dir: str | Path, limits: Limits = Limits(), device: str | torch.device | None = None):
         from uniemo.data import clip_transforms
         from uniemo.pipeline import UniEmoPipeline
         from uniemo.rundir import STAGE2, RunDir

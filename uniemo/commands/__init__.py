@@ -60,12 +60,35 @@ def already_written(out, records: dict, file: str, settings: dict) -> bool:
     return True
 
 
-def load_pipeline(args):
-    """The stage-2 run ``args.run`` as a ``UniEmoPipeline`` with the sampling arguments, on
-    --device (default: cuda if available, else cpu)."""
+def resolve_device(name: str | None):
+    """``--device`` as a torch device (default: cuda if available, else cpu); a name torch does
+    not know, or a device this machine does not have, is a one-line error."""
     import torch
 
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UniEmoError(f"--device {name!r} is not a torch device: use cpu, cuda, cuda:1, mps, ...") from None
+    if device.type == "cpu":
+        return device
+    backend = getattr(torch, device.type, None)  # torch.cuda, torch.mps, torch.xpu, ...
+    if not (hasattr(backend, "is_available") and backend.is_available()):
+        raise UniEmoError(f"--device {name}: torch finds no {device.type} device on this machine: "
+                          "use --device cpu, or leave --device out to take a GPU when there is one")
+    count = backend.device_count() if hasattr(backend, "device_count") else 1
+    if device.index is not None and device.index >= count:
+        raise UniEmoError(f"--device {name}: torch sees {count} {device.type} device(s), "
+                          f"{device.type}:0 to {device.type}:{count - 1}: pick one of them")
+    return device
+
+
+def load_pipeline(args):
+    """The stage-2 run ``args.run`` as a ``UniEmoPipeline`` with the sampling arguments, on
+    --device (see :func:`resolve_device`)."""
     from uniemo.pipeline import DTYPES, UniEmoPipeline
 
+    device = resolve_device(args.device)
     pipe = UniEmoPipeline.from_pretrained(args.run, dtype=DTYPES[args.dtype], scheduler=args.scheduler)
-    return pipe.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return pipe.to(device)

@@ -28,10 +28,11 @@ def run(args: argparse.Namespace) -> int:
     import importlib.util
     from pathlib import Path
 
-    from uniemo.commands import require_positive
+    from uniemo.commands import require_positive, resolve_device
     from uniemo.errors import UniEmoError
 
     require_positive(max_images=args.max_images, max_steps=args.max_steps)
+    device = resolve_device(args.device)
     if not 0 <= args.port < 65536:
         raise UniEmoError(f"--port {args.port} is invalid: use a port from 0 to 65535")
     if importlib.util.find_spec("gradio") is None:
@@ -41,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         raise UniEmoError(f"--run {run_dir} is not a directory: pass a run made by `uniemo train ...`")
     from uniemo.app import Limits, Studio, serve
 
-    studio = Studio(run_dir, Limits(max_images=args.max_images, max_steps=args.max_steps), args.device)
+    studio = Studio(run_dir, Limits(max_images=args.max_images, max_steps=args.max_steps), device)
     print(f"serving {run_dir} at http://{args.host}:{args.port} (Ctrl+C stops)", flush=True)
     serve(studio, args.host, args.port, quiet=True)
     return 0
