@@ -290,6 +290,31 @@ def test_a_device_this_machine_lacks_is_a_one_line_error(run2_dir, tmp_path, cap
         assert not (tmp_path / "gen").exists() and not (tmp_path / "ed").exists()
 
 
+def test_a_run_whose_sd_moved_names_the_fix_and_takes_sd(run2_dir, tiny_models, tmp_path, capsys):
+    import shutil
+
+    from PIL import Image
+
+    from uniemo.cli import main
+    from uniemo.config import load_config, save_config
+
+    moved = tmp_path / "run2"  # a run copied from a machine whose SD lived elsewhere
+    shutil.copytree(run2_dir, moved)
+    cfg = load_config(moved / "config.yaml")
+    cfg.sd_path = str(tmp_path / "cluster" / "sd15")
+    save_config(cfg, moved / "config.yaml")
+    args = ["generate", "--run", str(moved), "--emotion", "awe", "-n", "1", "--steps", "2", "--out", str(tmp_path / "g")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"records sd_path {tmp_path / 'cluster' / 'sd15'}, which is not a directory here" in err
+    assert "(--sd DIR; sd_path= in Python)" in err and "\n" not in err and not (tmp_path / "g").exists()
+    assert main([*args, "--sd", str(tiny_models[1])]) == 0
+    again = UniEmoPipeline.from_pretrained(moved, sd_path=tiny_models[1])(emotion="awe", num_images=1,
+                                                                         num_inference_steps=2, generator=0)
+    written = Image.open(tmp_path / "g" / "awe" / "0000.png")
+    assert np.asarray(written).tobytes() == np.asarray(again.images[0]).tobytes()
+
+
 def test_inspect_alpha_prints_top_attributes(run2_dir, capsys):
     from uniemo.cli import main
 

@@ -73,7 +73,8 @@ class Studio:
     """The models behind the page: a stage-2 run understands, generates and edits; a stage-1 or
     stage-3 run only understands."""
 
-    def __init__(self, run_dir: str | Path, limits: Limits = Limits(), device: str | torch.device | None = None):
+    def __init__(self, run_dir: str | Path, limits: Limits = Limits(), device: str | torch.device | None = None,
+                 sd_path: str | Path | None = None):
         from uniemo.data import clip_transforms
         from uniemo.pipeline import UniEmoPipeline
         from uniemo.rundir import STAGE2, RunDir
@@ -82,7 +83,7 @@ class Studio:
         self.run_dir, self.limits = Path(run_dir), limits
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if not RunDir(self.run_dir).missing(STAGE2):
-            self.pipe = UniEmoPipeline.from_pretrained(self.run_dir).to(self.device)
+            self.pipe = UniEmoPipeline.from_pretrained(self.run_dir, sd_path).to(self.device)
             self.pipe.set_progress_bar_config(disable=True)  # no progress bars in the server's log
             self.model, banks = self.pipe.understanding, (self.pipe.scene_bank, self.pipe.object_bank)
         else:

@@ -317,12 +317,12 @@ def understanding_accuracy(run: Path, data_root: Path, kind: str, batch_size: in
 def explicit_feedback(run2: Path, data_root: Path, out: Path, cfg, evaluator, semantic: Sequence,
                       kind: str = "emoset", seed: int = 0, num_inference_steps: int | None = None,
                       generate_batch_size: int = 8, resume: bool = False, dtype=None,
-                      scheduler: str | None = None) -> dict | None:
+                      scheduler: str | None = None, sd_path: str | Path | None = None) -> dict | None:
     """Algorithm 1 end to end, then stage 3 (paper §III-C):
 
     1. ``cfg.feedback.per_emotion`` images per emotion from RUN2 into ``OUT/generated`` (skipping
-       the images a killed run already wrote), sampled in ``dtype`` with ``scheduler`` (see
-       ``UniEmoPipeline.from_pretrained``);
+       the images a killed run already wrote), sampled in ``dtype`` with ``scheduler`` and the SD
+       at ``sd_path`` (see ``UniEmoPipeline.from_pretrained``);
     2. Emo-A with ``evaluator`` and Sem-C with the ``semantic`` classifiers;
     3. the rank window of every chosen criterion: ``OUT/generated`` becomes an EmoSet dataset whose
        train split is the kept images, with ``scores.csv`` beside it;
@@ -350,7 +350,7 @@ def explicit_feedback(run2: Path, data_root: Path, out: Path, cfg, evaluator, se
     out, generated = Path(out), run.generated
     if run.config.is_file() and not resume:
         raise UniEmoError(f"{out} already holds a stage-3 run: pass --resume to continue it, or choose a new --out")
-    pipe = UniEmoPipeline.from_pretrained(run2, dtype=dtype, scheduler=scheduler).to(default_device())
+    pipe = UniEmoPipeline.from_pretrained(run2, sd_path, dtype=dtype, scheduler=scheduler).to(default_device())
     class_names = pipe.class_names
     generate_images(pipe, generated, class_names, settings.per_emotion, seed, generate_batch_size, num_inference_steps)
     del pipe

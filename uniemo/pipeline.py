@@ -142,8 +142,9 @@ class UniEmoPipeline(DiffusionPipeline):
     def from_pretrained(cls, run_dir: str | Path, sd_path: str | Path | None = None, dtype=None,
                         scheduler: str | None = None) -> "UniEmoPipeline":
         """Load a stage-2 run (``uniemo train joint``) and the Stable Diffusion (1.5 or XL) it was
-        trained with, the SD's modules and the mappers in ``dtype`` (default float32),
-        sampling with ``scheduler`` (a diffusers scheduler class name; default the SD's own)."""
+        trained with (``sd_path``, default the directory the run recorded), the SD's modules and
+        the mappers in ``dtype`` (default float32), sampling with ``scheduler`` (a diffusers
+        scheduler class name; default the SD's own)."""
         from uniemo.data import clip_transforms
         from uniemo.loading import SD_NAMES, load_sd, sd_layout
         from uniemo.understanding import UniEmoUnderstanding, load_attributes, load_image_processor
@@ -154,9 +155,11 @@ class UniEmoPipeline(DiffusionPipeline):
             raise UniEmoError(f"{run_dir} is not a stage-2 run (missing {', '.join(missing) or 'directory'}): "
                               "make one with `uniemo train joint`")
         cfg = load_config(run.config)
+        if sd_path is None and (cfg.sd_path is None or not Path(cfg.sd_path).is_dir()):
+            where = "no sd_path" if cfg.sd_path is None else f"sd_path {cfg.sd_path}, which is not a directory here"
+            raise UniEmoError(f"{run.config} records {where}: pass the Stable Diffusion directory it was trained "
+                              "with (--sd DIR; sd_path= in Python)")
         sd_path = sd_path or cfg.sd_path
-        if sd_path is None:
-            raise UniEmoError(f"{run.config} records no sd_path: pass the Stable Diffusion directory")
         sd = load_sd(sd_path, dtype=dtype)
         if cfg.sd_layout is not None and sd_layout(sd) != cfg.sd_layout:
             raise UniEmoError(f"{run_dir} was trained with {SD_NAMES.get(cfg.sd_layout, cfg.sd_layout)} but {sd_path} holds "

@@ -30,11 +30,18 @@ def check_guidance(guidance: float | None) -> None:
 
 
 def add_sampling_arguments(parser) -> None:
-    """``--scheduler`` and ``--dtype``: how a stage-2 run samples (``generate``, ``edit``, ``feedback``)."""
+    """``--scheduler``, ``--dtype`` and ``--sd``: how a stage-2 run samples (``generate``, ``edit``, ``feedback``)."""
     parser.add_argument("--scheduler", metavar="NAME", help="a diffusers scheduler class, e.g. "
                         "UniPCMultistepScheduler or DPMSolverMultistepScheduler (default: the SD's own)")
     parser.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32",
                         help="precision of the denoising modules (default fp32; fp16 or bf16 on a GPU)")
+    add_sd_argument(parser)
+
+
+def add_sd_argument(parser) -> None:
+    """``--sd``: where a stage-2 run's Stable Diffusion is now, if not where the run recorded it."""
+    parser.add_argument("--sd", metavar="DIR", help="the Stable Diffusion directory the run was trained with "
+                        "(default: the one its config.yaml records; give it when the models moved)")
 
 
 def sampling_settings(args, generation) -> dict:
@@ -90,5 +97,5 @@ def load_pipeline(args):
     from uniemo.pipeline import DTYPES, UniEmoPipeline
 
     device = resolve_device(args.device)
-    pipe = UniEmoPipeline.from_pretrained(args.run, dtype=DTYPES[args.dtype], scheduler=args.scheduler)
+    pipe = UniEmoPipeline.from_pretrained(args.run, args.sd, dtype=DTYPES[args.dtype], scheduler=args.scheduler)
     return pipe.to(device)

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     summary = explicit_feedback(Path(args.run), Path(args.data), Path(args.out), cfg, networks["evaluator"],
                                 networks["semantic"], kind=args.dataset, seed=args.seed, num_inference_steps=args.steps,
                                 generate_batch_size=args.generate_batch_size, resume=args.resume,
-                                dtype=DTYPES[args.dtype], scheduler=args.scheduler)
+                                dtype=DTYPES[args.dtype], scheduler=args.scheduler, sd_path=args.sd)
     if summary is None:  # not the main process of several
         return 0
     print(feedback_table(summary) + f"wrote stage-3 run {args.out} and {Path(args.out) / 'feedback.json'}")

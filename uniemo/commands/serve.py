@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 
+from uniemo.commands import add_sd_argument
+
 DEMO_OUT = "demo-out"
 
 
@@ -22,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-images", type=int, default=8, help="most images one request may ask for (default 8)")
     parser.add_argument("--max-steps", type=int, default=50, help="most denoising steps one request may ask for (default 50)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    add_sd_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
         raise UniEmoError(f"--run {run_dir} is not a directory: pass a run made by `uniemo train ...`")
     from uniemo.app import Limits, Studio, serve
 
-    studio = Studio(run_dir, Limits(max_images=args.max_images, max_steps=args.max_steps), device)
+    studio = Studio(run_dir, Limits(max_images=args.max_images, max_steps=args.max_steps), device,
+                    args.sd)
     print(f"serving {run_dir} at http://{args.host}:{args.port} (Ctrl+C stops)", flush=True)
     serve(studio, args.host, args.port, quiet=True)
     return 0
