@@ -65,7 +65,7 @@ def expect_error(template: str, needle: str, paths: dict, capsys) -> None:
     ("train evaluator --clip {nope} --data {data} --out {out}/f", "{nope} does not exist"),
     ("train evaluator --clip {clip} --data {nope} --out {out}/g", "{nope} is not a directory"),
     ("classify --run {nope} x.jpg", "{nope} is not a directory"),
-    ("classify --run {run2} {nope}/x.jpg", "cannot read image {nope}/x.jpg"),
+    ("classify --run {run2} {nope}/x.jpg", "{nope}/x.jpg does not exist: pass image files or folders of images"),
     ("evaluate understanding --run {run2} --data {nope}", "{nope} is not a directory"),
     ("evaluate generation --images {nope} --real {data}", "{nope} is not a directory"),
     ("evaluate generation --images {images} --real {nope}", "{nope} is not a directory"),

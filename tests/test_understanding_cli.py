@@ -70,6 +70,33 @@ def test_classify_names_the_scene_and_object_the_expert_queries_read(run1, tiny_
     assert line.rstrip().endswith(f"scene: {next(iter(result['scene']))}  object: {next(iter(result['object']))}")
 
 
+def test_classify_reads_folders_in_batches_as_it_reads_images_alone(run1, tiny_emoset, tmp_path, capsys):
+    import shutil
+
+    sources = sorted((tiny_emoset / "image").rglob("*.jpg"))[:40]  # more than one batch of 32
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for path in sources:
+        shutil.copy(path, folder / path.name)
+    (folder / "notes.txt").write_text("not an image")
+    assert main(["classify", "--run", str(run1), str(folder), "--json"]) == 0
+    batched = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [r["image"] for r in batched] == [str(folder / p.name) for p in sorted(sources, key=lambda p: p.name)]
+    for result in batched[::13]:
+        assert main(["classify", "--run", str(run1), result["image"], "--json"]) == 0
+        alone = json.loads(capsys.readouterr().out)
+        assert alone["emotion"] == result["emotion"] and alone["object"].keys() == result["object"].keys()
+        assert list(alone["probabilities"].values()) == pytest.approx(list(result["probabilities"].values()),
+                                                                     abs=1e-4)
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(sources[0], other / sources[0].name)
+    assert main(["classify", "--run", str(run1), str(folder), str(other), "--explain", str(tmp_path / "maps")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"share the name {sources[0].stem!r}, so their attention maps would overwrite each other" in err
+    assert "\n" not in err and not (tmp_path / "maps").exists()
+
+
 def test_evaluate_writes_json_and_png(run1, tiny_emoset, tmp_path, capsys):
     out = tmp_path / "eval.json"
     assert main(["evaluate", "understanding", "--run", str(run1), "--data", str(tiny_emoset), "--out", str(out)]) == 0

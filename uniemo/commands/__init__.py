@@ -99,3 +99,46 @@ def load_pipeline(args):
     device = resolve_device(args.device)
     pipe = UniEmoPipeline.from_pretrained(args.run, args.sd, dtype=DTYPES[args.dtype], scheduler=args.scheduler)
     return pipe.to(device)
+
+
+def image_files(names: list[str], clash: str | None = None) -> list:
+    """The files named, and the images of the folders named (sorted), each with a readable image
+    header (a file cut short inside its pixels is found when it is decoded, still before anything
+    is written). With ``clash`` (why, e.g. "their edits would overwrite each other: ..."), two
+    images with one stem would write to one name, so they are refused."""
+    from pathlib import Path
+
+    from uniemo.data import check_image
+    from uniemo.metrics import GRID_FILE, IMAGE_SUFFIXES
+
+    files = []
+    for name in names:
+        path = Path(name).expanduser()
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir()
+                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and p.name != GRID_FILE)
+            if not found:
+                raise UniEmoError(f"{path} holds no images ({', '.join(IMAGE_SUFFIXES)}): pass image files or a folder of them")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise UniEmoError(f"{path} does not exist: pass image files or folders of images")
+    stems = {}
+    for path in files:
+        reason = check_image(path)
+        if reason is not None:
+            raise UniEmoError(f"cannot read image {path} ({reason}): pass a readable image file")
+        if clash and stems.setdefault(path.stem, path) != path:
+            raise UniEmoError(f"{stems[path.stem]} and {path} share the name {path.stem!r}, so {clash}")
+    return files
+
+
+def read_image(path):
+    """An image file as RGB (``data.load_rgb``); one that cannot be decoded is a one-line error."""
+    from uniemo.data import UNREADABLE, load_rgb
+
+    try:
+        return load_rgb(path)
+    except UNREADABLE as e:
+        raise UniEmoError(f"cannot read image {path} ({e}): pass a readable image file") from None

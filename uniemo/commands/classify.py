@@ -5,16 +5,20 @@ against the run's attribute names, as in training, eq. 4; the 3 nearest with --j
 --explain OUTDIR writes, per image, a PNG with the image and the attention of the scene and
 object expert queries over it (paper Fig. 9).
 
-  uniemo classify --run runs/stage1 photo.jpg other.png --json"""
+  uniemo classify --run runs/stage1 photo.jpg other.png --json
+  uniemo classify --run runs/stage1 photos/ --explain maps/"""
 
 from __future__ import annotations
 
 import argparse
 
 
+BATCH = 32  # images per forward pass
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, help="run directory (from `uniemo train understand`)")
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of them")
     parser.add_argument("--json", action="store_true", help="print one JSON object per image")
     parser.add_argument("--explain", metavar="OUTDIR", help="write the expert-query attention maps as PNG")
 
@@ -25,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from uniemo.data import UNREADABLE, clip_transforms, load_rgb, model_view
+    from uniemo.commands import image_files, read_image
+    from uniemo.data import clip_transforms, model_view
     from uniemo.errors import UniEmoError
     from uniemo.plots import attention_png
     from uniemo.understanding import UniEmoUnderstanding, load_attributes, load_image_processor
@@ -35,32 +40,34 @@ def run(args: argparse.Namespace) -> int:
     if explain and model.cfg.queries == "none":
         raise UniEmoError(f"{args.run} was trained with queries: none, so it has no expert-query attention; "
                           "drop --explain")
+    files = image_files(args.images, clash="their attention maps would overwrite each other: rename one or "
+                        "explain them into different folders" if explain else None)
     banks = {} if model.cfg.queries == "none" else dict(zip(("scene", "object"), load_attributes(args.run)))
     processor = load_image_processor(args.run)
     transform = clip_transforms(processor, train=False)
-    for path in args.images:
-        try:
-            image = load_rgb(path)
-        except UNREADABLE as e:
-            raise UniEmoError(f"cannot read image {path} ({e}): pass a readable image file") from None
-        pixels = transform(image).unsqueeze(0)
+    for start in range(0, len(files), BATCH):
+        paths = files[start:start + BATCH]
+        pixels = torch.stack([transform(read_image(path)) for path in paths])
         with torch.no_grad():
             out = model(pixels, output_attentions=explain)
-        probs = out.logits.float().softmax(-1)[0]
-        top = int(probs.argmax())
-        read = {kind: bank.nearest(getattr(out, f"{kind}_embed"), top=3)[0] for kind, bank in banks.items()}
-        result = {"image": str(path), "emotion": model.class_names[top],
-                  "probabilities": {name: round(float(p), 6) for name, p in zip(model.class_names, probs)},
-                  **read}
-        if explain:
-            png = Path(args.explain) / f"{Path(path).stem}_attention.png"
-            attention_png(model_view(pixels[0], processor), {k: v[0].numpy() for k, v in out.attentions.items()}, png,
-                          title=f"{result['emotion']} ({float(probs[top]):.2f})")
-            result["explain"] = str(png)
-        if args.json:
-            print(json.dumps(result))
-        else:
-            ranked = sorted(result["probabilities"].items(), key=lambda kv: -kv[1])
-            attributes = "".join(f"  {kind}: {next(iter(best), '-')}" for kind, best in read.items())
-            print(f"{path}: {result['emotion']}  " + "  ".join(f"{k} {v:.3f}" for k, v in ranked) + attributes)
+        probs = out.logits.float().softmax(-1)
+        read = {kind: bank.nearest(getattr(out, f"{kind}_embed"), top=3) for kind, bank in banks.items()}
+        for i, path in enumerate(paths):
+            top = int(probs[i].argmax())
+            result = {"image": str(path), "emotion": model.class_names[top],
+                      "probabilities": {name: round(float(p), 6) for name, p in zip(model.class_names, probs[i])},
+                      **{kind: best[i] for kind, best in read.items()}}
+            if explain:
+                png = Path(args.explain) / f"{path.stem}_attention.png"
+                attention_png(model_view(pixels[i], processor), {k: v[i].numpy() for k, v in out.attentions.items()},
+                              png, title=f"{result['emotion']} ({float(probs[i, top]):.2f})")
+                result["explain"] = str(png)
+            print(json.dumps(result) if args.json else line(result, banks))
     return 0
+
+
+def line(result: dict, banks: dict) -> str:
+    """One image's reading as text: its emotions, most probable first, and the attributes read."""
+    ranked = sorted(result["probabilities"].items(), key=lambda kv: -kv[1])
+    attributes = "".join(f"  {kind}: {next(iter(result[kind]), '-')}" for kind in banks)
+    return f"{result['image']}: {result['emotion']}  " + "  ".join(f"{k} {v:.3f}" for k, v in ranked) + attributes

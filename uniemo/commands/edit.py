@@ -25,8 +25,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from uniemo.commands import (add_sampling_arguments, already_written, check_guidance, load_pipeline,
-                             require_positive, sampling_settings)
+from uniemo.commands import (add_sampling_arguments, already_written, check_guidance, image_files, load_pipeline,
+                             read_image, require_positive, sampling_settings)
 from uniemo.errors import UniEmoError
 
 STRENGTH_STEP = 0.1  # --until-target: the next strength tried
@@ -75,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
         raise UniEmoError(f"--keep-region {args.keep_region} needs --invert and a number in (0, 1], e.g. 0.3")
     check_guidance(args.guidance)
     folder, request = target(args, class_names(args.run))
-    sources = source_files(args.images)
+    sources = image_files(args.images, clash="their edits would overwrite each other: rename one or edit them into "
+                          "different --out folders")
     out_dir = Path(args.out)
     records = read_metadata(out_dir / METADATA_FILE)
     settings = edit_settings(args)
@@ -90,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     if args.object is not None:
         pipe.prompts.check_word(args.object)  # before the progress bar starts
     goal = [pipe.class_names.index(name) for name, w in request_weights(request).items() if w > 0]
-    images = {path: pipe.fit(read_source(path)) for path, _ in todo}  # held at the run's size, not the photo's
+    images = {path: pipe.fit(read_image(path)) for path, _ in todo}  # held at the run's size, not the photo's
     paths = list(images)
     before = dict(zip(paths, read_all(pipe.read, [images[p] for p in paths])))
     objects = dict(zip(paths, read_all(pipe.read_objects, [images[p] for p in paths]) if args.keep_object
@@ -171,46 +172,6 @@ def target(args: argparse.Namespace, names: tuple[str, ...]) -> tuple[str, dict]
 
 def request_weights(request: dict) -> dict[str, float]:
     return request["mix"] if "mix" in request else {request["emotion"]: 1.0}
-
-
-def source_files(images: list[str]) -> list[Path]:
-    """The files named, and the images of the folders named (sorted), each with a readable image
-    header (a file cut short inside its pixels is found when it is decoded, still before anything
-    is written); two sources with one stem would write the same results, so they are refused."""
-    from uniemo.data import check_image
-    from uniemo.metrics import GRID_FILE, IMAGE_SUFFIXES
-
-    files = []
-    for name in images:
-        path = Path(name).expanduser()
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir()
-                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and p.name != GRID_FILE)
-            if not found:
-                raise UniEmoError(f"{path} holds no images ({', '.join(IMAGE_SUFFIXES)}): pass image files or a folder of them")
-            files += found
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise UniEmoError(f"{path} does not exist: pass image files or folders of images")
-    stems = {}
-    for path in files:
-        reason = check_image(path)
-        if reason is not None:
-            raise UniEmoError(f"cannot read image {path} ({reason}): pass a readable image file")
-        if stems.setdefault(path.stem, path) != path:
-            raise UniEmoError(f"{stems[path.stem]} and {path} share the name {path.stem!r}, so their edits would "
-                              "overwrite each other: rename one or edit them into different --out folders")
-    return files
-
-
-def read_source(path: Path):
-    from uniemo.data import UNREADABLE, load_rgb
-
-    try:
-        return load_rgb(path)
-    except UNREADABLE as e:
-        raise UniEmoError(f"cannot read image {path} ({e}): pass a readable image file") from None
 
 
 def result_file(folder: str, source: Path, i: int) -> str:
