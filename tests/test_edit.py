@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from uniemo.cli import main
@@ -79,9 +80,27 @@ def test_read_gives_the_understanding_branchs_probabilities(pipe):
     assert np.allclose(probs.sum(-1).numpy(), 1.0, atol=1e-5)
 
 
-def test_read_objects_names_the_bank_entry_nearest_the_object_expert(pipe, monkeypatch):
-    import torch
+def test_paths_are_read_as_the_datasets_read_images(pipe, tmp_path):
+    from uniemo.data import load_rgb
 
+    photo(3).save(tmp_path / "a.png")
+    rgba = photo(4).convert("RGBA")
+    rgba.putalpha(Image.fromarray(np.full((32, 40), 128, dtype=np.uint8)))
+    rgba.save(tmp_path / "b.png")
+    opened = [Image.open(tmp_path / "a.png"), Image.open(tmp_path / "b.png")]
+    assert torch.equal(pipe.read([tmp_path / "a.png", str(tmp_path / "b.png")]), pipe.read(opened))
+    over_white = load_rgb(tmp_path / "b.png")  # transparency over white, as the datasets read it
+    assert torch.equal(pipe.read([rgba]), pipe.read([over_white]))
+    by_path = pipe.edit(tmp_path / "a.png", emotion="fear", strength=0.5, num_inference_steps=4, generator=0)
+    by_image = pipe.edit(opened[0], emotion="fear", strength=0.5, num_inference_steps=4, generator=0)
+    assert array(by_path.images[0]).tobytes() == array(by_image.images[0]).tobytes()
+    with pytest.raises(UniEmoError, match="cannot read image .*nope.png"):
+        pipe.read([tmp_path / "nope.png"])
+    with pytest.raises(UniEmoError, match="an image must be a PIL image or an image file's path, not ndarray"):
+        pipe.edit(np.zeros((32, 32, 3), dtype=np.uint8), emotion="fear")
+
+
+def test_read_objects_names_the_bank_entry_nearest_the_object_expert(pipe, monkeypatch):
     from uniemo.understanding import AttributeBank
 
     images = [photo(1), photo(2)]

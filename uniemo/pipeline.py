@@ -51,6 +51,26 @@ class UniEmoPipelineOutput:
     metadata: list[dict[str, Any]]  # one per image: seed, emotion / mix, object, α, matched attributes, ...
 
 
+def as_rgb(image):
+    """A PIL image, or the path of an image file, as 8-bit RGB, as the datasets read images
+    (``data.to_rgb``: 16-bit scaled, transparency over white); anything else is a one-line error."""
+    import os
+
+    from PIL import Image
+
+    from uniemo.data import UNREADABLE, load_rgb, to_rgb
+
+    if isinstance(image, (str, os.PathLike)):
+        try:
+            return load_rgb(image)
+        except UNREADABLE as e:
+            raise UniEmoError(f"cannot read image {image} ({e}): pass a readable image file") from None
+    if not isinstance(image, Image.Image):
+        raise UniEmoError(f"an image must be a PIL image or an image file's path, not {type(image).__name__}: "
+                          "e.g. PIL.Image.open(path)")
+    return to_rgb(image)
+
+
 def parse_mix(text: str, class_names: tuple[str, ...]) -> dict[str, float]:
     """``"awe=0.7,fear=0.3"`` -> {"awe": 0.7, "fear": 0.3}; malformed text is a one-line error."""
     weights: dict[str, float] = {}
@@ -289,8 +309,9 @@ class UniEmoPipeline(DiffusionPipeline):
              generator: int | torch.Generator | None = None,
              object: str | Sequence[str] | None = None, invert: bool = False,
              keep_region: float | None = None) -> UniEmoPipelineOutput:
-        """Emotion editing (SPEC §4; SDEdit, Meng et al. 2022): ``image`` (a PIL image, or a list
-        of them that fit to one size, edited as one batch) is fitted to the run's resolution,
+        """Emotion editing (SPEC §4; SDEdit, Meng et al. 2022): ``image`` (a PIL image or an image
+        file's path, or a list of them that fit to one size, edited as one batch) is fitted to the
+        run's resolution,
         encoded by the VAE, noised to ``strength`` of the schedule and denoised with the fused
         condition e at the placeholder, by diffusers' img2img pipeline. ``object`` (a word, or one
         per image, e.g. from :meth:`read_objects`) keeps what the photo shows: the prompt is
@@ -380,11 +401,11 @@ class UniEmoPipeline(DiffusionPipeline):
                                named)[0]
 
     def fit(self, image):
-        """``image`` as RGB, scaled so that its short side is the run's resolution (by default the
+        """``image`` (a PIL image or an image file's path) as RGB, scaled so that its short side is the run's resolution (by default the
         UNet's), each side a multiple of the VAE's downsampling factor (centre-cropped to it)."""
         from PIL import Image, ImageOps
 
-        image = image.convert("RGB")
+        image = as_rgb(image)
         factor = self.vae_scale_factor
         size = self.cfg.generation.resolution or self.unet.config.sample_size * factor
         scale = size / min(image.size)
@@ -392,7 +413,7 @@ class UniEmoPipeline(DiffusionPipeline):
         return ImageOps.fit(image, shape, method=Image.Resampling.BICUBIC)
 
     def read(self, images: list) -> torch.Tensor:
-        """The understanding branch's emotion probabilities (N, classes) of PIL images."""
+        """The understanding branch's emotion probabilities (N, classes) of PIL images (or image files' paths)."""
         return self._understand(images).logits.float().softmax(-1).cpu()
 
     def read_objects(self, images: list) -> list[str]:
@@ -405,7 +426,7 @@ class UniEmoPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def _understand(self, images: list, output_attentions: bool = False):
-        pixels = torch.stack([self.transform(image.convert("RGB")) for image in images])
+        pixels = torch.stack([self.transform(as_rgb(image)) for image in images])
         return self.understanding(pixels.to(self.understanding.device, self.understanding.dtype), output_attentions)
 
     def redrawn_region(self, images: list, keep_region: float, size) -> torch.Tensor:
