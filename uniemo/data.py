@@ -87,6 +87,14 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
     return to_rgb(image)
 
 
+def read_image(path: str | os.PathLike) -> Image.Image:
+    """``load_rgb`` for a file a user named: one that cannot be decoded is a one-line error."""
+    try:
+        return load_rgb(path)
+    except UNREADABLE as e:
+        raise UniEmoError(f"cannot read image {path} ({e}): pass a readable image file") from None
+
+
 def check_pixels(image: Image.Image) -> None:
     """Refuse an image over PIL's decompression-bomb limit. PIL itself only warns between the limit
     and twice it; compared here, not by turning the warning into an error, because

@@ -58,13 +58,10 @@ def as_rgb(image):
 
     from PIL import Image
 
-    from uniemo.data import UNREADABLE, load_rgb, to_rgb
+    from uniemo.data import read_image, to_rgb
 
     if isinstance(image, (str, os.PathLike)):
-        try:
-            return load_rgb(image)
-        except UNREADABLE as e:
-            raise UniEmoError(f"cannot read image {image} ({e}): pass a readable image file") from None
+        return read_image(image)
     if not isinstance(image, Image.Image):
         raise UniEmoError(f"an image must be a PIL image or an image file's path, not {type(image).__name__}: "
                           "e.g. PIL.Image.open(path)")

@@ -133,12 +133,3 @@ def image_files(names: list[str], clash: str | None = None) -> list:
             raise UniEmoError(f"{stems[path.stem]} and {path} share the name {path.stem!r}, so {clash}")
     return files
 
-
-def read_image(path):
-    """An image file as RGB (``data.load_rgb``); one that cannot be decoded is a one-line error."""
-    from uniemo.data import UNREADABLE, load_rgb
-
-    try:
-        return load_rgb(path)
-    except UNREADABLE as e:
-        raise UniEmoError(f"cannot read image {path} ({e}): pass a readable image file") from None

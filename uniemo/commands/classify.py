@@ -29,8 +29,8 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from uniemo.commands import image_files, read_image
-    from uniemo.data import clip_transforms, model_view
+    from uniemo.commands import image_files
+    from uniemo.data import clip_transforms, model_view, read_image
     from uniemo.errors import UniEmoError
     from uniemo.plots import attention_png
     from uniemo.understanding import UniEmoUnderstanding, load_attributes, load_image_processor

@@ -26,7 +26,7 @@ import argparse
 from pathlib import Path
 
 from uniemo.commands import (add_sampling_arguments, already_written, check_guidance, image_files, load_pipeline,
-                             read_image, require_positive, sampling_settings)
+                             require_positive, sampling_settings)
 from uniemo.errors import UniEmoError
 
 STRENGTH_STEP = 0.1  # --until-target: the next strength tried
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     if args.object is not None:
         pipe.prompts.check_word(args.object)  # before the progress bar starts
     goal = [pipe.class_names.index(name) for name, w in request_weights(request).items() if w > 0]
-    images = {path: pipe.fit(read_image(path)) for path, _ in todo}  # held at the run's size, not the photo's
+    images = {path: pipe.fit(path) for path, _ in todo}  # held at the run's size, not the photo's
     paths = list(images)
     before = dict(zip(paths, read_all(pipe.read, [images[p] for p in paths])))
     objects = dict(zip(paths, read_all(pipe.read_objects, [images[p] for p in paths]) if args.keep_object
