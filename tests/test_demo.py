@@ -89,6 +89,24 @@ def test_edits_turn_test_images_toward_every_other_emotion(quick_demo):
         pairs.add((test[record["source"]], record["emotion"]))  # a test image, edited toward another emotion
         assert record["strength"] >= 0.8 and (record["reached"] or record["strength"] == 1.0)  # --until-target
     assert pairs == {(a, b) for a in EMOTIONS for b in EMOTIONS if a != b}
+    per_emotion = {e: sum(1 for image in test.values() if image == e) for e in EMOTIONS}
+    sources = {record["source"] for record in read_metadata(quick_demo / "edits" / "metadata.jsonl").values()}
+    # 7 test images of each emotion, fewer where the quick world's test split is smaller
+    assert len(sources) == edit["sources"] == sum(min(7, n) for n in per_emotion.values())
+
+
+def test_the_full_plan_edits_56_test_images_once_each(tmp_path):
+    from types import SimpleNamespace
+
+    from uniemo.demo.runner import edit_sources
+
+    split = [[e, f"image/{e}/{e}_{k:05d}.jpg", f"annotation/{e}/{e}_{k:05d}.json"] for e in EMOTIONS for k in range(50)]
+    (tmp_path / "test.json").write_text(json.dumps(split))
+    edits = [(source, target) for target in EMOTIONS for source in edit_sources(SimpleNamespace(data=tmp_path), target)]
+    sources = [source for source, _ in edits]
+    assert len(edits) == 56 and len(set(sources)) == 56  # issue 15: at least 32 test images, each edited once
+    assert {(Path(s).parent.name, t) for s, t in edits} == {(a, b) for a in EMOTIONS for b in EMOTIONS if a != b}
+    assert all(int(Path(s).stem[-5:]) < 7 for s in sources)  # the first 7 test images of each emotion
 
 
 def test_report_html_is_self_contained_and_labels_its_columns(quick_demo):

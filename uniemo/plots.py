@@ -70,11 +70,16 @@ def attention_overlay(image, grid=None, size: int = 256):
 
 
 def image_table_png(cells: list[list], row_labels: list[str], path: str | Path, col_labels: list[str] | None = None,
-                    captions: list[list[str]] | None = None, title: str = "") -> None:
-    """A labelled grid of images: ``cells[r][c]`` is a PIL image or None (left blank)."""
+                    captions: list[list[str]] | None = None, title: str = "", cell: tuple[float, float] = (1.3, 1.35)) -> None:
+    """A labelled grid of images: ``cells[r][c]`` is a PIL image or None (left blank, the size of
+    the first image, so that every row and column lines up); ``cell``: inches per cell."""
+    from PIL import Image
+
     plt = _pyplot()
     rows, cols = len(cells), max(len(r) for r in cells)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols + 1.2, 1.35 * rows + 0.4), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(cell[0] * cols + 1.2, cell[1] * rows + 0.4), squeeze=False)
+    first = next((image for row in cells for image in row if image is not None), None)
+    blank = None if first is None else Image.new("RGB", first.size, "white")
     for r in range(rows):
         for c in range(cols):
             ax = axes[r][c]
@@ -83,8 +88,8 @@ def image_table_png(cells: list[list], row_labels: list[str], path: str | Path, 
             for spine in ax.spines.values():
                 spine.set_visible(False)
             image = cells[r][c] if c < len(cells[r]) else None
-            if image is not None:
-                ax.imshow(image)
+            if image is not None or blank is not None:
+                ax.imshow(blank if image is None else image)
             if captions and c < len(captions[r]):
                 ax.set_xlabel(captions[r][c], fontsize=6)
             if c == 0:

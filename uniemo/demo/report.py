@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 from uniemo.config import load_config
 from uniemo.fusion import transfer_prompt
@@ -161,7 +161,8 @@ def edit_figures(layout) -> dict:
             "object_kept": metrics["edit_kept"]["all"], "clip_distance": metrics["edit_distance"]["all"],
             "understanding_reads_target": sum(r["reached"] for r in records) / max(1, len(records)),
             "strength": layout.plan.edit_strength, "invert": layout.plan.edit_invert,
-            "keep_region": layout.plan.edit_keep_region, "edits": len(records)}
+            "keep_region": layout.plan.edit_keep_region, "edits": len(records),
+            "sources": len({r["source"] for r in records})}
 
 
 def _generation_figures(report: dict) -> dict:
@@ -331,27 +332,33 @@ def _generation(layout, summary: dict, figures: Path) -> Section:
 EDIT_METHODS = {True: "from the source's DDIM inversion", False: "SDEdit"}
 
 
+def _pair(source: str, edit: Path):
+    """A source image and its edit side by side (the source fitted to the edit's size)."""
+    after = Image.open(edit).convert("RGB")
+    before = ImageOps.fit(Image.open(source).convert("RGB"), after.size)
+    pair = Image.new("RGB", (2 * after.width + 4, after.height), "white")
+    pair.paste(before, (0, 0))
+    pair.paste(after, (after.width + 4, 0))
+    return pair
+
+
 def _edit_section(layout, edit: dict, figures: Path) -> list:
-    """The edit matrix: a row per source image, a column per target emotion, each cell with the
-    understanding branch's reading."""
+    """The edit matrix: a row per source emotion, a column per target, each cell a before / after
+    pair with the understanding branch's reading of each side."""
     from uniemo.metrics import METADATA_FILE, read_metadata
     from uniemo.plots import image_table_png
 
-    records = sorted(read_metadata(Path(layout.edits) / METADATA_FILE).values(), key=lambda r: r["file"])
-    sources = sorted(dict.fromkeys(r["source"] for r in records), key=lambda p: Path(p).name)
-    edited = {(r["source"], r["emotion"]): r for r in records}
-    cells, captions, labels = [], [], []
-    for source in sources:
-        first = next(r for r in records if r["source"] == source)
-        row = [edited.get((source, e)) for e in EMOTIONS]
-        cells.append([Image.open(source).convert("RGB")] +
-                     [None if r is None else Image.open(Path(layout.edits) / r["file"]).convert("RGB") for r in row])
-        captions.append([f"reads {first['source_emotion']}"] +
-                        ["" if r is None else f"{r['result_emotion']} {r['target_probability']:.2f} @{r['strength']:g}"
-                         for r in row])
-        labels.append(Path(source).stem)
-    image_table_png(cells, labels, figures / "edits.png", col_labels=["source", *[f"-> {e}" for e in EMOTIONS]],
-                    captions=captions, title="Emotion editing: each test image toward every other emotion")
+    records = read_metadata(Path(layout.edits) / METADATA_FILE).values()
+    edited = {(Path(r["source"]).parent.name, r["emotion"]): r for r in records}  # EmoSet: image/<emotion>/...
+    cells, captions = [], []
+    for source in EMOTIONS:
+        row = [edited.get((source, target)) for target in EMOTIONS]
+        cells.append([None if r is None else _pair(r["source"], Path(layout.edits) / r["file"]) for r in row])
+        captions.append(["" if r is None else f"{r['source_emotion']} -> {r['result_emotion']} "
+                         f"{r['target_probability']:.2f} @{r['strength']:g}" for r in row])
+    image_table_png(cells, [f"{e} image" for e in EMOTIONS], figures / "edits.png",
+                    col_labels=[f"-> {e}" for e in EMOTIONS], captions=captions, cell=(2.4, 1.5),
+                    title="Emotion editing: a test image of each emotion (left) toward each other emotion (right)")
     region = edit.get("keep_region")
     keep = f" --keep-region {region:g}" if region else ""
     kept_region = f", keeping where the object queries look ({region:g} of their maximum or more)" if region else ""
@@ -362,9 +369,11 @@ def _edit_section(layout, edit: dict, figures: Path) -> list:
                 _pct(edit["understanding_reads_target"])]],
               f"Emotion editing (`uniemo edit --until-target{' --invert' if edit['invert'] else ''}{keep}`, "
               f"{EDIT_METHODS[edit['invert']]} from strength {edit['strength']:g}{kept_region}): "
-              f"{edit['edits']} edits, one test image of each emotion turned toward each other emotion"),
-        Figure(figures / "edits.png", "The edit matrix: under each result, the understanding branch's reading, "
-               "its probability of the target and @ the strength that made it"),
+              f"{edit['edits']} edits of {edit['sources']} test images, each turned toward another emotion, every "
+              "ordered pair of emotions once"),
+        Figure(figures / "edits.png", "The edit matrix: each cell a test image and its edit; under it, the "
+               "understanding branch's reading of the source -> of the edit, its probability of the target and @ "
+               "the strength that made it"),
     ]
 
 

@@ -53,7 +53,6 @@ class DemoPlan:
     stage3_epochs: int
     transfer_images: int  # per object and emotion
     fusion_images: int  # per mix
-    edit_sources: int  # test images per emotion, each edited toward every other emotion
     label_noise: float = 0.05
     train_foundation: bool = False  # train the foundation models on this world instead of using the shipped ones
     train_per_emotion: int | None = None  # the data-scarce split for stages 1-3 (pretrain and evaluator: all)
@@ -86,10 +85,10 @@ class DemoPlan:
 PLANS = {
     "full": DemoPlan(num_images=4000, pretrain_args=(), stage1_epochs=3, stage2_epochs=6,
                      images_per_emotion=16, denoising_steps=25, feedback_per_emotion=24, stage3_epochs=2,
-                     transfer_images=8, fusion_images=8, edit_sources=1),
+                     transfer_images=8, fusion_images=8),
     "quick": DemoPlan(num_images=320, pretrain_args=("--steps-scale", "0.02"), stage1_epochs=1,
                       stage2_epochs=1, images_per_emotion=2, denoising_steps=4, feedback_per_emotion=4,
-                      stage3_epochs=1, transfer_images=1, fusion_images=2, edit_sources=1, transfer_objects=("house",),
+                      stage3_epochs=1, transfer_images=1, fusion_images=2, transfer_objects=("house",),
                       fusion_pairs=(("amusement", "fear"),), sweep=(0.0, 1.0), fid_real_per_emotion=10),
 }
 
@@ -211,7 +210,7 @@ STEPS = (
                        for m in L.plan.mixes()])),
     Step("baseline", "baseline: the base model prompted with the emotion word", ("baseline",),
          lambda L: generate_baseline(L), side=True),
-    Step("edit", "emotion editing: test images turned toward every other emotion", ("edits",),
+    Step("edit", "emotion editing: 56 test images, each turned toward another emotion", ("edits",),
          commands(lambda L: [["edit", *edit_sources(L, e), "--run", L.run2, "--emotion", e,
                               "--strength", L.plan.edit_strength, "--until-target", "--steps", L.plan.denoising_steps,
                               *(["--invert"] if L.plan.edit_invert else []),
@@ -277,10 +276,15 @@ def test_images(L: Layout, count: int) -> list[str]:
 
 
 def edit_sources(L: Layout, emotion: str) -> list[str]:
-    """The first ``plan.edit_sources`` test images of every emotion but ``emotion``: over the
-    eight targets, every ordered pair of emotions is edited equally often."""
-    by_emotion = test_images_by_emotion(L)
-    return [path for other in EMOTIONS if other != emotion for path in by_emotion.get(other, [])[:L.plan.edit_sources]]
+    """A test image of every emotion but ``emotion``, another one for each target: over the eight
+    targets, 56 test images (the first 7 of each emotion), each edited once, every ordered pair
+    of emotions once. A test split with fewer images (``--quick``) repeats them."""
+    by_emotion, sources = test_images_by_emotion(L), []
+    for other in EMOTIONS:
+        images = by_emotion.get(other, [])
+        if other != emotion and images:
+            sources.append(images[[e for e in EMOTIONS if e != other].index(emotion) % len(images)])
+    return sources
 
 
 def generate_baseline(L: Layout) -> None:
