@@ -167,6 +167,9 @@ def test_edit_gives_before_and_after_with_both_readings(studio, tmp_path):
                        keep_region=0.3).images[0]
     assert records[0]["keep_region"] == 0.3 and np.asarray(region[1][0]).tobytes() == np.asarray(direct).tobytes()
     assert np.asarray(region[1][0]).tobytes() != np.asarray(inverted[1][0]).tobytes()
+    _, until = studio.edit(photo(tmp_path / "src.png"), "fear", 0.3, 1, 4, False, False, 0.0, True)
+    assert until[0]["reached"] == (until[0]["reading"]["emotion"] == "fear") and until[0]["strength"] >= 0.3
+    assert until[0]["reached"] or until[0]["strength"] == 1.0
 
 
 @pytest.mark.parametrize("call, message", [
@@ -303,7 +306,7 @@ def test_the_api_names_are_stable(server):
     assert [p["parameter_name"] for p in endpoints["/generate"]["parameters"]] == \
         ["target", "object", "seed", "steps", "count"]
     assert [p["parameter_name"] for p in endpoints["/edit"]["parameters"]] == \
-        ["image", "target", "strength", "seed", "steps", "keep_object", "invert", "keep_region"]
+        ["image", "target", "strength", "seed", "steps", "keep_object", "invert", "keep_region", "until_target"]
 
 
 def test_server_listens_on_the_loopback_address_only(server):

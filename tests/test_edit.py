@@ -208,6 +208,25 @@ def test_until_target_raises_the_strength_until_the_target_is_read(run2, tmp_pat
         assert step == int(step)  # 0.3, 0.4, ... 1.0
 
 
+def test_until_target_in_python_edits_each_missed_result_again_stronger(pipe):
+    sources = [photo(5), photo(6)]
+    out = pipe.edit(sources, emotion="awe", strength=0.3, num_images=2, num_inference_steps=10, generator=4,
+                    until_target=True)
+    first = pipe.edit(sources, emotion="awe", strength=0.3, num_images=2, num_inference_steps=10, generator=4)
+    reads = pipe.read(out.images).argmax(-1).tolist()
+    assert [m["seed"] for m in out.metadata] == [4, 5, 4, 5]  # result k: source k // 2, seed 4 + k % 2
+    for k, (meta, image) in enumerate(zip(out.metadata, out.images)):
+        assert meta["reached"] == (reads[k] == EMOTIONS.index("awe"))
+        assert meta["reached"] or meta["strength"] == 1.0
+        if meta["strength"] == 0.3:  # read as awe at once: the plain edit's result
+            assert array(image).tobytes() == array(first.images[k]).tobytes()
+        else:  # again alone at the strength that made it (or 1.0), with its own seed
+            again = pipe.edit(sources[k // 2], emotion="awe", strength=meta["strength"], num_inference_steps=10,
+                              generator=4 + k % 2)
+            assert np.abs(array(image) - array(again.images[0])).max() <= 2  # batch of one: float rounding only
+    assert {m["strength"] for m in out.metadata} - {0.3} and "reached" not in first.metadata[0]
+
+
 def test_keep_object_prompts_the_object_the_understanding_branch_reads(run2, pipe, tmp_path):
     for k in range(2):
         photo(k).save(tmp_path / f"p{k}.png")

@@ -51,6 +51,9 @@ class UniEmoPipelineOutput:
     metadata: list[dict[str, Any]]  # one per image: seed, emotion / mix, object, α, matched attributes, ...
 
 
+STRENGTH_STEP = 0.1  # edit(until_target=True): how much stronger the next attempt is
+
+
 def as_rgb(image):
     """A PIL image, or the path of an image file, as 8-bit RGB, as the datasets read images
     (``data.to_rgb``: 16-bit scaled, transparency over white); anything else is a one-line error."""
@@ -305,12 +308,11 @@ class UniEmoPipeline(DiffusionPipeline):
              num_images: int = 1, num_inference_steps: int | None = None, guidance_scale: float | None = None,
              generator: int | torch.Generator | None = None,
              object: str | Sequence[str] | None = None, invert: bool = False,
-             keep_region: float | None = None) -> UniEmoPipelineOutput:
+             keep_region: float | None = None, until_target: bool = False) -> UniEmoPipelineOutput:
         """Emotion editing (SPEC §4; SDEdit, Meng et al. 2022): ``image`` (a PIL image or an image
         file's path, or a list of them that fit to one size, edited as one batch) is fitted to the
-        run's resolution,
-        encoded by the VAE, noised to ``strength`` of the schedule and denoised with the fused
-        condition e at the placeholder, by diffusers' img2img pipeline. ``object`` (a word, or one
+        run's resolution, encoded by the VAE, noised to ``strength`` of the schedule and denoised
+        with the fused condition e at the placeholder, by diffusers' img2img pipeline. ``object`` (a word, or one
         per image, e.g. from :meth:`read_objects`) keeps what the photo shows: the prompt is
         the transfer prompt ("<emo> a house") and e leaves out the object term, as in emotion transfer. Result i of
         every image uses seed s + i, as in generation; outputs are image-major, and their metadata
@@ -325,7 +327,11 @@ class UniEmoPipeline(DiffusionPipeline):
         ``keep_region`` (with ``invert``): DiffEdit's mask keeps, following the inversion, where
         the understanding branch's object queries look in the photo (their attention map, as a
         share of its maximum, at least ``keep_region``: see :meth:`redrawn_region`) and redraws
-        the rest: more objects kept, fewer emotions read (docs/BENCHMARKS.md, session 24)."""
+        the rest: more objects kept, fewer emotions read (docs/BENCHMARKS.md, session 24).
+
+        ``until_target``: a result the understanding branch does not read as the target (for a
+        mix: as one of its emotions) is edited again, STRENGTH_STEP stronger, up to 1.0; its
+        metadata records the strength that made it and whether it ``reached`` the target."""
         weights, steps, guidance = self._request(emotion, mix, num_inference_steps, guidance_scale)
         check_positive(num_images=num_images)
         if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
@@ -347,8 +353,38 @@ class UniEmoPipeline(DiffusionPipeline):
         objects = [object] * len(sources) if object is None or isinstance(object, str) else list(object)
         if len(objects) != len(sources):
             raise UniEmoError(f"{len(objects)} objects for {len(sources)} images: give one object, or one per image")
-        results = [o for o in objects for _ in range(num_images)]  # one object per result, image-major
+        request = dict(weights=weights, emotion=emotion, steps=steps, guidance=guidance, invert=invert,
+                       keep_region=keep_region)
         base = base_seed(generator)
+        out = self._edit(sources, objects, num_images, base, strength, **request)
+        if until_target:
+            self._until_target(out, sources, objects, num_images, base, strength, request)
+        self.maybe_free_model_hooks()
+        return out
+
+    def _until_target(self, out: UniEmoPipelineOutput, sources: list, objects: list, num_images: int, base: int,
+                      strength: float, request: dict) -> None:
+        """``edit(until_target=True)``: result k (source k // n, seed base + k % n) edited again at
+        each next strength until it is read as the target; ``out`` is updated in place."""
+        goal = [self.class_names.index(name) for name, w in request["weights"].items() if w > 0]
+        missed = [k for k, p in enumerate(self.read(out.images)) if int(p.argmax()) not in goal]
+        while missed and strength < 1.0:
+            strength = min(1.0, round(strength + STRENGTH_STEP, 6))
+            for i in range(num_images):  # one call per seed, as a first attempt with one result per image
+                rows = [k for k in missed if k % num_images == i]
+                if rows:
+                    redo = self._edit([sources[k // num_images] for k in rows], [objects[k // num_images] for k in rows],
+                                      1, base + i, strength, **request)
+                    for k, image, meta in zip(rows, redo.images, redo.metadata):
+                        out.images[k], out.metadata[k] = image, meta
+            missed = [k for k, p in zip(missed, self.read([out.images[k] for k in missed])) if int(p.argmax()) not in goal]
+        for k, meta in enumerate(out.metadata):
+            meta["reached"] = k not in missed
+
+    def _edit(self, sources: list, objects: list, num_images: int, base: int, strength: float, *, weights, emotion,
+              steps, guidance, invert, keep_region) -> UniEmoPipelineOutput:
+        """One editing pass at ``strength``: ``num_images`` results per fitted source, seeds base + i."""
+        results = [o for o in objects for _ in range(num_images)]  # one object per result, image-major
         seeds = [base + i for _ in sources for i in range(num_images)]
         e, generators, infos = self.conditions(weights, seeds, [o is not None for o in results])
         prompts = [self.prompt(o) for o in results]
@@ -361,11 +397,10 @@ class UniEmoPipeline(DiffusionPipeline):
                 image=[s for s in sources for _ in range(num_images)], **embeds, strength=strength,
                 num_inference_steps=steps, guidance_scale=guidance, generator=generators, output_type="pil")
             sampler = type(self.scheduler).__name__
-        self.maybe_free_model_hooks()
         metadata = [{**self._metadata(seed, weights, emotion, o, prompt, steps, guidance, info), "strength": strength,
                      "invert": invert, "keep_region": keep_region, "scheduler": sampler}
                     for seed, o, prompt, info in zip(seeds, results, prompts, infos)]
-        return UniEmoPipelineOutput(out.images, metadata)
+        return UniEmoPipelineOutput(list(out.images), metadata)
 
     def _edit_inverted(self, sources: list, objects: list, num_images: int, embeds: dict, strength: float, steps: int,
                        guidance: float, generators: list, keep_region: float | None):

@@ -29,7 +29,6 @@ from uniemo.commands import (add_sampling_arguments, already_written, check_guid
                              require_positive, sampling_settings)
 from uniemo.errors import UniEmoError
 
-STRENGTH_STEP = 0.1  # --until-target: the next strength tried
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strength", type=float, default=0.6,
                         help="how far the source is noised, in (0, 1]: 0.3 keeps most of it, 1.0 little (default 0.6)")
     parser.add_argument("--until-target", action="store_true",
-                        help=f"raise the strength by {STRENGTH_STEP} up to 1.0 until the understanding branch reads the target")
+                        help="raise the strength by 0.1 up to 1.0 until the understanding branch reads the target")
     keep = parser.add_mutually_exclusive_group()
     keep.add_argument("--keep-object", action="store_true",
                       help="the understanding branch names each source's object and the edit's prompt keeps it "
@@ -97,32 +96,24 @@ def run(args: argparse.Namespace) -> int:
     objects = dict(zip(paths, read_all(pipe.read_objects, [images[p] for p in paths]) if args.keep_object
                        else [args.object] * len(paths)))
     pending = [(path, i) for path, indices in todo for i in indices]
-    strength = args.strength
     with tqdm(total=len(pending), desc="editing", unit="edit") as bar:
-        while pending:
-            retry = []
-            for group in batches(pending, images):
-                i = group[0][1]
-                out = pipe.edit([images[path] for path, _ in group], **request, strength=strength,
-                                object=[objects[path] for path, _ in group], invert=args.invert,
-                                keep_region=args.keep_region,
-                                num_inference_steps=args.steps, guidance_scale=args.guidance, generator=args.seed + i)
-                for (path, _), result, meta, after in zip(group, out.images, out.metadata, pipe.read(out.images)):
-                    reached = int(after.argmax()) in goal
-                    if args.until_target and not reached and strength < 1.0:
-                        retry.append((path, i))
-                        continue
-                    file = result_file(folder, path, i)
-                    save_png(result, out_dir / file)
-                    records[file] = {"file": file, "source": str(path.absolute()),
-                                     "source_emotion": pipe.class_names[int(before[path].argmax())],
-                                     "source_probability": round(float(before[path].max()), 6),
-                                     "result_emotion": pipe.class_names[int(after.argmax())],
-                                     "target_probability": round(float(after[goal].sum()), 6),
-                                     "reached": reached, **meta}
-                    bar.update()
-                write_metadata(out_dir / METADATA_FILE, records)
-            pending, strength = retry, min(1.0, round(strength + STRENGTH_STEP, 6))
+        for group in batches(pending, images):
+            i = group[0][1]
+            out = pipe.edit([images[path] for path, _ in group], **request, strength=args.strength,
+                            object=[objects[path] for path, _ in group], invert=args.invert,
+                            keep_region=args.keep_region, until_target=args.until_target,
+                            num_inference_steps=args.steps, guidance_scale=args.guidance, generator=args.seed + i)
+            for (path, _), result, meta, after in zip(group, out.images, out.metadata, pipe.read(out.images)):
+                file = result_file(folder, path, i)
+                save_png(result, out_dir / file)
+                records[file] = {"file": file, "source": str(path.absolute()),
+                                 "source_emotion": pipe.class_names[int(before[path].argmax())],
+                                 "source_probability": round(float(before[path].max()), 6),
+                                 "result_emotion": pipe.class_names[int(after.argmax())],
+                                 "target_probability": round(float(after[goal].sum()), 6),
+                                 "reached": int(after.argmax()) in goal, **meta}
+                bar.update()
+            write_metadata(out_dir / METADATA_FILE, records)
     print(f"wrote {bar.n} edit(s) to {out_dir} ({len(records)} listed in {out_dir / METADATA_FILE})")
     return 0
 
