@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 
-
 BATCH = 32  # images per forward pass
 
 

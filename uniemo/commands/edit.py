@@ -30,7 +30,6 @@ from uniemo.commands import (add_sampling_arguments, already_written, check_guid
 from uniemo.errors import UniEmoError
 
 
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders of images")
     parser.add_argument("--run", required=True, help="stage-2 run directory (from `uniemo train joint`)")
