@@ -312,11 +312,11 @@ class UniEmoPipeline(DiffusionPipeline):
         """Emotion editing (SPEC §4; SDEdit, Meng et al. 2022): ``image`` (a PIL image or an image
         file's path, or a list of them that fit to one size, edited as one batch) is fitted to the
         run's resolution, encoded by the VAE, noised to ``strength`` of the schedule and denoised
-        with the fused condition e at the placeholder, by diffusers' img2img pipeline. ``object`` (a word, or one
-        per image, e.g. from :meth:`read_objects`) keeps what the photo shows: the prompt is
-        the transfer prompt ("<emo> a house") and e leaves out the object term, as in emotion transfer. Result i of
-        every image uses seed s + i, as in generation; outputs are image-major, and their metadata
-        adds the strength and ``invert``.
+        with the fused condition e at the placeholder, by diffusers' img2img pipeline. ``object``
+        (a word, or one per image, e.g. from :meth:`read_objects`) keeps what the photo shows: the
+        prompt is the transfer prompt ("<emo> a house") and e leaves out the object term, as in
+        emotion transfer. Result i of every image uses seed s + i, as in generation; outputs are
+        image-major, and their metadata adds the strength and ``invert``.
 
         ``invert`` (SD 1.5): instead of random noise, the photo is DDIM-inverted to ``strength``
         under its own condition, the e (eq. 6) the understanding branch builds from it at the
@@ -433,8 +433,9 @@ class UniEmoPipeline(DiffusionPipeline):
                                named)[0]
 
     def fit(self, image):
-        """``image`` (a PIL image or an image file's path) as RGB, scaled so that its short side is the run's resolution (by default the
-        UNet's), each side a multiple of the VAE's downsampling factor (centre-cropped to it)."""
+        """``image`` (a PIL image or an image file's path) as RGB, scaled so that its short side is
+        the run's resolution (by default the UNet's), each side a multiple of the VAE's
+        downsampling factor (centre-cropped to it)."""
         from PIL import Image, ImageOps
 
         image = as_rgb(image)
