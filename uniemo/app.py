@@ -76,12 +76,13 @@ class Studio:
     def __init__(self, run_dir: str | Path, limits: Limits = Limits(), device: str | torch.device | None = None,
                  sd_path: str | Path | None = None):
         from uniemo.data import clip_transforms
+        from uniemo.metrics import default_device
         from uniemo.pipeline import UniEmoPipeline
         from uniemo.rundir import STAGE2, RunDir
         from uniemo.understanding import UniEmoUnderstanding, load_attributes, load_image_processor
 
         self.run_dir, self.limits = Path(run_dir), limits
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(device) if device else default_device()
         if not RunDir(self.run_dir).missing(STAGE2):
             self.pipe = UniEmoPipeline.from_pretrained(self.run_dir, sd_path).to(self.device)
             self.pipe.set_progress_bar_config(disable=True)  # no progress bars in the server's log

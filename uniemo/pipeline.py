@@ -265,8 +265,8 @@ class UniEmoPipeline(DiffusionPipeline):
     def _alphas(self, feats, emotion: int, infos, name: str) -> dict[str, torch.Tensor]:
         """α of sampled features at ``emotion``; each image's α and matched attributes go to ``infos``."""
         banks = {"scene": self.scene_bank, "object": self.object_bank}
-        embeds = {kind: getattr(self.understanding, f"{kind}_proj") for kind in banks if kind in feats}
-        embeds = {kind: proj(feats[kind].to(proj.weight.dtype)) for kind, proj in embeds.items()}
+        projections = {kind: getattr(self.understanding, f"{kind}_proj") for kind in banks if kind in feats}
+        embeds = {kind: proj(feats[kind].to(proj.weight.dtype)) for kind, proj in projections.items()}
         target = torch.full((len(infos),), emotion, dtype=torch.long)
         alphas, best = attribute_alphas(self.fusion, embeds, target, banks, self.table)
         for kind, matched in best.items():
@@ -366,7 +366,7 @@ class UniEmoPipeline(DiffusionPipeline):
                       strength: float, request: dict) -> None:
         """``edit(until_target=True)``: result k (source k // n, seed base + k % n) edited again at
         each next strength until it is read as the target; ``out`` is updated in place."""
-        goal = [self.class_names.index(name) for name, w in request["weights"].items() if w > 0]
+        goal = self.target_classes(request["weights"])
         missed = [k for k, p in enumerate(self.read(out.images)) if int(p.argmax()) not in goal]
         while missed and strength < 1.0:
             strength = min(1.0, round(strength + STRENGTH_STEP, 6))
@@ -380,6 +380,11 @@ class UniEmoPipeline(DiffusionPipeline):
             missed = [k for k, p in zip(missed, self.read([out.images[k] for k in missed])) if int(p.argmax()) not in goal]
         for k, meta in enumerate(out.metadata):
             meta["reached"] = k not in missed
+
+    def target_classes(self, weights: dict[str, float]) -> list[int]:
+        """The class indices a result must be read as (its top-1) to count as the target: the
+        emotions of ``weights`` (an emotion or a mix) with a positive weight."""
+        return [self.class_names.index(name) for name, w in weights.items() if w > 0]
 
     def _edit(self, sources: list, objects: list, num_images: int, base: int, strength: float, *, weights, emotion,
               steps, guidance, invert, keep_region) -> UniEmoPipelineOutput:

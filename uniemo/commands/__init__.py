@@ -72,8 +72,10 @@ def resolve_device(name: str | None):
     not know, or a device this machine does not have, is a one-line error."""
     import torch
 
+    from uniemo.metrics import default_device
+
     if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return default_device()
     try:
         device = torch.device(name)
     except RuntimeError:

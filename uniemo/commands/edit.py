@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     pipe = load_pipeline(args)
     if args.object is not None:
         pipe.prompts.check_word(args.object)  # before the progress bar starts
-    goal = [pipe.class_names.index(name) for name, w in request_weights(request).items() if w > 0]
+    goal = pipe.target_classes(request_weights(request))
     images = {path: pipe.fit(path) for path, _ in todo}  # held at the run's size, not the photo's
     paths = list(images)
     before = dict(zip(paths, read_all(pipe.read, [images[p] for p in paths])))

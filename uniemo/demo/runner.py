@@ -62,8 +62,8 @@ class DemoPlan:
     sweep: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)  # weight of the first fusion pair's first emotion
     edit_strength: float = 0.8  # the first strength --until-target tries
     edit_invert: bool = True  # edits start from the source's DDIM inversion (docs/BENCHMARKS.md)
-    # and keep where the object queries look at 0.3 of their maximum or more: kept 0.20 -> 0.32,
-    # Emo-A 0.63 -> 0.55 (docs/BENCHMARKS.md, session 24)
+    # and keep where the object queries look at 0.3 of their maximum or more: on the 56 edits, kept
+    # 0.16 -> 0.20, Emo-A 0.73 -> 0.66 (docs/BENCHMARKS.md, sessions 24 and 25)
     edit_keep_region: float | None = 0.3
     fid_real_per_emotion: int = 25  # FID's reference sample (Inception-v3: 15 images/s here)
 
