@@ -16,8 +16,10 @@ import pytest
 
 from uniemo.cli import main
 from uniemo.config import load_config
+from uniemo.data import open_dataset
+from uniemo.demo import synth
 from uniemo.demo.synth import WORLD_VERSION
-from uniemo.vocab import EMOTIONS
+from uniemo.vocab import EMOTIONS, normalise_attribute
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +56,6 @@ def test_report_json_carries_every_headline_figure_in_range(quick_demo):
 
 
 def test_report_states_the_world_and_measures_transfer_and_fusion(quick_demo):
-    from uniemo.demo import synth
-
     report = json.loads((quick_demo / "report.json").read_text())
     world = report["world"]
     assert world["ceiling"] == synth.ceiling(0.05) and world["transfer_objects"] == ["house"]
@@ -89,24 +89,40 @@ def test_edits_turn_test_images_toward_every_other_emotion(quick_demo):
         pairs.add((test[record["source"]], record["emotion"]))  # a test image, edited toward another emotion
         assert record["strength"] >= 0.8 and (record["reached"] or record["strength"] == 1.0)  # --until-target
     assert pairs == {(a, b) for a in EMOTIONS for b in EMOTIONS if a != b}
-    per_emotion = {e: sum(1 for image in test.values() if image == e) for e in EMOTIONS}
-    sources = {record["source"] for record in read_metadata(quick_demo / "edits" / "metadata.jsonl").values()}
-    # 7 test images of each emotion, fewer where the quick world's test split is smaller
-    assert len(sources) == edit["sources"] == sum(min(7, n) for n in per_emotion.values())
+    items = {str(item.path): item for item in open_dataset(quick_demo / "data", split="test").items}
+    neutral = {normalise_attribute(name) for name in synth.NEUTRAL_OBJECTS}
+    per_emotion = {e: sum(1 for path, image in test.items() if image == e and items[path].object in neutral)
+                   for e in EMOTIONS}
+    records = read_metadata(quick_demo / "edits" / "metadata.jsonl").values()
+    assert all(r["object"] == items[r["source"]].object in neutral for r in records)  # named as annotated
+    # 7 test images of a neutral object of each emotion, fewer where the quick world's test split is smaller
+    assert len({r["source"] for r in records}) == edit["sources"] == sum(min(7, n) for n in per_emotion.values())
+    assert edit["object_named"] and edit["keep_region"] is None
 
 
-def test_the_full_plan_edits_56_test_images_once_each(tmp_path):
+def test_the_full_plan_edits_56_test_images_of_neutral_objects_once_each(tmp_path):
     from types import SimpleNamespace
 
     from uniemo.demo.runner import edit_sources
 
-    split = [[e, f"image/{e}/{e}_{k:05d}.jpg", f"annotation/{e}/{e}_{k:05d}.json"] for e in EMOTIONS for k in range(50)]
+    from PIL import Image
+
+    split = [[e, f"image/{e}/{e}_{k:05d}.jpg", f"annotation/{e}/{e}_{k:05d}.json"] for e in EMOTIONS for k in range(12)]
     (tmp_path / "test.json").write_text(json.dumps(split))
+    (tmp_path / "info.json").write_text(json.dumps({"emotion": {"label2idx": {e: i for i, e in enumerate(EMOTIONS)}}}))
+    for e, image, annotation in split:  # every third image shows the emotion's own object, the others a neutral one
+        k = int(annotation[-10:-5])
+        for path in (image, annotation):
+            (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / image)
+        (tmp_path / annotation).write_text(json.dumps(
+            {"object": [synth.EMOTION_OBJECTS[e] if k % 3 == 0 else synth.NEUTRAL_OBJECTS[k % 7]]}))
     edits = [(source, target) for target in EMOTIONS for source in edit_sources(SimpleNamespace(data=tmp_path), target)]
     sources = [source for source, _ in edits]
     assert len(edits) == 56 and len(set(sources)) == 56  # issue 15: at least 32 test images, each edited once
     assert {(Path(s).parent.name, t) for s, t in edits} == {(a, b) for a in EMOTIONS for b in EMOTIONS if a != b}
-    assert all(int(Path(s).stem[-5:]) < 7 for s in sources)  # the first 7 test images of each emotion
+    # the first 7 test images of each emotion that show a neutral object
+    assert {int(Path(s).stem[-5:]) for s in sources} == {1, 2, 4, 5, 7, 8, 10}
 
 
 def test_report_html_is_self_contained_and_labels_its_columns(quick_demo):

@@ -249,6 +249,8 @@ def test_keep_object_prompts_the_object_the_understanding_branch_reads(run2, pip
     (lambda d: photo(0).save(d / "x.png"), ["--emotion", "all"], "not an edit target"),
     (lambda d: photo(0).save(d / "x.png"), ["--emotion", "awe", "--object", "bench!?"], "cannot be encoded"),
     (lambda d: photo(0).save(d / "x.png"), ["--emotion", "awe", "-n", "0"], "--num-images 0"),
+    (lambda d: photo(0).save(d / "x.png"), ["--emotion", "awe", "--object-from", "/no/such/emoset"],
+     "/no/such/emoset holds none of the splits (train, val, test) of a dataset of kind 'emoset'"),
     (lambda d: photo(0).save(d / "x.png"), ["--emotion", "awe", "--keep-region", "0.3"], "needs --invert"),
     (lambda d: photo(0).save(d / "x.png"), ["--emotion", "awe", "--invert", "--keep-region", "1.5"],
      "--keep-region 1.5 needs --invert and a number in (0, 1]"),
@@ -273,6 +275,24 @@ def test_edit_refuses_missing_paths_empty_folders_and_clashing_names(run2, tmp_p
         photo(0).save(tmp_path / d / "same.png")
     assert edit(run2, tmp_path / "o", tmp_path / "a", tmp_path / "b", "--emotion", "awe") == 2
     assert "share the name 'same'" in capsys.readouterr().err
+
+
+def test_object_from_names_each_sources_annotated_object(run2, pipe, tiny_emoset, tmp_path, capsys):
+    from uniemo.data import open_dataset
+
+    items = open_dataset(tiny_emoset, split="val").items
+    annotated = [next(i for i in items if i.object == name) for name in dict.fromkeys(i.object for i in items if i.object)][:2]
+    photo(1).save(tmp_path / "mine.png")
+    out = tmp_path / "edits"
+    assert edit(run2, out, *(i.path for i in annotated), tmp_path / "mine.png", "--emotion", "awe",
+                "--object-from", str(tiny_emoset)) == 0
+    assert "1 of 3 source(s) have no object annotated" in capsys.readouterr().out
+    records = {r["file"]: r for r in map(json.loads, (out / "metadata.jsonl").read_text().splitlines())}
+    for item in annotated:
+        r = records[f"awe/{item.path.stem}_00.png"]
+        assert r["object"] == item.object and r["prompt"] == pipe.prompt(item.object)
+    assert records["awe/mine_00.png"]["object"] is None and records["awe/mine_00.png"]["prompt"] == pipe.prompt(None)
+    assert annotated[0].object != annotated[1].object
 
 
 def test_edits_of_dataset_images_are_judged_against_their_annotated_object(run2, tiny_models, tiny_emoset, tmp_path):

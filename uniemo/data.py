@@ -395,6 +395,25 @@ def split_exists(root, kind: str, split: str) -> bool:
     return (root / split).is_dir() or not any((root / name).is_dir() for name in SPLITS)
 
 
+def annotated_objects(root, paths, kind: str = "emoset", opened: dict[str, EmotionDataset] | None = None
+                      ) -> dict[str, str]:
+    """The annotated object of each of ``paths`` that is an image of the dataset at ``root`` (any
+    split it has; ``opened``: splits already read, by name), keyed by the resolved path. Only
+    EmoSet annotates objects: another kind gives none."""
+    opened = opened or {}
+    splits = [split for split in SPLITS if split in opened or split_exists(root, kind, split)]
+    if not splits:
+        raise UniEmoError(f"{root} holds none of the splits ({', '.join(SPLITS)}) of a dataset of kind {kind!r}: pass the "
+                          "root of the dataset the images come from")
+    wanted = {str(Path(p).resolve()) for p in paths}
+    found: dict[str, str] = {}
+    for split in splits:
+        dataset = opened[split] if split in opened else open_dataset(root, kind=kind, split=split)
+        found.update({path: item.object for item in dataset.items
+                      if item.object and (path := str(Path(item.path).resolve())) in wanted})
+    return found
+
+
 def _open_folder(root: Path, kind: str, split: str, transform, seed: int) -> EmotionDataset:
     has_splits = any((root / name).is_dir() for name in SPLITS)
     if not split_exists(root, kind, split):

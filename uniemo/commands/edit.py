@@ -7,10 +7,10 @@ emotion and the target's probability (for a mix, the mass of its emotions), the 
 steps and guidance. Result NN of every source uses seed SEED + NN. --until-target tries the
 strengths from --strength up by 0.1 to 1.0 until the understanding branch reads the target, and
 records the strength that made it (``reached`` says whether one did). --keep-object names each
-source's object in the prompt, as the understanding branch reads it; --object names one for all
-(recorded as ``object``). --invert (SD 1.5) noises each source by DDIM inversion under the
-condition the understanding branch reads in it instead of at random: more of the photo stays at
-the same strength.
+source's object in the prompt, as the understanding branch reads it, --object-from DATA as the
+EmoSet dataset DATA annotates it; --object names one for all (recorded as ``object``). --invert
+(SD 1.5) noises each source by DDIM inversion under the condition the understanding branch reads
+in it instead of at random: more of the photo stays at the same strength.
 An IMAGE may be a folder: its images are edited. Re-running on the same OUT skips results
 already written; one written there with other settings (strength, --invert, seed, steps, ...) is
 an error.
@@ -45,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="the understanding branch names each source's object and the edit's prompt keeps it "
                            "(the transfer prompt, as in emotion transfer)")
     keep.add_argument("--object", help="keep this object, named for every source (e.g. bench)")
+    keep.add_argument("--object-from", metavar="DATA",
+                      help="keep each source's object as the EmoSet dataset DATA annotates it (sources must be its "
+                           "images; one without an annotated object is edited without naming one)")
     parser.add_argument("--invert", action="store_true",
                         help="noise each source by DDIM inversion under the condition the understanding branch reads "
                              "in it, not at random: keeps more of the photo (Stable Diffusion 1.5)")
@@ -85,15 +88,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"skipping {len(sources) - len(todo)} source(s) already edited in {out_dir}")
     if not todo:
         return 0
+    annotated = annotated_sources(args.object_from, [path for path, _ in todo]) if args.object_from else {}
     pipe = load_pipeline(args)
-    if args.object is not None:
-        pipe.prompts.check_word(args.object)  # before the progress bar starts
+    for word in {args.object, *annotated.values()} - {None}:
+        pipe.prompts.check_word(word)  # before the progress bar starts
     goal = pipe.target_classes(request_weights(request))
     images = {path: pipe.fit(path) for path, _ in todo}  # held at the run's size, not the photo's
     paths = list(images)
     before = dict(zip(paths, read_all(pipe.read, [images[p] for p in paths])))
     objects = dict(zip(paths, read_all(pipe.read_objects, [images[p] for p in paths]) if args.keep_object
-                       else [args.object] * len(paths)))
+                       else [annotated.get(p, args.object) for p in paths]))
     pending = [(path, i) for path, indices in todo for i in indices]
     with tqdm(total=len(pending), desc="editing", unit="edit") as bar:
         for group in batches(pending, images):
@@ -121,7 +125,7 @@ def edit_settings(args: argparse.Namespace) -> dict:
     """What the records of this call's results will say, for a re-run to compare: the sampling
     (inverted edits sample with DDIM whatever --scheduler says), ``invert``, the strength (not
     with --until-target, which records the strength that made it) and the object (not with
-    --keep-object, which reads one per source)."""
+    --keep-object or --object-from, which name one per source)."""
     from uniemo.config import load_config
     from uniemo.rundir import RunDir
 
@@ -131,9 +135,22 @@ def edit_settings(args: argparse.Namespace) -> dict:
         settings.pop("scheduler", None)
     if not args.until_target:
         settings["strength"] = args.strength
-    if not args.keep_object:
+    if not args.keep_object and args.object_from is None:
         settings["object"] = args.object
     return settings
+
+
+def annotated_sources(data: str, paths: list[Path]) -> dict[Path, str]:
+    """--object-from: each source's object as the EmoSet dataset ``data`` annotates it; the sources
+    it does not annotate are counted on the console (they are edited without naming one)."""
+    from uniemo.data import annotated_objects
+
+    annotated = annotated_objects(data, paths)
+    found = {path: annotated[key] for path in paths if (key := str(path.resolve())) in annotated}
+    if len(found) < len(paths):
+        print(f"{len(paths) - len(found)} of {len(paths)} source(s) have no object annotated in {data}: "
+              "edited without naming one")
+    return found
 
 
 def read_all(read, images: list, size: int = 32) -> list:

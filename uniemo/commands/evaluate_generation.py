@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from uniemo import metrics
-    from uniemo.data import open_dataset
+    from uniemo.data import annotated_objects, open_dataset
     from uniemo.errors import UniEmoError
     from uniemo.io import write_json, write_text
 
@@ -68,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
         raise UniEmoError("--pairs and --batch-size must be >= 1 and --max-real >= 2")
     real = open_dataset(args.real, kind=args.dataset, split=args.split)
     generated = metrics.read_generated(args.images, real.class_names)
-    annotated = source_objects(args, generated, real.items)
+    annotated = annotated_objects(args.real, [g.source for g in generated if g.source is not None], args.dataset,
+                                  {args.split: real})
     if args.max_real is not None:
         real.items = metrics.sample_per_class(real.items, args.max_real, args.seed)
     networks = load_networks(args, real)
@@ -81,27 +82,6 @@ def run(args: argparse.Namespace) -> int:
     write_text(out.with_suffix(".md"), f"# Generation metrics: {args.images}\n\n{table}")
     print(table + f"\nwrote {out} and {out.with_suffix('.md')}")
     return 0
-
-
-def source_objects(args, generated, opened: list) -> dict[str, str]:
-    """The annotated object of each edit source that is an image of the --real dataset (any split;
-    ``opened``: the items of --split, already read): edit_kept compares with it rather than with
-    what CLIP names in the source."""
-    from pathlib import Path
-
-    from uniemo.data import SPLITS, open_dataset
-    from uniemo.errors import UniEmoError
-
-    sources = {str(Path(g.source).resolve()) for g in generated if g.source is not None}
-    found = {}
-    for split in SPLITS if sources else ():
-        try:
-            items = opened if split == args.split else open_dataset(args.real, kind=args.dataset, split=split).items
-        except UniEmoError:  # a dataset without this split
-            continue
-        found.update({path: item.object for item in items
-                      if item.object and (path := str(Path(item.path).resolve())) in sources})
-    return found
 
 
 def load_networks(args, real, distribution: bool = True) -> dict:

@@ -161,8 +161,8 @@ def edit_figures(layout) -> dict:
             "object_kept": metrics["edit_kept"]["all"], "clip_distance": metrics["edit_distance"]["all"],
             "understanding_reads_target": sum(r["reached"] for r in records) / max(1, len(records)),
             "strength": layout.plan.edit_strength, "invert": layout.plan.edit_invert,
-            "keep_region": layout.plan.edit_keep_region, "edits": len(records),
-            "sources": len({r["source"] for r in records})}
+            "keep_region": layout.plan.edit_keep_region, "object_named": layout.plan.edit_name_object,
+            "edits": len(records), "sources": len({r["source"] for r in records})}
 
 
 def _generation_figures(report: dict) -> dict:
@@ -358,19 +358,22 @@ def _edit_section(layout, edit: dict, figures: Path) -> list:
                          f"{r['target_probability']:.2f} @{r['strength']:g}" for r in row])
     image_table_png(cells, [f"{e} image" for e in EMOTIONS], figures / "edits.png",
                     col_labels=[f"-> {e}" for e in EMOTIONS], captions=captions, cell=(2.4, 1.5),
-                    title="Emotion editing: a test image of each emotion (left) toward each other emotion (right)")
+                    title="Emotion editing: a test image of a neutral object of each emotion (left) toward each "
+                    "other emotion (right)")
     region = edit.get("keep_region")
-    keep = f" --keep-region {region:g}" if region else ""
+    flags = (" --invert" if edit["invert"] else "") + (" --object-from DATA" if edit["object_named"] else "") + \
+        (f" --keep-region {region:g}" if region else "")
     kept_region = f", keeping where the object queries look ({region:g} of their maximum or more)" if region else ""
+    named = ", the prompt naming the source's annotated object" if edit["object_named"] else ""
     return [
         Table(["Emo-A of the edits (evaluator)", "object kept (the judge's zero-shot)", "CLIP distance to the source",
                "understanding branch reads the target"],
               [[_pct(edit["emo_a"]), _pct(edit["object_kept"]), f"{edit['clip_distance']:.3f}",
                 _pct(edit["understanding_reads_target"])]],
-              f"Emotion editing (`uniemo edit --until-target{' --invert' if edit['invert'] else ''}{keep}`, "
-              f"{EDIT_METHODS[edit['invert']]} from strength {edit['strength']:g}{kept_region}): "
-              f"{edit['edits']} edits of {edit['sources']} test images, each turned toward another emotion, every "
-              "ordered pair of emotions once"),
+              f"Emotion editing (`uniemo edit --until-target{flags}`, {EDIT_METHODS[edit['invert']]} from "
+              f"strength {edit['strength']:g}{kept_region}{named}): {edit['edits']} edits of {edit['sources']} test "
+              "images of neutral objects, each turned toward another emotion, every ordered pair of emotions once "
+              "(an emotional object, kept, keeps its emotion: docs/BENCHMARKS.md)"),
         Figure(figures / "edits.png", "The edit matrix: each cell a test image and its edit; under it, the "
                "understanding branch's reading of the source -> of the edit, its probability of the target and @ "
                "the strength that made it"),

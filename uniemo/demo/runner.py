@@ -36,7 +36,7 @@ from typing import Callable
 from uniemo.errors import UniEmoError
 from uniemo.io import read_json, write_json
 from uniemo.rundir import RunDir
-from uniemo.vocab import EMOTIONS
+from uniemo.vocab import EMOTIONS, normalise_attribute
 
 
 @dataclass(frozen=True)
@@ -62,9 +62,11 @@ class DemoPlan:
     sweep: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)  # weight of the first fusion pair's first emotion
     edit_strength: float = 0.8  # the first strength --until-target tries
     edit_invert: bool = True  # edits start from the source's DDIM inversion (docs/BENCHMARKS.md)
-    # and keep where the object queries look at 0.3 of their maximum or more: on the 56 edits, kept
-    # 0.16 -> 0.20, Emo-A 0.73 -> 0.66 (docs/BENCHMARKS.md, sessions 24 and 25)
-    edit_keep_region: float | None = 0.3
+    # the sources are test images of neutral objects, each edit naming its source's annotated object
+    # (--object-from); chosen on 40 validation images (docs/BENCHMARKS.md, session 26): Emo-A / kept
+    # 0.75 / 0.65 (the object the understanding branch reads: 0.70 / 0.575; none: 0.82 / 0.25)
+    edit_name_object: bool = True
+    edit_keep_region: float | None = None  # with the object named, a kept region lost 0.05 of each (0.3)
     fid_real_per_emotion: int = 25  # FID's reference sample (Inception-v3: 15 images/s here)
 
     def pair_mixes(self) -> list[dict[str, float]]:
@@ -210,10 +212,11 @@ STEPS = (
                        for m in L.plan.mixes()])),
     Step("baseline", "baseline: the base model prompted with the emotion word", ("baseline",),
          lambda L: generate_baseline(L), side=True),
-    Step("edit", "emotion editing: 56 test images, each turned toward another emotion", ("edits",),
+    Step("edit", "emotion editing: 56 test images of neutral objects, each turned toward another emotion", ("edits",),
          commands(lambda L: [["edit", *edit_sources(L, e), "--run", L.run2, "--emotion", e,
                               "--strength", L.plan.edit_strength, "--until-target", "--steps", L.plan.denoising_steps,
                               *(["--invert"] if L.plan.edit_invert else []),
+                              *(["--object-from", L.data] if L.plan.edit_name_object else []),
                               *(["--keep-region", L.plan.edit_keep_region] if L.plan.edit_keep_region else []),
                               "--seed", L.seed, "--out", L.edits]
                              for e in EMOTIONS]), side=True),
@@ -276,15 +279,32 @@ def test_images(L: Layout, count: int) -> list[str]:
 
 
 def edit_sources(L: Layout, emotion: str) -> list[str]:
-    """A test image of every emotion but ``emotion``, another one for each target: over the eight
-    targets, 56 test images (the first 7 of each emotion), each edited once, every ordered pair
-    of emotions once. A test split with fewer images (``--quick``) repeats them."""
-    by_emotion, sources = test_images_by_emotion(L), []
+    """A test image of a neutral object of every emotion but ``emotion``, another one for each
+    target: over the eight targets, 56 test images (the first 7 of each emotion whose annotated
+    object is one of the world's neutral objects), each edited once, every ordered pair of
+    emotions once. A test split with fewer such images (``--quick``) repeats them. An emotional
+    object keeps its emotion when kept (docs/BENCHMARKS.md): editing it means redrawing it."""
+    by_emotion, sources = neutral_object_test_images(L), []
     for other in EMOTIONS:
         images = by_emotion.get(other, [])
         if other != emotion and images:
             sources.append(images[[e for e in EMOTIONS if e != other].index(emotion) % len(images)])
     return sources
+
+
+def neutral_object_test_images(L: Layout) -> dict[str, list[str]]:
+    """The test split's images whose annotated object is neutral in the world, per emotion, in the
+    split's order."""
+    from uniemo.data import open_dataset
+    from uniemo.demo.synth import NEUTRAL_OBJECTS
+
+    test = open_dataset(L.data, split="test")
+    neutral = {normalise_attribute(name) for name in NEUTRAL_OBJECTS}
+    by_emotion: dict[str, list[str]] = {}
+    for item in test.items:
+        if item.object in neutral:
+            by_emotion.setdefault(test.class_names[item.label], []).append(str(item.path))
+    return by_emotion
 
 
 def generate_baseline(L: Layout) -> None:
