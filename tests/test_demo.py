@@ -125,6 +125,23 @@ def test_the_full_plan_edits_56_test_images_of_neutral_objects_once_each(tmp_pat
     assert {int(Path(s).stem[-5:]) for s in sources} == {1, 2, 4, 5, 7, 8, 10}
 
 
+def test_the_world_is_written_once_then_copied_from_the_cache(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from uniemo.demo.runner import synthesize
+
+    def world(name: str, seed: int = 0) -> dict[str, bytes]:
+        plan = SimpleNamespace(num_images=40, label_noise=0.05, train_per_emotion=None)
+        synthesize(SimpleNamespace(data=str(tmp_path / name), seed=seed, plan=plan))
+        return {str(p.relative_to(tmp_path / name)): p.read_bytes() for p in (tmp_path / name).rglob("*") if p.is_file()}
+
+    written = world("a")
+    assert "copied from" not in capsys.readouterr().out
+    assert world("b") == written and "written before: copied from" in capsys.readouterr().out
+    assert world("c", seed=1) != written and "copied from" not in capsys.readouterr().out  # another world
+    assert len(written) > 80 and not list(tmp_path.glob("*.partial-*"))
+
+
 def test_report_html_is_self_contained_and_labels_its_columns(quick_demo):
     html = (quick_demo / "report.html").read_text()
     assert "shipped with uniemo: trained once by `make foundation`" in html

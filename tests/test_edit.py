@@ -281,7 +281,8 @@ def test_object_from_names_each_sources_annotated_object(run2, pipe, tiny_emoset
     from uniemo.data import open_dataset
 
     items = open_dataset(tiny_emoset, split="val").items
-    annotated = [next(i for i in items if i.object == name) for name in dict.fromkeys(i.object for i in items if i.object)][:2]
+    names = list(dict.fromkeys(i.object for i in items if i.object))[:2]
+    annotated = [next(i for i in items if i.object == name) for name in names]
     photo(1).save(tmp_path / "mine.png")
     out = tmp_path / "edits"
     assert edit(run2, out, *(i.path for i in annotated), tmp_path / "mine.png", "--emotion", "awe",

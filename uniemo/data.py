@@ -398,20 +398,25 @@ def split_exists(root, kind: str, split: str) -> bool:
 def annotated_objects(root, paths, kind: str = "emoset", opened: dict[str, EmotionDataset] | None = None
                       ) -> dict[str, str]:
     """The annotated object of each of ``paths`` that is an image of the dataset at ``root`` (any
-    split it has; ``opened``: splits already read, by name), keyed by the resolved path. Only
-    EmoSet annotates objects: another kind gives none."""
-    opened = opened or {}
+    split it has; ``opened``: splits already read, by name), keyed by the resolved path. Only the
+    annotations of ``paths`` are read, and only EmoSet annotates objects."""
+    root, opened = Path(root).expanduser(), opened or {}
     splits = [split for split in SPLITS if split in opened or split_exists(root, kind, split)]
     if not splits:
-        raise UniEmoError(f"{root} holds none of the splits ({', '.join(SPLITS)}) of a dataset of kind {kind!r}: pass the "
-                          "root of the dataset the images come from")
+        raise UniEmoError(f"{root} holds none of the splits ({', '.join(SPLITS)}) of a dataset of kind {kind!r}: "
+                          "pass the root of the dataset the images come from")
     wanted = {str(Path(p).resolve()) for p in paths}
-    found: dict[str, str] = {}
-    for split in splits:
-        dataset = opened[split] if split in opened else open_dataset(root, kind=kind, split=split)
-        found.update({path: item.object for item in dataset.items
-                      if item.object and (path := str(Path(item.path).resolve())) in wanted})
-    return found
+    found: dict[str, str | None] = {}
+    for split in splits if kind == "emoset" and wanted else ():
+        if split in opened:
+            found.update({path: item.object for item in opened[split].items
+                          if (path := str(Path(item.path).resolve())) in wanted})
+            continue
+        source = root / f"{split}.json"
+        for entry in parse_split(read_json(source, f"EmoSet split file {split}.json"), str(source)):
+            if (path := str((root / entry.image).resolve())) in wanted:
+                found[path] = _read_annotation(root / entry.annotation)[0]["object"]
+    return {path: name for path, name in found.items() if name}
 
 
 def _open_folder(root: Path, kind: str, split: str, transform, seed: int) -> EmotionDataset:
