@@ -103,9 +103,9 @@ def test_edits_turn_test_images_toward_every_other_emotion(quick_demo):
 def test_the_full_plan_edits_56_test_images_of_neutral_objects_once_each(tmp_path):
     from types import SimpleNamespace
 
-    from uniemo.demo.runner import edit_sources
-
     from PIL import Image
+
+    from uniemo.demo.runner import edit_sources
 
     split = [[e, f"image/{e}/{e}_{k:05d}.jpg", f"annotation/{e}/{e}_{k:05d}.json"] for e in EMOTIONS for k in range(12)]
     (tmp_path / "test.json").write_text(json.dumps(split))
