@@ -167,6 +167,8 @@ def test_edit_gives_before_and_after_with_both_readings(studio, tmp_path):
                        keep_region=0.3).images[0]
     assert records[0]["keep_region"] == 0.3 and np.asarray(region[1][0]).tobytes() == np.asarray(direct).tobytes()
     assert np.asarray(region[1][0]).tobytes() != np.asarray(inverted[1][0]).tobytes()
+    _, worded = studio.edit(photo(tmp_path / "src.png"), "fear", 0.5, 1, 4, False, False, 0.0, False, " bench ")
+    assert worded[0]["object"] == "bench" and worded[0]["prompt"] == pipe.prompt("bench")
     _, until = studio.edit(photo(tmp_path / "src.png"), "fear", 0.3, 1, 4, False, False, 0.0, True)
     assert until[0]["reached"] == (until[0]["reading"]["emotion"] == "fear") and until[0]["strength"] >= 0.3
     assert until[0]["reached"] or until[0]["strength"] == 1.0
@@ -183,6 +185,7 @@ def test_edit_gives_before_and_after_with_both_readings(studio, tmp_path):
     (lambda s: s.edit(None, "awe", 0.5, 0, 2), "no image given"),
     (lambda s: s.edit(None, "awe", 0.5, 0, 2, False, False, 0.3), "keeping the object's region needs the inversion"),
     (lambda s: s.edit(None, "awe", 0.5, 0, 2, False, True, 1.5), "keep region 1.5 is invalid"),
+    (lambda s: s.edit(None, "awe", 0.5, 0, 2, True, False, 0.0, False, "bench"), "name the object or tick"),
 ])
 def test_requests_out_of_bounds_are_refused(studio, call, message):
     with pytest.raises(UniEmoError, match=message):
@@ -306,7 +309,8 @@ def test_the_api_names_are_stable(server):
     assert [p["parameter_name"] for p in endpoints["/generate"]["parameters"]] == \
         ["target", "object", "seed", "steps", "count"]
     assert [p["parameter_name"] for p in endpoints["/edit"]["parameters"]] == \
-        ["image", "target", "strength", "seed", "steps", "keep_object", "invert", "keep_region", "until_target"]
+        ["image", "target", "strength", "seed", "steps", "keep_object", "invert", "keep_region", "until_target",
+         "object"]
 
 
 def test_server_listens_on_the_loopback_address_only(server):

@@ -6,8 +6,8 @@ Three actions, each a queued endpoint with a stable name for ``gradio_client``:
   scene and object the expert queries matched, and their attention maps over the image;
 - ``/generate`` (target, object, seed, steps, count) -> images, each with its metadata and the
   understanding branch's reading of it;
-- ``/edit`` (image, target, strength, seed, steps, keep object, invert, keep region, until target) -> before /
-  after, with both readings.
+- ``/edit`` (image, target, strength, seed, steps, keep object, invert, keep region, until target,
+  object) -> before / after, with both readings.
 
 A target is an emotion ("awe") or a mix ("awe=0.6,fear=0.4"); the page builds it from a menu,
 sliders or a point in the valence-arousal plane. Nothing leaves the machine: system fonts, no
@@ -129,18 +129,24 @@ class Studio:
         return self.with_readings(out.images, out.metadata)
 
     def edit(self, image: str, target: str, strength: float = 0.6, seed: int = 0, steps: int = 25,
-             keep_object: bool = False, invert: bool = False, keep_region: float = 0.0, until_target: bool = False):
+             keep_object: bool = False, invert: bool = False, keep_region: float = 0.0, until_target: bool = False,
+             object: str = ""):
         """(gallery [(source as fitted, "before ..."), (result, "after ...")], metadata with both
         readings); ``keep_object`` names the source's object, as the understanding branch reads
-        it, in the prompt; ``invert`` starts from the source's DDIM inversion, ``keep_region``
-        (0: off) keeps where the object queries look and ``until_target`` raises the strength
-        until the understanding branch reads the target (``UniEmoPipeline.edit``)."""
+        it, in the prompt, and ``object`` names the user's word instead; ``invert`` starts from the
+        source's DDIM inversion, ``keep_region`` (0: off) keeps where the object queries look and
+        ``until_target`` raises the strength until the understanding branch reads the target
+        (``UniEmoPipeline.edit``)."""
         pipe = self.generator()
         self.check_request(1, steps)
         keep_region = self.region(keep_region, invert)
+        named = (object or "").strip() or None
+        if named and keep_object:
+            raise UniEmoError("name the object or tick 'Keep the object', not both: the box's word would replace "
+                              "the understanding branch's reading")
         source = pipe.fit(self.load(image))
         out = pipe.edit(source, **self.parse_target(target), strength=float(strength), num_inference_steps=int(steps),
-                        object=pipe.read_objects([source])[0] if keep_object else None, generator=self.seed(seed),
+                        object=pipe.read_objects([source])[0] if keep_object else named, generator=self.seed(seed),
                         invert=bool(invert), keep_region=keep_region, until_target=bool(until_target))
         (before,), _ = self.readings([source])
         gallery, metadata = self.with_readings(out.images, out.metadata, "after: read as")
@@ -329,11 +335,13 @@ def build_app(studio: Studio):
                 region = gr.Slider(0, 1, value=0, step=0.05, label="Keep where the object queries look "
                                    "(share of their attention's maximum; 0: off; with the inversion)")
                 until = gr.Checkbox(label="Raise the strength until the understanding branch reads the target")
+                obj = gr.Textbox(label="Object to keep, in your words (optional; keeps it best)",
+                                 placeholder="e.g. house")
             button = gr.Button("Edit", variant="primary", elem_id="edit")
             pair = gr.Gallery(label="Before / after", columns=2, elem_id="before-after")
             metadata = gr.JSON(label="Metadata and both readings")
-            button.click(answered(studio.edit), [source, target, strength, seed, n_steps, keep, invert, region, until],
-                         [pair, metadata],
+            button.click(answered(studio.edit),
+                         [source, target, strength, seed, n_steps, keep, invert, region, until, obj], [pair, metadata],
                          api_name="edit", **diffusion)
     return app
 
