@@ -105,7 +105,7 @@ def test_the_full_plan_edits_56_test_images_of_neutral_objects_once_each(tmp_pat
 
     from PIL import Image
 
-    from uniemo.demo.runner import edit_sources
+    from uniemo.demo.runner import edit_sources, neutral_object_test_images
 
     split = [[e, f"image/{e}/{e}_{k:05d}.jpg", f"annotation/{e}/{e}_{k:05d}.json"] for e in EMOTIONS for k in range(12)]
     (tmp_path / "test.json").write_text(json.dumps(split))
@@ -117,7 +117,8 @@ def test_the_full_plan_edits_56_test_images_of_neutral_objects_once_each(tmp_pat
         Image.new("RGB", (8, 8)).save(tmp_path / image)
         (tmp_path / annotation).write_text(json.dumps(
             {"object": [synth.EMOTION_OBJECTS[e] if k % 3 == 0 else synth.NEUTRAL_OBJECTS[k % 7]]}))
-    edits = [(source, target) for target in EMOTIONS for source in edit_sources(SimpleNamespace(data=tmp_path), target)]
+    by_emotion = neutral_object_test_images(SimpleNamespace(data=tmp_path))
+    edits = [(source, target) for target in EMOTIONS for source in edit_sources(by_emotion, target)]
     sources = [source for source, _ in edits]
     assert len(edits) == 56 and len(set(sources)) == 56  # issue 15: at least 32 test images, each edited once
     assert {(Path(s).parent.name, t) for s, t in edits} == {(a, b) for a in EMOTIONS for b in EMOTIONS if a != b}

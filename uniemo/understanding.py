@@ -264,9 +264,10 @@ class UniEmoUnderstanding(ModuleUtilsMixin, nn.Module):
         return model.eval()
 
 
-def run_class_names(run_dir: str | Path) -> tuple[str, ...]:
-    """The emotions a run's understanding branch predicts, read without loading its weights."""
-    meta = read_json(RunDir(run_dir).understanding, "understanding config (a run made by `uniemo train understand`)")
+def run_class_names(run_dir: str | Path, made_by: str = "uniemo train understand") -> tuple[str, ...]:
+    """The emotions a run's understanding branch predicts, read without loading its weights
+    (``made_by``: the command whose runs the caller takes, named if ``run_dir`` is none)."""
+    meta = read_json(RunDir(run_dir).understanding, f"understanding config (a run made by `{made_by}`)")
     names = meta.get("class_names") if isinstance(meta, dict) else None
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise UniEmoError(f"{run_dir}: understanding.json lists no class names; re-run `uniemo train understand`")

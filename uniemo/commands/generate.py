@@ -21,7 +21,6 @@ from pathlib import Path
 
 from uniemo.commands import (add_sampling_arguments, already_written, check_guidance, load_pipeline,
                              require_positive, sampling_settings)
-from uniemo.rundir import RunDir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -101,10 +100,10 @@ def check_options(args: argparse.Namespace) -> None:
 
 
 def class_names(run: str) -> tuple[str, ...]:
-    from uniemo.io import read_json
+    """The emotions of the stage-2 run ``run``, read before any model loads."""
+    from uniemo.understanding import run_class_names
 
-    meta = read_json(RunDir(run).understanding, "run config (a run made by `uniemo train joint`)")
-    return tuple(meta.get("class_names", ()))
+    return run_class_names(run, "uniemo train joint")
 
 
 def plan(args: argparse.Namespace, names: tuple[str, ...]) -> list[tuple[str, dict]]:

@@ -258,13 +258,7 @@ STEPS = (
     Step("baseline", "baseline: the base model prompted with the emotion word", ("baseline",),
          lambda L: generate_baseline(L), side=True),
     Step("edit", "emotion editing: 56 test images of neutral objects, each turned toward another emotion", ("edits",),
-         commands(lambda L: [["edit", *edit_sources(L, e), "--run", L.run2, "--emotion", e,
-                              "--strength", L.plan.edit_strength, "--until-target", "--steps", L.plan.denoising_steps,
-                              *(["--invert"] if L.plan.edit_invert else []),
-                              *(["--object-from", L.data] if L.plan.edit_name_object else []),
-                              *(["--keep-region", L.plan.edit_keep_region] if L.plan.edit_keep_region else []),
-                              "--seed", L.seed, "--out", L.edits]
-                             for e in EMOTIONS]), side=True),
+         commands(lambda L: edit_commands(L)), side=True),
     Step("metrics", "generation metrics of UniEmo and the baseline (FID, LPIPS, Emo-A, Sem-C, Sem-D)",
          ("metrics/generation-uniemo.json", "metrics/generation-baseline.json"), commands(
             lambda L: _evaluate_generation(L, L.generated, "generation-uniemo.json", *_fid_reference(L)),
@@ -323,13 +317,26 @@ def test_images(L: Layout, count: int) -> list[str]:
     return [by_emotion[e][0] for e in EMOTIONS if e in by_emotion][:count]
 
 
-def edit_sources(L: Layout, emotion: str) -> list[str]:
-    """A test image of a neutral object of every emotion but ``emotion``, another one for each
-    target: over the eight targets, 56 test images (the first 7 of each emotion whose annotated
-    object is one of the world's neutral objects), each edited once, every ordered pair of
-    emotions once. A test split with fewer such images (``--quick``) repeats them. An emotional
-    object keeps its emotion when kept (docs/BENCHMARKS.md): editing it means redrawing it."""
-    by_emotion, sources = neutral_object_test_images(L), []
+def edit_commands(L: Layout) -> list[list]:
+    """One `uniemo edit` per target emotion, of its :func:`edit_sources`."""
+    by_emotion = neutral_object_test_images(L)
+    return [["edit", *edit_sources(by_emotion, e), "--run", L.run2, "--emotion", e,
+             "--strength", L.plan.edit_strength, "--until-target", "--steps", L.plan.denoising_steps,
+             *(["--invert"] if L.plan.edit_invert else []),
+             *(["--object-from", L.data] if L.plan.edit_name_object else []),
+             *(["--keep-region", L.plan.edit_keep_region] if L.plan.edit_keep_region else []),
+             "--seed", L.seed, "--out", L.edits]
+            for e in EMOTIONS]
+
+
+def edit_sources(by_emotion: dict[str, list[str]], emotion: str) -> list[str]:
+    """A test image of a neutral object (``by_emotion``: :func:`neutral_object_test_images`) of
+    every emotion but ``emotion``, another one for each target: over the eight targets, 56 test
+    images (the first 7 of each emotion whose annotated object is one of the world's neutral
+    objects), each edited once, every ordered pair of emotions once. A test split with fewer such
+    images (``--quick``) repeats them. An emotional object keeps its emotion when kept
+    (docs/BENCHMARKS.md): editing it means redrawing it."""
+    sources = []
     for other in EMOTIONS:
         images = by_emotion.get(other, [])
         if other != emotion and images:
