@@ -161,6 +161,17 @@ def test_sdxl_condition_is_split_and_scaled_per_text_encoder_by_hand():
     assert e[0].tolist() == pytest.approx([3.0, -5.0])
 
 
+def test_mix_is_brought_back_to_the_token_norm_by_hand():
+    # e_1 = 2 · [1, 0], e_2 = 2 · [0, 1] at token norm 2: 0.25 e_1 + 0.75 e_2 = [0.5, 1.5], norm 1.58,
+    # rescaled: 2 · [1, 3] / √10; SD XL (widths [2, 1], token norms 2 and 5): each part to its own norm
+    mix = 0.25 * torch.tensor([[2.0, 0.0]]) + 0.75 * torch.tensor([[0.0, 2.0]])
+    assert identity_fusion().at_token_norm(mix)[0].tolist() == pytest.approx([2 / math.sqrt(10), 6 / math.sqrt(10)])
+    xl = UniEmoFusion(FusionConfig(features=["cls"]), vision_dim=2, text_dims=[2, 1], head_hidden=2,
+                      token_norms=[2.0, 5.0])
+    e = xl.at_token_norm(torch.tensor([[0.5, 1.5, -0.3]]))
+    assert e[0].tolist() == pytest.approx([2 / math.sqrt(10), 6 / math.sqrt(10), -5.0])
+
+
 def test_fusion_checks_its_features_and_keeps_the_token_scale_out_of_its_weights():
     # without token_norms, e has unit norm per encoder; the scale is the SD's, never saved with the mappers
     cfg = FusionConfig(features=["cls", "scene", "object"], mapper_hidden=2)

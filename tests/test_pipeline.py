@@ -103,8 +103,11 @@ def test_mix_fuses_weighted_conditions(pipe):
     e_awe, _, _ = pipe.conditions({"awe": 1.0}, [3])
     e_fear, _, _ = pipe.conditions({"fear": 1.0}, [3])
     e_mix, _, infos = pipe.conditions({"awe": 0.25, "fear": 0.75}, [3])
-    assert torch.allclose(e_mix, 0.25 * e_awe + 0.75 * e_fear, atol=1e-5)
-    assert not torch.allclose(e_awe, e_fear)
+    weighted = 0.25 * e_awe + 0.75 * e_fear
+    assert not torch.allclose(e_awe, e_fear) and weighted.norm() < e_awe.norm() * (1 - 1e-4)
+    # Σ w_k e_k, brought back to the token norm that e_awe and e_fear have
+    assert torch.allclose(e_mix.norm(), e_awe.norm(), rtol=1e-5)
+    assert torch.allclose(e_mix, weighted * e_awe.norm() / weighted.norm(), atol=1e-6)
     out = pipe(mix={"awe": 1, "fear": 3}, num_images=1, num_inference_steps=2, generator=3)
     m = out.metadata[0]
     assert m["emotion"] is None and m["mix"] == {"awe": 0.25, "fear": 0.75}
@@ -130,7 +133,7 @@ def test_conditions_draw_one_point_per_seed_in_each_emotions_space_and_fuse_it(p
             alphas = {kind: torch.tensor([infos[i]["alpha"][kind][name]]) for kind in ("scene", "object")}
             with torch.no_grad():
                 expected = expected + w * pipe.fusion(feats, alphas, torch.tensor([True]))
-        assert torch.allclose(e[i], expected[0], atol=1e-5)
+        assert torch.allclose(e[i], expected[0] * pipe.fusion.token_norms / expected[0].norm(), atol=1e-5)
         assert set(infos[i]["matched"]["scene"]) == set(weights)
 
 

@@ -182,6 +182,11 @@ class UniEmoFusion(ModuleUtilsMixin, nn.Module):
             if name == "object" and object_named is not None:
                 mapped = torch.where(object_named.to(mapped.device).unsqueeze(-1), 0.0, mapped)
             e = e + mapped
+        return self.at_token_norm(e)
+
+    def at_token_norm(self, e: torch.Tensor) -> torch.Tensor:
+        """``e`` rescaled to the token norm, each text encoder's part to its own: a fused condition,
+        or a mix Σ_k w_k e_k of them (paper Fig. 10b), which is shorter than the e_k it mixes."""
         parts = e.split(self.widths, dim=-1)
         return torch.cat([norm.to(e.dtype) * F.normalize(part, dim=-1) for norm, part in zip(self.token_norms, parts)],
                          dim=-1)

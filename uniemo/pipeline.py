@@ -6,7 +6,8 @@ the requested emotion, pick α from the nearest scene / object attribute, fuse t
 inject e at the placeholder token, and let Stable Diffusion's own denoising loop (1.5 or XL)
 run on the prompt embeddings with classifier-free guidance against the empty prompt (zeros for
 an SD XL whose config asks for them, as diffusers does). A mix of emotions
-(paper Fig. 10b) fuses e = Σ_k w_k e_k with normalised non-negative weights. ``edit`` turns a
+(paper Fig. 10b) fuses e = Σ_k w_k e_k with normalised non-negative weights, rescaled to the
+token norm as each e_k is. ``edit`` turns a
 given photo toward an emotion (SDEdit with the same condition, or from the photo's DDIM
 inversion under the condition the understanding branch reads in it), and ``read`` gives the
 understanding branch's reading of any image.
@@ -246,7 +247,7 @@ class UniEmoPipeline(DiffusionPipeline):
         """Fused conditions e (B,W) for one seed each, the generators (positioned after the feature
         draws, ready for the latents) and each image's α / matched attributes per emotion. Where
         ``object_named`` (emotion transfer; one for all, or one per seed) e leaves out the object
-        term, as in stage 2."""
+        term, as in stage 2. A mix Σ_k w_k e_k is brought back to the token norm that each e_k has."""
         generators = [torch.Generator().manual_seed(s) for s in seeds]
         with torch.no_grad():  # not a decorator: mutmut skips decorated functions
             noise = [self.space.draw(g) for g in generators]
@@ -260,7 +261,7 @@ class UniEmoPipeline(DiffusionPipeline):
                          for f in self.fusion.cfg.features}
                 alphas = self._alphas(feats, k, infos, name)
                 e = e + weight * self.fusion(feats, alphas, named)
-        return e, generators, infos
+        return (self.fusion.at_token_norm(e) if len(weights) > 1 else e), generators, infos
 
     def _alphas(self, feats, emotion: int, infos, name: str) -> dict[str, torch.Tensor]:
         """α of sampled features at ``emotion``; each image's α and matched attributes go to ``infos``."""
