@@ -4,6 +4,7 @@ present and in range, and a second run reuses every finished step."""
 import contextlib
 import importlib
 import json
+import os
 import re
 import signal
 import subprocess
@@ -126,6 +127,13 @@ def test_the_full_plan_edits_56_test_images_of_neutral_objects_once_each(tmp_pat
     assert {int(Path(s).stem[-5:]) for s in sources} == {1, 2, 4, 5, 7, 8, 10}
 
 
+def dead_pid() -> int:
+    """The pid of a process that has ended, as a SIGKILLed demo's has."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
 def test_the_world_is_written_once_then_copied_from_the_cache(tmp_path, capsys):
     from types import SimpleNamespace
 
@@ -138,7 +146,12 @@ def test_the_world_is_written_once_then_copied_from_the_cache(tmp_path, capsys):
 
     written = world("a")
     assert "copied from" not in capsys.readouterr().out
+    killed_copy, live_copy = tmp_path / f"b.partial-{dead_pid()}", tmp_path / f"b.partial-{os.getppid()}"
+    for folder in (killed_copy, live_copy):
+        folder.mkdir()
     assert world("b") == written and "written before: copied from" in capsys.readouterr().out
+    assert not killed_copy.exists() and live_copy.is_dir()  # what a SIGKILLed copy left goes; a running one's stays
+    live_copy.rmdir()
     assert world("c", seed=1) != written and "copied from" not in capsys.readouterr().out  # another world
     assert len(written) > 80 and not list(tmp_path.glob("*.partial-*"))
 
