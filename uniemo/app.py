@@ -234,7 +234,7 @@ class Studio:
         readings, probs = self.readings(images)
         for meta, reading, p in zip(metadata, readings, probs):
             wanted = meta["mix"] or {meta["emotion"]: 1.0}
-            reading["target_probability"] = round(sum(float(p[self.class_names.index(k)]) for k in wanted), 4)
+            reading["target_probability"] = round(float(p[self.pipe.target_classes(wanted)].sum()), 4)
             meta["reading"] = reading
         captions = [f"seed {m['seed']} · {label} {self.caption(m['reading'])}" for m in metadata]
         return list(zip(images, captions)), metadata
