@@ -385,7 +385,7 @@ def _fusion_figures(layout, fusion: dict, figures: Path) -> None:
 
     pairs = [Path(layout.fusion) / mix_folder(m) for m in layout.plan.pair_mixes()]
     image_table_png([_images(m, 4) for m in pairs], [m.name.removeprefix("mix_") for m in pairs],
-                    figures / "fusion.png", title="Emotion fusion: e = sum of w_k e_k")
+                    figures / "fusion.png", title="Emotion fusion: e = sum of w_k e_k, at the token norm")
     sweep = fusion["sweep"]
     a, b = sweep["pair"]
     strips = [_images(Path(layout.fusion) / mix_folder(m), 4) for m in layout.plan.sweep_mixes()]
