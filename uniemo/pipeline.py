@@ -5,12 +5,11 @@ For every image: sample CLS / scene / object features from the emotion space N(m
 the requested emotion, pick α from the nearest scene / object attribute, fuse them into e,
 inject e at the placeholder token, and let Stable Diffusion's own denoising loop (1.5 or XL)
 run on the prompt embeddings with classifier-free guidance against the empty prompt (zeros for
-an SD XL whose config asks for them, as diffusers does). A mix of emotions
-(paper Fig. 10b) fuses e = Σ_k w_k e_k with normalised non-negative weights, rescaled to the
-token norm as each e_k is. ``edit`` turns a
-given photo toward an emotion (SDEdit with the same condition, or from the photo's DDIM
-inversion under the condition the understanding branch reads in it), and ``read`` gives the
-understanding branch's reading of any image.
+an SD XL whose config asks for them, as diffusers does). A mix of emotions (paper Fig. 10b)
+fuses e = Σ_k w_k e_k with normalised non-negative weights, rescaled to the token norm as each
+e_k is. ``edit`` turns a given photo toward an emotion (SDEdit with the same condition, or from
+the photo's DDIM inversion under the condition the understanding branch reads in it), and
+``read`` gives the understanding branch's reading of any image.
 
 Seeds: image i of a call with seed s uses seed s + i for both its feature sample and its
 initial latents, so any image is reproduced alone from the seed in its metadata.
