@@ -7,6 +7,7 @@ import atexit
 import os
 import shutil
 import socket
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -49,6 +50,14 @@ def pytest_configure(config):
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", max(1, min(2, os.cpu_count() or 1)))))
+
+
+@pytest.fixture
+def ended_pid() -> int:
+    """The pid of a process that has ended, as a SIGKILLed writer's has."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
 
 
 @pytest.fixture(scope="session")

@@ -127,14 +127,7 @@ def test_the_full_plan_edits_56_test_images_of_neutral_objects_once_each(tmp_pat
     assert {int(Path(s).stem[-5:]) for s in sources} == {1, 2, 4, 5, 7, 8, 10}
 
 
-def dead_pid() -> int:
-    """The pid of a process that has ended, as a SIGKILLed demo's has."""
-    proc = subprocess.Popen(["true"])
-    proc.wait()
-    return proc.pid
-
-
-def test_the_world_is_written_once_then_copied_from_the_cache(tmp_path, capsys):
+def test_the_world_is_written_once_then_copied_from_the_cache(tmp_path, capsys, ended_pid):
     from types import SimpleNamespace
 
     from uniemo.demo.runner import synthesize
@@ -146,7 +139,7 @@ def test_the_world_is_written_once_then_copied_from_the_cache(tmp_path, capsys):
 
     written = world("a")
     assert "copied from" not in capsys.readouterr().out
-    killed_copy, live_copy = tmp_path / f"b.partial-{dead_pid()}", tmp_path / f"b.partial-{os.getppid()}"
+    killed_copy, live_copy = tmp_path / f".b.partial-{ended_pid}", tmp_path / f".b.partial-{os.getppid()}"
     for folder in (killed_copy, live_copy):
         folder.mkdir()
     assert world("b") == written and "written before: copied from" in capsys.readouterr().out

@@ -2,12 +2,13 @@
 bad weight files are one-line errors."""
 
 import errno
+import os
 
 import pytest
 import torch
 
 from uniemo.errors import UniEmoError
-from uniemo.io import load_state_dict_checked, load_tensors, read_json, save_tensors, write_json
+from uniemo.io import load_state_dict_checked, load_tensors, partial_dir, read_json, save_tensors, write_json
 
 
 def test_a_full_disk_while_saving_keeps_the_previous_file_intact(tmp_path, monkeypatch):
@@ -61,3 +62,14 @@ def test_malformed_json_names_the_file(tmp_path):
         read_json(tmp_path / "a.json")
     write_json(tmp_path / "b.json", {"x": [1, 2]})
     assert read_json(tmp_path / "b.json") == {"x": [1, 2]}
+
+
+def test_a_folder_is_written_beside_itself_and_what_a_killed_writer_left_goes(tmp_path, ended_pid):
+    names = (f".world.partial-{ended_pid}", f".world.partial-{os.getppid()}", f".world2.partial-{ended_pid}")
+    killed, running, other = (tmp_path / name for name in names)
+    for folder in (killed, running, other, tmp_path / f".world.partial-{os.getpid()}"):
+        folder.mkdir()
+        (folder / "half-written").write_text("x")
+    own = partial_dir(tmp_path / "world")
+    assert own == tmp_path / f".world.partial-{os.getpid()}" and not own.exists()
+    assert not killed.exists() and running.is_dir() and other.is_dir()  # a running writer's, another folder's

@@ -4,8 +4,10 @@ nothing is ever unpickled (weights are safetensors, everything else JSON/YAML)."
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -26,6 +28,29 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def partial_dir(path: Path) -> Path:
+    """Where this process writes the folder ``path`` before renaming it into place: ``.NAME.partial-PID``
+    beside it, not yet made. Such folders of processes that no longer run (a SIGKILLed writer's)
+    are removed first; a running one's are left alone."""
+    for sibling in path.parent.glob(f".{glob.escape(path.name)}.partial-*"):
+        pid = sibling.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(sibling, ignore_errors=True)
+    own = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    shutil.rmtree(own, ignore_errors=True)
+    return own
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: nothing is sent, only the process looked up
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    return True
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

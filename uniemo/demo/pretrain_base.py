@@ -54,7 +54,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
@@ -69,7 +68,7 @@ from tqdm import tqdm
 
 from uniemo.demo.synth import world_of
 from uniemo.errors import UniEmoError
-from uniemo.io import write_json
+from uniemo.io import partial_dir, write_json
 from uniemo.joint import encode_posterior
 
 REPORT = "pretrain_report.json"
@@ -721,7 +720,8 @@ def _write_output(out: Path, clip, judge, tokenizer, vae, unet, cfg: PretrainCon
     from uniemo.demo.foundation import save_clip, save_sd
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = partial_dir(out)
+    tmp.mkdir()
     old = out.parent / f".{out.name}.old"
     shutil.rmtree(old, ignore_errors=True)  # left by a run killed mid-swap
     try:

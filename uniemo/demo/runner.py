@@ -22,7 +22,6 @@ the side lane needs nothing of the main one, so neither lane can wait for the ot
 from __future__ import annotations
 
 import contextlib
-import glob
 import itertools
 import os
 import re
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import Callable
 
 from uniemo.errors import UniEmoError
-from uniemo.io import read_json, write_json
+from uniemo.io import partial_dir, read_json, write_json
 from uniemo.rundir import RunDir
 from uniemo.vocab import EMOTIONS, normalise_attribute
 
@@ -220,13 +219,8 @@ def world_cache(argv: list) -> Path:
 
 def _copy_dir(source: Path, target: Path) -> None:
     """Copy a folder whole or not at all: into a temporary sibling, renamed into place (a copy
-    another process finished first is kept). Siblings left by a killed copy go first."""
-    for sibling in target.parent.glob(f"{glob.escape(target.name)}.partial-*"):
-        pid = sibling.name.rsplit("-", 1)[1]
-        if pid.isdigit() and not _running(int(pid)):
-            _remove(sibling)
-    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
-    _remove(partial)
+    another process finished first is kept)."""
+    partial = partial_dir(target)
     shutil.copytree(source, partial)
     try:
         partial.rename(target)
@@ -234,16 +228,6 @@ def _copy_dir(source: Path, target: Path) -> None:
         if not target.is_dir():
             raise
         _remove(partial)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: nothing is sent, only the process looked up
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        pass
-    return True
 
 
 def _mix_argument(weights: dict[str, float]) -> str:

@@ -46,7 +46,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -55,7 +54,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from uniemo.errors import UniEmoError
-from uniemo.io import read_json, write_json
+from uniemo.io import partial_dir, read_json, write_json
 from uniemo.vocab import EMOTIONS
 
 WORLD_VERSION = "3.3"  # 3.3: a pattern per emotion; 3.2: one style per emotion; 3.1: one per quadrant
@@ -591,7 +590,8 @@ def write_synthetic(out, num_images: int = 4000, size: int = 64, seed: int = 0, 
     split_ids = _splits([row[-1] for row in rows], np.random.default_rng([seed, num_images]), train_per_emotion)
     listed = sorted(i for ids in split_ids.values() for i in ids)
     out.parent.mkdir(parents=True, exist_ok=True)
-    root = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    root = partial_dir(out)
+    root.mkdir()
     try:
         for kind in ("image", "annotation"):
             for emotion in EMOTIONS:
