@@ -12,7 +12,10 @@ demo's guidance and T denoising steps, and scored by DEMO/evaluator. Prints one 
 and the mean. ``--typical`` prompts every image with the emotion's own style, scene and object
 (the most a caption can say of an emotion); ``--object O`` with the emotion's style and scene and
 the object O (the caption of an ideal emotion transfer), and also reports how often the tiny
-CLIP names O zero-shot (object kept).
+CLIP names O zero-shot (object kept). ``--mix`` gives each emotion of a fusion pair (the demo's
+and generation_modes.py's) a channel of its own: half the images in A's style with B's scene and
+object, half the other way round, and reports the mix mass (the evaluator's probability of A
+and B together): what an image showing both emotions in this world can score.
 
   .venv/bin/python benchmarks/caption_ceiling.py --demo demo-out            # about 30 s on an idle machine
 """
@@ -24,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from generation_modes import OTHER_PAIRS
 
 from uniemo.config import load_config
 from uniemo.demo.runner import PATHS, PLANS
@@ -47,6 +52,8 @@ def main() -> None:
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--typical", action="store_true", help="the emotion's own style, scene and object")
     what.add_argument("--object", help="the emotion's own style and scene with this object")
+    what.add_argument("--mix", action="store_true", help="fusion pairs: one emotion's style, the other's scene "
+                      "and object")
     args = parser.parse_args()
     if args.guidance is None:
         args.guidance = load_config(args.demo / "run2-joint" / "config.yaml").generation.guidance_scale
@@ -57,6 +64,8 @@ def main() -> None:
     captions = Captions.build([normalise_attribute(n) for n in SCENES], [normalise_attribute(n) for n in OBJECTS])
     rng = np.random.default_rng(args.seed)
     objects = [normalise_attribute(n) for n in OBJECTS]
+    if args.mix:
+        return mix_ceiling(args, pipe, evaluator, captions)
     judge = ClipZeroShot(ClipImageEncoder(load_clip(args.demo / PATHS["judge"])), objects, "object")
     hits, kept = [], []
     for k, emotion in enumerate(EMOTIONS):
@@ -77,6 +86,24 @@ def main() -> None:
     print(f"caption ceiling of Emo-A ({kind}): {torch.cat(hits).mean():.3f}, object named zero-shot "
           f"{torch.cat(kept).mean():.3f} ({args.images_per_emotion} images per emotion, {args.steps} steps, "
           f"guidance {args.guidance})")
+
+
+def mix_ceiling(args, pipe, evaluator, captions) -> None:
+    def caption(style_of: str, content_of: str) -> str:
+        st = STYLES.index(EMOTION_STYLES[style_of])
+        s, o = SCENES.index(EMOTION_SCENES[content_of]), OBJECTS.index(EMOTION_OBJECTS[content_of])
+        return captions.texts[int(captions.full[st, s, o, 0])]
+
+    masses = []
+    for k, (a, b) in enumerate(PLANS["full"].fusion_pairs + OTHER_PAIRS):
+        half = args.images_per_emotion // 2
+        prompts = [caption(a, b)] * half + [caption(b, a)] * (args.images_per_emotion - half)
+        images = pipe(prompts, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                      generator=torch.Generator().manual_seed(args.seed + k)).images
+        masses.append(float(evaluator.predict_proba(images)[:, [EMOTIONS.index(a), EMOTIONS.index(b)]].sum(-1).mean()))
+        print(f"{a}+{b}: mix mass {masses[-1]:.3f}  ({prompts[0]!r} / {prompts[-1]!r})")
+    print(f"mix mass of captions giving each emotion its own channel: {np.mean(masses):.3f} "
+          f"({args.images_per_emotion} images per pair, {args.steps} steps, guidance {args.guidance})")
 
 
 if __name__ == "__main__":
