@@ -17,7 +17,7 @@ and generation_modes.py's) a channel of its own: half the images in A's style wi
 object, half the other way round, and reports the mix mass (the evaluator's probability of A
 and B together): what an image showing both emotions in this world can score.
 
-  .venv/bin/python benchmarks/caption_ceiling.py --demo demo-out            # about 30 s on an idle machine
+  .venv/bin/python benchmarks/caption_ceiling.py --demo demo-out [--typical | --object O | --mix]   # about 30 s
 """
 
 from __future__ import annotations
@@ -89,6 +89,7 @@ def main() -> None:
 
 
 def mix_ceiling(args, pipe, evaluator, captions) -> None:
+    """``--mix``: the mix mass of each pair's crossed captions, -n images per pair."""
     def caption(style_of: str, content_of: str) -> str:
         st = STYLES.index(EMOTION_STYLES[style_of])
         s, o = SCENES.index(EMOTION_SCENES[content_of]), OBJECTS.index(EMOTION_OBJECTS[content_of])
