@@ -260,6 +260,7 @@ class UniEmoPipeline(DiffusionPipeline):
                          for f in self.fusion.cfg.features}
                 alphas = self._alphas(feats, k, infos, name)
                 e = e + weight * self.fusion(feats, alphas, named)
+        # one emotion's e is at the token norm already; rescaling it again would move its last bits
         return (self.fusion.at_token_norm(e) if len(weights) > 1 else e), generators, infos
 
     def _alphas(self, feats, emotion: int, infos, name: str) -> dict[str, torch.Tensor]:
