@@ -15,9 +15,13 @@ the object O (the caption of an ideal emotion transfer), and also reports how of
 CLIP names O zero-shot (object kept). ``--mix`` gives each emotion of a fusion pair (the demo's
 and generation_modes.py's) a channel of its own: half the images in A's style with B's scene and
 object, half the other way round, and reports the mix mass (the evaluator's probability of A
-and B together): what an image showing both emotions in this world can score.
+and B together): what an image showing both emotions in this world can score. ``--mix
+--rendered`` has the world's own renderer (`uniemo.demo.synth.render`) draw those crossed images
+instead of the SD, exactly: what the evaluator makes of an image of both emotions, with no
+generator in the way.
 
-  .venv/bin/python benchmarks/caption_ceiling.py --demo demo-out [--typical | --object O | --mix]   # about 30 s
+  .venv/bin/python benchmarks/caption_ceiling.py --demo demo-out [--typical | --object O | --mix [--rendered]]
+  # about 30 s; --mix --rendered 10 s
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from uniemo.evaluator import Evaluator
 from uniemo.loading import load_sd
 from uniemo.demo.pretrain_base import Captions
 from uniemo.demo.synth import (EMOTION_OBJECTS, EMOTION_SCENES, EMOTION_STYLES, OBJECTS, SCENES, STYLES,
-                               draw_attributes)
+                               draw_attributes, render, world_of)
 from uniemo.loading import load_clip
 from uniemo.metrics import ClipImageEncoder, ClipZeroShot
 from uniemo.vocab import EMOTIONS, normalise_attribute
@@ -54,18 +58,24 @@ def main() -> None:
     what.add_argument("--object", help="the emotion's own style and scene with this object")
     what.add_argument("--mix", action="store_true", help="fusion pairs: one emotion's style, the other's scene "
                       "and object")
+    parser.add_argument("--rendered", action="store_true", help="with --mix: the world's renderer draws the images, "
+                        "not the SD")
     args = parser.parse_args()
+    if args.rendered and not args.mix:
+        parser.error("--rendered goes with --mix")
     if args.guidance is None:
         args.guidance = load_config(args.demo / "run2-joint" / "config.yaml").generation.guidance_scale
 
-    pipe = load_sd(args.demo / "foundation" / "sd")
+    evaluator = Evaluator.from_pretrained(args.demo / PATHS["evaluator"])
+    if args.rendered:
+        return mix_ceiling(args, rendered_drawer(args, evaluator), evaluator)
+    pipe = load_sd(args.demo / PATHS["sd"])
     pipe.set_progress_bar_config(disable=True)
-    evaluator = Evaluator.from_pretrained(args.demo / "evaluator")
     captions = Captions.build([normalise_attribute(n) for n in SCENES], [normalise_attribute(n) for n in OBJECTS])
     rng = np.random.default_rng(args.seed)
     objects = [normalise_attribute(n) for n in OBJECTS]
     if args.mix:
-        return mix_ceiling(args, pipe, evaluator, captions)
+        return mix_ceiling(args, caption_drawer(args, pipe, captions), evaluator)
     judge = ClipZeroShot(ClipImageEncoder(load_clip(args.demo / PATHS["judge"])), objects, "object")
     hits, kept = [], []
     for k, emotion in enumerate(EMOTIONS):
@@ -88,23 +98,50 @@ def main() -> None:
           f"guidance {args.guidance})")
 
 
-def mix_ceiling(args, pipe, evaluator, captions) -> None:
-    """``--mix``: the mix mass of each pair's crossed captions, -n images per pair."""
-    def caption(style_of: str, content_of: str) -> str:
-        st = STYLES.index(EMOTION_STYLES[style_of])
-        s, o = SCENES.index(EMOTION_SCENES[content_of]), OBJECTS.index(EMOTION_OBJECTS[content_of])
-        return captions.texts[int(captions.full[st, s, o, 0])]
+def caption_drawer(args, pipe, captions):
+    """``draw(pairs, seed)``: the SD's images of the captions of (style's emotion, content's emotion) pairs."""
+    def draw(pairs: list[tuple[str, str]], seed: int):
+        prompts = [captions.texts[int(captions.full[(*crossed(a, b), 0)])] for a, b in pairs]
+        return pipe(prompts, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                    generator=torch.Generator().manual_seed(seed)).images
+    return draw
 
+
+def rendered_drawer(args, evaluator):
+    """``draw(pairs, seed)``: the world's renderer's images of the same pairs, at the demo's image
+    size. Checks first that the evaluator reads the renders of single emotions as the data's."""
+    size = world_of(args.demo / PATHS["data"])["size"]
+
+    def draw(pairs: list[tuple[str, str]], seed: int):
+        return [render(*crossed(a, b), size, np.random.default_rng((seed, i)))[0] for i, (a, b) in enumerate(pairs)]
+
+    own = [(e, e) for e in EMOTIONS for _ in range(args.images_per_emotion)]
+    labels = torch.tensor([evaluator.class_names.index(e) for e, _ in own])
+    read = (evaluator.predict_proba(draw(own, args.seed)).argmax(-1) == labels).float().mean()
+    print(f"renders of one emotion's style, scene and object, read right: {read:.3f}")
+    return draw
+
+
+def crossed(style_of: str, content_of: str) -> tuple[int, int, int]:
+    """(style, scene, object) indices: one emotion's style with the other's scene and object."""
+    return (STYLES.index(EMOTION_STYLES[style_of]), SCENES.index(EMOTION_SCENES[content_of]),
+            OBJECTS.index(EMOTION_OBJECTS[content_of]))
+
+
+def mix_ceiling(args, draw, evaluator) -> None:
+    """``--mix``: the mix mass of each pair's crossed images, -n images per pair, half each way round."""
     masses = []
     for k, (a, b) in enumerate(PLANS["full"].fusion_pairs + OTHER_PAIRS):
         half = args.images_per_emotion // 2
-        prompts = [caption(a, b)] * half + [caption(b, a)] * (args.images_per_emotion - half)
-        images = pipe(prompts, num_inference_steps=args.steps, guidance_scale=args.guidance,
-                      generator=torch.Generator().manual_seed(args.seed + k)).images
-        masses.append(float(evaluator.predict_proba(images)[:, [EMOTIONS.index(a), EMOTIONS.index(b)]].sum(-1).mean()))
-        print(f"{a}+{b}: mix mass {masses[-1]:.3f}  ({prompts[0]!r} / {prompts[-1]!r})")
-    print(f"mix mass of captions giving each emotion its own channel: {np.mean(masses):.3f} "
-          f"({args.images_per_emotion} images per pair, {args.steps} steps, guidance {args.guidance})")
+        images = draw([(a, b)] * half + [(b, a)] * (args.images_per_emotion - half), args.seed + k)
+        proba = evaluator.predict_proba(images)
+        masses.append(float(proba[:, [evaluator.class_names.index(a), evaluator.class_names.index(b)]].sum(-1).mean()))
+        read_as = evaluator.class_names[int(proba.mean(0).argmax())]
+        print(f"{a}+{b}: mix mass {masses[-1]:.3f}  (read most as {read_as})")
+    source = "the world's renderer" if args.rendered else f"the SD, {args.steps} steps, guidance {args.guidance}"
+    plan = len(PLANS["full"].fusion_pairs)
+    print(f"mix mass of images giving each emotion its own channel: {np.mean(masses):.3f} (the plan's {plan} pairs "
+          f"{np.mean(masses[:plan]):.3f}; {args.images_per_emotion} images per pair, {source})")
 
 
 if __name__ == "__main__":

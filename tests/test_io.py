@@ -73,3 +73,18 @@ def test_a_folder_is_written_beside_itself_and_what_a_killed_writer_left_goes(tm
     own = partial_dir(tmp_path / "world")
     assert own == tmp_path / f".world.partial-{os.getpid()}" and not own.exists()
     assert not killed.exists() and running.is_dir() and other.is_dir()  # a running writer's, another folder's
+
+
+def test_a_file_is_written_beside_itself_and_what_a_killed_writer_left_goes(tmp_path, ended_pid):
+    names = (f".a.json.tmp-{ended_pid}-x1", f".a.json.tmp-{os.getppid()}-x2", f".b.json.tmp-{ended_pid}-x3")
+    killed, running, other = (tmp_path / name for name in names)
+    for file in (killed, running, other):
+        file.write_text("half-written")
+    write_json(tmp_path / "a.json", {"x": 1})
+    assert read_json(tmp_path / "a.json") == {"x": 1}
+    assert not killed.exists() and running.is_file() and other.is_file()  # a running writer's, another file's
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["a.json", names[1], names[2]])
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~umask  # readable as the user's umask allows
+

@@ -7,8 +7,8 @@ import contextlib
 import glob
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -17,30 +17,41 @@ from uniemo.errors import UniEmoError
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it over ``path`` only on success."""
+    """Yield a temporary path beside ``path`` (``.NAME.tmp-PID-RANDOM``); rename it over ``path``
+    only on success. Such files of processes that no longer run are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    for leftover in _left_by_ended_writers(path, "tmp"):
+        leftover.unlink(missing_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # the umask's mode, not mkstemp's 0600
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
 
 
 def partial_dir(path: Path) -> Path:
     """Where this process writes the folder ``path`` before renaming it into place: ``.NAME.partial-PID``
     beside it, not yet made. Such folders of processes that no longer run (a SIGKILLed writer's)
     are removed first; a running one's are left alone."""
-    for sibling in path.parent.glob(f".{glob.escape(path.name)}.partial-*"):
-        pid = sibling.name.rsplit("-", 1)[1]
-        if pid.isdigit() and not _running(int(pid)):
-            shutil.rmtree(sibling, ignore_errors=True)
+    for leftover in _left_by_ended_writers(path, "partial"):
+        shutil.rmtree(leftover, ignore_errors=True)
     own = path.with_name(f".{path.name}.partial-{os.getpid()}")
     shutil.rmtree(own, ignore_errors=True)
     return own
+
+
+def _left_by_ended_writers(path: Path, kind: str) -> list[Path]:
+    """The siblings ``.NAME.KIND-PID[-...]`` of ``path`` whose process no longer runs."""
+    prefix = f".{path.name}.{kind}-"
+    found = []
+    for sibling in path.parent.glob(glob.escape(prefix) + "*"):
+        pid = sibling.name[len(prefix):].split("-")[0]
+        if pid.isdigit() and not _running(int(pid)):
+            found.append(sibling)
+    return found
 
 
 def _running(pid: int) -> bool:
