@@ -40,7 +40,7 @@ from uniemo.evaluator import Evaluator
 from uniemo.loading import load_sd
 from uniemo.demo.pretrain_base import Captions
 from uniemo.demo.synth import (EMOTION_OBJECTS, EMOTION_SCENES, EMOTION_STYLES, OBJECTS, SCENES, STYLES,
-                               draw_attributes, render, world_of)
+                               crossed_attributes, crossed_images, draw_attributes, world_of)
 from uniemo.loading import load_clip
 from uniemo.metrics import ClipImageEncoder, ClipZeroShot
 from uniemo.vocab import EMOTIONS, normalise_attribute
@@ -99,42 +99,35 @@ def main() -> None:
 
 
 def caption_drawer(args, pipe, captions):
-    """``draw(pairs, seed)``: the SD's images of the captions of (style's emotion, content's emotion) pairs."""
-    def draw(pairs: list[tuple[str, str]], seed: int):
-        prompts = [captions.texts[int(captions.full[(*crossed(a, b), 0)])] for a, b in pairs]
+    """``draw(a, b, seed)``: the SD's images of the crossed captions, half each way round."""
+    def draw(a: str, b: str, seed: int):
+        half = args.images_per_emotion // 2
+        prompts = [captions.texts[int(captions.full[(*crossed_attributes(x, y), 0)])]
+                   for x, y in [(a, b)] * half + [(b, a)] * (args.images_per_emotion - half)]
         return pipe(prompts, num_inference_steps=args.steps, guidance_scale=args.guidance,
                     generator=torch.Generator().manual_seed(seed)).images
     return draw
 
 
 def rendered_drawer(args, evaluator):
-    """``draw(pairs, seed)``: the world's renderer's images of the same pairs, at the demo's image
-    size. Checks first that the evaluator reads the renders of single emotions as the data's."""
+    """``draw(a, b, seed)``: the world's renderer's crossed images, at the demo's image size.
+    Checks first that the evaluator reads the renders of single emotions as the data's."""
     size = world_of(args.demo / PATHS["data"])["size"]
 
-    def draw(pairs: list[tuple[str, str]], seed: int):
-        return [render(*crossed(a, b), size, np.random.default_rng((seed, i)))[0] for i, (a, b) in enumerate(pairs)]
+    def draw(a: str, b: str, seed: int):
+        return crossed_images(a, b, args.images_per_emotion, size, seed)
 
-    own = [(e, e) for e in EMOTIONS for _ in range(args.images_per_emotion)]
-    labels = torch.tensor([evaluator.class_names.index(e) for e, _ in own])
-    read = (evaluator.predict_proba(draw(own, args.seed)).argmax(-1) == labels).float().mean()
-    print(f"renders of one emotion's style, scene and object, read right: {read:.3f}")
+    read = [(evaluator.predict_proba(draw(e, e, args.seed)).argmax(-1) == evaluator.class_names.index(e)).float()
+            for e in EMOTIONS]
+    print(f"renders of one emotion's style, scene and object, read right: {torch.cat(read).mean():.3f}")
     return draw
-
-
-def crossed(style_of: str, content_of: str) -> tuple[int, int, int]:
-    """(style, scene, object) indices: one emotion's style with the other's scene and object."""
-    return (STYLES.index(EMOTION_STYLES[style_of]), SCENES.index(EMOTION_SCENES[content_of]),
-            OBJECTS.index(EMOTION_OBJECTS[content_of]))
 
 
 def mix_ceiling(args, draw, evaluator) -> None:
     """``--mix``: the mix mass of each pair's crossed images, -n images per pair, half each way round."""
     masses = []
     for k, (a, b) in enumerate(PLANS["full"].fusion_pairs + OTHER_PAIRS):
-        half = args.images_per_emotion // 2
-        images = draw([(a, b)] * half + [(b, a)] * (args.images_per_emotion - half), args.seed + k)
-        proba = evaluator.predict_proba(images)
+        proba = evaluator.predict_proba(draw(a, b, args.seed + k))
         masses.append(float(proba[:, [evaluator.class_names.index(a), evaluator.class_names.index(b)]].sum(-1).mean()))
         read_as = evaluator.class_names[int(proba.mean(0).argmax())]
         print(f"{a}+{b}: mix mass {masses[-1]:.3f}  (read most as {read_as})")

@@ -70,6 +70,9 @@ def test_report_states_the_world_and_measures_transfer_and_fusion(quick_demo):
     assert str(quick_demo / "foundation" / "judge") in judged["network"]
     fusion = report["generation"]["fusion"]
     assert set(fusion["pairs"]) == {"amusement+fear"} and _fraction(fusion["mean_mass"])
+    drawn = fusion["world_drawn"]  # what the world's own images of both emotions score with this evaluator
+    assert set(drawn["pairs"]) == {"amusement+fear"} and _fraction(drawn["mean_mass"]) and drawn["images"] == 32
+    assert "own images of both" in (quick_demo / "report.html").read_text()
     sweep = fusion["sweep"]
     assert sweep["pair"] == ["amusement", "fear"] and sweep["weights"] == [0.0, 1.0]
     assert all(_fraction(p) for p in sweep["p_first"] + sweep["p_second"])

@@ -148,6 +148,19 @@ def test_patterns_are_each_emotions_own():
                 assert spectra[a] @ spectra[b] < 0.8, (a, b, spectra[a] @ spectra[b])
 
 
+def test_crossed_images_give_each_emotion_a_channel():
+    """An image of two emotions as the world draws it: the first half in the first emotion's style
+    (amusement: bright) with the second's scene and object, the rest the other way round (fear: dark)."""
+    images = synth.crossed_images("amusement", "fear", 6, 32, seed=0)
+    assert len(images) == 6 and all(im.size == (32, 32) for im in images)
+    level = [np.asarray(im, dtype=np.float32).mean() for im in images]
+    assert min(level[:3]) > max(level[3:]) + 40, level
+    assert synth.crossed_attributes("amusement", "fear") == (
+        synth.STYLES.index("bright colorful warm striped"), SCENES.index("forest"), OBJECTS.index("Spider"))
+    assert [np.asarray(im).tobytes() for im in images] == [
+        np.asarray(im).tobytes() for im in synth.crossed_images("amusement", "fear", 6, 32, seed=0)]
+
+
 def test_annotation_names_the_style(tmp_path):
     root = synth.write_synthetic(tmp_path / "w", num_images=48, size=32, seed=3, label_noise=0.0)
     for emotion, image, annotation in json.loads((root / "train.json").read_text()):

@@ -119,6 +119,21 @@ def draw_attributes(emotion: int, rng: np.random.Generator) -> tuple[int, int, i
     return tuple(int(i) for i in np.unravel_index(rng.choice(len(p), p=p), (len(STYLES), len(SCENES), len(OBJECTS))))
 
 
+def crossed_attributes(style_of: str, content_of: str) -> tuple[int, int, int]:
+    """(style, scene, object) indices of an image of two emotions, one channel each: one
+    emotion's style with the other's scene and object."""
+    return (STYLES.index(EMOTION_STYLES[style_of]), SCENES.index(EMOTION_SCENES[content_of]),
+            OBJECTS.index(EMOTION_OBJECTS[content_of]))
+
+
+def crossed_images(a: str, b: str, n: int, size: int, seed: int) -> list[Image.Image]:
+    """``n`` images of emotions ``a`` and ``b`` as the world itself draws them: the first half in
+    a's style with b's scene and object, the rest the other way round. What an image that shows
+    both emotions can look like here, with no generator in the way (docs/BENCHMARKS.md, session 28)."""
+    return [render(*crossed_attributes(*((a, b) if i < n // 2 else (b, a))), size, np.random.default_rng((seed, i)))[0]
+            for i in range(n)]
+
+
 def emotional_attributes() -> dict[str, dict[str, str]]:
     """The world as report.json states it: each emotion's style, scene and object, and the
     neutral scenes and objects that occur uniformly in every emotion."""
