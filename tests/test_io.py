@@ -84,7 +84,6 @@ def test_a_file_is_written_beside_itself_and_what_a_killed_writer_left_goes(tmp_
     assert read_json(tmp_path / "a.json") == {"x": 1}
     assert not killed.exists() and running.is_file() and other.is_file()  # a running writer's, another file's
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["a.json", names[1], names[2]])
-    umask = os.umask(0o022)
+    umask = os.umask(0o022)  # os.umask reads only by setting: put it back
     os.umask(umask)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~umask  # readable as the user's umask allows
-
