@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -142,7 +143,8 @@ def test_the_world_is_written_once_then_copied_from_the_cache(tmp_path, capsys, 
 
     written = world("a")
     assert "copied from" not in capsys.readouterr().out
-    killed_copy, live_copy = tmp_path / f".b.partial-{ended_pid}", tmp_path / f".b.partial-{os.getppid()}"
+    host = socket.gethostname()
+    killed_copy, live_copy = (tmp_path / f".b.partial-{host}-{pid}" for pid in (ended_pid, os.getppid()))
     for folder in (killed_copy, live_copy):
         folder.mkdir()
     assert world("b") == written and "written before: copied from" in capsys.readouterr().out

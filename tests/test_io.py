@@ -3,6 +3,7 @@ bad weight files are one-line errors."""
 
 import errno
 import os
+import socket
 
 import pytest
 import torch
@@ -65,25 +66,32 @@ def test_malformed_json_names_the_file(tmp_path):
 
 
 def test_a_folder_is_written_beside_itself_and_what_a_killed_writer_left_goes(tmp_path, ended_pid):
-    names = (f".world.partial-{ended_pid}", f".world.partial-{os.getppid()}", f".world2.partial-{ended_pid}")
-    killed, running, other = (tmp_path / name for name in names)
-    for folder in (killed, running, other, tmp_path / f".world.partial-{os.getpid()}"):
+    host = socket.gethostname()
+    names = (f".world.partial-{host}-{ended_pid}", f".world.partial-{host}-{os.getppid()}",
+             f".world2.partial-{host}-{ended_pid}", f".world.partial-{host}x-{ended_pid}")
+    killed, running, other, elsewhere = (tmp_path / name for name in names)
+    for folder in (killed, running, other, elsewhere, tmp_path / f".world.partial-{host}-{os.getpid()}"):
         folder.mkdir()
         (folder / "half-written").write_text("x")
     own = partial_dir(tmp_path / "world")
-    assert own == tmp_path / f".world.partial-{os.getpid()}" and not own.exists()
+    assert own == tmp_path / f".world.partial-{host}-{os.getpid()}" and not own.exists()
     assert not killed.exists() and running.is_dir() and other.is_dir()  # a running writer's, another folder's
+    assert elsewhere.is_dir()  # another machine's (a shared folder): its pids cannot be looked up here
 
 
 def test_a_file_is_written_beside_itself_and_what_a_killed_writer_left_goes(tmp_path, ended_pid):
-    names = (f".a.json.tmp-{ended_pid}-x1", f".a.json.tmp-{os.getppid()}-x2", f".b.json.tmp-{ended_pid}-x3")
-    killed, running, other = (tmp_path / name for name in names)
-    for file in (killed, running, other):
+    host = socket.gethostname()
+    names = (f".a.json.tmp-{host}-{ended_pid}-x1", f".a.json.tmp-{host}-{os.getppid()}-x2",
+             f".b.json.tmp-{host}-{ended_pid}-x3", f".a.json.tmp-{host}x-{ended_pid}-x4")
+    killed, *kept = (tmp_path / name for name in names)
+    for file in (killed, *kept):
         file.write_text("half-written")
     write_json(tmp_path / "a.json", {"x": 1})
     assert read_json(tmp_path / "a.json") == {"x": 1}
-    assert not killed.exists() and running.is_file() and other.is_file()  # a running writer's, another file's
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["a.json", names[1], names[2]])
+    # a running writer's, another file's and another machine's stay
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["a.json", *names[1:]])
     umask = os.umask(0o022)  # os.umask reads only by setting: put it back
     os.umask(umask)
-    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~umask  # readable as the user's umask allows
+    save_tensors(tmp_path / "w.safetensors", {"w": torch.ones(2)})  # safetensors writes its files 0600
+    for written in ("a.json", "w.safetensors"):  # readable as the user's umask allows
+        assert (tmp_path / written).stat().st_mode & 0o777 == 0o666 & ~umask, written

@@ -9,6 +9,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -17,35 +18,45 @@ from uniemo.errors import UniEmoError
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` (``.NAME.tmp-PID-RANDOM``); rename it over ``path``
-    only on success. Such files of processes that no longer run are removed first."""
+    """Yield a temporary path beside ``path`` (``.NAME.tmp-HOST-PID-RANDOM``); rename it over
+    ``path`` only on success. Such files of this host's processes that no longer run are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     for leftover in _left_by_ended_writers(path, "tmp"):
         leftover.unlink(missing_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # the umask's mode, not mkstemp's 0600
+    tmp = path.with_name(f".{path.name}.tmp-{_writer()}-{secrets.token_hex(4)}")
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    mode = tmp.stat().st_mode  # 0666 less the umask: what the user's files get (mkstemp and safetensors give 0600)
     try:
         yield tmp
+        os.chmod(tmp, mode)  # whatever wrote the file
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
 def partial_dir(path: Path) -> Path:
-    """Where this process writes the folder ``path`` before renaming it into place: ``.NAME.partial-PID``
-    beside it, not yet made. Such folders of processes that no longer run (a SIGKILLed writer's)
-    are removed first; a running one's are left alone."""
+    """Where this process writes the folder ``path`` before renaming it into place:
+    ``.NAME.partial-HOST-PID`` beside it, not yet made. Such folders of this host's processes
+    that no longer run (a SIGKILLed writer's) are removed first; a running one's are left alone."""
     for leftover in _left_by_ended_writers(path, "partial"):
         shutil.rmtree(leftover, ignore_errors=True)
-    own = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    own = path.with_name(f".{path.name}.partial-{_writer()}")
     shutil.rmtree(own, ignore_errors=True)
     return own
 
 
+def _writer() -> str:
+    """This process as a temporary sibling's name gives it: host and pid. Only this host's pids
+    can be looked up, so a folder shared between machines (a uniemo cache in an NFS home) keeps
+    the other machines' siblings."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
 def _left_by_ended_writers(path: Path, kind: str) -> list[Path]:
-    """The siblings ``.NAME.KIND-PID[-...]`` of ``path`` whose process no longer runs."""
-    prefix = f".{path.name}.{kind}-"
+    """The siblings ``.NAME.KIND-HOST-PID[-...]`` of ``path`` written on this host by processes
+    that no longer run."""
+    prefix = f".{path.name}.{kind}-{socket.gethostname()}-"
     found = []
     for sibling in path.parent.glob(glob.escape(prefix) + "*"):
         pid = sibling.name[len(prefix):].split("-")[0]
