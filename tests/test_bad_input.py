@@ -178,6 +178,7 @@ def test_a_run_of_an_older_major_version_still_loads(paths, tmp_path):
     ("generate --run {run2} --emotion awe --out {out}/d --steps 0", "--steps 0 is invalid"),
     ("generate --run {run2} --emotion awe --out {out}/d --guidance -1", "--guidance -1.0 is invalid"),
     ("generate --run {run2} --emotion awe --out {out}/d --guidance inf", "--guidance inf is invalid"),
+    ("generate --run {run2} --emotion awe --out {out}/d --truncation nan", "--truncation nan is invalid"),
     ("generate --run {run2} --emotion awe --out {out}/d --batch-size 0", "--batch-size 0 is invalid"),
     ("generate --run {run2} --emotion awe --out {out}/d --seed 4294967296", "--seed 4294967296 is invalid"),
     ("generate --run {run2} --emotion joy --out {out}/d", "unknown emotion 'joy'"),

@@ -246,6 +246,7 @@ def test_keep_object_prompts_the_object_the_understanding_branch_reads(run2, pip
     (lambda d: photo(0).save(d / "x.png"), ["--emotion", "joy"], "unknown emotion 'joy'"),
     (lambda d: photo(0).save(d / "x.png"), ["--emotion", "awe", "--strength", "1.2"], "--strength 1.2"),
     (lambda d: photo(0).save(d / "x.png"), ["--emotion", "awe", "--strength", "0"], "--strength 0"),
+    (lambda d: photo(0).save(d / "x.png"), ["--emotion", "awe", "--truncation", "-1"], "--truncation -1.0 is invalid"),
     (lambda d: photo(0).save(d / "x.png"), ["--emotion", "all"], "not an edit target"),
     (lambda d: photo(0).save(d / "x.png"), ["--emotion", "awe", "--object", "bench!?"], "cannot be encoded"),
     (lambda d: photo(0).save(d / "x.png"), ["--emotion", "awe", "-n", "0"], "--num-images 0"),

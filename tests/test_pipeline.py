@@ -114,17 +114,27 @@ def test_mix_fuses_weighted_conditions(pipe):
     assert set(m["alpha_scene"]) == {"awe", "fear"}
 
 
-def test_conditions_draw_one_point_per_seed_in_each_emotions_space_and_fuse_it(pipe):
-    """e of image i: the same standard-normal draw z_i (seed i) placed in each emotion's space
-    (mean + std·z), fused with that point's α, weighted and summed; transfer (object named)
-    leaves out the object term; the generators come back just after the draws."""
-    weights = {"awe": 0.25, "fear": 0.75}
+@pytest.fixture
+def truncated(pipe, request):
+    """The module's pipeline with ``generation.truncation`` set for one test, then as it was."""
+    pipe.cfg.generation.truncation = request.param
+    yield pipe
+    pipe.cfg.generation.truncation = 1.0
+
+
+@pytest.mark.parametrize("truncated", [1.0, 0.5], indirect=True)
+def test_conditions_draw_one_point_per_seed_in_each_emotions_space_and_fuse_it(truncated):
+    """e of image i: the same standard-normal draw z_i (seed i), scaled by the truncation T and
+    placed in each emotion's space (mean + std·T·z), fused with that point's α, weighted and
+    summed; transfer (object named) leaves out the object term; the generators come back just
+    after the draws."""
+    pipe, weights = truncated, {"awe": 0.25, "fear": 0.75}
     e, generators, infos = pipe.conditions(weights, [5, 6], object_named=True)
     plain, _, _ = pipe.conditions(weights, [5, 6])
     assert not torch.allclose(e, plain) and e.shape == plain.shape and len(e) == 2
     for i, seed in enumerate((5, 6)):
         g = torch.Generator().manual_seed(seed)
-        z = pipe.space.draw(g)
+        z = {f: v * pipe.cfg.generation.truncation for f, v in pipe.space.draw(g).items()}
         assert torch.equal(generators[i].get_state(), g.get_state())
         expected = 0
         for name, w in weights.items():
@@ -135,6 +145,16 @@ def test_conditions_draw_one_point_per_seed_in_each_emotions_space_and_fuse_it(p
                 expected = expected + w * pipe.fusion(feats, alphas, torch.tensor([True]))
         assert torch.allclose(e[i], expected[0] * pipe.fusion.token_norms / expected[0].norm(), atol=1e-5)
         assert set(infos[i]["matched"]["scene"]) == set(weights)
+
+
+@pytest.mark.parametrize("truncated", [0.0], indirect=True)
+def test_truncation_zero_draws_each_emotions_mean_for_every_seed(truncated):
+    e, _, _ = truncated.conditions({"awe": 1.0}, [0, 1, 2])
+    assert torch.allclose(e[0], e[1]) and torch.allclose(e[0], e[2])
+    assert truncated(emotion="awe", num_images=1, num_inference_steps=2, generator=0).metadata[0]["truncation"] == 0.0
+    truncated.cfg.generation.truncation = 1.0
+    e, _, _ = truncated.conditions({"awe": 1.0}, [0, 1, 2])
+    assert not torch.allclose(e[0], e[1])
 
 
 def test_bad_requests_are_one_line_errors(pipe):
@@ -209,6 +229,7 @@ def test_generate_writes_images_metadata_and_grid_and_resumes(run2_dir, tmp_path
     # written with other settings: refused in one line, nothing overwritten
     for other, message in [(("--seed", "6"), "0000.png was made with seed 5 and this call asks for 6"),
                            (("--seed", "5", "--steps", "3"), "with steps 2 and this call asks for 3"),
+                           (("--seed", "5", "--truncation", "0.5"), "with truncation 1.0 and this call asks for 0.5"),
                            (("--seed", "5", "--object", "bench"), "with object None and this call asks for 'bench'")]:
         capsys.readouterr()
         assert generate(run2_dir, out, "--emotion", "awe", "-n", "1", *other) == 2
@@ -261,6 +282,7 @@ def test_generated_transfer_and_mix_are_evaluated(run2_dir, tmp_path, tiny_model
     (["--emotion", "awe", "--object", "b@nch"], "cannot be encoded"),
     (["--emotion", "awe", "-n", "0"], "--num-images 0"),
     (["--emotion", "awe", "--guidance", "nan"], "--guidance"),
+    (["--emotion", "awe", "--truncation", "-0.5"], "--truncation -0.5 is invalid"),
 ])
 def test_generate_bad_input_exits_2_with_one_line(run2_dir, tmp_path, capsys, args, message):
     assert generate(run2_dir, tmp_path / "bad", *args) == 2

@@ -91,6 +91,9 @@ class GenerationConfig:
     num_inference_steps: int = 50
     guidance_scale: float = 7.5
     resolution: int | None = None  # None = the UNet's sample size x the VAE's scale factor
+    # scale of the emotion space's standard-normal draw z: 1 samples N(mean, std) as SPEC says; below 1
+    # draws nearer each emotion's mean, more typical, less diverse (docs/BENCHMARKS.md, session 28)
+    truncation: float = 1.0
 
 
 @dataclass

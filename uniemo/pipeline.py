@@ -246,10 +246,12 @@ class UniEmoPipeline(DiffusionPipeline):
         """Fused conditions e (B,W) for one seed each, the generators (positioned after the feature
         draws, ready for the latents) and each image's α / matched attributes per emotion. Where
         ``object_named`` (emotion transfer; one for all, or one per seed) e leaves out the object
-        term, as in stage 2. A mix Σ_k w_k e_k is brought back to the token norm that each e_k has."""
+        term, as in stage 2. A mix Σ_k w_k e_k is brought back to the token norm that each e_k has.
+        Each draw z is scaled by the run's ``generation.truncation`` (1: N(mean, std))."""
         generators = [torch.Generator().manual_seed(s) for s in seeds]
+        scale = self.cfg.generation.truncation
         with torch.no_grad():  # not a decorator: mutmut skips decorated functions
-            noise = [self.space.draw(g) for g in generators]
+            noise = [{f: z * scale for f, z in self.space.draw(g).items()} for g in generators]
             e = 0
             infos = [{"alpha": {}, "matched": {}} for _ in seeds]
             named = torch.tensor(object_named if isinstance(object_named, list) else [object_named] * len(seeds))
@@ -515,10 +517,10 @@ class UniEmoPipeline(DiffusionPipeline):
 
     def sampling_settings(self, steps: int | None = None, guidance: float | None = None) -> dict[str, Any]:
         """The sampling part of an image's metadata for ``steps`` and ``guidance`` (the run's
-        defaults where None): a re-run that would sample otherwise can tell."""
+        defaults where None) and the truncation: a re-run that would sample otherwise can tell."""
         steps, guidance = with_defaults(self.cfg.generation, steps, guidance)
-        return {"steps": steps, "guidance": guidance, "scheduler": type(self.scheduler).__name__,
-                "dtype": dtype_name(self.unet.dtype)}
+        return {"steps": steps, "guidance": guidance, "truncation": self.cfg.generation.truncation,
+                "scheduler": type(self.scheduler).__name__, "dtype": dtype_name(self.unet.dtype)}
 
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

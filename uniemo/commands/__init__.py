@@ -29,6 +29,15 @@ def check_guidance(guidance: float | None) -> None:
         raise UniEmoError(f"--guidance {guidance} is invalid: use a finite number >= 0 (e.g. 7.5)")
 
 
+def check_truncation(truncation: float | None) -> None:
+    """Refuse a given ``--truncation`` that is not a finite number >= 0."""
+    import math
+
+    if truncation is not None and (not math.isfinite(truncation) or truncation < 0):
+        raise UniEmoError(f"--truncation {truncation} is invalid: use a finite number >= 0 (1 samples the emotion "
+                          "space as trained, 0.5 nearer each emotion's mean)")
+
+
 def add_sampling_arguments(parser) -> None:
     """``--scheduler``, ``--dtype`` and ``--sd``: how a stage-2 run samples (``generate``, ``edit``, ``feedback``)."""
     parser.add_argument("--scheduler", metavar="NAME", help="a diffusers scheduler class, e.g. "
@@ -36,6 +45,13 @@ def add_sampling_arguments(parser) -> None:
     parser.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32",
                         help="precision of the denoising modules (default fp32; fp16 or bf16 on a GPU)")
     add_sd_argument(parser)
+
+
+def add_truncation_argument(parser) -> None:
+    """``--truncation``: where in each emotion's space ``generate`` and ``edit`` draw e (``load_pipeline``
+    applies it; explicit feedback samples the space as trained)."""
+    parser.add_argument("--truncation", type=float, metavar="T", help="scale of the emotion space's standard-normal "
+                        "draw: 1 samples N(mean, std), below 1 nearer each emotion's mean (default: the run's, 1)")
 
 
 def add_sd_argument(parser) -> None:
@@ -51,7 +67,8 @@ def sampling_settings(args, generation) -> dict:
     from uniemo.pipeline import DTYPES, dtype_name, with_defaults
 
     steps, guidance = with_defaults(generation, args.steps, args.guidance)
-    settings = {"steps": steps, "guidance": guidance, "dtype": dtype_name(DTYPES[args.dtype])}
+    truncation = generation.truncation if args.truncation is None else args.truncation
+    settings = {"steps": steps, "guidance": guidance, "truncation": truncation, "dtype": dtype_name(DTYPES[args.dtype])}
     return settings | ({"scheduler": args.scheduler} if args.scheduler else {})
 
 
@@ -100,6 +117,8 @@ def load_pipeline(args):
 
     device = resolve_device(args.device)
     pipe = UniEmoPipeline.from_pretrained(args.run, args.sd, dtype=DTYPES[args.dtype], scheduler=args.scheduler)
+    if args.truncation is not None:
+        pipe.cfg.generation.truncation = args.truncation
     return pipe.to(device)
 
 

@@ -25,8 +25,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from uniemo.commands import (add_sampling_arguments, already_written, check_guidance, image_files, load_pipeline,
-                             require_positive, sampling_settings)
+from uniemo.commands import (add_sampling_arguments, add_truncation_argument, already_written, check_guidance,
+                             check_truncation, image_files, load_pipeline, require_positive, sampling_settings)
 from uniemo.errors import UniEmoError
 
 
@@ -59,6 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the run's)")
     parser.add_argument("--seed", type=int, default=0, help="base seed; result NN uses SEED + NN (default 0)")
     add_sampling_arguments(parser)
+    add_truncation_argument(parser)
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--out", required=True, help="output directory")
 
@@ -75,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     if args.keep_region is not None and not (args.invert and 0 < args.keep_region <= 1):
         raise UniEmoError(f"--keep-region {args.keep_region} needs --invert and a number in (0, 1], e.g. 0.3")
     check_guidance(args.guidance)
+    check_truncation(args.truncation)
     folder, request = target(args, class_names(args.run))
     sources = image_files(args.images, clash="their edits would overwrite each other: rename one or edit them into "
                           "different --out folders")

@@ -19,8 +19,8 @@ import json
 import math
 from pathlib import Path
 
-from uniemo.commands import (add_sampling_arguments, already_written, check_guidance, load_pipeline,
-                             require_positive, sampling_settings)
+from uniemo.commands import (add_sampling_arguments, add_truncation_argument, already_written, check_guidance,
+                             check_truncation, load_pipeline, require_positive, sampling_settings)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="base seed; image NNNN uses SEED + NNNN (default 0)")
     parser.add_argument("--batch-size", type=int, default=4, help="images per denoising batch (default 4)")
     add_sampling_arguments(parser)
+    add_truncation_argument(parser)
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--out", required=True, help="output directory")
 
@@ -97,6 +98,7 @@ def check_options(args: argparse.Namespace) -> None:
         raise UniEmoError(f"--num-images {args.num_images} is too large: use at most {MAX_IMAGES_PER_EMOTION:,} "
                           "per emotion in one call")
     check_guidance(args.guidance)
+    check_truncation(args.truncation)
 
 
 def class_names(run: str) -> tuple[str, ...]:
