@@ -42,7 +42,7 @@ from uniemo.demo.pretrain_base import Captions
 from uniemo.demo.synth import (EMOTION_OBJECTS, EMOTION_SCENES, EMOTION_STYLES, OBJECTS, SCENES, STYLES,
                                crossed_attributes, crossed_images, draw_attributes, world_of)
 from uniemo.loading import load_clip
-from uniemo.metrics import ClipImageEncoder, ClipZeroShot
+from uniemo.metrics import ClipImageEncoder, ClipZeroShot, class_indices
 from uniemo.vocab import EMOTIONS, normalise_attribute
 
 
@@ -128,7 +128,7 @@ def mix_ceiling(args, draw, evaluator) -> None:
     masses = []
     for k, (a, b) in enumerate(PLANS["full"].fusion_pairs + OTHER_PAIRS):
         proba = evaluator.predict_proba(draw(a, b, args.seed + k))
-        masses.append(float(proba[:, [evaluator.class_names.index(a), evaluator.class_names.index(b)]].sum(-1).mean()))
+        masses.append(float(proba[:, class_indices(evaluator, [a, b])].sum(-1).mean()))
         read_as = evaluator.class_names[int(proba.mean(0).argmax())]
         print(f"{a}+{b}: mix mass {masses[-1]:.3f}  (read most as {read_as})")
     source = "the world's renderer" if args.rendered else f"the SD, {args.steps} steps, guidance {args.guidance}"

@@ -21,21 +21,15 @@ def override(section, args, *names: str) -> None:
             setattr(section, name, value)
 
 
-def check_guidance(guidance: float | None) -> None:
-    """Refuse a given ``--guidance`` that is not a finite number >= 0."""
+def check_sampling_values(args) -> None:
+    """Refuse a given ``--guidance`` or ``--truncation`` that is not a finite number >= 0."""
     import math
 
-    if guidance is not None and (not math.isfinite(guidance) or guidance < 0):
-        raise UniEmoError(f"--guidance {guidance} is invalid: use a finite number >= 0 (e.g. 7.5)")
-
-
-def check_truncation(truncation: float | None) -> None:
-    """Refuse a given ``--truncation`` that is not a finite number >= 0."""
-    import math
-
-    if truncation is not None and (not math.isfinite(truncation) or truncation < 0):
-        raise UniEmoError(f"--truncation {truncation} is invalid: use a finite number >= 0 (1 samples the emotion "
-                          "space as trained, 0.5 nearer each emotion's mean)")
+    for flag, value, hint in (("--guidance", args.guidance, "e.g. 7.5"),
+                              ("--truncation", args.truncation,
+                               "1 samples the emotion space as trained, 0.5 nearer each emotion's mean")):
+        if value is not None and (not math.isfinite(value) or value < 0):
+            raise UniEmoError(f"{flag} {value} is invalid: use a finite number >= 0 ({hint})")
 
 
 def add_sampling_arguments(parser) -> None:

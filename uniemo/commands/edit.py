@@ -25,8 +25,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from uniemo.commands import (add_sampling_arguments, add_truncation_argument, already_written, check_guidance,
-                             check_truncation, image_files, load_pipeline, require_positive, sampling_settings)
+from uniemo.commands import (add_sampling_arguments, add_truncation_argument, already_written, check_sampling_values,
+                             image_files, load_pipeline, require_positive, sampling_settings)
 from uniemo.errors import UniEmoError
 
 
@@ -75,8 +75,7 @@ def run(args: argparse.Namespace) -> int:
         raise UniEmoError(f"--strength {args.strength} is out of range: use a number in (0, 1], e.g. 0.6")
     if args.keep_region is not None and not (args.invert and 0 < args.keep_region <= 1):
         raise UniEmoError(f"--keep-region {args.keep_region} needs --invert and a number in (0, 1], e.g. 0.3")
-    check_guidance(args.guidance)
-    check_truncation(args.truncation)
+    check_sampling_values(args)
     folder, request = target(args, class_names(args.run))
     sources = image_files(args.images, clash="their edits would overwrite each other: rename one or edit them into "
                           "different --out folders")

@@ -19,8 +19,8 @@ import json
 import math
 from pathlib import Path
 
-from uniemo.commands import (add_sampling_arguments, add_truncation_argument, already_written, check_guidance,
-                             check_truncation, load_pipeline, require_positive, sampling_settings)
+from uniemo.commands import (add_sampling_arguments, add_truncation_argument, already_written, check_sampling_values,
+                             load_pipeline, require_positive, sampling_settings)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -97,8 +97,7 @@ def check_options(args: argparse.Namespace) -> None:
     if args.num_images > MAX_IMAGES_PER_EMOTION:
         raise UniEmoError(f"--num-images {args.num_images} is too large: use at most {MAX_IMAGES_PER_EMOTION:,} "
                           "per emotion in one call")
-    check_guidance(args.guidance)
-    check_truncation(args.truncation)
+    check_sampling_values(args)
 
 
 def class_names(run: str) -> tuple[str, ...]:

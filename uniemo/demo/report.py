@@ -161,13 +161,14 @@ def world_drawn_mass(layout) -> dict[str, float]:
     evaluator, beside what UniEmo's mix scores (docs/BENCHMARKS.md, session 28)."""
     from uniemo.demo.synth import crossed_images, world_of
     from uniemo.evaluator import Evaluator
+    from uniemo.metrics import class_indices
 
     evaluator = Evaluator.from_pretrained(layout.evaluator)
     size = world_of(layout.data)["size"]
     masses = {}
     for a, b in layout.plan.fusion_pairs:
         proba = evaluator.predict_proba(crossed_images(a, b, WORLD_DRAWN_IMAGES, size, layout.seed))
-        masses[f"{a}+{b}"] = float(proba[:, [evaluator.class_names.index(a), evaluator.class_names.index(b)]].sum(-1).mean())
+        masses[f"{a}+{b}"] = float(proba[:, class_indices(evaluator, [a, b])].sum(-1).mean())
     return masses
 
 
