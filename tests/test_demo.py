@@ -2,6 +2,7 @@
 present and in range, and a second run reuses every finished step."""
 
 import contextlib
+import html
 import importlib
 import json
 import os
@@ -171,6 +172,12 @@ def test_every_generated_emotion_and_transfer_image_exists(quick_demo):
         assert list((quick_demo / "transfer" / "house" / emotion).glob("0000.png"))
     lines = (quick_demo / "generated" / "metadata.jsonl").read_text().splitlines()
     assert len(lines) == len(EMOTIONS) * 2
+    # transfer and fusion images are the best of the plan's draws (2 in the quick plan), the others one draw
+    ranked = [json.loads(line) for folder in ("transfer/house", "fusion")
+              for line in (quick_demo / folder / "metadata.jsonl").read_text().splitlines()]
+    assert {m["candidates"] for m in ranked} == {2} and {json.loads(line)["candidates"] for line in lines} == {1}
+    page = html.unescape((quick_demo / "report.html").read_text())
+    assert "each the best of 2 draws as UniEmo's understanding branch reads them" in page
 
 
 def test_a_second_run_reuses_every_step(quick_demo, capsys):
@@ -205,13 +212,13 @@ def test_a_broken_step_is_redone(quick_demo, capsys):
 
 @pytest.mark.parametrize("step, command, moved, waiting", [
     ("feedback", "feedback", "evaluator", ()),  # the main lane has finished: the demo fails when the side lane ends
-    ("evaluator", "train evaluator", "foundation/clip", ("metrics",)),  # the main lane's metrics waits for it
+    ("evaluator", "train evaluator", "foundation/clip", ("mode-metrics",)),  # the main lane's metrics wait for it
 ])
 def test_a_side_lane_step_that_fails_stops_the_demo_with_its_one_line_error(quick_demo, capsys, step, command, moved,
                                                                              waiting):
     from uniemo.demo.runner import STEPS
 
-    assert {s.name for s in STEPS if s.side} >= {"baseline", "edit", "feedback"}
+    assert {s.name for s in STEPS if s.side} >= {"generate", "baseline", "metrics", "feedback"}
     for name in (step, *waiting):
         (quick_demo / ".steps" / f"{name}.json").unlink()
     (quick_demo / moved).rename(quick_demo / f"{moved}-away")
@@ -233,18 +240,18 @@ def test_a_side_lane_step_that_fails_stops_the_demo_with_its_one_line_error(quic
 def test_a_main_lane_step_waits_for_the_side_lane_step_it_needs(quick_demo, capsys):
     from uniemo.demo.runner import STEPS
 
-    edit, metrics = (next(s for s in STEPS if s.name == n) for n in ("edit", "mode-metrics"))
-    assert edit.side and not metrics.side and "edit" in metrics.needs
+    evaluator, metrics = (next(s for s in STEPS if s.name == n) for n in ("evaluator", "mode-metrics"))
+    assert evaluator.side and not metrics.side and "evaluator" in metrics.needs
     assert not any(s.needs for s in STEPS if s.side)  # the side lane never waits: the lanes cannot deadlock
-    for step in (edit, metrics):
+    for step in (evaluator, metrics):
         (quick_demo / ".steps" / f"{step.name}.json").unlink()
     assert main(["demo", "--quick", "--out", str(quick_demo)]) == 0
     printed = capsys.readouterr().out
-    assert printed.index(f"{edit.title}: ") < printed.index(f"{metrics.title} ... ")  # finished, then started
+    assert printed.index(f"{evaluator.title}: ") < printed.index(f"{metrics.title} ... ")  # finished, then started
 
 
 def test_a_main_lane_step_that_fails_points_at_its_error_line_above(quick_demo, capsys):
-    (quick_demo / ".steps" / "metrics.json").unlink()
+    (quick_demo / ".steps" / "mode-metrics.json").unlink()
     (quick_demo / "evaluator").rename(quick_demo / "evaluator-away")
     try:
         assert main(["demo", "--quick", "--out", str(quick_demo)]) == 2
@@ -260,7 +267,7 @@ def test_ctrl_c_in_a_step_stops_the_demo_as_interrupted_not_as_a_failed_step(qui
     def interrupted(args):
         raise KeyboardInterrupt
 
-    (quick_demo / ".steps" / "generate.json").unlink()
+    (quick_demo / ".steps" / "modes.json").unlink()  # a main-lane step: the patch is in this process
     monkeypatch.setattr("uniemo.commands.generate.run", interrupted)
     assert main(["demo", "--quick", "--out", str(quick_demo)]) == 130
     err = capsys.readouterr().err

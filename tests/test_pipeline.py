@@ -114,6 +114,44 @@ def test_mix_fuses_weighted_conditions(pipe):
     assert set(m["alpha_scene"]) == {"awe", "fear"}
 
 
+def test_candidates_keep_the_draw_the_understanding_branch_reads_nearest_to_the_request(pipe):
+    """candidates=3: image k is, of its three draws (seeds s + k + c·CANDIDATE_STRIDE, each the
+    image a call with that seed gives), the one with the highest reading_score; the metadata says
+    which. candidates=1 is draw 0."""
+    from uniemo.pipeline import CANDIDATE_STRIDE
+
+    obj = pipe.object_bank.names[0]
+    request = dict(emotion="awe", object=obj, num_images=4, num_inference_steps=2)
+    best = pipe(**request, generator=5, candidates=3)
+    draws = [pipe(**request, generator=5 + c * CANDIDATE_STRIDE) for c in range(3)]
+    scores = torch.stack([pipe.reading_score(d.images, {"awe": 1.0}, obj) for d in draws])
+    chosen = scores.argmax(0).tolist()
+    assert len(set(chosen)) > 1  # the seeds give a case where the first draw is not always best
+    assert [m["candidate"] for m in best.metadata] == chosen
+    assert all(m["candidates"] == 3 and m["seed"] == 5 + k for k, m in enumerate(best.metadata))
+    for k, c in enumerate(chosen):
+        assert np.array_equal(pixels(best.images[k:k + 1]), pixels(draws[c].images[k:k + 1]))
+        assert best.metadata[k]["matched_scene"] == draws[c].metadata[k]["matched_scene"]
+    assert [(m["candidates"], m["candidate"]) for m in draws[0].metadata] == [(1, 0)] * 4
+
+
+def test_reading_score_is_the_requests_log_likelihood_under_the_understanding_branch(pipe):
+    images = pipe(emotion="awe", num_images=3, num_inference_steps=2, generator=0).images
+    log_p = pipe.read(images).log()
+    awe, fear = EMOTIONS.index("awe"), EMOTIONS.index("fear")
+    assert torch.allclose(pipe.reading_score(images, {"awe": 0.25, "fear": 0.75}),
+                          0.25 * log_p[:, awe] + 0.75 * log_p[:, fear], atol=1e-5)
+    with torch.no_grad():
+        out = pipe.understanding(torch.stack([pipe.transform(im) for im in images]))
+    sims = out.object_embed @ pipe.object_bank.embeds.T / pipe.understanding.cfg.temperature
+    obj = pipe.object_bank.names[1]
+    assert torch.allclose(pipe.reading_score(images, {"awe": 1.0}, obj),
+                          log_p[:, awe] + sims.log_softmax(-1)[:, 1], atol=1e-5)
+    # a word the run has no object name for: its emotions alone
+    assert "zeppelin" not in pipe.object_bank.names
+    assert torch.allclose(pipe.reading_score(images, {"awe": 1.0}, "zeppelin"), log_p[:, awe], atol=1e-5)
+
+
 @pytest.fixture
 def truncated(pipe, request):
     """The module's pipeline with ``generation.truncation`` set for one test, then as it was."""
@@ -230,6 +268,7 @@ def test_generate_writes_images_metadata_and_grid_and_resumes(run2_dir, tmp_path
     for other, message in [(("--seed", "6"), "0000.png was made with seed 5 and this call asks for 6"),
                            (("--seed", "5", "--steps", "3"), "with steps 2 and this call asks for 3"),
                            (("--seed", "5", "--truncation", "0.5"), "with truncation 1.0 and this call asks for 0.5"),
+                           (("--seed", "5", "--candidates", "2"), "with candidates 1 and this call asks for 2"),
                            (("--seed", "5", "--object", "bench"), "with object None and this call asks for 'bench'")]:
         capsys.readouterr()
         assert generate(run2_dir, out, "--emotion", "awe", "-n", "1", *other) == 2
@@ -242,9 +281,10 @@ def test_generate_mix_and_all(run2_dir, tmp_path):
     import json
 
     out = tmp_path / "mix"
-    assert generate(run2_dir, out, "--mix", "awe=3,fear=1", "-n", "1") == 0
+    assert generate(run2_dir, out, "--mix", "awe=3,fear=1", "-n", "1", "--candidates", "2") == 0
     meta = json.loads((out / "metadata.jsonl").read_text())
     assert meta["file"] == "mix_awe-0.75_fear-0.25/0000.png" and meta["mix"] == {"awe": 0.75, "fear": 0.25}
+    assert meta["candidates"] == 2 and meta["candidate"] in (0, 1)
     out = tmp_path / "all"
     assert generate(run2_dir, out, "--emotion", "all", "-n", "1", "--object", "bench") == 0
     metas = [json.loads(l) for l in (out / "metadata.jsonl").read_text().splitlines()]
@@ -283,6 +323,7 @@ def test_generated_transfer_and_mix_are_evaluated(run2_dir, tmp_path, tiny_model
     (["--emotion", "awe", "-n", "0"], "--num-images 0"),
     (["--emotion", "awe", "--guidance", "nan"], "--guidance"),
     (["--emotion", "awe", "--truncation", "-0.5"], "--truncation -0.5 is invalid"),
+    (["--emotion", "awe", "--candidates", "0"], "--candidates 0 is invalid"),
 ])
 def test_generate_bad_input_exits_2_with_one_line(run2_dir, tmp_path, capsys, args, message):
     assert generate(run2_dir, tmp_path / "bad", *args) == 2

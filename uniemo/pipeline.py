@@ -43,6 +43,7 @@ COMPONENTS = SD_PARTS["sdxl"]  # the SD components of either layout (SD 1.5's ar
 DENOISERS = {"sd15": ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"),  # text-to-image, image-to-image
              "sdxl": ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline")}
 MAX_IMAGES_PER_EMOTION = 100_000  # per command call: its to-do list stays small in memory
+CANDIDATE_STRIDE = MAX_IMAGES_PER_EMOTION  # draw c of seed s uses s + c·stride, no other image's seed in its call
 
 
 @dataclass
@@ -282,29 +283,62 @@ class UniEmoPipeline(DiffusionPipeline):
     def __call__(self, emotion: str | None = None, object: str | None = None, mix: dict[str, float] | None = None,
                  num_images: int = 4, num_inference_steps: int | None = None, guidance_scale: float | None = None,
                  generator: int | torch.Generator | None = None, batch_size: int | None = None,
-                 height: int | None = None, width: int | None = None) -> UniEmoPipelineOutput:
+                 height: int | None = None, width: int | None = None, candidates: int = 1) -> UniEmoPipelineOutput:
         """Generate ``num_images`` images for ``emotion`` (a name) or ``mix`` ({name: weight}).
         ``generator``: an int seed, a ``torch.Generator`` (a base seed is drawn from it) or None
-        (a random base seed, recorded in the metadata)."""
+        (a random base seed, recorded in the metadata).
+
+        ``candidates`` > 1: each image is the best of that many draws as the understanding branch
+        reads them (:meth:`reading_score`): generation guided by understanding. Draw c of the
+        image with seed s uses seed s + c·CANDIDATE_STRIDE (draw 0 is the image ``candidates=1``
+        gives); the metadata records ``candidates`` and the ``candidate`` kept."""
         weights, steps, guidance = self._request(emotion, mix, num_inference_steps, guidance_scale)
         batch = num_images if batch_size is None else batch_size
-        check_positive(num_images=num_images, batch_size=batch)
+        check_positive(num_images=num_images, batch_size=batch, candidates=candidates)
         size = self.cfg.generation.resolution
         height, width = height or size, width or size
         base = base_seed(generator)
         prompt = self.prompt(object)
         denoiser = self.denoiser()
-        images, metadata = [], []
-        for start in range(0, num_images, batch):
-            seeds = [base + i for i in range(start, min(start + batch, num_images))]
+
+        def draw(seeds: list[int]) -> tuple[list, list]:
             e, generators, infos = self.conditions(weights, seeds, object is not None)
             out = denoiser(**self._embeds(prompt, e), num_inference_steps=steps, guidance_scale=guidance,
                            generator=generators, height=height, width=width, output_type="pil")
-            images += out.images
-            metadata += [self._metadata(seed, weights, emotion, object, prompt, steps, guidance, info)
-                         for seed, info in zip(seeds, infos)]
+            return out.images, infos
+
+        images, metadata = [], []
+        for start in range(0, num_images, batch):
+            seeds = [base + i for i in range(start, min(start + batch, num_images))]
+            kept, infos = draw(seeds)
+            chosen = [0] * len(seeds)
+            if candidates > 1:
+                scores = self.reading_score(kept, weights, object)
+                for c in range(1, candidates):
+                    more, more_infos = draw([s + c * CANDIDATE_STRIDE for s in seeds])
+                    for k, score in enumerate(self.reading_score(more, weights, object)):
+                        if score > scores[k]:
+                            kept[k], infos[k], scores[k], chosen[k] = more[k], more_infos[k], score, c
+            images += kept
+            metadata += [{**self._metadata(seed, weights, emotion, object, prompt, steps, guidance, info),
+                          "candidates": candidates, "candidate": c} for seed, info, c in zip(seeds, infos, chosen)]
         self.maybe_free_model_hooks()
         return UniEmoPipelineOutput(images, metadata)
+
+    def reading_score(self, images: list, weights: dict[str, float], object: str | None = None) -> torch.Tensor:
+        """How near the understanding branch's reading of each image is to a request (N,): Σ_k w_k
+        log p_k over the requested emotions (the negated cross-entropy of the weights with its
+        emotion probabilities) plus, when ``object`` is one of the run's object names, log p of it
+        from the object expert's projection against the object bank at eq. 4's temperature (a
+        run without queries projects nothing, so only its emotions count)."""
+        out = self._understand(images)
+        log_p = out.logits.float().log_softmax(-1).cpu()
+        score = sum(w * log_p[:, self.class_names.index(name)] for name, w in weights.items())
+        row = int(self.object_bank.index([object])[0]) if object is not None else -1
+        if row >= 0:
+            sims = out.object_embed.float().cpu() @ self.object_bank.embeds.float().T / self.understanding.cfg.temperature
+            score = score + sims.log_softmax(-1)[:, row]
+        return score
 
     @torch.no_grad()
     def edit(self, image, emotion: str | None = None, mix: dict[str, float] | None = None, strength: float = 0.6,

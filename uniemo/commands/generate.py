@@ -4,13 +4,15 @@ Writes OUT/<emotion or mix>/NNNN.png, one OUT/metadata.jsonl line per image (fil
 emotion or mix weights, object, alpha_scene, alpha_object, matched attributes, prompt, steps,
 guidance) and OUT/<folder>/grid.png. Image NNNN uses seed SEED + NNNN. Re-running on the same
 OUT skips images already written, so a killed run continues where it stopped; an image written
-there with other settings (seed, steps, guidance, object, dtype, scheduler) is an error. Under `torchrun`
-or `accelerate launch` the processes share the batches out, and the main process writes
-metadata.jsonl and the grids once at the end: the same files, seeds and records as one process.
+there with other settings (seed, steps, guidance, object, candidates, dtype, scheduler) is an error.
+With --candidates N each image is the best of N draws as the understanding branch reads them.
+Under `torchrun` or `accelerate launch` the processes share the batches out, and the main
+process writes metadata.jsonl and the grids once at the end: the same files, seeds and records
+as one process.
 
   uniemo generate --run runs/stage2 --emotion awe -n 8 --out gen/
   uniemo generate --run runs/stage2 --emotion all --object bench -n 4 --out transfer/
-  uniemo generate --run runs/stage2 --mix awe=0.7,fear=0.3 -n 4 --out mix/"""
+  uniemo generate --run runs/stage2 --mix awe=0.7,fear=0.3 -n 4 --candidates 4 --out mix/"""
 
 from __future__ import annotations
 
@@ -34,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the run's)")
     parser.add_argument("--seed", type=int, default=0, help="base seed; image NNNN uses SEED + NNNN (default 0)")
     parser.add_argument("--batch-size", type=int, default=4, help="images per denoising batch (default 4)")
+    parser.add_argument("--candidates", type=int, default=1, metavar="N",
+                        help="draw N images for each one and keep the one the understanding branch reads nearest "
+                             "to the request (its emotions and, with --object, the object); N times the time (default 1)")
     add_sampling_arguments(parser)
     add_truncation_argument(parser)
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
@@ -54,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         pipe.prompt(args.object)
     out = Path(args.out)
     records = read_metadata(out / METADATA_FILE)
-    settings = sampling_settings(args, pipe.cfg.generation) | {"object": args.object}
+    settings = sampling_settings(args, pipe.cfg.generation) | {"object": args.object, "candidates": args.candidates}
     todo = [(folder, request, i) for folder, request in requests for i in range(args.num_images)
             if not already_written(out, records, f"{folder}/{i:04d}.png", settings | {"seed": args.seed + i})]
     skipped = len(requests) * args.num_images - len(todo)
@@ -67,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
               disable=not state.is_main_process) as bar:
         for folder, request, indices in mine:
             result = pipe(**request, object=args.object, num_images=len(indices), num_inference_steps=args.steps,
-                          guidance_scale=args.guidance, generator=args.seed + indices[0])
+                          guidance_scale=args.guidance, generator=args.seed + indices[0], candidates=args.candidates)
             for i, image, meta in zip(indices, result.images, result.metadata):
                 file = f"{folder}/{i:04d}.png"
                 save_png(image, out / file)
@@ -93,7 +98,7 @@ def check_options(args: argparse.Namespace) -> None:
     from uniemo.errors import UniEmoError
     from uniemo.pipeline import MAX_IMAGES_PER_EMOTION
 
-    require_positive(num_images=args.num_images, batch_size=args.batch_size, steps=args.steps)
+    require_positive(num_images=args.num_images, batch_size=args.batch_size, steps=args.steps, candidates=args.candidates)
     if args.num_images > MAX_IMAGES_PER_EMOTION:
         raise UniEmoError(f"--num-images {args.num_images} is too large: use at most {MAX_IMAGES_PER_EMOTION:,} "
                           "per emotion in one call")

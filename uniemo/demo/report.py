@@ -339,18 +339,20 @@ def _generation(layout, summary: dict, figures: Path) -> Section:
         Figure(figures / "baseline.png", "The base model prompted with the plain emotion word"),
         Table(["object", "Emo-A", "object kept (the judge's zero-shot)"],
               [[o, _pct(t[o]["emo_a"]), _pct(t[o]["object_kept"])] for o in objects],
-              f"Emotion transfer onto neutral objects, {layout.plan.transfer_images} images per object and emotion"),
+              f"Emotion transfer onto neutral objects, {layout.plan.transfer_images} images per object and emotion, "
+              f"each {_ranked(layout.plan)}"),
         Figure(figures / "transfer.png", "Emotion transfer (paper Fig. 10a): the first image per object and emotion"),
         Table(["pair at 0.5 / 0.5", "UniEmo's mix: evaluator probability of the two emotions together",
                "the world's own images of both: the same probability"],
               [[k, _pct(v), _pct(drawn["pairs"][k])] for k, v in g["fusion"]["pairs"].items()]
               + [["mean", _pct(g["fusion"]["mean_mass"]), _pct(drawn["mean_mass"])]],
-              f"Emotion fusion, {layout.plan.fusion_images} images per pair"),
+              f"Emotion fusion, {layout.plan.fusion_images} images per pair, each {_ranked(layout.plan)}"),
         f"The last column is what an image that shows both emotions scores here: the world's own renderer draws "
         f"{drawn['images']} per pair, half in one emotion's style with the other's scene and object, half the other "
-        "way round, and the same evaluator reads them. It never saw two emotions' cues in one image; where this "
-        "column is under 60% too, no image of both emotions meets fusion's bar with this evaluator "
-        "(docs/BENCHMARKS.md).",
+        "way round, and the same evaluator reads them. It never saw two emotions' cues in one image, and often "
+        "reads such an image as a third emotion. One draw of UniEmo's mix scores about as low (the tiny Stable "
+        "Diffusion draws the midpoint of two looks); of several draws, the understanding branch keeps the one it "
+        "reads nearest to the two emotions (docs/BENCHMARKS.md).",
         Figure(figures / "fusion.png", "Emotion fusion of two emotions at equal weight (paper Fig. 10b)"),
         Figure(figures / "fusion_sweep.png", "Fusion sweep: the same seeds at each weight of the first emotion"),
         Figure(figures / "fusion_sweep_plot.png", "Fusion sweep: the evaluator's mean probability of each emotion"),
@@ -407,6 +409,13 @@ def _edit_section(layout, edit: dict, figures: Path) -> list:
                "understanding branch's reading of the source -> of the edit, its probability of the target and @ "
                "the strength that made it"),
     ]
+
+
+def _ranked(plan) -> str:
+    """How the plan's transfer and fusion images were chosen, for a caption."""
+    if plan.candidates == 1:
+        return "one draw"
+    return f"the best of {plan.candidates} draws as UniEmo's understanding branch reads them"
 
 
 def _fusion_figures(layout, fusion: dict, figures: Path) -> None:

@@ -1,8 +1,9 @@
 """``uniemo demo``: the whole UniEmo method on this machine, offline, in one command.
 
 synth -> foundation models (shipped, or pretrain-base) -> stage 1 (understanding) -> stage 2
-(joint) -> the Emo-A evaluator -> generation (8 emotions, transfer onto neutral objects, fusion
-of emotion pairs and a weight sweep) + the plain-prompt baseline -> editing test images toward
+(joint) -> the Emo-A evaluator -> generation (transfer onto neutral objects, fusion of emotion
+pairs and a weight sweep, each image the best of several draws as the understanding branch
+reads them; 8 emotions, one draw each) + the plain-prompt baseline -> editing test images toward
 another emotion -> generation metrics (FID, Emo-A, ...) -> explicit feedback + stage 3 ->
 understanding evaluation of every stage -> metrics of transfer, fusion and edits (object kept,
 mix mass, edit fidelity) -> report.
@@ -53,6 +54,9 @@ class DemoPlan:
     stage3_epochs: int
     transfer_images: int  # per object and emotion
     fusion_images: int  # per mix
+    # transfer and fusion images: each the best of this many draws as the understanding branch reads
+    # them (`generate --candidates`); a single draw is SPEC's sampling (docs/DECISIONS.md)
+    candidates: int = 4
     label_noise: float = 0.05
     train_foundation: bool = False  # train the foundation models on this world instead of using the shipped ones
     train_per_emotion: int | None = None  # the data-scarce split for stages 1-3 (pretrain and evaluator: all)
@@ -90,8 +94,9 @@ PLANS = {
                      transfer_images=8, fusion_images=8),
     "quick": DemoPlan(num_images=320, pretrain_args=("--steps-scale", "0.02"), stage1_epochs=1,
                       stage2_epochs=1, images_per_emotion=2, denoising_steps=4, feedback_per_emotion=4,
-                      stage3_epochs=1, transfer_images=1, fusion_images=2, transfer_objects=("house",),
-                      fusion_pairs=(("amusement", "fear"),), sweep=(0.0, 1.0), fid_real_per_emotion=10),
+                      stage3_epochs=1, transfer_images=1, fusion_images=2, candidates=2,
+                      transfer_objects=("house",), fusion_pairs=(("amusement", "fear"),), sweep=(0.0, 1.0),
+                      fid_real_per_emotion=10),
 }
 
 
@@ -158,6 +163,12 @@ class Layout:
 def _generate(L: Layout, out: str, *selector: str, n: int | None = None) -> list:
     return ["generate", "--run", L.run2, *selector, "-n", n or L.plan.images_per_emotion,
             "--steps", L.plan.denoising_steps, "--seed", L.seed, "--out", out]
+
+
+def _ranked(L: Layout) -> tuple:
+    """Transfer and fusion: the best of the plan's draws, 8 images a batch (a 4-image batch of the
+    tiny SD takes a fifth longer per image; the emotions' images keep 4 and their figures)."""
+    return "--candidates", L.plan.candidates, "--batch-size", 8
 
 
 def _evaluate_understanding(L: Layout, run: str, name: str) -> list:
@@ -247,22 +258,23 @@ STEPS = (
     Step("evaluator", "Emo-A evaluator (independent probe on frozen CLIP)", ("evaluator",), commands(lambda L: [
         "train", "evaluator", "--clip", L.clip, "--data", L.data, "--out", L.evaluator,
         "--hidden", L.plan.evaluator_hidden, "--seed", L.seed]), side=True),
-    Step("generate", "generation: 8 emotions, transfer onto neutral objects, fusion of emotions",
-         ("generated", "transfer", "fusion"), commands(
-            lambda L: _generate(L, L.generated, "--emotion", "all"),
-            lambda L: [_generate(L, f"{L.transfer}/{o}", "--emotion", "all", "--object", o, n=L.plan.transfer_images)
-                       for o in L.plan.transfer_objects],
-            lambda L: [_generate(L, L.fusion, "--mix", _mix_argument(m), n=L.plan.fusion_images)
+    Step("modes", "generation: transfer onto neutral objects and fusion of emotions, each image the best of "
+         "several draws as the understanding branch reads them", ("transfer", "fusion"), commands(
+            lambda L: [_generate(L, f"{L.transfer}/{o}", "--emotion", "all", "--object", o, *_ranked(L),
+                                 n=L.plan.transfer_images) for o in L.plan.transfer_objects],
+            lambda L: [_generate(L, L.fusion, "--mix", _mix_argument(m), *_ranked(L), n=L.plan.fusion_images)
                        for m in L.plan.mixes()])),
+    Step("generate", "generation: 8 emotions", ("generated",),
+         commands(lambda L: _generate(L, L.generated, "--emotion", "all")), side=True),
     Step("baseline", "baseline: the base model prompted with the emotion word", ("baseline",),
          lambda L: generate_baseline(L), side=True),
     Step("edit", "emotion editing: 56 test images of neutral objects, each turned toward another emotion", ("edits",),
-         commands(lambda L: edit_commands(L)), side=True),
+         commands(lambda L: edit_commands(L))),
     Step("metrics", "generation metrics of UniEmo and the baseline (FID, LPIPS, Emo-A, Sem-C, Sem-D)",
          ("metrics/generation-uniemo.json", "metrics/generation-baseline.json"), commands(
             lambda L: _evaluate_generation(L, L.generated, "generation-uniemo.json", *_fid_reference(L)),
             lambda L: _evaluate_generation(L, L.baseline, "generation-baseline.json", *_fid_reference(L))),
-         needs=("evaluator", "baseline")),
+         side=True),
     Step("feedback", "explicit feedback (Algorithm 1) + stage 3", ("run3-feedback",), commands(lambda L: [
         "feedback", "--run", L.run2, "--data", L.train_data, "--evaluator", L.evaluator, "--out", L.run3,
         "--per-emotion", L.plan.feedback_per_emotion, "--epochs", L.plan.stage3_epochs,
@@ -280,7 +292,7 @@ STEPS = (
                        for o in L.plan.transfer_objects],
             lambda L: _evaluate_generation(L, L.fusion, "generation-fusion.json", *_fid_reference(L, False)),
             lambda L: _evaluate_generation(L, L.edits, "generation-edit.json", *_fid_reference(L, False))),
-         needs=("evaluator", "edit")),
+         needs=("evaluator",)),
 )
 PARALLEL_FROM = "evaluator"  # the first step of the two lanes
 
