@@ -139,6 +139,14 @@ def test_generate_is_seeded_and_each_image_carries_its_reading(studio):
         assert caption.startswith(f"seed {meta['seed']} · read as {meta['reading']['emotion']}")
 
 
+def test_draws_give_each_image_the_best_of_them_as_the_pipeline_does(studio):
+    gallery, metadata = studio.generate("awe", "house", 0, 2, 2, 2)
+    best = studio.pipe(emotion="awe", object="house", num_images=2, num_inference_steps=2, generator=0, candidates=2)
+    assert [np.asarray(a).tobytes() for a, _ in gallery] == [np.asarray(b).tobytes() for b in best.images]
+    assert [(m["candidates"], m["candidate"]) for m in metadata] == [(2, m["candidate"]) for m in best.metadata]
+    assert all("reading" in m for m in metadata)
+
+
 def test_a_mix_target_scores_the_mass_of_both_emotions(studio):
     _, metadata = studio.generate("awe=0.5,fear=0.5", "house", 0, 2, 1)
     probs = studio.pipe.read([studio.generate("awe=0.5,fear=0.5", "house", 0, 2, 1)[0][0][0]])[0]
@@ -178,6 +186,8 @@ def test_edit_gives_before_and_after_with_both_readings(studio, tmp_path):
     (lambda s: s.generate("awe", "", 0, 2, 5), "5 images is over this server's limit of 4"),
     (lambda s: s.generate("awe", "", 0, 9, 1), "9 steps is over this server's limit of 8"),
     (lambda s: s.generate("awe", "", 0, 2, 1.5), "1.5 images is invalid"),
+    (lambda s: s.generate("awe", "", 0, 2, 3, 2), "3 images × 2 draws is over this server's limit of 4"),
+    (lambda s: s.generate("awe", "", 0, 2, 1, 0), "0 draws is invalid"),
     (lambda s: s.generate("awe", "", -1, 2, 1), "seed -1 is invalid"),
     (lambda s: s.generate("joy", "", 0, 2, 1), "unknown emotion 'joy'"),
     (lambda s: s.generate("", "", 0, 2, 1), "no target"),
@@ -307,7 +317,7 @@ def test_the_api_names_are_stable(server):
     endpoints = Client(server[0], verbose=False).view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert set(endpoints) == {"/classify", "/generate", "/edit"}
     assert [p["parameter_name"] for p in endpoints["/generate"]["parameters"]] == \
-        ["target", "object", "seed", "steps", "count"]
+        ["target", "object", "seed", "steps", "count", "draws"]
     assert [p["parameter_name"] for p in endpoints["/edit"]["parameters"]] == \
         ["image", "target", "strength", "seed", "steps", "keep_object", "invert", "keep_region", "until_target",
          "object"]

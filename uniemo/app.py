@@ -120,12 +120,14 @@ class Studio:
             if explain else {}
         return probs, self.binary(probs), matched, gallery
 
-    def generate(self, target: str, object: str = "", seed: int = 0, steps: int = 25, count: int = 4):
-        """(gallery of (image, caption), metadata per image with the understanding branch's reading)."""
+    def generate(self, target: str, object: str = "", seed: int = 0, steps: int = 25, count: int = 4,
+                 draws: int = 1):
+        """(gallery of (image, caption), metadata per image with the understanding branch's reading);
+        with ``draws`` > 1 each image is the best of that many as the understanding branch reads them."""
         pipe = self.generator()
-        self.check_request(count, steps)
+        self.check_request(count, steps, draws)
         out = pipe(**self.parse_target(target), object=(object or "").strip() or None, num_images=int(count),
-                   num_inference_steps=int(steps), generator=self.seed(seed))
+                   num_inference_steps=int(steps), generator=self.seed(seed), candidates=int(draws))
         return self.with_readings(out.images, out.metadata)
 
     def edit(self, image: str, target: str, strength: float = 0.6, seed: int = 0, steps: int = 25,
@@ -190,13 +192,17 @@ class Studio:
                               "serve one made by `uniemo train joint`")
         return self.pipe
 
-    def check_request(self, count, steps) -> None:
-        for name, value, limit, flag in (("images", count, self.limits.max_images, "--max-images"),
-                                         ("steps", steps, self.limits.max_steps, "--max-steps")):
+    def check_request(self, count, steps, draws=1) -> None:
+        """Refuse what is not a positive whole number, or asks more than the limits. Every draw is
+        denoised, so the image limit counts images × draws."""
+        for name, value in (("images", count), ("steps", steps), ("draws", draws)):
             if not isinstance(value, (int, float)) or value != int(value) or value < 1:
                 raise UniEmoError(f"{value!r} {name} is invalid: use a positive whole number")
+        images = f"{int(count)} images" + (f" × {int(draws)} draws" if draws > 1 else "")
+        for asked, value, limit, flag in ((images, count * draws, self.limits.max_images, "--max-images"),
+                                          (f"{int(steps)} steps", steps, self.limits.max_steps, "--max-steps")):
             if value > limit:
-                raise UniEmoError(f"{int(value)} {name} is over this server's limit of {limit} per request: "
+                raise UniEmoError(f"{asked} is over this server's limit of {limit} per request: "
                                   f"ask for fewer (the limit is set with `uniemo serve {flag}`)")
 
     def parse_target(self, target: str) -> dict:
@@ -319,10 +325,12 @@ def build_app(studio: Studio):
                 obj = gr.Textbox(label="Object (emotion transfer, optional)", placeholder="e.g. house")
                 seed, n_steps = gr.Number(0, precision=0, label="Seed"), steps_box(gr, steps, limits)
                 count = gr.Number(min(4, limits.max_images), precision=0, label=f"Images (at most {limits.max_images})")
+                draws = gr.Number(1, precision=0, label="Draws per image: the understanding branch keeps the best "
+                                  "(images × draws at most the limit)", elem_id="draws")
             button = gr.Button("Generate", variant="primary", elem_id="generate")
             gallery = gr.Gallery(label="Generated", columns=4, elem_id="gallery")
             metadata = gr.JSON(label="Metadata and the understanding branch's reading")
-            button.click(answered(studio.generate), [target, obj, seed, n_steps, count], [gallery, metadata],
+            button.click(answered(studio.generate), [target, obj, seed, n_steps, count, draws], [gallery, metadata],
                          api_name="generate", **diffusion)
         with gr.Tab("Edit"):
             source = gr.File(label="Image", file_types=["image"], type="filepath", elem_id="edit-image")
