@@ -236,7 +236,9 @@ def test_ctrl_c_stops_the_pool_at_once_and_leaves_nothing(tmp_path):
 
     command = [sys.executable, "-m", "uniemo.cli", "synth", str(tmp_path / "w"), "--num-images", "20000"]
     run = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    time.sleep(4)  # the pool is writing
+    deadline = time.monotonic() + 60
+    while not any(tmp_path.glob(".w.partial-*/image/*/*.jpg")) and time.monotonic() < deadline:
+        time.sleep(0.1)  # until the pool is writing (a loaded machine takes seconds to start it)
     started = time.monotonic()
     os.killpg(run.pid, signal.SIGINT)  # what Ctrl-C sends: the whole foreground group
     _, err = run.communicate(timeout=60)
