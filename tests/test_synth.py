@@ -235,7 +235,10 @@ def test_ctrl_c_stops_the_pool_at_once_and_leaves_nothing(tmp_path):
     import time
 
     command = [sys.executable, "-m", "uniemo.cli", "synth", str(tmp_path / "w"), "--num-images", "20000"]
-    run = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # a terminal's foreground job takes SIGINT; one started in the background (`.ci/run &`) inherits
+    # it ignored, and Python then never raises KeyboardInterrupt
+    run = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while not any(tmp_path.glob(".w.partial-*/image/*/*.jpg")) and time.monotonic() < deadline:
         time.sleep(0.1)  # until the pool is writing (a loaded machine takes seconds to start it)

@@ -46,7 +46,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import signal
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -528,27 +527,15 @@ def _write_one(job: tuple) -> None:
 
 def _write_all(jobs: list[tuple], progress: bool) -> None:
     """Every image, in one process per core: each image has its own generator, so the files are
-    the same however the work is shared. A pool is not worth starting for fewer than 1,000.
-
-    On Ctrl-C the chunks not started are cancelled and the workers end the ones they hold. They
-    ignore the signal themselves: a worker interrupted inside a chunk sends the interruption back
-    as that chunk's result and takes the next one, so the pool would have written the whole world
-    before it shut down."""
+    the same however the work is shared. A pool is not worth starting for fewer than 1,000."""
     workers = min(os.cpu_count() or 1, len(jobs) // 500)
     with contextlib.ExitStack() as stack:
-        written, pool = map(_write_one, jobs), None
+        written = map(_write_one, jobs)
         if workers > 1:
-            pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                                           initializer=signal.signal,
-                                                           initargs=(signal.SIGINT, signal.SIG_IGN)))
+            pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")))
             written = pool.map(_write_one, jobs, chunksize=100)
-        try:
-            for _ in tqdm(written, total=len(jobs), desc="synth", unit="img", disable=not progress):
-                pass
-        except KeyboardInterrupt:
-            if pool is not None:
-                pool.shutdown(cancel_futures=True)
-            raise
+        for _ in tqdm(written, total=len(jobs), desc="synth", unit="img", disable=not progress):
+            pass
 
 
 def _vocabulary(names) -> dict:
