@@ -165,7 +165,7 @@ def _generate(L: Layout, out: str, *selector: str, n: int | None = None) -> list
             "--steps", L.plan.denoising_steps, "--seed", L.seed, "--out", out]
 
 
-def _ranked(L: Layout) -> tuple:
+def _ranked_options(L: Layout) -> tuple:
     """Transfer and fusion: the best of the plan's draws, 8 images a batch (a 4-image batch of the
     tiny SD takes a fifth longer per image; the emotions' images keep 4 and their figures)."""
     return "--candidates", L.plan.candidates, "--batch-size", 8
@@ -260,10 +260,10 @@ STEPS = (
         "--hidden", L.plan.evaluator_hidden, "--seed", L.seed]), side=True),
     Step("modes", "generation: transfer onto neutral objects and fusion of emotions, each image the best of "
          "several draws as the understanding branch reads them", ("transfer", "fusion"), commands(
-            lambda L: [_generate(L, f"{L.transfer}/{o}", "--emotion", "all", "--object", o, *_ranked(L),
+            lambda L: [_generate(L, f"{L.transfer}/{o}", "--emotion", "all", "--object", o, *_ranked_options(L),
                                  n=L.plan.transfer_images) for o in L.plan.transfer_objects],
-            lambda L: [_generate(L, L.fusion, "--mix", _mix_argument(m), *_ranked(L), n=L.plan.fusion_images)
-                       for m in L.plan.mixes()])),
+            lambda L: [_generate(L, L.fusion, "--mix", _mix_argument(m), *_ranked_options(L),
+                                 n=L.plan.fusion_images) for m in L.plan.mixes()])),
     Step("generate", "generation: 8 emotions", ("generated",),
          commands(lambda L: _generate(L, L.generated, "--emotion", "all")), side=True),
     Step("baseline", "baseline: the base model prompted with the emotion word", ("baseline",),
