@@ -75,8 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)  # in the try: Ctrl-C during the commands' imports
         check_seed(getattr(args, "seed", None))
         return int(args.handler(args) or 0)
     except UniEmoError as e:
