@@ -40,7 +40,7 @@ from uniemo.evaluator import Evaluator
 from uniemo.loading import load_sd
 from uniemo.demo.pretrain_base import Captions
 from uniemo.demo.synth import (EMOTION_OBJECTS, EMOTION_SCENES, EMOTION_STYLES, OBJECTS, SCENES, STYLES,
-                               crossed_attributes, crossed_images, draw_attributes, world_of)
+                               crossed_images, crossings, draw_attributes, world_of)
 from uniemo.loading import load_clip
 from uniemo.metrics import ClipImageEncoder, ClipZeroShot, class_indices
 from uniemo.vocab import EMOTIONS, normalise_attribute
@@ -101,9 +101,8 @@ def main() -> None:
 def caption_drawer(args, pipe, captions):
     """``draw(a, b, seed)``: the SD's images of the crossed captions, half each way round."""
     def draw(a: str, b: str, seed: int):
-        half = args.images_per_emotion // 2
-        prompts = [captions.texts[int(captions.full[(*crossed_attributes(x, y), 0)])]
-                   for x, y in [(a, b)] * half + [(b, a)] * (args.images_per_emotion - half)]
+        prompts = [captions.texts[int(captions.full[(*attributes, 0)])]
+                   for attributes in crossings(a, b, args.images_per_emotion)]
         return pipe(prompts, num_inference_steps=args.steps, guidance_scale=args.guidance,
                     generator=torch.Generator().manual_seed(seed)).images
     return draw

@@ -127,12 +127,18 @@ def crossed_attributes(style_of: str, content_of: str) -> tuple[int, int, int]:
             OBJECTS.index(EMOTION_OBJECTS[content_of]))
 
 
+def crossings(a: str, b: str, n: int) -> list[tuple[int, int, int]]:
+    """The attributes of ``n`` images of emotions ``a`` and ``b``: the first half in a's style
+    with b's scene and object, the rest the other way round."""
+    return [crossed_attributes(*((a, b) if i < n // 2 else (b, a))) for i in range(n)]
+
+
 def crossed_images(a: str, b: str, n: int, size: int, seed: int) -> list[Image.Image]:
-    """``n`` images of emotions ``a`` and ``b`` as the world itself draws them: the first half in
-    a's style with b's scene and object, the rest the other way round. What an image that shows
-    both emotions can look like here, with no generator in the way (docs/BENCHMARKS.md, session 28)."""
-    return [render(*crossed_attributes(*((a, b) if i < n // 2 else (b, a))), size, np.random.default_rng((seed, i)))[0]
-            for i in range(n)]
+    """``n`` images of emotions ``a`` and ``b`` as the world itself draws them (:func:`crossings`).
+    What an image that shows both emotions can look like here, with no generator in the way
+    (docs/BENCHMARKS.md, session 28)."""
+    return [render(*attributes, size, np.random.default_rng((seed, i)))[0]
+            for i, attributes in enumerate(crossings(a, b, n))]
 
 
 def emotional_attributes() -> dict[str, dict[str, str]]:
