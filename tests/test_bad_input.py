@@ -207,6 +207,17 @@ def test_a_bad_option_value(paths, tmp_path, capsys, template, needle):
     assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
+def test_a_usage_error_is_answered_before_any_heavy_import():
+    # a mistyped option is answered at once: building the parser imports no torch, numpy or PIL
+    import subprocess
+    import sys
+
+    probe = ("import sys\nfrom uniemo.cli import main\ntry:\n    main(['train', 'understand', '--dataset', 'x'])\n"
+             "except SystemExit as e:\n    print(e.code, sorted({'torch', 'numpy', 'PIL'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert "invalid choice: 'x'" in out.stderr and out.stdout == "2 []\n"
+
+
 # --------------------------------------------------------------- parsers, property-based
 
 ANNOTATION_VALUES = st.recursive(

@@ -246,6 +246,5 @@ def test_ctrl_c_stops_the_pool_at_once_and_leaves_nothing(tmp_path):
     os.killpg(run.pid, signal.SIGINT)  # what Ctrl-C sends: the whole foreground group
     _, err = run.communicate(timeout=60)
     assert run.returncode == 130 and err.strip().splitlines()[-1].endswith("interrupted")
-    assert "Traceback" not in err  # nor from a worker still starting
     assert time.monotonic() - started < 15
     assert list(tmp_path.iterdir()) == []

@@ -43,21 +43,12 @@ from PIL import Image, ImageOps
 
 from uniemo.errors import UniEmoError
 from uniemo.io import read_json
-from uniemo.vocab import BINARY, EMOTIONS, normalise_attribute, to_binary
+from uniemo.vocab import BINARY, EMOTIONS, FOLDER_CLASSES, KINDS, SPLITS, normalise_attribute, to_binary
 
 # Real emotion photos are at most a few tens of megapixels; anything beyond this is treated
 # as a decompression bomb (PIL warns above the limit and refuses above twice it).
 Image.MAX_IMAGE_PIXELS = 64_000_000
 
-FOLDER_CLASSES: dict[str, tuple[str, ...] | None] = {
-    "fi": EMOTIONS,
-    "emotionroi": ("anger", "disgust", "fear", "joy", "sadness", "surprise"),
-    "twitter1": BINARY,
-    "twitter2": BINARY,
-    "folder": None,  # the sorted subfolder names
-}
-KINDS = ("emoset", *FOLDER_CLASSES)
-SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 

@@ -4,6 +4,17 @@ EMOTIONS = ("amusement", "awe", "contentment", "excitement", "anger", "disgust",
 POSITIVE = frozenset(EMOTIONS[:4])
 BINARY = ("positive", "negative")
 
+# each dataset kind's classes, in label order ("folder": the sorted subfolder names)
+FOLDER_CLASSES: dict[str, tuple[str, ...] | None] = {
+    "fi": EMOTIONS,
+    "emotionroi": ("anger", "disgust", "fear", "joy", "sadness", "surprise"),
+    "twitter1": BINARY,
+    "twitter2": BINARY,
+    "folder": None,
+}
+KINDS = ("emoset", *FOLDER_CLASSES)  # what every command's --dataset takes
+SPLITS = ("train", "val", "test")
+
 
 def emotion_index(name: str) -> int:
     """Index of an emotion name in the canonical EmoSet order."""

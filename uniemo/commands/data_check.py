@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from uniemo.data import KINDS, SPLITS
+from uniemo.vocab import KINDS, SPLITS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

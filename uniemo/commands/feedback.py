@@ -25,17 +25,17 @@ import argparse
 
 from uniemo.commands import add_sampling_arguments, override, require_positive
 from uniemo.rundir import RunDir
+from uniemo.vocab import KINDS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from uniemo.commands.evaluate_generation import add_network_arguments
-    from uniemo.commands.train_understand import DATASETS
 
     parser.add_argument("--run", required=True, metavar="RUN2", help="stage-2 run (from `uniemo train joint`)")
     parser.add_argument("--data", required=True, metavar="DIR", help="the real dataset root RUN2 was trained on")
     parser.add_argument("--evaluator", required=True, metavar="EVAL", help="Emo-A evaluator (`uniemo train evaluator`)")
     parser.add_argument("--out", required=True, metavar="RUN3", help="stage-3 run directory to write")
-    parser.add_argument("--dataset", choices=DATASETS, default="emoset", help="dataset kind (default emoset)")
+    parser.add_argument("--dataset", choices=KINDS, default="emoset", help="dataset kind (default emoset)")
     parser.add_argument("--per-emotion", type=int, metavar="M", help="images generated per emotion "
                         "(default: feedback.per_emotion of RUN2's config)")
     parser.add_argument("--eta", type=float, help="start of the kept rank window in %% (default 20)")

@@ -14,15 +14,14 @@ import argparse
 
 from uniemo.commands import override, require_positive
 from uniemo.rundir import RunDir
+from uniemo.vocab import KINDS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, help="stage-1 run directory (from `uniemo train understand`)")
     parser.add_argument("--sd", required=True, help="Stable Diffusion 1.5 or XL directory (diffusers layout)")
-    from uniemo.commands.train_understand import DATASETS
-
     parser.add_argument("--data", required=True, metavar="DIR", help="dataset root")
-    parser.add_argument("--dataset", choices=DATASETS, default="emoset",
+    parser.add_argument("--dataset", choices=KINDS, default="emoset",
                         help="dataset kind (default emoset; a folder dataset has no scenes or objects, so α is 1)")
     parser.add_argument("--out", required=True, help="stage-2 run directory to write")
     parser.add_argument("--config", help="YAML with overrides of the run's config (e.g. fusion: {use_alpha: false})")

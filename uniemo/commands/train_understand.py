@@ -14,8 +14,7 @@ import argparse
 
 from uniemo.commands import override, require_positive
 from uniemo.rundir import RunDir
-
-DATASETS = ("emoset", "fi", "emotionroi", "twitter1", "twitter2", "folder")
+from uniemo.vocab import KINDS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clip", metavar="DIR", help="local CLIP directory (Hugging Face layout); "
                         "with --resume the run's own is used")
     parser.add_argument("--out", required=True, metavar="RUN", help="run directory to write")
-    parser.add_argument("--dataset", choices=DATASETS, default="emoset", help="dataset kind (default emoset)")
+    parser.add_argument("--dataset", choices=KINDS, default="emoset", help="dataset kind (default emoset)")
     parser.add_argument("--preset", default="vit-b32", help="named config (vit-b32, vit-b16, vit-l14, official, tiny)")
     parser.add_argument("--config", metavar="YAML", help="overrides on top of the preset")
     parser.add_argument("--epochs", type=int, help="epochs (default: stage1.epochs)")

@@ -47,7 +47,6 @@ import multiprocessing
 import os
 import shutil
 import signal
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -536,33 +535,20 @@ def _write_all(jobs: list[tuple], progress: bool) -> None:
     """Every image, in one process per core: each image has its own generator, so the files are
     the same however the work is shared. A pool is not worth starting for fewer than 1,000.
 
-    On Ctrl-C, leaving the pool terminates its workers, which ignore the signal themselves: one
+    On Ctrl-C, leaving the pool terminates its workers, which ignore the signal once started: one
     interrupted inside a chunk would send the interruption back as that chunk's result and take
-    the next, so the command would have written on until the whole world was done."""
+    the next, so the command would have written on until the whole world was done. A worker still
+    starting when Ctrl-C comes prints its traceback: to ignore the signal from their first
+    instruction, this process would have to ignore it while they start, and lose a Ctrl-C then."""
     workers = min(os.cpu_count() or 1, len(jobs) // 500)
     with contextlib.ExitStack() as stack:
         written = map(_write_one, jobs)
         if workers > 1:
-            with _ctrl_c_ignored():
-                pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(workers))
+            pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(
+                workers, initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN)))
             written = pool.imap_unordered(_write_one, jobs, chunksize=100)
         for _ in tqdm(written, total=len(jobs), desc="synth", unit="img", disable=not progress):
             pass
-
-
-@contextlib.contextmanager
-def _ctrl_c_ignored():
-    """SIGINT ignored while the pool starts its workers: an ignored signal stays ignored across
-    exec, so a worker ignores it from its first instruction (an initializer would leave the
-    seconds it takes to import unguarded, and Ctrl-C then prints its traceback)."""
-    if threading.current_thread() is not threading.main_thread():  # signal.signal works only there
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _vocabulary(names) -> dict:
