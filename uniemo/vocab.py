@@ -4,7 +4,8 @@ EMOTIONS = ("amusement", "awe", "contentment", "excitement", "anger", "disgust",
 POSITIVE = frozenset(EMOTIONS[:4])
 BINARY = ("positive", "negative")
 
-# each dataset kind's classes, in label order ("folder": the sorted subfolder names)
+# the classes of each dataset kind stored as class folders, in label order ("folder": the sorted
+# subfolder names); EmoSet names its own
 FOLDER_CLASSES: dict[str, tuple[str, ...] | None] = {
     "fi": EMOTIONS,
     "emotionroi": ("anger", "disgust", "fear", "joy", "sadness", "surprise"),

@@ -13,14 +13,14 @@ from __future__ import annotations
 import argparse
 
 from uniemo.commands import require_positive
-from uniemo.vocab import KINDS
+from uniemo.vocab import KINDS, SPLITS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, help="run directory (from `uniemo train understand`)")
     parser.add_argument("--data", required=True, metavar="DIR", help="dataset root")
     parser.add_argument("--dataset", choices=KINDS, default="emoset", help="dataset kind (default emoset)")
-    parser.add_argument("--split", choices=("train", "val", "test"), default="test", help="split (default test)")
+    parser.add_argument("--split", choices=SPLITS, default="test", help="split (default test)")
     parser.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
     parser.add_argument("--out", metavar="FILE", help="JSON to write (default RUN/eval_<dataset>_<split>.json)")
 

@@ -26,13 +26,14 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from uniemo.demo.synth import write_synthetic
+    from uniemo.vocab import SPLITS
 
     start = time.perf_counter()
     out = write_synthetic(args.out, num_images=args.num_images, size=args.size, seed=args.seed,
                           label_noise=args.label_noise, train_per_emotion=args.train_per_emotion,
                           progress=True)
     seconds = time.perf_counter() - start
-    counts = {split: len(json.loads((out / f"{split}.json").read_text())) for split in ("train", "val", "test")}
+    counts = {split: len(json.loads((out / f"{split}.json").read_text())) for split in SPLITS}
     print(f"wrote {sum(counts.values()):,} images ({args.size}x{args.size} px, seed {args.seed}, "
           f"label noise {args.label_noise:g}) to {out} in {seconds:.1f} s")
     print("splits: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))

@@ -55,7 +55,7 @@ from tqdm import tqdm
 
 from uniemo.errors import UniEmoError
 from uniemo.io import partial_dir, read_json, write_json
-from uniemo.vocab import EMOTIONS
+from uniemo.vocab import EMOTIONS, SPLITS
 
 WORLD_VERSION = "3.3"  # 3.3: a pattern per emotion; 3.2: one style per emotion; 3.1: one per quadrant
 WORLD_FILE = "world.json"  # beside EmoSet's files: which world, drawn how (not an EmoSet file)
@@ -83,7 +83,6 @@ EMOTIONAL_OBJECT_P = 0.5
 SCENES = tuple(EMOTION_SCENES[e] for e in EMOTIONS) + NEUTRAL_SCENES
 OBJECTS = tuple(EMOTION_OBJECTS[e] for e in EMOTIONS) + NEUTRAL_OBJECTS
 JPEG_QUALITY = 92
-SPLITS = ("train", "val", "test")
 
 
 def attribute_distribution(emotion: int) -> np.ndarray:
