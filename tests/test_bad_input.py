@@ -169,10 +169,16 @@ def test_a_run_of_an_older_major_version_still_loads(paths, tmp_path):
     ("train joint --run {run2} --sd {sd} --data {data} --out {out}/b --max-steps 0", "--max-steps 0 is invalid"),
     ("train joint --run {run2} --sd {sd} --data {data} --out {out}/b --epochs 0", "--epochs 0 is invalid"),
     ("train joint --run {run2} --sd {sd} --data {data} --out {out}/b --batch-size -1", "--batch-size -1 is invalid"),
-    ("train evaluator --clip {clip} --data {data} --out {out}/c --epochs 0", "--epochs and --batch-size >= 1"),
-    ("train evaluator --clip {clip} --data {data} --out {out}/c --lr -1", "--lr > 0"),
+    ("train evaluator --clip {clip} --data {data} --out {out}/c --epochs 0", "--epochs 0 is invalid"),
+    ("train evaluator --clip {clip} --data {data} --out {out}/c --lr -1", "--lr -1.0 is invalid"),
+    ("train evaluator --clip {clip} --data {data} --out {out}/c --lr nan", "--lr nan is invalid"),
+    ("train evaluator --clip {clip} --data {data} --out {out}/c --hidden -2", "--hidden -2 is invalid"),
+    ("train evaluator --clip {clip} --data {data} --out {out}/c --dataset fl", "invalid choice: 'fl'"),
     ("evaluate understanding --run {run2} --data {data} --batch-size 0", "--batch-size 0 is invalid"),
-    ("evaluate generation --images {images} --real {data} --pairs 0", "--pairs and --batch-size must be >= 1"),
+    ("evaluate generation --images {images} --real {data} --pairs 0", "--pairs 0 is invalid"),
+    ("evaluate generation --images {images} --real {data} --max-real 1", "--max-real 1 is invalid"),
+    ("evaluate generation --images {images} --real {data} --out {out}/m.md", "give a .json file"),
+    ("evaluate generation --images {images} --real {data} --split everything", "invalid choice: 'everything'"),
     ("generate --run {run2} --emotion awe --out {out}/d -n 0", "--num-images 0 is invalid"),
     ("generate --run {run2} --emotion awe --out {out}/d -n 1000000000", "--num-images 1000000000 is too large"),
     ("generate --run {run2} --emotion awe --out {out}/d --steps 0", "--steps 0 is invalid"),
@@ -197,8 +203,10 @@ def test_a_run_of_an_older_major_version_still_loads(paths, tmp_path):
     ("synth {out}/f --size 100000", "--size 100000 is out of range"),
     ("synth {out}/f --label-noise 2", "--label-noise 2.0 is out of range"),
     ("synth {out}/f --seed -1", "--seed -1 is invalid"),
-    ("pretrain-base {out}/g --data {data} --steps-scale 0", "--steps-scale 0.0 must be positive"),
-    ("pretrain-base {out}/g --data {data} --clip-steps 0", "--clip-steps 0 must be at least 1"),
+    ("pretrain-base {out}/g --data {data} --steps-scale 0", "--steps-scale 0.0 is invalid"),
+    ("pretrain-base {out}/g --data {data} --steps-scale nan", "--steps-scale nan is invalid"),
+    ("pretrain-base {out}/g --data {data} --steps-scale inf", "--steps-scale inf is invalid"),
+    ("pretrain-base {out}/g --data {data} --clip-steps 0", "--clip-steps 0 is invalid"),
     ("demo --out {out}/h --seed -1", "--seed -1 is invalid"),
     ("no-such-command", "invalid choice: 'no-such-command'"),
 ])
@@ -287,3 +295,25 @@ def test_an_empty_split_is_one_line_not_a_crash(paths, tmp_path, capsys):
     (root / "train.json").write_text("[]")
     for template in ("data check {data}", "train evaluator --clip {clip} --data {data} --out {out}/e"):
         expect_error(template, f"no usable images in {root} (train)", {**paths, "data": root, "out": tmp_path}, capsys)
+
+
+def test_a_path_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    (tmp_path / "afile").write_text("")
+    code, line = run_cli(["synth", str(tmp_path / "afile" / "world"), "--num-images", "24"], capsys)
+    assert code == 2 and str(tmp_path / "afile") in line and "choose another path" in line, line
+
+
+def test_a_reader_that_went_away_ends_the_command_quietly(monkeypatch, capsys):
+    import os
+    import sys
+
+    import uniemo.commands.synth as synth
+
+    read, write = os.pipe()
+    os.close(read)
+    monkeypatch.setattr(synth, "run", lambda args: print("x" * 100_000))  # more than a pipe holds
+    with os.fdopen(write, "w") as stdout:
+        monkeypatch.setattr(sys, "stdout", stdout)
+        assert main(["synth", "anywhere"]) == 1
+        monkeypatch.undo()
+    assert capsys.readouterr().err == ""

@@ -41,6 +41,10 @@ def test_unknown_preset_lists_the_valid_ones():
     ("stage1: [1, 2]", "expected a mapping"),
     ("understanding: {query_len: [", "malformed YAML"),
     ("- just a list", "mapping at the top level"),
+    ("fusion: {margin: wide}", "fusion.margin: expected a number"),
+    ("fusion: {joint_weights: [1, 2]}", "joint_weights: expected a list of 3"),
+    ("understanding: {stages: [3]}", "stages: expected a list of 2"),
+    ("stage1: {optim: {betas: [0.9]}}", "betas: expected a list of 2"),
 ])
 def test_bad_config_files_give_one_line_errors(tmp_path, text, message):
     path = tmp_path / "config.yaml"
@@ -48,6 +52,14 @@ def test_bad_config_files_give_one_line_errors(tmp_path, text, message):
     with pytest.raises(UniEmoError, match=message) as info:
         load_config(path)
     assert "\n" not in str(info.value)
+
+
+def test_a_float_written_without_a_dot_is_read_as_a_number(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("stage1: {optim: {lr: 1e-4, backbone_lr: 3}}")  # YAML 1.1 reads 1e-4 as a string
+    cfg = load_config(path)
+    assert cfg.stage1.optim.lr == 1e-4 and isinstance(cfg.stage1.optim.lr, float)
+    assert cfg.stage1.optim.backbone_lr == 3.0 and isinstance(cfg.stage1.optim.backbone_lr, float)
 
 
 def test_missing_config_names_the_path(tmp_path):

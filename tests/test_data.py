@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from uniemo.cli import main
-from uniemo.data import (EmotionDataset, Item, SplitEntry, binary_labels, clip_transforms, collate,
+from uniemo.data import (EmotionDataset, Item, SplitEntry, clip_transforms, collate,
                          open_dataset, parse_split)
 from uniemo.errors import UniEmoError
-from uniemo.vocab import BINARY, EMOTIONS
+from uniemo.vocab import BINARY, EMOTIONS, to_binary
 
 
 def _save(path, image=None, fmt="JPEG"):
@@ -269,19 +269,25 @@ def test_emotionroi_and_generic_folder(tmp_path):
         open_dataset(_folder_dataset(tmp_path / "roi2", ["Hobbies"], 1), "emotionroi", "train")
 
 
+def test_a_generic_folder_split_missing_a_class_keeps_the_labels_of_the_others(tmp_path):
+    root = tmp_path / "any"
+    _folder_dataset(root / "train", ["calm", "eerie", "joyful"], per_class=2)
+    _folder_dataset(root / "val", ["calm", "joyful"], per_class=1)
+    train, val = open_dataset(root, "folder", "train"), open_dataset(root, "folder", "val")
+    assert train.class_names == val.class_names == ("calm", "eerie", "joyful")
+    assert val.labels == [0, 2]  # joyful is 2 in both splits, not 1
+
+
 def test_twitter_split_folders_and_the_binary_map(tmp_path):
     root = tmp_path / "tw"
     _folder_dataset(root / "train", ["positive", "Negative"], per_class=2)
     _folder_dataset(root / "test", ["positive", "negative"], per_class=1)
     train = open_dataset(root, "twitter1", "train")
     assert train.class_names == BINARY and len(train) == 4
-    assert binary_labels(train.labels, train.class_names) == train.labels
     assert len(open_dataset(root, "twitter2", "test")) == 2
     with pytest.raises(UniEmoError, match="no val/"):
         open_dataset(root, "twitter1", "val")
-    assert binary_labels(range(8)) == [0, 0, 0, 0, 1, 1, 1, 1]
-    with pytest.raises(UniEmoError, match="no positive/negative map"):
-        binary_labels([0], ("anger", "joy"))
+    assert [to_binary(label) for label in range(8)] == [0, 0, 0, 0, 1, 1, 1, 1]  # amusement .. excitement positive
 
 
 def test_unknown_kind_split_and_root_are_errors(tmp_path):
@@ -325,6 +331,26 @@ def test_cli_data_check(tiny_emoset, tmp_path, capsys):
     assert main(["data", "check", str(tmp_path / "fi"), "--dataset", "fi"]) == 0
     assert main(["data", "check", str(tmp_path / "nowhere")]) == 2
     assert "error: " in capsys.readouterr().err
+
+
+def test_cli_data_check_lists_an_unusable_split_and_refuses_a_train_split_that_does_not_decode(tmp_path, capsys):
+    root = tmp_path / "bad"
+    root.mkdir()
+    rows = {row[1]: row for row in _bad_images(root)}
+    _emoset(root, [rows["ok.jpg"], rows["grey.jpg"]])
+    (root / "val.json").write_text(json.dumps([rows["missing.jpg"]]))
+    assert main(["data", "check", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "problems: val: no usable images" in out and out.rstrip().endswith("\nusable")
+    assert next(line for line in out.splitlines() if line.startswith("val")).split() == ["val", "unusable"]
+
+    (root / "val.json").unlink()
+    (root / "train.json").write_text(json.dumps([rows["truncated.jpg"]]))
+    assert main(["data", "check", str(root)]) == 0  # its header reads
+    capsys.readouterr()
+    assert main(["data", "check", str(root), "--decode"]) == 2
+    err = capsys.readouterr().err.strip().split("\r")[-1]  # after the progress bar
+    assert err.startswith("error: ") and "\n" not in err and "no image of" in err and "train split decodes" in err
 
 
 def test_the_real_emoset_info_json_gives_the_full_vocabularies(tmp_path):

@@ -193,3 +193,12 @@ def test_evaluator_from_a_missing_directory_is_a_one_line_error(tmp_path):
 
     with pytest.raises(UniEmoError, match="uniemo train evaluator"):
         Evaluator.from_pretrained(tmp_path / "nothing")
+
+
+def test_a_folder_dataset_without_a_val_split_is_evaluated_on_the_splits_it_has(tmp_path, tiny_models):
+    data = tmp_path / "fold"
+    _write_colour_images(data / "train", 6, seed=0)
+    _write_colour_images(data / "test", 3, seed=1)
+    evaluator = train_evaluator(tiny_models[0], data, tmp_path / "eval", kind="folder", epochs=20)
+    assert set(evaluator.config.accuracy) == {"train", "test"}
+    assert Evaluator.from_pretrained(tmp_path / "eval").class_names == ("amusement", "anger")

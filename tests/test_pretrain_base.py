@@ -273,7 +273,7 @@ def test_cli_errors_are_one_line(tmp_path, tiny_emoset, capsys):
     assert main(["pretrain-base", str(tmp_path / "o"), "--data", str(tiny_emoset), "--steps-scale", "0"]) == 2
     capsys.readouterr()
     assert main(["pretrain-base", str(tmp_path / "o"), "--data", str(tiny_emoset), "--judge-steps", "0"]) == 2
-    assert "--judge-steps 0 must be at least 1" in capsys.readouterr().err
+    assert "--judge-steps 0 is invalid" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 

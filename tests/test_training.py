@@ -143,9 +143,18 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert history[-1]["step"] == 21
 
 
-def test_resume_needs_a_checkpoint_and_a_fresh_run_refuses_to_overwrite(tmp_path):
-    with pytest.raises(UniEmoError, match="no checkpoint to resume"):
-        train(tmp_path, config(epochs=1), resume=True)
+def test_a_run_stopped_before_its_first_checkpoint_resumes_from_its_first_step(tmp_path, capsys):
+    cfg = config()
+    full, _ = train(tmp_path / "full", cfg)
+    with pytest.raises(Interrupt):
+        train(tmp_path / "cut", cfg, step=interrupting_step(3))  # the first checkpoint comes at step 4
+    assert not (tmp_path / "cut" / "checkpoints" / "last").exists()
+    resumed, _ = train(tmp_path / "cut", cfg, resume=True)
+    assert "from its first step" in capsys.readouterr().out
+    assert all(torch.equal(a, b) for a, b in zip(full.parameters(), resumed.parameters()))
+
+
+def test_a_fresh_run_refuses_to_overwrite_a_checkpoint(tmp_path):
     train(tmp_path, config(epochs=1))
     with pytest.raises(UniEmoError, match="--resume"):
         train(tmp_path, config(epochs=1))

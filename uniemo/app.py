@@ -69,6 +69,11 @@ def mix_text(weights: dict[str, float]) -> str:
     return ",".join(f"{name}={w:.3g}" for name, w in weights.items() if w > 0)
 
 
+def whole(value) -> bool:
+    """A number the page may send for a count or a seed: finite and whole (NaN and infinity are not)."""
+    return isinstance(value, (int, float)) and math.isfinite(value) and value == int(value)
+
+
 class Studio:
     """The models behind the page: a stage-2 run understands, generates and edits; a stage-1 or
     stage-3 run only understands."""
@@ -196,7 +201,7 @@ class Studio:
         """Refuse what is not a positive whole number, or asks more than the limits. Every draw is
         denoised, so the image limit counts images × draws."""
         for name, value in (("images", count), ("steps", steps), ("draws", draws)):
-            if not isinstance(value, (int, float)) or value != int(value) or value < 1:
+            if not whole(value) or value < 1:
                 raise UniEmoError(f"{value!r} {name} is invalid: use a positive whole number")
         images = f"{int(count)} images" + (f" × {int(draws)} draws" if draws > 1 else "")
         for asked, value, limit, flag in ((images, count * draws, self.limits.max_images, "--max-images"),
@@ -225,8 +230,8 @@ class Studio:
 
     @staticmethod
     def seed(seed) -> int:
-        if not isinstance(seed, (int, float)) or seed != int(seed) or seed < 0:
-            raise UniEmoError(f"seed {seed!r} is invalid: use a non-negative whole number")
+        if not whole(seed) or not 0 <= seed < 2**32:
+            raise UniEmoError(f"seed {seed!r} is invalid: use a whole number from 0 to {2**32 - 1}")
         return int(seed)
 
     def readings(self, images: list) -> tuple[list[dict], torch.Tensor]:

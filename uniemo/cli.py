@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="uniemo", description="UniEmo: emotional image understanding and generation, offline.")
     parser.add_argument("--version", action="version", version=f"uniemo {__version__}")
     top = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    groups: dict[str, argparse._SubParsersAction] = {}
+    groups: dict = {}  # group word -> its subparsers
     for words, module_name in COMMANDS:
         module = importlib.import_module(f"uniemo.commands.{module_name}")
         summary = (module.__doc__ or "").strip().splitlines()[0]
@@ -78,19 +78,32 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)  # in the try: Ctrl-C during the commands' imports
         check_seed(getattr(args, "seed", None))
-        return int(args.handler(args) or 0)
+        code = int(args.handler(args) or 0)
+        sys.stdout.flush()  # in the try: a closed pipe is answered here, not at exit
+        return code
     except UniEmoError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`uniemo classify photos/ | head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
+        return 1
     except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        print(f"error: {e.strerror} while writing{f' {e.filename}' if e.filename else ''}: free disk space, then "
-              "run the command again (training: with --resume; what was written before is intact)", file=sys.stderr)
+        print(f"error: {os_error(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return INTERRUPTED
+
+
+def os_error(e: OSError) -> str:
+    """An OSError the user's disk or paths caused as one line; any other is a bug and is raised."""
+    where = " ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"{e.strerror} while writing{f' {where}' if where else ''}: free disk space, then run the command "
+                "again (training: with --resume; what was written before is intact)")
+    if not where:
+        raise e
+    return f"{e.strerror}: {where}: choose another path, or fix this one (its folders and permissions)"
 
 
 def check_seed(seed: int | None) -> None:

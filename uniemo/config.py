@@ -21,7 +21,7 @@ class UnderstandingConfig:
 
     queries: str = "multi-stage"  # none | single-step | multi-stage (paper Fig. 6)
     query_len: int = 32  # paper Fig. 7
-    stages: list[int] | None = None  # [L1, L2]; None = [N/3, 2N/3]
+    stages: list[int] | None = field(default=None, metadata={"length": 2})  # [L1, L2]; None = [N/3, 2N/3]
     interactive_layers: int = 2
     interactive_heads: int | None = None  # None = the backbone's head count
     beta_init: float = 0.1  # layer-scale style modulation, eq. 3
@@ -29,7 +29,8 @@ class UnderstandingConfig:
     head_dropout: float = 0.5
     num_classes: int = 8
     temperature: float = 0.07  # eq. 4
-    loss_weights: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.5])  # L_S, L_O, L_cls
+    # L_S, L_O, L_cls
+    loss_weights: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.5], metadata={"length": 3})
 
 
 @dataclass
@@ -39,7 +40,7 @@ class OptimConfig:
     lr: float = 1e-4  # queries, interactive blocks, beta, projections, heads, mappers
     backbone_lr: float = 1e-4  # 0 freezes the CLIP vision tower
     mapper_lr: float | None = None  # stage 2: the fusion's mappers M_f (None: lr)
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata={"length": 2})
     weight_decay: float = 1e-3
     warmup_steps: int = 0
     schedule: str = "constant"  # constant | cosine (after the warmup)
@@ -82,7 +83,8 @@ class FusionConfig:
     # stage 2: encode every training image's VAE posterior once, before the first step, and draw
     # z_0 from it in each step (the VAE view is deterministic); host memory: images x 2 x latent size
     cache_latents: bool = False
-    joint_weights: list[float] = field(default_factory=lambda: [0.3, 0.3, 0.4])  # L_U, L_cond, L_diff
+    # L_U, L_cond, L_diff
+    joint_weights: list[float] = field(default_factory=lambda: [0.3, 0.3, 0.4], metadata={"length": 3})
     cond_warmup_steps: int = 0  # L_cond's weight ramps linearly from 0 over these optimizer steps
 
 
@@ -201,17 +203,21 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
-    """Build a dataclass from a dict, checking keys and (shallowly) types."""
+    """Build a dataclass from a dict, checking keys, (shallowly) types and the length of the
+    lists whose field says one (``metadata={"length": n}``)."""
     if not isinstance(data, dict):
         raise UniEmoError(f"{where}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise UniEmoError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(names))}")
+        raise UniEmoError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(fields))}")
     kwargs = {}
     for key, value in data.items():
-        kwargs[key] = _coerce(hints[key], value, f"{where}.{key}")
+        kwargs[key] = value = _coerce(hints[key], value, f"{where}.{key}")
+        length = fields[key].metadata.get("length")
+        if length is not None and value is not None and len(value) != length:
+            raise UniEmoError(f"{where}.{key}: expected a list of {length} values, got {value!r}")
     return cls(**kwargs)
 
 
@@ -229,11 +235,22 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         if not isinstance(value, list):
             raise UniEmoError(f"{where}: expected a list, got {value!r}")
         return [_coerce(args[0], v, where) for v in value] if args else value
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+    if hint is float:
+        return _number(value, where)
     if hint in (int, str, bool) and not (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
         raise UniEmoError(f"{where}: expected {hint.__name__}, got {value!r}")
     return value
+
+
+def _number(value: Any, where: str) -> float:
+    """A float field's value; YAML 1.1 reads ``1e-4`` (no dot) as a string, so a string that
+    spells a number is taken as one."""
+    if not isinstance(value, bool):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    raise UniEmoError(f"{where}: expected a number, got {value!r}")
 
 
 def save_config(cfg: UniEmoConfig, path: str | Path) -> None:

@@ -43,13 +43,13 @@ from PIL import Image, ImageOps
 
 from uniemo.errors import UniEmoError
 from uniemo.io import read_json
-from uniemo.vocab import BINARY, EMOTIONS, FOLDER_CLASSES, KINDS, SPLITS, normalise_attribute, to_binary
+from uniemo.vocab import FOLDER_CLASSES, KINDS, SPLITS, normalise_attribute
 
 # Real emotion photos are at most a few tens of megapixels; anything beyond this is treated
 # as a decompression bomb (PIL warns above the limit and refuses above twice it).
 Image.MAX_IMAGE_PIXELS = 64_000_000
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
@@ -203,18 +203,6 @@ class EmotionDataset(torch.utils.data.Dataset):
         return [item.label for item in self.items]
 
 
-def binary_labels(labels, class_names: tuple[str, ...] = EMOTIONS) -> list[int]:
-    """Map labels to positive (0) / negative (1): 8-emotion labels through ``vocab.to_binary``,
-    labels that already are binary (class names ``vocab.BINARY``) unchanged."""
-    labels = [int(label) for label in labels]
-    if tuple(class_names) == BINARY:
-        return labels
-    if tuple(class_names) != EMOTIONS:
-        raise UniEmoError(f"no positive/negative map for classes {', '.join(class_names)}: "
-                          f"it exists for the 8 EmoSet emotions and for {'/'.join(BINARY)}")
-    return [to_binary(label) for label in labels]
-
-
 def collate(batch: list[dict]) -> dict[str, Any]:
     """Stack pixel values, labels and indices; keep scene / object names as lists."""
     return {
@@ -356,10 +344,12 @@ def _read_annotation(path: Path) -> tuple[dict, list[str]]:
 # ---------------------------------------------------------------------- folder datasets
 
 
-def _class_folders(base: Path, kind: str) -> tuple[tuple[str, ...], dict[int, list[Path]]]:
-    """Class names and the class folders under ``base`` (matched case-insensitively)."""
-    folders = sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
-    class_names = FOLDER_CLASSES[kind] or tuple(sorted({p.name for p in folders}))
+def _class_folders(base: Path, kind: str, names: tuple[str, ...] | None = None
+                   ) -> tuple[tuple[str, ...], dict[int, list[Path]]]:
+    """Class names (the kind's, else ``names``, else the folders') and the class folders under
+    ``base`` (matched case-insensitively)."""
+    folders = _subfolders(base)
+    class_names = FOLDER_CLASSES[kind] or names or tuple(sorted({p.name for p in folders}))
     index = {name.lower(): i for i, name in enumerate(class_names)}
     by_class: dict[int, list[Path]] = {}
     for folder in folders:
@@ -371,6 +361,10 @@ def _class_folders(base: Path, kind: str) -> tuple[tuple[str, ...], dict[int, li
         raise UniEmoError(f"no class folders in {base}: a {kind} dataset has one folder per class "
                           f"({', '.join(class_names) if FOLDER_CLASSES[kind] else 'any names'})")
     return class_names, by_class
+
+
+def _subfolders(base: Path) -> list[Path]:
+    return sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def _images_under(folders: list[Path]) -> list[Path]:
@@ -415,7 +409,10 @@ def _open_folder(root: Path, kind: str, split: str, transform, seed: int) -> Emo
     if not split_exists(root, kind, split):
         raise UniEmoError(f"{root} has split folders but no {split}/: add it or choose another split")
     base = root / split if has_splits else root
-    class_names, by_class = _class_folders(base, kind)
+    names = None
+    if has_splits and not FOLDER_CLASSES[kind]:  # any names: every split indexes the classes of all of them
+        names = tuple(sorted({p.name for s in SPLITS if (root / s).is_dir() for p in _subfolders(root / s)}))
+    class_names, by_class = _class_folders(base, kind, names)
     items = []
     for label, folders in sorted(by_class.items()):
         paths = _images_under(folders)

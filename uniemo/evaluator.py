@@ -128,30 +128,21 @@ def train_evaluator(clip_path: str | Path, data: str | Path, out: str | Path, ki
                     device: torch.device | None = None) -> Evaluator:
     """Precompute frozen CLIP features of the train split once, fit the probe, report its
     accuracy on the val and test splits (where the dataset has them) and save it to ``out``."""
-    from uniemo.data import open_dataset
+    from uniemo.data import open_dataset, split_exists
     from uniemo.loading import load_clip
 
-    encoder = ClipImageEncoder(load_clip(clip_path), device)
     train = open_dataset(data, kind=kind, split="train")
+    others = {split: open_dataset(data, kind=kind, split=split)
+              for split in ("val", "test") if split_exists(data, kind, split)}
+    encoder = ClipImageEncoder(load_clip(clip_path), device)
     x, y = dataset_features(encoder, train, batch_size, desc="features train")
     probe, history = fit_probe(x, y, len(train.class_names), hidden=hidden, epochs=epochs, lr=lr, seed=seed)
     config = EvaluatorConfig(clip_path=str(Path(clip_path).resolve()), feature_dim=x.shape[1],
                              class_names=list(train.class_names), hidden=hidden, dataset=str(data),
                              accuracy={"train": history[-1]})
     evaluator = Evaluator(config, probe, encoder)
-    for split in ("val", "test"):
-        dataset = _optional_split(data, kind, split)
-        if dataset is not None:
-            features, labels = dataset_features(encoder, dataset, batch_size, desc=f"features {split}")
-            config.accuracy[split] = top1_accuracy(evaluator.proba_from_features(features), labels)
+    for split, dataset in others.items():
+        features, labels = dataset_features(encoder, dataset, batch_size, desc=f"features {split}")
+        config.accuracy[split] = top1_accuracy(evaluator.proba_from_features(features), labels)
     evaluator.save_pretrained(out)
     return evaluator
-
-
-def _optional_split(data, kind: str, split: str):
-    """The split, or None where an EmoSet-format dataset has no such split file."""
-    from uniemo.data import open_dataset
-
-    if kind == "emoset" and not (Path(data) / f"{split}.json").is_file():
-        return None
-    return open_dataset(data, kind=kind, split=split)

@@ -12,6 +12,7 @@ mixed set stays balanced); rank 0 is the highest score and ties keep generation 
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -127,6 +128,7 @@ def generate_images(pipe, out: Path, class_names: Sequence[str], per_emotion: in
 
     todo = [(i, k) for i in range(len(class_names)) for k in range(per_emotion) if not written(i, k)]
     state = processes()
+    state.wait_for_everyone()  # every process has listed the same images before any writes one
     mine = my_batches(_consecutive_batches(todo, batch_size), state)
     for i, ks in tqdm(mine, desc="generate", disable=not state.is_main_process):
         emotion = class_names[i]
@@ -198,7 +200,8 @@ def score_generated(root: Path, images: Sequence[GeneratedImage], evaluator, sem
     _, emo_a = emotion_scores(evaluator, features, [im.emotion for im in images])
     if not semantic:
         return {"emo-a": emo_a}
-    return {"emo-a": emo_a, "sem-c": semantic_scores(semantic, fetch, len(images), features, batch_size)}
+    return {"emo-a": emo_a, "sem-c": semantic_scores(semantic, fetch, len(images), features, evaluator.encoder,
+                                                        batch_size)}
 
 
 def write_selection(out: Path, images: Sequence[GeneratedImage], scores: Mapping[str, torch.Tensor],
@@ -314,11 +317,12 @@ def understanding_accuracy(run: Path, data_root: Path, kind: str, batch_size: in
             for split in ("val", "test") if split_exists(data_root, kind, split)}
 
 
-def explicit_feedback(run2: Path, data_root: Path, out: Path, cfg, evaluator, semantic: Sequence,
+def explicit_feedback(run2: Path, data_root: Path, real, out: Path, cfg, evaluator, semantic: Sequence,
                       kind: str = "emoset", seed: int = 0, num_inference_steps: int | None = None,
                       generate_batch_size: int = 8, resume: bool = False, dtype=None,
                       scheduler: str | None = None, sd_path: str | Path | None = None) -> dict | None:
-    """Algorithm 1 end to end, then stage 3 (paper §III-C):
+    """Algorithm 1 end to end, then stage 3 (paper §III-C), on ``real``, the train split of the
+    dataset at ``data_root`` (of ``kind``) as ``open_dataset`` opens it:
 
     1. ``cfg.feedback.per_emotion`` images per emotion from RUN2 into ``OUT/generated`` (skipping
        the images a killed run already wrote), sampled in ``dtype`` with ``scheduler`` and the SD
@@ -333,8 +337,9 @@ def explicit_feedback(run2: Path, data_root: Path, out: Path, cfg, evaluator, se
     Under ``torchrun`` / ``accelerate launch`` the processes share step 1 and train step 4
     together; the main process alone scores, selects and writes. Returns the contents of
     ``feedback.json`` (None on the other processes)."""
-    from uniemo.data import clip_transforms, open_dataset
+    from uniemo.data import clip_transforms
     from uniemo.io import write_json
+    from uniemo.joint import check_same_emotions
     from uniemo.metrics import default_device
     from uniemo.pipeline import UniEmoPipeline
     from uniemo.training import on_main
@@ -350,13 +355,15 @@ def explicit_feedback(run2: Path, data_root: Path, out: Path, cfg, evaluator, se
     out, generated = Path(out), run.generated
     if run.config.is_file() and not resume:
         raise UniEmoError(f"{out} already holds a stage-3 run: pass --resume to continue it, or choose a new --out")
+    check_same_emotions(run2, real, data_root, "give feedback the dataset stage 2 was trained on (the same --data and "
+                        "--dataset)")
     pipe = UniEmoPipeline.from_pretrained(run2, sd_path, dtype=dtype, scheduler=scheduler).to(default_device())
     class_names = pipe.class_names
     generate_images(pipe, generated, class_names, settings.per_emotion, seed, generate_batch_size, num_inference_steps)
     del pipe
 
-    transform = clip_transforms(load_image_processor(run2), train=True)
-    real = open_dataset(data_root, kind, "train", transform)
+    real = copy.copy(real)  # the caller's keeps its own transform
+    real.transform = transform = clip_transforms(load_image_processor(run2), train=True)
     images = list_generated(generated, class_names, settings.per_emotion)
 
     def select() -> int:

@@ -19,12 +19,9 @@ from torch import nn
 
 from uniemo.config import FusionConfig
 from uniemo.errors import UniEmoError
-from uniemo.fusion import CorrelationTable, PromptEncoder, UniEmoFusion, match_alpha, transfer_prompt
+from uniemo.fusion import ALPHA_FEATURES, CorrelationTable, PromptEncoder, UniEmoFusion, match_alpha, transfer_prompt
 from uniemo.io import load_tensors, save_tensors
 from uniemo.rundir import RunDir
-
-SPACE_FEATURES = ("cls", "scene", "object", "patch")
-
 
 class FrozenDiffusion(nn.Module):
     """The frozen parts of Stable Diffusion (1.5 or XL) and L_diff. Always in eval mode, no
@@ -277,8 +274,9 @@ class EmotionSpace:
         return cls({k: v.float() for k, v in mean.items()}, {k: v.float() for k, v in std.items()}, count)
 
     def draw(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """Standard-normal noise z for one sample, one vector per feature."""
-        return {k: torch.randn(m.shape[1], generator=generator) for k, m in self.mean.items()}
+        """Standard-normal noise z for one sample, one vector per feature, drawn in the features'
+        sorted order: a space made in memory and the same space loaded draw the same z."""
+        return {k: torch.randn(self.mean[k].shape[1], generator=generator) for k in sorted(self.mean)}
 
     def at(self, emotion: int, z: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The point mean + std·z of ``emotion``'s space: the same z gives corresponding points in
@@ -374,15 +372,16 @@ def build_table(method: str, train_set, scene_bank, object_bank, clip_bundle, lo
     return CorrelationTable(train_set.class_names, scene_bank.names, scene, object_bank.names, obj, method)
 
 
-def save_stage2(run_dir: str | Path, model: JointModel, space: EmotionSpace, cfg) -> None:
-    """RUN2: the understanding run files plus fusion.safetensors, alpha_table.json,
-    emotion_space.safetensors and config.yaml."""
+def save_stage2(run_dir: str | Path, model: JointModel, space: EmotionSpace, cfg, image_processor) -> None:
+    """RUN2: the understanding run files (the CLIP's ``image_processor`` among them) plus
+    fusion.safetensors, alpha_table.json, emotion_space.safetensors and config.yaml."""
     from uniemo.config import save_config
     from uniemo.io import write_json
-    from uniemo.understanding import save_attributes
+    from uniemo.understanding import save_attributes, save_image_processor
 
     model.understanding.save_pretrained(run_dir)
     save_attributes(run_dir, model.scene_bank, model.object_bank)
+    save_image_processor(run_dir, image_processor)
     run = RunDir(run_dir)
     save_tensors(run.fusion, model.fusion.state_dict())
     write_json(run.alpha_table, model.table.to_json())
@@ -391,42 +390,38 @@ def save_stage2(run_dir: str | Path, model: JointModel, space: EmotionSpace, cfg
 
 
 @torch.no_grad()
-def accuracy(understanding, loader, device="cpu") -> float:
-    from uniemo.metrics import top1_accuracy
-
-    understanding.eval().to(device)
-    preds, labels = [], []
-    for batch in loader:
-        preds.append(understanding(batch["pixel_values"].to(device)).logits.argmax(-1).cpu())
-        labels.append(batch["label"])
-    return top1_accuracy(torch.cat(preds), torch.cat(labels))
-
-
 def implicit_feedback(run1: str | Path, understanding, data_root, collate, batch_size: int, device,
                       kind: str = "emoset") -> dict:
-    """Understanding accuracy after stage 2 vs after stage 1 on val / test (paper Fig. 8)."""
+    """Understanding accuracy after stage 2 vs after stage 1 on val / test (paper Fig. 8): both
+    models read each batch as it is decoded."""
     from torch.utils.data import DataLoader
 
     from uniemo.data import open_dataset, split_exists
+    from uniemo.metrics import top1_accuracy
     from uniemo.understanding import UniEmoUnderstanding
 
-    stage1 = UniEmoUnderstanding.from_pretrained(run1)
+    models = {"run1": UniEmoUnderstanding.from_pretrained(run1).to(device), "run2": understanding.eval().to(device)}
     result = {}
-    for split in ("val", "test"):
-        if split_exists(data_root, kind, split):
-            loader = DataLoader(open_dataset(data_root, kind, split), batch_size=batch_size, collate_fn=collate)
-            result[split] = {"run1": accuracy(stage1, loader, device), "run2": accuracy(understanding, loader, device)}
+    for split in (s for s in ("val", "test") if split_exists(data_root, kind, s)):
+        predicted, labels = {name: [] for name in models}, []
+        for batch in DataLoader(open_dataset(data_root, kind, split), batch_size=batch_size, collate_fn=collate):
+            pixels = batch["pixel_values"].to(device)
+            for name, model in models.items():
+                predicted[name].append(model(pixels).logits.argmax(-1).cpu())
+            labels.append(batch["label"])
+        result[split] = {name: top1_accuracy(torch.cat(p), torch.cat(labels)) for name, p in predicted.items()}
     return result
 
 
-def check_same_emotions(run1: str | Path, train_set, data_root) -> None:
-    """Stage 2 learns the emotions stage 1 learned: its labels index the same class names."""
+def check_same_emotions(run: str | Path, train_set, data_root,
+                        fix: str = "train stage 2 on the dataset stage 1 learned (the same --dataset), or train stage 1 "
+                                   "on this one") -> None:
+    """A later stage learns the emotions ``run`` learned: its labels index the same class names."""
     from uniemo.understanding import run_class_names
 
-    learned, given = run_class_names(run1), tuple(train_set.class_names)
+    learned, given = run_class_names(run), tuple(train_set.class_names)
     if learned != given:
-        raise UniEmoError(f"{run1} was trained on {', '.join(learned)} but {data_root} has {', '.join(given)}: "
-                          "train stage 2 on the dataset stage 1 learned (the same --dataset), or train stage 1 on this one")
+        raise UniEmoError(f"{run} was trained on {', '.join(learned)} but {data_root} has {', '.join(given)}: {fix}")
 
 
 def train_joint(run1: str | Path, data_root: str | Path, out: str | Path, cfg, resume: bool = False,
@@ -445,6 +440,10 @@ def train_joint(run1: str | Path, data_root: str | Path, out: str | Path, cfg, r
     out = Path(out)
     if out.is_dir() and any(out.iterdir()) and not resume:
         raise UniEmoError(f"{out} is not empty: pass --resume to continue it, or choose a new --out")
+    expert = sorted(set(cfg.fusion.features) & set(ALPHA_FEATURES))
+    if cfg.understanding.queries == "none" and expert:
+        raise UniEmoError(f"{run1} has no expert queries (queries: none), so there are no {' or '.join(expert)} "
+                          "features to fuse: give --config a fusion: {features: [cls]} (or [cls, patch])")
     on_main(lambda: None)  # every process has looked before the main one writes
     if cfg.clip_path is None:
         raise UniEmoError(f"{RunDir(run1).config} records no clip_path: stage 2 needs the CLIP directory of stage 1")
@@ -482,7 +481,7 @@ def train_joint(run1: str | Path, data_root: str | Path, out: str | Path, cfg, r
         loader = DataLoader(train_set, batch_size=batch, collate_fn=eval_collate)
         space = compute_emotion_space(model.understanding, loader, cfg.fusion.features, len(train_set.class_names),
                                       device)
-        save_stage2(out, model, space, cfg)
+        save_stage2(out, model, space, cfg, clip.image_processor)
         feedback = implicit_feedback(run1, model.understanding, data_root, eval_collate, batch, device, kind)
         write_json(RunDir(out).implicit_feedback, feedback)
         return feedback

@@ -88,6 +88,13 @@ def sd_layout(pipe) -> str:
     return "sd15" if getattr(pipe, "text_encoder_2", None) is None else "sdxl"
 
 
+def sd_scheduler_name(path: str | Path) -> str | None:
+    """The class of the scheduler the SD directory at ``path`` samples with, read from its
+    ``scheduler/scheduler_config.json`` without loading anything."""
+    path = _require_dir(path, SD_WHAT)
+    return _read_config(path / "scheduler", "scheduler_config.json", SD_WHAT).get("_class_name")
+
+
 def load_sd(path: str | Path, dtype=None):
     """Load a ``StableDiffusionPipeline`` (SD 1.5 layout, safety checker off) or a
     ``StableDiffusionXLPipeline`` (SD XL layout, watermarker off) from a local directory; which

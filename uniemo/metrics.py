@@ -354,7 +354,6 @@ def target_probability(probs: torch.Tensor, targets) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- the generation suite
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 NOT_GIVEN = {
     "fid": "not computed: run `uniemo fetch-metrics` (Inception-v3), pass --inception FILE or --clip DIR",
     "lpips": "not computed: run `uniemo fetch-metrics` (AlexNet LPIPS) or pass --lpips-alex FILE",
@@ -432,6 +431,8 @@ def read_generated(images_dir: str | Path, class_names: Sequence[str]) -> list[G
     """Every image of ``DIR/<emotion>/`` and ``DIR/mix_*/`` (what ``uniemo generate`` writes) with
     the mix and object that ``DIR/metadata.jsonl`` records for it; a mix image without a record
     has the weights its folder's name spells."""
+    from uniemo.data import IMAGE_SUFFIXES
+
     root = Path(images_dir).expanduser()
     if not root.is_dir():
         raise UniEmoError(f"{root} is not a directory: expected generated images in <dir>/<emotion or mix>/*.png")
@@ -497,6 +498,17 @@ def open_image(path: Path) -> Image.Image:
         raise UniEmoError(f"cannot read image {path} ({e}); delete it and generate it again") from None
 
 
+def open_source(path: str) -> Image.Image:
+    """An edit's source photo as RGB; one missing or unreadable is a one-line error naming it."""
+    from uniemo.data import UNREADABLE, load_rgb
+
+    try:
+        return load_rgb(Path(path))
+    except UNREADABLE as e:
+        raise UniEmoError(f"cannot read the edit source {path} ({e}): restore it, or remove its edits' lines "
+                          "from metadata.jsonl") from None
+
+
 def class_indices(evaluator, targets: Sequence[str]) -> list[int]:
     """The evaluator's class index of each emotion name; a name it lacks is a one-line error."""
     names = list(evaluator.class_names)
@@ -516,11 +528,13 @@ def emotion_scores(evaluator, features: torch.Tensor, targets: Sequence[str]) ->
 
 
 def semantic_scores(classifiers: Sequence, fetch: Callable[[int], Image.Image], n: int,
-                    clip_features: torch.Tensor | None = None, batch_size: int = 32) -> torch.Tensor:
-    """Sem-C of every image; zero-shot CLIP classifiers reuse ``clip_features`` when given."""
+                    clip_features: torch.Tensor | None = None, encoder: ClipImageEncoder | None = None,
+                    batch_size: int = 32) -> torch.Tensor:
+    """Sem-C of every image; a zero-shot CLIP classifier reuses ``clip_features`` where they are
+    its own CLIP's (made by ``encoder``), and encodes the images itself otherwise."""
     probabilities = []
     for clf in classifiers:
-        if isinstance(clf, ClipZeroShot) and clip_features is not None:
+        if isinstance(clf, ClipZeroShot) and clip_features is not None and clf.encoder is encoder:
             probabilities.append(clf.probs_from_features(clip_features))
         else:
             probabilities.append(batched(clf, fetch, n, batch_size, desc="sem-c"))
@@ -624,7 +638,7 @@ def _emotion_metrics(images: GeneratedSet, real, class_names: Sequence[str], *, 
         hits = (evaluator.proba_from_features(images.evaluator).argmax(-1) == indices).float()
         results["emo_a"] = _entry(evaluator.name, _mean(hits), by_emotion(hits))
     if semantic:
-        clarity = semantic_scores(semantic, fetch, len(labels), images.clip, batch_size)
+        clarity = semantic_scores(semantic, fetch, len(labels), images.clip, clip, batch_size)
         results["sem_c"] = _entry(" + ".join(c.name for c in semantic), _mean(clarity), by_emotion(clarity))
     if images.clip is not None:
         per = {class_names[e]: semantic_diversity(images.clip_raw, chosen[e]) for e in emotions}
@@ -655,8 +669,9 @@ def edit_fidelity(images: GeneratedSet, clip: ClipImageEncoder, object_vocab: Se
     (resolved source path -> object name) where there is one, else the name CLIP gives the
     source; and ``edit_distance``, the CLIP feature distance 1 - cos(edit, source); overall and
     per target emotion (or mix folder)."""
-    sources = batched(clip, lambda i: open_image(images.images[i].source), len(images.images), batch_size,
-                      "edit sources")
+    paths = sorted({str(g.source) for g in images.images})  # each source encoded once, however often edited
+    encoded = batched(clip, lambda i: open_source(paths[i]), len(paths), batch_size, "edit sources")
+    sources = encoded[[paths.index(str(g.source)) for g in images.images]]
     names = [normalise_attribute(n) for n in object_vocab]
     classifier = ClipZeroShot(clip, names, "object")
     index = {name: i for i, name in enumerate(names)}

@@ -176,11 +176,7 @@ class UniEmoPipeline(DiffusionPipeline):
             raise UniEmoError(f"{run_dir} is not a stage-2 run (missing {', '.join(missing) or 'directory'}): "
                               "make one with `uniemo train joint`")
         cfg = load_config(run.config)
-        if sd_path is None and (cfg.sd_path is None or not Path(cfg.sd_path).is_dir()):
-            where = "no sd_path" if cfg.sd_path is None else f"sd_path {cfg.sd_path}, which is not a directory here"
-            raise UniEmoError(f"{run.config} records {where}: pass the Stable Diffusion directory it was trained "
-                              "with (--sd DIR; sd_path= in Python)")
-        sd_path = sd_path or cfg.sd_path
+        sd_path = run_sd_path(run, cfg, sd_path)
         sd = load_sd(sd_path, dtype=dtype)
         if cfg.sd_layout is not None and sd_layout(sd) != cfg.sd_layout:
             raise UniEmoError(f"{run_dir} was trained with {SD_NAMES.get(cfg.sd_layout, cfg.sd_layout)} but {sd_path} holds "
@@ -560,9 +556,20 @@ class UniEmoPipeline(DiffusionPipeline):
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+def run_sd_path(run: RunDir, cfg, sd_path: str | Path | None = None) -> str | Path:
+    """The Stable Diffusion directory a stage-2 run samples with: ``sd_path`` if given, else the
+    one its config ``cfg`` records, which must be a directory here."""
+    if sd_path is None and (cfg.sd_path is None or not Path(cfg.sd_path).is_dir()):
+        where = "no sd_path" if cfg.sd_path is None else f"sd_path {cfg.sd_path}, which is not a directory here"
+        raise UniEmoError(f"{run.config} records {where}: pass the Stable Diffusion directory it was trained "
+                          "with (--sd DIR; sd_path= in Python)")
+    return sd_path or cfg.sd_path
+
+
 def with_defaults(generation, steps: int | None, guidance: float | None) -> tuple[int, float]:
     """A call's denoising steps and guidance scale, the run's ``generation`` config where None."""
-    return steps or generation.num_inference_steps, generation.guidance_scale if guidance is None else guidance
+    return (generation.num_inference_steps if steps is None else steps,
+            generation.guidance_scale if guidance is None else guidance)
 
 
 def dtype_name(dtype: torch.dtype) -> str:

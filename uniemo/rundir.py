@@ -42,9 +42,14 @@ class RunDir:
     implicit_feedback = RunFile("implicit_feedback.json")  # stage 2: understanding before and after
     generated = RunFile("generated")  # stage 3: the generated images and their metadata
     feedback = RunFile("feedback.json")  # stage 3: what was generated, kept and reached
+    generation_metrics = RunFile("generation_metrics.json")  # stage 3, --metrics: generated vs kept (+ .md)
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
+
+    def evaluation(self, dataset: str, split: str) -> Path:
+        """Where ``uniemo evaluate understanding`` writes its report of this run on a split."""
+        return self.root / f"eval_{dataset}_{split}.json"
 
     def missing(self, files: tuple[RunFile, ...]) -> list[str]:
         """The names of ``files`` this run lacks."""

@@ -219,7 +219,10 @@ def fit(run_dir: str | Path, model: torch.nn.Module, train_set, collate_fn, step
     optimizer = torch.optim.AdamW(groups, lr=groups[0]["lr"], betas=tuple(cfg.optim.betas))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.optim, total_steps))
     state = TrainState()
-    if resume:
+    if resume and _checkpoint_dir(ckpt_root) is None:  # stopped before its first checkpoint
+        on_main(lambda: print(f"no checkpoint in {ckpt_root} yet: training {run_dir} from its first step"))
+        _truncate_metrics(RunDir(run_dir).metrics, 0)
+    elif resume:
         state = load_checkpoint(ckpt_root, model, optimizer, scheduler, accelerator.process_index)
         _truncate_metrics(RunDir(run_dir).metrics, state.step)
     elif _checkpoint_dir(ckpt_root) is not None:
@@ -299,7 +302,7 @@ def _check_finite(accelerator, loss: torch.Tensor, state: TrainState, ckpt_root:
         where = f"the last good checkpoint is kept in {kept}" if kept else "no checkpoint was written yet"
         raise UniEmoError(f"loss became {value[~torch.isfinite(value)][0].item()} at step {state.step + 1} "
                           f"(epoch {state.epoch + 1}); training stopped and {where}; "
-                          "lower optim.lr or set mixed_precision: no, then train again")
+                          "lower optim.lr or set mixed_precision: no, then train again into a new --out")
 
 
 def _accumulate_logs(state: TrainState, logs: dict[str, Any]) -> None:

@@ -421,6 +421,14 @@ def accuracy_on(model: UniEmoUnderstanding, dataset, batch_size: int = 64, num_w
     return report
 
 
+def save_image_processor(run_dir: str | Path, processor) -> None:
+    """The run's CLIP image processor, as ``save_pretrained`` writes it but atomically: a run
+    carries its own preprocessing and needs the CLIP directory only to train on."""
+    from uniemo.io import write_text
+
+    write_text(RunDir(run_dir).image_processor, processor.to_json_string())
+
+
 def load_image_processor(run_dir: str | Path):
     """The CLIP image processor saved with a run, else the one of the CLIP directory it records."""
     from transformers import CLIPImageProcessor
@@ -478,7 +486,7 @@ def train_understanding(data_root: str | Path, out: str | Path, cfg, kind: str =
     def write_run_files() -> None:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, RunDir(out).config)
-        clip.image_processor.save_pretrained(str(out))
+        save_image_processor(out, clip.image_processor)
         save_attributes(out, scene_bank, object_bank)
 
     on_main(write_run_files)
@@ -491,7 +499,9 @@ def train_understanding(data_root: str | Path, out: str | Path, cfg, kind: str =
         on_best=lambda m, line: m.save_pretrained(out), resume=resume, desc="stage 1")
 
     def final_evaluation() -> dict:
-        best = UniEmoUnderstanding.from_pretrained(out)
+        from uniemo.metrics import default_device
+
+        best = UniEmoUnderstanding.from_pretrained(out).to(default_device())
         reports = {split: accuracy_on(best, ds, cfg.stage1.batch_size) for split, ds in splits.items()}
         write_json(RunDir(out).eval, reports)
         return reports

@@ -13,6 +13,15 @@ def require_positive(**options: int | None) -> None:
             raise UniEmoError(f"--{name.replace('_', '-')} {value} is invalid: use a positive integer")
 
 
+def require_finite_positive(**options: float | None) -> None:
+    """Refuse a given number option that is not finite and above 0 (``--lr nan``, ``--steps-scale 0``)."""
+    import math
+
+    for name, value in options.items():
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise UniEmoError(f"--{name.replace('_', '-')} {value} is invalid: use a finite number above 0")
+
+
 def override(section, args, *names: str) -> None:
     """Set on the config ``section`` each option in ``names`` that the user gave (not None):
     ``override(cfg.stage2, args, "epochs", "seed")``; option and config field share the name."""
@@ -54,16 +63,19 @@ def add_sd_argument(parser) -> None:
                         "(default: the one its config.yaml records; give it when the models moved)")
 
 
-def sampling_settings(args, generation) -> dict:
+def sampling_settings(args, cfg) -> dict:
     """What the metadata of an image this ``generate`` or ``edit`` call would write says of its
-    sampling: steps and guidance (``generation``, the run's config, where not given), the dtype
-    and, when named, the scheduler. A re-run compares them with what is already written."""
-    from uniemo.pipeline import DTYPES, dtype_name, with_defaults
+    sampling, read before anything loads: steps, guidance and truncation (the run's config
+    ``cfg`` where not given), the dtype and the scheduler (--scheduler, or the SD's own). A re-run
+    compares them with what is already written."""
+    from uniemo.loading import sd_scheduler_name
+    from uniemo.pipeline import DTYPES, dtype_name, run_sd_path, with_defaults
+    from uniemo.rundir import RunDir
 
-    steps, guidance = with_defaults(generation, args.steps, args.guidance)
-    truncation = generation.truncation if args.truncation is None else args.truncation
-    settings = {"steps": steps, "guidance": guidance, "truncation": truncation, "dtype": dtype_name(DTYPES[args.dtype])}
-    return settings | ({"scheduler": args.scheduler} if args.scheduler else {})
+    steps, guidance = with_defaults(cfg.generation, args.steps, args.guidance)
+    truncation = cfg.generation.truncation if args.truncation is None else args.truncation
+    return {"steps": steps, "guidance": guidance, "truncation": truncation, "dtype": dtype_name(DTYPES[args.dtype]),
+            "scheduler": args.scheduler or sd_scheduler_name(run_sd_path(RunDir(args.run), cfg, args.sd))}
 
 
 def already_written(out, records: dict, file: str, settings: dict) -> bool:
@@ -124,7 +136,8 @@ def image_files(names: list[str], clash: str | None = None) -> list:
     from pathlib import Path
 
     from uniemo.data import check_image
-    from uniemo.metrics import GRID_FILE, IMAGE_SUFFIXES
+    from uniemo.data import IMAGE_SUFFIXES
+    from uniemo.metrics import GRID_FILE
 
     files = []
     for name in names:

@@ -20,6 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of them")
     parser.add_argument("--json", action="store_true", help="print one JSON object per image")
     parser.add_argument("--explain", metavar="OUTDIR", help="write the expert-query attention maps as PNG")
+    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,13 +29,14 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from uniemo.commands import image_files
+    from uniemo.commands import image_files, resolve_device
     from uniemo.data import clip_transforms, model_view, read_image
     from uniemo.errors import UniEmoError
     from uniemo.plots import attention_png
     from uniemo.understanding import UniEmoUnderstanding, load_attributes, load_image_processor
 
-    model = UniEmoUnderstanding.from_pretrained(args.run)
+    device = resolve_device(args.device)
+    model = UniEmoUnderstanding.from_pretrained(args.run).to(device)
     explain = args.explain is not None
     if explain and model.cfg.queries == "none":
         raise UniEmoError(f"{args.run} was trained with queries: none, so it has no expert-query attention; "
@@ -48,9 +50,9 @@ def run(args: argparse.Namespace) -> int:
         paths = files[start:start + BATCH]
         pixels = torch.stack([transform(read_image(path)) for path in paths])
         with torch.no_grad():
-            out = model(pixels, output_attentions=explain)
-        probs = out.logits.float().softmax(-1)
-        read = {kind: bank.nearest(getattr(out, f"{kind}_embed"), top=3) for kind, bank in banks.items()}
+            out = model(pixels.to(device), output_attentions=explain)
+        probs = out.logits.float().softmax(-1).cpu()
+        read = {kind: bank.nearest(getattr(out, f"{kind}_embed").cpu(), top=3) for kind, bank in banks.items()}
         for i, path in enumerate(paths):
             top = int(probs[i].argmax())
             result = {"image": str(path), "emotion": model.class_names[top],
@@ -58,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
                       **{kind: best[i] for kind, best in read.items()}}
             if explain:
                 png = Path(args.explain) / f"{path.stem}_attention.png"
-                attention_png(model_view(pixels[i], processor), {k: v[i].numpy() for k, v in out.attentions.items()},
+                attention_png(model_view(pixels[i], processor), {k: v[i].cpu().numpy() for k, v in out.attentions.items()},
                               png, title=f"{result['emotion']} ({float(probs[i, top]):.2f})")
                 result["explain"] = str(png)
             print(json.dumps(result) if args.json else line(result, banks))

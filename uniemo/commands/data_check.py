@@ -25,8 +25,14 @@ def run(args: argparse.Namespace) -> int:
     if not split_exists(args.dir, args.dataset, "train"):
         expected = "train.json" if args.dataset == "emoset" else "class folders or a train/ folder"
         raise UniEmoError(f"{args.dir} has no train split ({expected}): check DIR and --dataset")
-    datasets = {split: open_dataset(args.dir, args.dataset, split) for split in SPLITS
-                if split_exists(args.dir, args.dataset, split)}
+    datasets, unusable = {}, {}
+    for split in (s for s in SPLITS if split_exists(args.dir, args.dataset, s)):
+        try:
+            datasets[split] = open_dataset(args.dir, args.dataset, split)
+        except UniEmoError as e:
+            if split == "train":
+                raise
+            unusable[split] = str(e)
     class_names = datasets["train"].class_names
     width = max(len(name) for name in class_names) + 2
     print(f"{args.dataset} dataset at {args.dir}: {len(class_names)} classes, "
@@ -37,10 +43,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"{split:<8}{len(ds):>9,}" + "".join(f"{n:>{width},}" for n in counts))
     for split in SPLITS:
         if split not in datasets:
-            print(f"{split:<8}{'absent':>9}")
+            print(f"{split:<8}{'unusable' if split in unusable else 'absent':>9}")
     print("attribute coverage: " + "; ".join(
         f"{split} scene {_share(ds, 'scene'):.1%}, object {_share(ds, 'object'):.1%}" for split, ds in datasets.items()))
-    problems = []
+    problems = [f"{split}: {why}" for split, why in unusable.items()]
     for split, ds in datasets.items():
         if args.decode:
             for item in tqdm(ds.items, desc=f"decode {split}", unit="img", leave=False):
@@ -50,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
                     ds.problems["truncated or corrupt"] += 1
         problems += [f"{split}: {n:,} {what}" for what, n in sorted(ds.problems.items())]
     print("problems: " + ("; ".join(problems) if problems else "none"))
+    if datasets["train"].problems["truncated or corrupt"] == len(datasets["train"]):
+        raise UniEmoError(f"no image of {args.dir}'s train split decodes: replace the truncated or corrupt files")
     print("usable")
     return 0
 

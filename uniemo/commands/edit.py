@@ -130,10 +130,10 @@ def edit_settings(args: argparse.Namespace) -> dict:
     from uniemo.config import load_config
     from uniemo.rundir import RunDir
 
-    settings = sampling_settings(args, load_config(RunDir(args.run).config).generation) | {
+    settings = sampling_settings(args, load_config(RunDir(args.run).config)) | {
         "invert": args.invert, "keep_region": args.keep_region}
     if args.invert:
-        settings.pop("scheduler", None)
+        del settings["scheduler"]
     if not args.until_target:
         settings["strength"] = args.strength
     if not args.keep_object and args.object_from is None:

@@ -23,13 +23,17 @@ from __future__ import annotations
 
 import argparse
 
+from uniemo.commands import require_positive
+from uniemo.vocab import KINDS, SPLITS
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", required=True, metavar="DIR",
                         help="generated images, DIR/<emotion or mix folder>/*.png (+ DIR/metadata.jsonl)")
     parser.add_argument("--real", required=True, metavar="DATA", help="real dataset root (FID reference)")
-    parser.add_argument("--dataset", default="emoset", help="real dataset kind (default emoset)")
-    parser.add_argument("--split", default="train", help="real split used as FID reference (default train)")
+    parser.add_argument("--dataset", choices=KINDS, default="emoset", help="real dataset kind (default emoset)")
+    parser.add_argument("--split", choices=SPLITS, default="train",
+                        help="real split used as FID reference (default train)")
     parser.add_argument("--max-real", type=int, default=None, metavar="N",
                         help="at most N real images per emotion, a seeded sample (default all)")
     parser.add_argument("--evaluator", metavar="EVAL",
@@ -64,8 +68,12 @@ def run(args: argparse.Namespace) -> int:
     from uniemo.errors import UniEmoError
     from uniemo.io import write_json, write_text
 
-    if args.pairs < 1 or args.batch_size < 1 or (args.max_real is not None and args.max_real < 2):
-        raise UniEmoError("--pairs and --batch-size must be >= 1 and --max-real >= 2")
+    require_positive(pairs=args.pairs, batch_size=args.batch_size)
+    if args.max_real is not None and args.max_real < 2:
+        raise UniEmoError(f"--max-real {args.max_real} is invalid: use at least 2 (FID needs two images an emotion)")
+    if args.out and Path(args.out).suffix == ".md":
+        raise UniEmoError(f"--out {args.out} names the JSON report: give a .json file (the table goes beside it "
+                          "as .md)")
     real = open_dataset(args.real, kind=args.dataset, split=args.split)
     generated = metrics.read_generated(args.images, real.class_names)
     annotated = annotated_objects(args.real, [g.source for g in generated if g.source is not None], args.dataset,

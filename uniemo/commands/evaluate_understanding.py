@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import argparse
 
-from uniemo.commands import require_positive
+from uniemo.commands import require_positive, resolve_device
+from uniemo.rundir import RunDir
 from uniemo.vocab import KINDS, SPLITS
 
 
@@ -23,12 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", choices=SPLITS, default="test", help="split (default test)")
     parser.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
     parser.add_argument("--out", metavar="FILE", help="JSON to write (default RUN/eval_<dataset>_<split>.json)")
+    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
-
-    import torch
 
     from uniemo.data import clip_transforms, open_dataset
     from uniemo.errors import UniEmoError
@@ -37,15 +37,13 @@ def run(args: argparse.Namespace) -> int:
     from uniemo.understanding import UniEmoUnderstanding, accuracy_on, load_image_processor
 
     require_positive(batch_size=args.batch_size)
-    model = UniEmoUnderstanding.from_pretrained(args.run)
-    if torch.cuda.is_available():
-        model = model.cuda()
+    model = UniEmoUnderstanding.from_pretrained(args.run).to(resolve_device(args.device))
     dataset = open_dataset(args.data, args.dataset, args.split, clip_transforms(load_image_processor(args.run), False))
     if len(dataset) == 0:
         raise UniEmoError(f"the {args.split} split of {args.data} has no images: check --data, --dataset and --split")
     report = {"run": str(args.run), "data": str(args.data), "dataset": args.dataset, "split": args.split,
               **accuracy_on(model, dataset, args.batch_size)}
-    out = Path(args.out) if args.out else Path(args.run) / f"eval_{args.dataset}_{args.split}.json"
+    out = Path(args.out) if args.out else RunDir(args.run).evaluation(args.dataset, args.split)
     write_json(out, report)
     png = out.with_suffix(".png")
     confusion_matrix_png(report["confusion"], list(report["per_class"]), png,

@@ -38,10 +38,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", choices=KINDS, default="emoset", help="dataset kind (default emoset)")
     parser.add_argument("--per-emotion", type=int, metavar="M", help="images generated per emotion "
                         "(default: feedback.per_emotion of RUN2's config)")
-    parser.add_argument("--eta", type=float, help="start of the kept rank window in %% (default 20)")
-    parser.add_argument("--delta", type=float, help="end of the kept rank window in %% (default 80)")
-    parser.add_argument("--proportion", type=float, help="share of kept images in the training mix (default 0.2)")
-    parser.add_argument("--criteria", help="comma-separated filters, from emo-a,sem-c (default both)")
+    parser.add_argument("--eta", type=float,
+                        help="start of the kept rank window in %% (default: feedback.eta of RUN2's config)")
+    parser.add_argument("--delta", type=float,
+                        help="end of the kept rank window in %% (default: feedback.delta of RUN2's config)")
+    parser.add_argument("--proportion", type=float,
+                        help="share of kept images in the training mix (default: feedback.proportion of RUN2's config)")
+    parser.add_argument("--criteria", help="comma-separated filters, from emo-a,sem-c (default: feedback.criteria of "
+                                           "RUN2's config)")
     parser.add_argument("--epochs", type=int, help="stage-3 epochs (default: stage1.epochs)")
     parser.add_argument("--max-steps", type=int,
                         help="stop stage 3 early after this many optimizer steps (a cap: --epochs still ends it)")
@@ -67,13 +71,13 @@ def run(args: argparse.Namespace) -> int:
     cfg = feedback_config(args)
     real = open_dataset(args.data, args.dataset, "train")
     networks = load_networks(args, real, distribution=args.metrics)
-    summary = explicit_feedback(Path(args.run), Path(args.data), Path(args.out), cfg, networks["evaluator"],
+    summary = explicit_feedback(Path(args.run), Path(args.data), real, Path(args.out), cfg, networks["evaluator"],
                                 networks["semantic"], kind=args.dataset, seed=args.seed, num_inference_steps=args.steps,
                                 generate_batch_size=args.generate_batch_size, resume=args.resume,
                                 dtype=DTYPES[args.dtype], scheduler=args.scheduler, sd_path=args.sd)
     if summary is None:  # not the main process of several
         return 0
-    print(feedback_table(summary) + f"wrote stage-3 run {args.out} and {Path(args.out) / 'feedback.json'}")
+    print(feedback_table(summary) + f"wrote stage-3 run {args.out} and {RunDir(args.out).feedback}")
     if args.metrics:
         write_metrics(Path(args.out), real, networks, args.seed)
     return 0
@@ -111,6 +115,7 @@ def write_metrics(out, real, networks, seed: int) -> None:
     reports = {name: metrics.evaluate_generation(images, real, real.class_names, seed=seed, **networks)
                for name, images in sets.items()}
     text = "".join(f"## {name} images\n\n{metrics.generation_table(r)}\n" for name, r in reports.items())
-    write_json(out / "generation_metrics.json", reports)
-    write_text(out / "generation_metrics.md", text)
-    print(text + f"wrote {out / 'generation_metrics.json'}")
+    report = RunDir(out).generation_metrics
+    write_json(report, reports)
+    write_text(report.with_suffix(".md"), text)
+    print(text + f"wrote {report}")

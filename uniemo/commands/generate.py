@@ -4,7 +4,8 @@ Writes OUT/<emotion or mix>/NNNN.png, one OUT/metadata.jsonl line per image (fil
 emotion or mix weights, object, alpha_scene, alpha_object, matched attributes, prompt, steps,
 guidance) and OUT/<folder>/grid.png. Image NNNN uses seed SEED + NNNN. Re-running on the same
 OUT skips images already written, so a killed run continues where it stopped; an image written
-there with other settings (seed, steps, guidance, object, candidates, dtype, scheduler) is an error.
+there with other settings (seed, steps, guidance, truncation, object, candidates, dtype, scheduler) is
+an error.
 With --candidates N each image is the best of N draws as the understanding branch reads them.
 Under `torchrun` or `accelerate launch` the processes share the batches out, and the main
 process writes metadata.jsonl and the grids once at the end: the same files, seeds and records
@@ -49,23 +50,28 @@ def run(args: argparse.Namespace) -> int:
     from accelerate.utils import gather_object
     from tqdm.auto import tqdm
 
+    from uniemo.config import load_config
     from uniemo.metrics import METADATA_FILE, read_metadata
+    from uniemo.rundir import RunDir
     from uniemo.training import my_batches, on_main, processes
 
     check_options(args)
     requests = plan(args, class_names(args.run))  # bad names and weights fail before any loading
-    pipe = load_pipeline(args)
-    if args.object is not None:
-        pipe.prompt(args.object)
     out = Path(args.out)
     records = read_metadata(out / METADATA_FILE)
-    settings = sampling_settings(args, pipe.cfg.generation) | {"object": args.object, "candidates": args.candidates}
+    settings = sampling_settings(args, load_config(RunDir(args.run).config)) | {
+        "object": args.object, "candidates": args.candidates}
     todo = [(folder, request, i) for folder, request in requests for i in range(args.num_images)
             if not already_written(out, records, f"{folder}/{i:04d}.png", settings | {"seed": args.seed + i})]
     skipped = len(requests) * args.num_images - len(todo)
     state = processes()
     if skipped and state.is_main_process:
         print(f"skipping {skipped} image(s) already in {out}")
+    if not todo:
+        return 0
+    pipe = load_pipeline(args)
+    if args.object is not None:
+        pipe.prompt(args.object)
     mine = my_batches(batches(todo, args.batch_size), state)
     written = {}
     with tqdm(total=sum(len(b[2]) for b in mine), desc="generating", unit="img",

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 
+from uniemo.commands import require_finite_positive, require_positive
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", metavar="OUT", help="output directory (created; replaced when retrained)")
@@ -35,19 +37,12 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from uniemo.errors import UniEmoError
     from uniemo.demo.pretrain_base import STEP_COUNTS, PretrainConfig, pretrain_base
 
-    if args.steps_scale <= 0:
-        raise UniEmoError(f"--steps-scale {args.steps_scale} must be positive, e.g. 0.5")
-    overrides = {name: value for name in STEP_COUNTS
-                 if (value := getattr(args, name)) is not None}
-    for name, value in overrides.items():
-        if value < 1:
-            raise UniEmoError(f"--{name.replace('_', '-')} {value} must be at least 1")
+    require_finite_positive(steps_scale=args.steps_scale)
+    overrides = {name: value for name in STEP_COUNTS if (value := getattr(args, name)) is not None}
+    require_positive(threads=args.threads, **overrides)
     if args.threads is not None:
-        if args.threads < 1:
-            raise UniEmoError(f"--threads {args.threads} must be at least 1")
         torch.set_num_threads(args.threads)
     cfg = dataclasses.replace(PretrainConfig(seed=args.seed).scaled(args.steps_scale), **overrides)
     pretrain_base(args.out, args.data, cfg, force=args.force)

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import argparse
 
+from uniemo.commands import require_finite_positive, require_positive
+from uniemo.vocab import KINDS
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clip", required=True, metavar="DIR", help="local CLIP directory (Hugging Face layout)")
     parser.add_argument("--data", required=True, metavar="DIR", help="dataset root")
-    parser.add_argument("--dataset", default="emoset", help="dataset kind (default emoset)")
+    parser.add_argument("--dataset", choices=KINDS, default="emoset", help="dataset kind (default emoset)")
     parser.add_argument("--out", required=True, metavar="EVAL", help="directory to write the evaluator into")
     parser.add_argument("--hidden", type=int, default=0, help="0 = linear probe (default); N = MLP with N hidden units")
     parser.add_argument("--epochs", type=int, default=100, help="passes over the features (default 100)")
@@ -28,8 +31,10 @@ def run(args: argparse.Namespace) -> int:
     from uniemo.evaluator import train_evaluator
     from uniemo.training import on_main
 
-    if args.hidden < 0 or args.epochs < 1 or args.lr <= 0 or args.batch_size < 1:
-        raise UniEmoError("--hidden must be >= 0, --epochs and --batch-size >= 1 and --lr > 0")
+    if args.hidden < 0:
+        raise UniEmoError(f"--hidden {args.hidden} is invalid: use 0 (a linear probe) or a number of hidden units")
+    require_positive(epochs=args.epochs, batch_size=args.batch_size)
+    require_finite_positive(lr=args.lr)
     evaluator = on_main(lambda: train_evaluator(args.clip, args.data, args.out, kind=args.dataset, hidden=args.hidden,
                                                 epochs=args.epochs, lr=args.lr, seed=args.seed,
                                                 batch_size=args.batch_size))

@@ -30,7 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stop early after this many optimizer steps (a cap: --epochs still ends the run)")
     parser.add_argument("--batch-size", type=int, help="batch size (default: stage2.batch_size)")
     parser.add_argument("--seed", type=int, help="random seed (default: stage2.seed)")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from OUT/checkpoints/last (from the first step if it stopped before its first "
+                             "checkpoint)")
     parser.add_argument("--alpha-table", choices=("classifier", "counts"),
                         help="how to build the correlation table P (default: fusion.alpha_table)")
 

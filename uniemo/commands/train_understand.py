@@ -30,7 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stop early after this many optimizer steps (a cap: --epochs still ends the run)")
     parser.add_argument("--batch-size", type=int, help="batch size per device (default: stage1.batch_size)")
     parser.add_argument("--seed", type=int, help="random seed (default: stage1.seed)")
-    parser.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from OUT/checkpoints/last (from the first step if it stopped before its first "
+                             "checkpoint) with the run's own config: --preset, --config and --clip are not read")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -66,7 +66,7 @@ def collect(layout, seconds: dict[str, float], wall: float, peak_memory_gib: flo
     stages = {n: read_json(out / "metrics" / f"understanding-{n}.json") for n in ("stage1", "stage2", "stage3")}
     generation = {n: _generation_figures(read_json(out / "metrics" / f"generation-{n}.json"))
                   for n in ("uniemo", "baseline")}
-    feedback = read_json(Path(layout.run3) / "feedback.json")
+    feedback = read_json(RunDir(layout.run3).feedback)
     return {
         "plan": {"seed": layout.seed, **layout.plan.__dict__},
         "world": world_figures(layout),
