@@ -202,3 +202,15 @@ def test_a_folder_dataset_without_a_val_split_is_evaluated_on_the_splits_it_has(
     evaluator = train_evaluator(tiny_models[0], data, tmp_path / "eval", kind="folder", epochs=20)
     assert set(evaluator.config.accuracy) == {"train", "test"}
     assert Evaluator.from_pretrained(tmp_path / "eval").class_names == ("amusement", "anger")
+
+
+def test_evaluate_generation_loads_the_evaluators_clip_once(colour_world, tiny_models):
+    from uniemo.commands.evaluate_generation import load_networks
+    from uniemo.data import open_dataset
+
+    data, _, eval_dir, _ = colour_world
+    real = open_dataset(data, kind="folder", split="train")
+    args = SimpleNamespace(evaluator=str(eval_dir), clip=str(tiny_models[0]), places365=None, imagenet_resnet50=None,
+                           inception=None, lpips_alex=None, lpips_linear=None)
+    networks = load_networks(args, real, distribution=False)
+    assert networks["clip"] is networks["evaluator"].encoder  # --clip names the evaluator's own CLIP

@@ -23,6 +23,7 @@ from uniemo.fusion import ALPHA_FEATURES, CorrelationTable, PromptEncoder, UniEm
 from uniemo.io import load_tensors, save_tensors
 from uniemo.rundir import RunDir
 
+
 class FrozenDiffusion(nn.Module):
     """The frozen parts of Stable Diffusion (1.5 or XL) and L_diff. Always in eval mode, no
     parameter trains."""

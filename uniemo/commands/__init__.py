@@ -135,8 +135,7 @@ def image_files(names: list[str], clash: str | None = None) -> list:
     images with one stem would write to one name, so they are refused."""
     from pathlib import Path
 
-    from uniemo.data import check_image
-    from uniemo.data import IMAGE_SUFFIXES
+    from uniemo.data import IMAGE_SUFFIXES, check_image
     from uniemo.metrics import GRID_FILE
 
     files = []

@@ -60,8 +60,9 @@ def run(args: argparse.Namespace) -> int:
                       **{kind: best[i] for kind, best in read.items()}}
             if explain:
                 png = Path(args.explain) / f"{path.stem}_attention.png"
-                attention_png(model_view(pixels[i], processor), {k: v[i].cpu().numpy() for k, v in out.attentions.items()},
-                              png, title=f"{result['emotion']} ({float(probs[i, top]):.2f})")
+                maps = {k: v[i].cpu().numpy() for k, v in out.attentions.items()}
+                attention_png(model_view(pixels[i], processor), maps, png,
+                              title=f"{result['emotion']} ({float(probs[i, top]):.2f})")
                 result["explain"] = str(png)
             print(json.dumps(result) if args.json else line(result, banks))
     return 0

@@ -95,12 +95,16 @@ def run(args: argparse.Namespace) -> int:
 def load_networks(args, real, distribution: bool = True) -> dict:
     """The networks the user gave (and CLIP's fallbacks), keyed as ``evaluate_generation`` takes them;
     FID's and LPIPS' only with ``distribution``."""
+    from pathlib import Path
+
     from uniemo import metric_nets, metrics
     from uniemo.evaluator import Evaluator
     from uniemo.loading import load_clip
 
     evaluator = Evaluator.from_pretrained(args.evaluator) if args.evaluator else None
-    clip = metrics.ClipImageEncoder(load_clip(args.clip)) if args.clip else evaluator.encoder if evaluator else None
+    clip = evaluator.encoder if evaluator else None  # the evaluator's CLIP, unless --clip names another
+    if args.clip and not (evaluator and Path(args.clip).resolve() == Path(evaluator.config.clip_path).resolve()):
+        clip = metrics.ClipImageEncoder(load_clip(args.clip))
     semantic = [metrics.ResNetClassifier(path, label) for path, label in
                 ((args.places365, "places365"), (args.imagenet_resnet50, "imagenet")) if path]
     if not semantic and clip is not None:
