@@ -138,6 +138,19 @@ def test_generation_refuses_images_made_with_other_settings(tmp_path, change, me
     assert [c[1] for c in pipe.calls] == [1, 1]
 
 
+def test_generation_refuses_images_another_run_made(tmp_path):
+    import json
+
+    from uniemo.errors import UniEmoError
+    from uniemo.feedback import generate_images
+
+    generate_images(RecordingPipe(), tmp_path, ("amusement",), per_emotion=1, seed=3, made_by={"run": "/runs/a"})
+    record = json.loads((tmp_path / "annotation/amusement/amusement_00000.json").read_text())
+    assert record["generation"]["run"] == "/runs/a"
+    with pytest.raises(UniEmoError, match="made with run '/runs/a' and this call asks for '/runs/b'"):
+        generate_images(RecordingPipe(), tmp_path, ("amusement",), per_emotion=2, seed=3, made_by={"run": "/runs/b"})
+
+
 def test_selection_writes_scores_and_an_emoset_dataset_of_the_kept_images(tmp_path):
     import csv
 

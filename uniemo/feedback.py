@@ -105,17 +105,20 @@ def image_seed(seed: int, emotion_index: int, k: int) -> int:
 
 
 def generate_images(pipe, out: Path, class_names: Sequence[str], per_emotion: int, seed: int = 0,
-                    batch_size: int = 8, num_inference_steps: int | None = None) -> None:
+                    batch_size: int = 8, num_inference_steps: int | None = None,
+                    made_by: Mapping[str, str] | None = None) -> None:
     """Generate ``per_emotion`` images of every emotion into the EmoSet layout under ``out``
     (``image/<emotion>/<name>.png`` and ``annotation/<emotion>/<name>.json`` carrying the scene and
     object the pipeline matched, plus its metadata). Images whose annotation already exists are
     skipped, so a killed run continues where it stopped; one made with another seed, steps,
-    guidance, sampler or dtype is refused. Under ``torchrun`` / ``accelerate launch`` the batches
-    are shared out round-robin: each keeps the seed it has in one process, so the images are the
-    ones a single process writes."""
+    guidance, sampler or dtype, or by other models (``made_by``: e.g. the run's and the SD's
+    paths, recorded with each image) is refused. Under ``torchrun`` / ``accelerate launch`` the
+    batches are shared out round-robin: each keeps the seed it has in one process, so the images
+    are the ones a single process writes."""
     from uniemo.training import my_batches, processes
 
-    settings = pipe.sampling_settings(num_inference_steps)
+    made_by = dict(made_by or {})
+    settings = pipe.sampling_settings(num_inference_steps) | made_by
 
     def written(i: int, k: int) -> bool:
         emotion, name = class_names[i], image_name(class_names[i], k)
@@ -135,7 +138,7 @@ def generate_images(pipe, out: Path, class_names: Sequence[str], per_emotion: in
         result = pipe(emotion=emotion, num_images=len(ks), generator=image_seed(seed, i, ks[0]),
                       batch_size=len(ks), num_inference_steps=num_inference_steps)
         for k, image, meta in zip(ks, result.images, result.metadata):
-            _save_generated(out, emotion, image_name(emotion, k), image, meta)
+            _save_generated(out, emotion, image_name(emotion, k), image, meta | made_by)
     state.wait_for_everyone()
 
 
@@ -341,7 +344,7 @@ def explicit_feedback(run2: Path, data_root: Path, real, out: Path, cfg, evaluat
     from uniemo.io import write_json
     from uniemo.joint import check_same_emotions
     from uniemo.metrics import default_device
-    from uniemo.pipeline import UniEmoPipeline
+    from uniemo.pipeline import UniEmoPipeline, run_sd_path
     from uniemo.training import on_main
     from uniemo.understanding import load_image_processor, train_understanding
 
@@ -359,7 +362,9 @@ def explicit_feedback(run2: Path, data_root: Path, real, out: Path, cfg, evaluat
                         "--dataset)")
     pipe = UniEmoPipeline.from_pretrained(run2, sd_path, dtype=dtype, scheduler=scheduler).to(default_device())
     class_names = pipe.class_names
-    generate_images(pipe, generated, class_names, settings.per_emotion, seed, generate_batch_size, num_inference_steps)
+    made_by = {"run": str(Path(run2).resolve()), "sd": str(Path(run_sd_path(RunDir(run2), cfg, sd_path)).resolve())}
+    generate_images(pipe, generated, class_names, settings.per_emotion, seed, generate_batch_size, num_inference_steps,
+                    made_by)
     del pipe
 
     real = copy.copy(real)  # the caller's keeps its own transform
