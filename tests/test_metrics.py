@@ -546,8 +546,8 @@ def test_edit_fidelity_reads_each_source_once_and_names_one_that_is_gone(clip_en
     images = [Generated(tmp_path / "awe" / "0.png", 1, source=source), Generated(tmp_path / "fear" / "0.png", 2,
                                                                                  source=source)]
     edits = torch.randn(2, clip_encoder.model.config.projection_dim)
-    opened, open_source = [], metrics.open_source
-    monkeypatch.setattr(metrics, "open_source", lambda path: opened.append(path) or open_source(path))
+    opened, open_image = [], metrics.open_image
+    monkeypatch.setattr(metrics, "open_image", lambda path, *how: opened.append(path) or open_image(path, *how))
     edit_fidelity(GeneratedSet(images, clip_raw=edits), clip_encoder, ["House", "Tree"], CLASSES)
     assert opened == [str(source)]  # two edits, one source read
     source.unlink()

@@ -488,25 +488,15 @@ def sample_per_class(items: Sequence, limit: int, seed: int) -> list:
     return [items[i] for i in sorted(keep)]
 
 
-def open_image(path: Path) -> Image.Image:
-    """A generated image as RGB; an unreadable one is a one-line error naming it."""
-    from uniemo.data import UNREADABLE, load_rgb
-
-    try:
-        return load_rgb(path)
-    except UNREADABLE as e:
-        raise UniEmoError(f"cannot read image {path} ({e}); delete it and generate it again") from None
-
-
-def open_source(path: str) -> Image.Image:
-    """An edit's source photo as RGB; one missing or unreadable is a one-line error naming it."""
+def open_image(path: str | Path, what: str = "image", fix: str = "delete it and generate it again") -> Image.Image:
+    """A generated image (or, with ``what`` and ``fix`` worded for it, another image a metric
+    reads) as RGB; an unreadable one is a one-line error naming it and the fix."""
     from uniemo.data import UNREADABLE, load_rgb
 
     try:
         return load_rgb(Path(path))
     except UNREADABLE as e:
-        raise UniEmoError(f"cannot read the edit source {path} ({e}): restore it, or remove its edits' lines "
-                          "from metadata.jsonl") from None
+        raise UniEmoError(f"cannot read {what} {path} ({e}): {fix}") from None
 
 
 def class_indices(evaluator, targets: Sequence[str]) -> list[int]:
@@ -661,6 +651,9 @@ def object_kept(images: GeneratedSet, clip: ClipImageEncoder, object_vocab: Sequ
                   per_object=per_object, images=len(asked))
 
 
+SOURCE_FIX = "restore it, or remove its edits' lines from metadata.jsonl"
+
+
 def edit_fidelity(images: GeneratedSet, clip: ClipImageEncoder, object_vocab: Sequence[str],
                   class_names: Sequence[str], batch_size: int = 32,
                   source_objects: Mapping[str, str] | None = None) -> dict[str, dict]:
@@ -670,7 +663,8 @@ def edit_fidelity(images: GeneratedSet, clip: ClipImageEncoder, object_vocab: Se
     source; and ``edit_distance``, the CLIP feature distance 1 - cos(edit, source); overall and
     per target emotion (or mix folder)."""
     paths = sorted({str(g.source) for g in images.images})  # each source encoded once, however often edited
-    encoded = batched(clip, lambda i: open_source(paths[i]), len(paths), batch_size, "edit sources")
+    encoded = batched(clip, lambda i: open_image(paths[i], "the edit source", SOURCE_FIX), len(paths), batch_size,
+                      "edit sources")
     sources = encoded[[paths.index(str(g.source)) for g in images.images]]
     names = [normalise_attribute(n) for n in object_vocab]
     classifier = ClipZeroShot(clip, names, "object")

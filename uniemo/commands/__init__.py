@@ -63,15 +63,17 @@ def add_sd_argument(parser) -> None:
                         "(default: the one its config.yaml records; give it when the models moved)")
 
 
-def sampling_settings(args, cfg) -> dict:
+def sampling_settings(args) -> dict:
     """What the metadata of an image this ``generate`` or ``edit`` call would write says of its
-    sampling, read before anything loads: steps, guidance and truncation (the run's config
-    ``cfg`` where not given), the dtype and the scheduler (--scheduler, or the SD's own). A re-run
+    sampling, read before anything loads: steps, guidance and truncation (the config of the run
+    --run where not given), the dtype and the scheduler (--scheduler, or the SD's own). A re-run
     compares them with what is already written."""
+    from uniemo.config import load_config
     from uniemo.loading import sd_scheduler_name
     from uniemo.pipeline import DTYPES, dtype_name, run_sd_path, with_defaults
     from uniemo.rundir import RunDir
 
+    cfg = load_config(RunDir(args.run).config)
     steps, guidance = with_defaults(cfg.generation, args.steps, args.guidance)
     truncation = cfg.generation.truncation if args.truncation is None else args.truncation
     return {"steps": steps, "guidance": guidance, "truncation": truncation, "dtype": dtype_name(DTYPES[args.dtype]),

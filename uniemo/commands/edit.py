@@ -127,11 +127,7 @@ def edit_settings(args: argparse.Namespace) -> dict:
     (inverted edits sample with DDIM whatever --scheduler says), ``invert``, the strength (not
     with --until-target, which records the strength that made it) and the object (not with
     --keep-object or --object-from, which name one per source)."""
-    from uniemo.config import load_config
-    from uniemo.rundir import RunDir
-
-    settings = sampling_settings(args, load_config(RunDir(args.run).config)) | {
-        "invert": args.invert, "keep_region": args.keep_region}
+    settings = sampling_settings(args) | {"invert": args.invert, "keep_region": args.keep_region}
     if args.invert:
         del settings["scheduler"]
     if not args.until_target:

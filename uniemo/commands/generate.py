@@ -50,17 +50,14 @@ def run(args: argparse.Namespace) -> int:
     from accelerate.utils import gather_object
     from tqdm.auto import tqdm
 
-    from uniemo.config import load_config
     from uniemo.metrics import METADATA_FILE, read_metadata
-    from uniemo.rundir import RunDir
     from uniemo.training import my_batches, on_main, processes
 
     check_options(args)
     requests = plan(args, class_names(args.run))  # bad names and weights fail before any loading
     out = Path(args.out)
     records = read_metadata(out / METADATA_FILE)
-    settings = sampling_settings(args, load_config(RunDir(args.run).config)) | {
-        "object": args.object, "candidates": args.candidates}
+    settings = sampling_settings(args) | {"object": args.object, "candidates": args.candidates}
     todo = [(folder, request, i) for folder, request in requests for i in range(args.num_images)
             if not already_written(out, records, f"{folder}/{i:04d}.png", settings | {"seed": args.seed + i})]
     skipped = len(requests) * args.num_images - len(todo)
